@@ -1,0 +1,40 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+/// Strict settings shared by every Swift target (STYLE.md, "Concurrency").
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "kaa",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "kaa", targets: ["kaa"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // C libraries from Debian, as system-library targets. Only KaaIO imports CLibUV and
+        // CHTTPParser; only KaaSnapshot imports CLZ4.
+        .systemLibrary(name: "CLibUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
+        .systemLibrary(name: "CHTTPParser", providers: [.apt(["libhttp-parser-dev"])]),
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+
+        .target(name: "KaaCore", swiftSettings: strict),
+        .executableTarget(
+            name: "kaa",
+            dependencies: [
+                "KaaCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+
+        .testTarget(name: "KaaCoreTests", dependencies: ["KaaCore"], swiftSettings: strict),
+    ]
+)

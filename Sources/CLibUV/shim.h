@@ -1,0 +1,4 @@
+#ifndef KAA_CLIBUV_SHIM_H
+#define KAA_CLIBUV_SHIM_H
+#include <uv.h>
+#endif

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Kaa's test command (the README's and CI's): installs what is missing, builds, runs every test.
+# Usage: tools/test.sh [extra `swift test` arguments, e.g. --filter HTTPServerTests]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/install-deps.sh
+swift build --build-tests
+swift test --skip-build "$@"
