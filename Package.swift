@@ -26,15 +26,41 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
 
         .target(name: "KaaCore", swiftSettings: strict),
+        .target(
+            name: "KaaIO",
+            dependencies: [
+                "KaaCore", "CLibUV", "CHTTPParser",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .target(
+            name: "KaaNode",
+            dependencies: [
+                "KaaCore", "KaaIO",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: strict),
         .executableTarget(
             name: "kaa",
             dependencies: [
-                "KaaCore",
+                "KaaCore", "KaaIO", "KaaNode",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
 
+        // Test support: raw sockets, process control. Never linked into the product.
+        .target(name: "KaaTestSupport", dependencies: ["KaaCore"], swiftSettings: strict),
+
         .testTarget(name: "KaaCoreTests", dependencies: ["KaaCore"], swiftSettings: strict),
+        .testTarget(
+            name: "KaaIOTests",
+            dependencies: ["KaaIO", "KaaTestSupport"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "KaaNodeTests",
+            dependencies: ["KaaNode", "KaaIO", "KaaTestSupport"],
+            swiftSettings: strict),
     ]
 )

@@ -1,0 +1,261 @@
+internal import CHTTPParser
+import Dispatch
+import Glibc
+public import KaaCore
+import Synchronization
+
+/// An HTTP/1.1 server on one event loop: keep-alive, pipelining, Content-Length and chunked
+/// bodies, `Expect: 100-continue`, limits and timeouts, a cap on open connections and a
+/// graceful shutdown.
+///
+/// The handler runs on the loop thread for each complete request and MUST answer exactly once
+/// through its ``HTTPResponder`` (from any thread, now or later). Responses go out in request
+/// order even when handlers finish out of order.
+public final class HTTPServer: Sendable {
+    public struct Configuration: Sendable {
+        /// Request line plus header bytes; past it the answer is 431 and the connection closes.
+        public var maxHeaderBytes = 16 * 1024
+        /// Body bytes; past it the answer is 413 and the connection closes.
+        public var maxBodyBytes = 16 * 1024 * 1024
+        /// From a request's first byte to the end of its headers; past it the connection closes.
+        public var headerTimeout: Duration = .seconds(10)
+        /// From the end of the headers to the end of the body.
+        public var bodyTimeout: Duration = .seconds(60)
+        /// A keep-alive connection with no request in progress closes after this.
+        public var idleTimeout: Duration = .seconds(75)
+        /// Open connections; the next one gets 503 and is closed.
+        public var maxConnections = 10_000
+        /// Requests parsed but not yet answered on one connection; past it, reading pauses.
+        public var maxPipelinedRequests = 64
+        /// Answers to the client's `Expect: 100-continue`.
+        public var sendContinue = true
+
+        public init() {}
+
+        var sweepInterval: Duration {
+            let shortest = min(headerTimeout, bodyTimeout, idleTimeout)
+            return min(.seconds(1), max(.milliseconds(10), shortest / 4))
+        }
+    }
+
+    public typealias Handler = @Sendable (HTTPRequest, HTTPResponder) -> Void
+
+    public let loop: EventLoop
+    /// The bound address (with the real port when port 0 was asked for).
+    public let localAddress: SocketAddress
+    private let core: LoopBound<ServerCore>
+
+    /// Binds `address` and starts serving. Safe from any thread.
+    public init(on loop: EventLoop, address: SocketAddress, configuration: Configuration = .init(),
+                handler: @escaping Handler) throws {
+        self.loop = loop
+        let core = try loop.runBlocking { () throws -> LoopBound<ServerCore> in
+            LoopBound(try ServerCore(loop: loop, address: address, configuration: configuration, handler: handler), loop: loop)
+        }
+        self.core = core
+        self.localAddress = loop.runBlocking { core.value.listener.localAddress }
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `grace`, then closes every
+    /// connection. Returns once all are closed. Safe from any thread but the loop's.
+    public func shutdown(grace: Duration = .seconds(10)) {
+        let done = DispatchSemaphore(value: 0)
+        let core = self.core
+        loop.execute { core.value.shutdown(grace: grace) { done.signal() } }
+        done.wait()
+    }
+
+    /// Starts the shutdown from the loop thread; `completion` runs on the loop when done.
+    public func shutdownOnLoop(grace: Duration, completion: @escaping () -> Void) {
+        core.value.shutdown(grace: grace, completion: completion)
+    }
+
+    /// Open connections right now. Safe from any thread but the loop's.
+    public var openConnections: Int {
+        let core = self.core
+        return loop.runBlocking { core.value.connections.count }
+    }
+}
+
+/// A reference to a loop-confined value, usable from other threads only to hop back.
+public struct LoopBound<Value>: @unchecked Sendable {
+    // SAFETY: `value` is read only after `assertInLoop()` passes, so the wrapped value is
+    // only ever touched on its loop's thread.
+    private let wrapped: Value
+    public let loop: EventLoop
+
+    public init(_ value: Value, loop: EventLoop) {
+        self.wrapped = value
+        self.loop = loop
+    }
+
+    public var value: Value {
+        loop.assertInLoop()
+        return wrapped
+    }
+}
+
+/// Answers one request. Copyable and `Sendable`; answer once, from any thread.
+public struct HTTPResponder: Sendable {
+    let connection: LoopBound<HTTPServerConnection>
+    let sequence: UInt64
+
+    /// Sends `response`. A second answer to the same request is ignored.
+    public func respond(_ response: HTTPResponse) {
+        let connection = self.connection
+        let sequence = self.sequence
+        if connection.loop.inLoop {
+            connection.value.complete(sequence: sequence, response: response)
+        } else {
+            connection.loop.execute { connection.value.complete(sequence: sequence, response: response) }
+        }
+    }
+}
+
+/// The loop-side state of a server: listener, connections, sweeper. Loop-confined.
+final class ServerCore {
+    let loop: EventLoop
+    let configuration: HTTPServer.Configuration
+    let handler: HTTPServer.Handler
+    let listener: TCPListener
+    var connections: [ObjectIdentifier: HTTPServerConnection] = [:]
+    private var sweeper: LoopTimer?
+    private(set) var draining = false
+    private var drainTimer: LoopTimer?
+    private var drained: [() -> Void] = []
+    let dateCache = DateHeaderCache()
+    /// Answers being gathered for one connection; empty whenever control returns to the loop.
+    var outbound: [UInt8] = []
+
+    init(loop: EventLoop, address: SocketAddress, configuration: HTTPServer.Configuration,
+         handler: @escaping HTTPServer.Handler) throws {
+        self.loop = loop
+        self.configuration = configuration
+        self.handler = handler
+        var accept: ((TCPConnection) -> Void)?
+        listener = try TCPListener(loop: loop, address: address) { accept?($0) }
+        accept = { [unowned self] in self.accept($0) }
+        let interval = configuration.sweepInterval
+        sweeper = loop.schedule(after: interval, repeating: interval) { [unowned self] in self.sweep() }
+    }
+
+    private func accept(_ tcp: TCPConnection) {
+        if draining || connections.count >= configuration.maxConnections {
+            let why = draining ? "the server is shutting down" : "too many open connections (limit \(configuration.maxConnections)); retry later"
+            let response = HTTPResponse.error(.serviceUnavailable, why)
+            tcp.write(serialize(response, keepAlive: false, dateCache: dateCache))
+            tcp.closeAfterFlush(linger: .milliseconds(500))
+            return
+        }
+        let connection = HTTPServerConnection(server: self, tcp: tcp)
+        connections[ObjectIdentifier(connection)] = connection
+        connection.start()
+    }
+
+    func connectionClosed(_ connection: HTTPServerConnection) {
+        connections[ObjectIdentifier(connection)] = nil
+        if draining && connections.isEmpty { finishDrain() }
+    }
+
+    private func sweep() {
+        let now = loop.nowMilliseconds
+        for connection in Array(connections.values) { connection.checkDeadline(now: now) }
+    }
+
+    func shutdown(grace: Duration, completion: @escaping () -> Void) {
+        drained.append(completion)
+        guard !draining else { return }
+        draining = true
+        listener.close()
+        for connection in Array(connections.values) { connection.beginDrain() }
+        if connections.isEmpty {
+            finishDrain()
+        } else {
+            drainTimer = loop.schedule(after: grace) { [unowned self] in
+                for connection in Array(self.connections.values) { connection.tcp.close() }
+            }
+        }
+    }
+
+    private func finishDrain() {
+        drainTimer?.cancel()
+        sweeper?.cancel()
+        sweeper = nil
+        let callbacks = drained
+        drained = []
+        for callback in callbacks { callback() }
+    }
+}
+
+/// The `Date` header value, formatted at most once a second.
+final class DateHeaderCache {
+    private var second: time_t = 0
+    private var value: [UInt8] = []
+
+    var bytes: [UInt8] {
+        let now = time(nil)
+        if now != second {
+            second = now
+            var tm = tm()
+            var t = now
+            gmtime_r(&t, &tm)
+            var buffer = [CChar](repeating: 0, count: 64)
+            let n = strftime(&buffer, buffer.count, "%a, %d %b %Y %H:%M:%S GMT", &tm)
+            value = buffer[..<n].map { UInt8(bitPattern: $0) }
+        }
+        return value
+    }
+}
+
+/// Serializes a response head and body into one buffer.
+func serialize(_ response: HTTPResponse, keepAlive: Bool, dateCache: DateHeaderCache, headOnly: Bool = false) -> [UInt8] {
+    var out: [UInt8] = []
+    appendResponse(response, keepAlive: keepAlive, dateCache: dateCache, headOnly: headOnly, to: &out)
+    return out
+}
+
+func appendResponse(_ response: HTTPResponse, keepAlive: Bool, dateCache: DateHeaderCache,
+                    headOnly: Bool = false, to out: inout [UInt8]) {
+    out.reserveCapacity(out.count + 160 + response.body.count)
+    out.append(contentsOf: "HTTP/1.1 ".utf8)
+    appendDecimal(response.status.code, to: &out)
+    out.append(UInt8(ascii: " "))
+    out.append(contentsOf: response.status.reason.utf8)
+    out.append(contentsOf: "\r\ndate: ".utf8)
+    out.append(contentsOf: dateCache.bytes)
+    out.append(contentsOf: "\r\n".utf8)
+    for (name, value) in response.headers where !isFramingHeader(name) {
+        out.append(contentsOf: name.utf8)
+        out.append(contentsOf: ": ".utf8)
+        out.append(contentsOf: value.utf8)
+        out.append(contentsOf: "\r\n".utf8)
+    }
+    out.append(contentsOf: "content-length: ".utf8)
+    appendDecimal(response.body.count, to: &out)
+    out.append(contentsOf: keepAlive ? "\r\n\r\n".utf8 : "\r\nconnection: close\r\n\r\n".utf8)
+    if !headOnly { out.append(contentsOf: response.body) }
+}
+
+private func isFramingHeader(_ name: String) -> Bool {
+    let n = name.utf8.count
+    guard n == 14 || n == 10 || n == 17 else { return false }
+    let lower = name.lowercased()
+    return lower == "content-length" || lower == "connection" || lower == "transfer-encoding"
+}
+
+func appendDecimal(_ value: Int, to out: inout [UInt8]) {
+    if value < 10 { out.append(UInt8(ascii: "0") + UInt8(value)); return }
+    var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                 UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+        (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    var v = value
+    var count = 0
+    withUnsafeMutableBytes(of: &digits) { d in
+        while v > 0 {
+            d[count] = UInt8(ascii: "0") + UInt8(v % 10)
+            v /= 10
+            count += 1
+        }
+        for i in stride(from: count - 1, through: 0, by: -1) { out.append(d[i]) }
+    }
+}

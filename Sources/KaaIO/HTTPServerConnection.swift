@@ -1,0 +1,360 @@
+internal import CHTTPParser
+import KaaCore
+
+/// One client connection of an ``HTTPServer``: parses requests with http_parser, dispatches
+/// them, and writes the answers in order. Loop-confined.
+final class HTTPServerConnection: TCPConnectionDelegate {
+    private enum Phase { case idle, head, body, waiting }
+    private enum Failure { case headersTooLarge, bodyTooLarge, expectation(String), version(Int, Int), parse(String) }
+    private struct Outstanding {
+        var keepAlive: Bool
+        var headOnly: Bool
+        var response: HTTPResponse?
+    }
+
+    unowned let server: ServerCore
+    let tcp: TCPConnection
+    private let parser: UnsafeMutablePointer<http_parser>
+    private var phase = Phase.idle
+    private var deadline: UInt64 = 0
+    private var failure: Failure?
+
+    // The request being parsed.
+    private var url: [UInt8] = []
+    private var field: [UInt8] = []
+    private var value: [UInt8] = []
+    private var inValue = false
+    private var headers = HTTPHeaders()
+    private var body: [UInt8] = []
+    private var headerBytes = 0
+    private var expectsContinue = false
+
+    // Requests parsed and not yet written, oldest first; `firstSequence` is the oldest's number.
+    private var outstanding: [Outstanding] = []
+    private var firstSequence: UInt64 = 0
+    private var stash: [UInt8] = []
+    private var pausedForPipeline = false
+    private var inReadCycle = false
+    /// No more requests are read; close once the outstanding answers are written.
+    private var closing = false
+    private var draining = false
+
+    init(server: ServerCore, tcp: TCPConnection) {
+        self.server = server
+        self.tcp = tcp
+        parser = .allocate(capacity: 1)
+        http_parser_init(parser, HTTP_REQUEST)
+        parser.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+    }
+
+    deinit { parser.deallocate() }
+
+    func start() {
+        tcp.delegate = self
+        deadline = server.loop.nowMilliseconds + server.configuration.idleTimeout.millisecondsRoundedUp
+        tcp.startReading()
+    }
+
+    // MARK: TCP events
+
+    func connection(_ connection: TCPConnection, received bytes: UnsafeRawBufferPointer) {
+        inReadCycle = true
+        feed(bytes)
+        inReadCycle = false
+        flush()
+    }
+
+    func connection(_ connection: TCPConnection, readEndedWith error: IOError?) {
+        if error != nil || outstanding.isEmpty {
+            tcp.close()
+        } else {
+            closing = true // answer what was asked, then close
+        }
+    }
+
+    func connection(_ connection: TCPConnection, writabilityChanged writable: Bool) {
+        if writable { resumeIfPossible() } else { tcp.stopReading() }
+    }
+
+    func connectionClosed(_ connection: TCPConnection) {
+        outstanding.removeAll()
+        server.connectionClosed(self)
+    }
+
+    // MARK: parsing
+
+    private func feed(_ bytes: UnsafeRawBufferPointer) {
+        guard !closing, failure == nil else { return }
+        let base = bytes.baseAddress?.assumingMemoryBound(to: CChar.self)
+        let parsed = withUnsafePointer(to: &serverParserSettings) { settings in
+            http_parser_execute(parser, settings, base, bytes.count)
+        }
+        let code = kaa_http_errno(parser)
+        if code == HPE_PAUSED {
+            if parsed < bytes.count { stash.append(contentsOf: bytes[parsed...]) }
+            tcp.stopReading()
+            return
+        }
+        if let failure {
+            fail(failure)
+        } else if code != HPE_OK {
+            let name = String(cString: http_errno_name(code))
+            let text = String(cString: http_errno_description(code))
+            if code == HPE_HEADER_OVERFLOW { fail(.headersTooLarge) } else { fail(.parse("\(text) (\(name))")) }
+        } else if kaa_http_upgrade(parser) != 0 {
+            fail(.parse("protocol upgrade is not supported"))
+        }
+    }
+
+    private func fail(_ failure: Failure) {
+        let response: HTTPResponse
+        switch failure {
+        case .headersTooLarge:
+            response = .error(.headerFieldsTooLarge,
+                              "request line and headers exceed \(server.configuration.maxHeaderBytes) bytes")
+        case .bodyTooLarge:
+            response = .error(.contentTooLarge, "request body exceeds \(server.configuration.maxBodyBytes) bytes")
+        case .expectation(let value):
+            response = .error(.expectationFailed, "unsupported Expect: \(value); only 100-continue is understood")
+        case .version(let major, let minor):
+            response = .error(.versionNotSupported, "HTTP/\(major).\(minor) is not supported; use HTTP/1.1")
+        case .parse(let what):
+            response = .error(.badRequest, "malformed HTTP request: \(what)")
+        }
+        closing = true
+        tcp.stopReading()
+        outstanding.append(Outstanding(keepAlive: false, headOnly: false, response: response))
+        writeReady()
+    }
+
+    fileprivate func messageBegin() -> Int32 {
+        phase = .head
+        deadline = server.loop.nowMilliseconds + server.configuration.headerTimeout.millisecondsRoundedUp
+        url.removeAll(keepingCapacity: true)
+        field.removeAll(keepingCapacity: true)
+        value.removeAll(keepingCapacity: true)
+        headers = HTTPHeaders()
+        body = []
+        headerBytes = 0
+        inValue = false
+        expectsContinue = false
+        return 0
+    }
+
+    private func countHeaderBytes(_ n: Int) -> Int32 {
+        headerBytes += n
+        if headerBytes > server.configuration.maxHeaderBytes {
+            failure = .headersTooLarge
+            return 1
+        }
+        return 0
+    }
+
+    fileprivate func url(_ bytes: UnsafeRawBufferPointer) -> Int32 {
+        url.append(contentsOf: bytes)
+        return countHeaderBytes(bytes.count)
+    }
+
+    fileprivate func headerField(_ bytes: UnsafeRawBufferPointer) -> Int32 {
+        if inValue { commitHeader() }
+        field.append(contentsOf: bytes)
+        return countHeaderBytes(bytes.count + 4)
+    }
+
+    fileprivate func headerValue(_ bytes: UnsafeRawBufferPointer) -> Int32 {
+        inValue = true
+        value.append(contentsOf: bytes)
+        return countHeaderBytes(bytes.count)
+    }
+
+    private func commitHeader() {
+        headers.add(String(decoding: field, as: UTF8.self), String(decoding: value, as: UTF8.self))
+        field.removeAll(keepingCapacity: true)
+        value.removeAll(keepingCapacity: true)
+        inValue = false
+    }
+
+    fileprivate func headersComplete() -> Int32 {
+        if inValue || !field.isEmpty { commitHeader() }
+        let major = Int(parser.pointee.http_major), minor = Int(parser.pointee.http_minor)
+        if major != 1 {
+            failure = .version(major, minor)
+            return -1
+        }
+        phase = .body
+        deadline = server.loop.nowMilliseconds + server.configuration.bodyTimeout.millisecondsRoundedUp
+        let length = parser.pointee.content_length
+        let limit = server.configuration.maxBodyBytes
+        if kaa_http_is_chunked(parser) == 0 && length != UInt64.max {
+            if length > UInt64(limit) {
+                failure = .bodyTooLarge
+                return -1
+            }
+            body.reserveCapacity(Int(length))
+        }
+        if let expect = headers["expect"] {
+            guard expect.lowercased() == "100-continue" else {
+                failure = .expectation(expect)
+                return -1
+            }
+            // Ask for the body only when no earlier answer is still owed (ordering).
+            if server.configuration.sendContinue && outstanding.isEmpty {
+                server.loop.assertInLoop()
+                tcp.write(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+            }
+        }
+        return 0
+    }
+
+    fileprivate func bodyBytes(_ bytes: UnsafeRawBufferPointer) -> Int32 {
+        if body.count + bytes.count > server.configuration.maxBodyBytes {
+            failure = .bodyTooLarge
+            return 1
+        }
+        body.append(contentsOf: bytes)
+        return 0
+    }
+
+    fileprivate func messageComplete() -> Int32 {
+        let method = HTTPServerConnection.method(kaa_http_method(parser))
+        var request = HTTPRequest(method: method, target: String(decoding: url, as: UTF8.self),
+                                  headers: headers, body: body)
+        request.remoteAddress = tcp.remoteAddress
+        headers = HTTPHeaders()
+        body = []
+        let keepAlive = http_should_keep_alive(parser) != 0 && !draining
+        let sequence = firstSequence + UInt64(outstanding.count)
+        outstanding.append(Outstanding(keepAlive: keepAlive, headOnly: method == .head, response: nil))
+        phase = .waiting
+        deadline = 0
+        if !keepAlive { closing = true }
+        let responder = HTTPResponder(connection: LoopBound(self, loop: server.loop), sequence: sequence)
+        server.handler(request, responder)
+        if closing {
+            http_parser_pause(parser, 1)
+        } else if outstanding.count >= server.configuration.maxPipelinedRequests || !tcp.isWritable {
+            pausedForPipeline = true
+            http_parser_pause(parser, 1)
+        }
+        return 0
+    }
+
+    // MARK: answers
+
+    func complete(sequence: UInt64, response: HTTPResponse) {
+        guard tcp.isOpen, sequence >= firstSequence else { return }
+        let index = Int(sequence - firstSequence)
+        guard index < outstanding.count, outstanding[index].response == nil else { return }
+        outstanding[index].response = response
+        if index == 0 { writeReady() }
+    }
+
+    /// Writes every answer at the head of the queue that is ready.
+    private func writeReady() {
+        while let first = outstanding.first, let response = first.response {
+            outstanding.removeFirst()
+            firstSequence += 1
+            let last = !first.keepAlive || draining || (closing && outstanding.isEmpty)
+            appendResponse(response, keepAlive: !last, dateCache: server.dateCache,
+                           headOnly: first.headOnly, to: &server.outbound)
+            if last {
+                closing = true
+                outstanding.removeAll()
+                break
+            }
+        }
+        if outstanding.isEmpty && phase == .waiting {
+            phase = .idle
+            deadline = server.loop.nowMilliseconds + server.configuration.idleTimeout.millisecondsRoundedUp
+        }
+        if closing && outstanding.isEmpty {
+            flush()
+            tcp.closeAfterFlush()
+            return
+        }
+        if !inReadCycle { flush() }
+        resumeIfPossible()
+    }
+
+    private func flush() {
+        guard !server.outbound.isEmpty else { return }
+        tcp.write(server.outbound)
+        server.outbound.removeAll(keepingCapacity: true)
+    }
+
+    /// Resumes parsing and reading once the pipeline and the socket have room again.
+    private func resumeIfPossible() {
+        guard !closing, failure == nil, tcp.isOpen, tcp.isWritable,
+              outstanding.count < server.configuration.maxPipelinedRequests, !inReadCycle else { return }
+        if pausedForPipeline || !stash.isEmpty {
+            pausedForPipeline = false
+            http_parser_pause(parser, 0)
+            let pending = stash
+            stash = []
+            inReadCycle = true
+            pending.withUnsafeBytes { feed($0) }
+            inReadCycle = false
+            flush()
+            if pausedForPipeline || !stash.isEmpty || closing { return }
+        }
+        tcp.startReading()
+    }
+
+    // MARK: timeouts and shutdown
+
+    func checkDeadline(now: UInt64) {
+        guard deadline != 0, now >= deadline, tcp.isOpen, !closing else { return }
+        switch phase {
+        case .idle, .waiting:
+            tcp.close()
+        case .head:
+            timeOut("no complete request line and headers within \(server.configuration.headerTimeout)")
+        case .body:
+            timeOut("request body not received within \(server.configuration.bodyTimeout)")
+        }
+    }
+
+    private func timeOut(_ why: String) {
+        deadline = 0
+        closing = true
+        tcp.stopReading()
+        outstanding.append(Outstanding(keepAlive: false, headOnly: false, response: .error(.requestTimeout, why)))
+        writeReady()
+    }
+
+    func beginDrain() {
+        draining = true
+        if outstanding.isEmpty && phase == .idle { tcp.close() }
+    }
+
+    // MARK: methods
+
+    private static let methods: [HTTPMethod] = (0..<64).map { code in
+        HTTPMethod(rawValue: String(cString: http_method_str(http_method(rawValue: UInt32(code)))))
+    }
+
+    private static func method(_ code: UInt32) -> HTTPMethod {
+        code < methods.count ? methods[Int(code)] : HTTPMethod(rawValue: "UNKNOWN")
+    }
+}
+
+private func connection(_ parser: UnsafeMutablePointer<http_parser>?) -> HTTPServerConnection {
+    Unmanaged<HTTPServerConnection>.fromOpaque(parser!.pointee.data).takeUnretainedValue()
+}
+
+private func buffer(_ at: UnsafePointer<CChar>?, _ length: Int) -> UnsafeRawBufferPointer {
+    UnsafeRawBufferPointer(start: at, count: length)
+}
+
+/// The request parser's callbacks; they forward to the connection in `parser.data`.
+nonisolated(unsafe) private var serverParserSettings: http_parser_settings = {
+    var s = http_parser_settings()
+    s.on_message_begin = { connection($0).messageBegin() }
+    s.on_url = { connection($0).url(buffer($1, $2)) }
+    s.on_header_field = { connection($0).headerField(buffer($1, $2)) }
+    s.on_header_value = { connection($0).headerValue(buffer($1, $2)) }
+    s.on_headers_complete = { connection($0).headersComplete() }
+    s.on_body = { connection($0).bodyBytes(buffer($1, $2)) }
+    s.on_message_complete = { connection($0).messageComplete() }
+    return s
+}()

@@ -1,0 +1,174 @@
+import Dispatch
+import Foundation
+import Glibc
+public import KaaCore
+public import KaaIO
+public import Logging
+import Synchronization
+
+/// One `kaa node` process: the event loop, the HTTP API, the peer plane, and their lifecycle.
+///
+/// `start()` binds everything or throws; SIGTERM/SIGINT begin a graceful shutdown: readiness
+/// turns false, listeners close, in-flight requests get `shutdownGrace` to finish, then every
+/// connection closes and `waitUntilStopped()` returns.
+public final class Node: Sendable {
+    public let config: NodeConfig
+    public let logger: Logger
+    public let loop: EventLoop
+    private let dataLock: DataDirectoryLock
+    private let state = Mutex<State>(State())
+    private let stopped = DispatchSemaphore(value: 0)
+
+    private struct State {
+        var http: HTTPServer?
+        var peer: FrameServer?
+        var signals: [LoopBound<SignalWatcher>] = []
+        var stopping = false
+    }
+
+    /// Peer-plane frame types the node answers.
+    public enum PeerFrameType {
+        /// Echoes its payload: a liveness check between nodes.
+        public static let ping: UInt16 = 1
+    }
+
+    /// Creates the node, its data directory and its loop; binds nothing yet.
+    public init(config: NodeConfig, logger: Logger) throws {
+        self.config = config
+        self.logger = logger
+        self.dataLock = try DataDirectoryLock(directory: config.dataDir)
+        self.loop = EventLoop.start(name: "kaa-node")
+    }
+
+    /// The bound HTTP address (the real port when 0 was asked for).
+    public var httpAddress: SocketAddress? { state.withLock { $0.http?.localAddress } }
+    /// The bound peer address.
+    public var peerAddress: SocketAddress? { state.withLock { $0.peer?.localAddress } }
+
+    /// Binds the HTTP and peer listeners and installs the signal handlers.
+    public func start(handleSignals: Bool = true) throws {
+        let readyFlag = ReadyFlag(node: self)
+        var router = HTTPRouter()
+        Node.addHealthRoutes(to: &router, ready: readyFlag)
+        let routes = router
+        let http = try HTTPServer(on: loop, address: try SocketAddress(resolving: config.httpAddr),
+                                  configuration: config.http) { request, responder in
+            routes.handle(request, responder)
+        }
+        let peer: FrameServer
+        do {
+            peer = try FrameServer(on: loop, address: try SocketAddress(resolving: config.peerAddr)) { frame, responder in
+                switch frame.type {
+                case PeerFrameType.ping: responder.respond(frame.payload)
+                default: responder.fail("unknown frame type \(frame.type); this node speaks types 1 (ping)")
+                }
+            }
+        } catch {
+            http.shutdown(grace: .zero)
+            throw error
+        }
+        state.withLock {
+            $0.http = http
+            $0.peer = peer
+        }
+        if handleSignals {
+            let watchers = try loop.runBlocking { [self] () throws -> [LoopBound<SignalWatcher>] in
+                try [SIGTERM, SIGINT].map { signal in
+                    LoopBound(try SignalWatcher(loop: loop, signal: signal) { [self] in
+                        logger.info("signal received; shutting down", metadata: ["signal": "\(signal)"])
+                        beginShutdown()
+                    }, loop: loop)
+                }
+            }
+            state.withLock { $0.signals = watchers }
+        }
+        logger.info("node started", metadata: [
+            "http.addr": "\(http.localAddress)", "peer.addr": "\(peer.localAddress)",
+            "data.dir": "\(config.dataDir)", "kaa.version": "\(KaaVersion.string)",
+        ])
+    }
+
+    /// True until shutdown begins; `/v2/health/ready` answers 503 after that.
+    public var isAcceptingWork: Bool { state.withLock { !$0.stopping } }
+
+    /// Starts the graceful shutdown; safe from any thread, idempotent.
+    public func beginShutdown() {
+        let servers: (HTTPServer?, FrameServer?, [LoopBound<SignalWatcher>])? = state.withLock {
+            if $0.stopping { return nil }
+            $0.stopping = true
+            return ($0.http, $0.peer, $0.signals)
+        }
+        guard let (http, peer, signals) = servers else { return }
+        let grace = config.shutdownGrace
+        let logger = self.logger
+        loop.execute { [self] in
+            for watcher in signals { watcher.value.close() }
+            peer?.shutdownOnLoop()
+            guard let http else { stopped.signal(); return }
+            http.shutdownOnLoop(grace: grace) { [self] in
+                logger.info("node stopped")
+                stopped.signal()
+            }
+        }
+    }
+
+    /// Blocks until a shutdown has finished, then stops the loop.
+    public func waitUntilStopped() {
+        stopped.wait()
+        loop.shutdown()
+        dataLock.release()
+    }
+
+    static func addHealthRoutes(to router: inout HTTPRouter, ready: ReadyFlag) {
+        router.add(.get, "/v2/health/live") { _, responder in
+            responder.respond(HTTPResponse(status: .ok))
+        }
+        router.add(.get, "/v2/health/ready") { _, responder in
+            responder.respond(ready.isReady ? HTTPResponse(status: .ok)
+                : .error(.serviceUnavailable, "node is shutting down"))
+        }
+        router.add(.get, "/v2") { _, responder in
+            let body = "{\"name\":\"kaa\",\"version\":\(jsonQuoted(KaaVersion.string)),\"extensions\":[]}"
+            responder.respond(.json(.ok, Array(body.utf8)))
+        }
+    }
+}
+
+/// Readiness as the health route sees it.
+struct ReadyFlag: Sendable {
+    let node: Node
+    var isReady: Bool { node.isAcceptingWork }
+}
+
+/// An exclusive lock on a data directory, so two nodes never share one store.
+final class DataDirectoryLock: Sendable {
+    private let fd: Int32
+
+    init(directory: String) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw ConfigError("cannot create data directory \(directory): \(error.localizedDescription)")
+        }
+        let path = directory + "/node.lock"
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw ConfigError("cannot open \(path): \(String(cString: strerror(errno)))")
+        }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            var buffer = [UInt8](repeating: 0, count: 32)
+            let n = pread(fd, &buffer, buffer.count, 0)
+            let holder = n > 0 ? String(decoding: buffer[..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
+            close(fd)
+            throw ConfigError("data directory \(directory) is in use by another kaa node (pid \(holder)); give each node its own --data-dir")
+        }
+        let pid = Array("\(getpid())\n".utf8)
+        ftruncate(fd, 0)
+        _ = pwrite(fd, pid, pid.count, 0)
+    }
+
+    func release() {
+        flock(fd, LOCK_UN)
+        close(fd)
+    }
+}
