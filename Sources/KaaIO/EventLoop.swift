@@ -15,7 +15,7 @@ public final class EventLoop: @unchecked Sendable {
     // after that signal.
     let raw: UnsafeMutablePointer<uv_loop_t>
     private let wakeup: UnsafeMutablePointer<uv_async_t>
-    private let pending = Mutex<[@Sendable () -> Void]>([])
+    private let pending = Mutex<Pending>(Pending())
     private var threadID: pthread_t?
     private var handles: [ObjectIdentifier: LoopHandle] = [:]
     private let finished = DispatchSemaphore(value: 0)
@@ -87,16 +87,26 @@ public final class EventLoop: @unchecked Sendable {
         assert(inLoop, "must run on event loop \(name)", file: file, line: line)
     }
 
+    private struct Pending {
+        var queue: [@Sendable () -> Void] = []
+        /// Set once the wake-up handle is closed: later work is dropped.
+        var closed = false
+    }
+
     /// Runs `work` on the loop thread, soon. Safe from any thread, including the loop's own.
+    /// Work handed to a loop that has shut down is dropped.
     public func execute(_ work: @escaping @Sendable () -> Void) {
-        pending.withLock { $0.append(work) }
-        uv_async_send(wakeup)
+        pending.withLock {
+            guard !$0.closed else { return }
+            $0.queue.append(work)
+            uv_async_send(wakeup) // under the lock, so the handle cannot be closed meanwhile
+        }
     }
 
     private func drainPending() {
-        let work = pending.withLock { queue -> [@Sendable () -> Void] in
-            let taken = queue
-            queue.removeAll(keepingCapacity: true)
+        let work = pending.withLock { state -> [@Sendable () -> Void] in
+            let taken = state.queue
+            state.queue.removeAll(keepingCapacity: true)
             return taken
         }
         for item in work { item() }
@@ -144,11 +154,18 @@ public final class EventLoop: @unchecked Sendable {
     public func shutdown() {
         precondition(!inLoop, "EventLoop.shutdown() called on its own thread")
         if stopping.exchange(true, ordering: .relaxed) { return }
-        uv_async_send(wakeup)
+        pending.withLock { if !$0.closed { uv_async_send(wakeup) } }
         finished.wait()
     }
 
     private func closeEverything() {
+        for handle in Array(handles.values) { handle.close() }
+        let leftovers = pending.withLock { state -> [@Sendable () -> Void] in
+            state.closed = true
+            defer { state.queue = [] }
+            return state.queue
+        }
+        for item in leftovers { item() } // last hand-offs still see a running loop
         for handle in Array(handles.values) { handle.close() }
         uv_close(UnsafeMutableRawPointer(wakeup).assumingMemoryBound(to: uv_handle_t.self), nil)
     }

@@ -264,6 +264,11 @@ public final class FrameServer: Sendable {
     }
 
     public func shutdownOnLoop() { state.value.close() }
+
+    deinit {
+        let state = self.state
+        loop.execute { state.value.close() }
+    }
 }
 
 final class FrameServerState {
@@ -273,11 +278,12 @@ final class FrameServerState {
     init(loop: EventLoop, address: SocketAddress, maxFrameBytes: Int, handler: @escaping FrameConnection.Handler) throws {
         var accept: ((TCPConnection) -> Void)?
         listener = try TCPListener(loop: loop, address: address) { accept?($0) }
-        accept = { [unowned self] tcp in
+        accept = { [weak self] tcp in
+            guard let self else { tcp.close(); return }
             let connection = FrameConnection(tcp: tcp, maxFrameBytes: maxFrameBytes, handler: handler)
             let key = ObjectIdentifier(connection)
             self.connections[key] = connection
-            connection.onClose = { [unowned self] in self.connections[key] = nil }
+            connection.onClose = { [weak self] in self?.connections[key] = nil }
         }
     }
 
@@ -327,6 +333,11 @@ public final class FrameClient: Sendable {
         let state = self.state
         loop.runBlocking { state.value.close() }
     }
+
+    deinit {
+        let state = self.state
+        loop.execute { state.value.close() }
+    }
 }
 
 final class FrameClientState {
@@ -348,9 +359,9 @@ final class FrameClientState {
 
     func request(to peer: HostPort, type: UInt16, payload: [UInt8], deadline: Duration,
                  completion: @escaping (Result<Frame, FrameError>) -> Void) {
-        withConnection(to: peer) { [unowned self] connection in
+        withConnection(to: peer) { [weak self] connection in
             guard let connection else {
-                completion(.failure(self.failures[peer] ?? FrameError(.connectFailed, "cannot connect to \(peer)")))
+                completion(.failure(self?.failures[peer] ?? FrameError(.connectFailed, "cannot connect to \(peer)")))
                 return
             }
             connection.request(type: type, payload: payload, deadline: deadline, completion: completion)
@@ -371,13 +382,17 @@ final class FrameClientState {
             finishConnecting(peer, nil)
             return
         }
-        TCPConnection.connect(on: loop, to: address, timeout: connectTimeout) { [unowned self] result in
+        TCPConnection.connect(on: loop, to: address, timeout: connectTimeout) { [weak self] result in
+            guard let self else {
+                if case .success(let tcp) = result { tcp.close() }
+                return
+            }
             switch result {
             case .success(let tcp):
                 guard !self.closed else { tcp.close(); self.finishConnecting(peer, nil); return }
                 let connection = FrameConnection(tcp: tcp, maxFrameBytes: self.maxFrameBytes, handler: self.handler)
-                connection.onClose = { [unowned self] in
-                    if self.connections[peer] === connection { self.connections[peer] = nil }
+                connection.onClose = { [weak self, unowned connection] in
+                    if self?.connections[peer] === connection { self?.connections[peer] = nil }
                 }
                 self.connections[peer] = connection
                 self.failures[peer] = nil

@@ -116,8 +116,8 @@ final class ClientCore {
             return
         }
         let exchange = ClientExchange(request: request, address: address, completion: completion)
-        exchange.timer = loop.schedule(after: deadline) { [unowned self, weak exchange] in
-            guard let exchange else { return }
+        exchange.timer = loop.schedule(after: deadline) { [weak self, weak exchange] in
+            guard let self, let exchange else { return }
             let connection = exchange.connection
             exchange.finish(.failure(HTTPClientError(.deadlineExceeded,
                 "\(request.method) \(address)\(request.target): no complete response within \(deadline)")))
@@ -146,7 +146,12 @@ final class ClientCore {
         }
         let remaining = exchange.deadlineAt > loop.nowMilliseconds ? exchange.deadlineAt - loop.nowMilliseconds : 1
         let timeout = min(configuration.connectTimeout, .milliseconds(Int64(remaining)))
-        TCPConnection.connect(on: loop, to: address, timeout: timeout) { [unowned self] result in
+        TCPConnection.connect(on: loop, to: address, timeout: timeout) { [weak self] result in
+            guard let self else {
+                if case .success(let tcp) = result { tcp.close() }
+                exchange.finish(.failure(HTTPClientError(.shutDown, "HTTP client shut down")))
+                return
+            }
             switch result {
             case .success(let tcp):
                 guard !exchange.isFinished, !self.isShutDown else { tcp.close(); return }
@@ -232,7 +237,8 @@ final class ClientExchange {
 /// One client connection: writes a request, parses the response with http_parser.
 /// Loop-confined.
 final class ClientConnection: TCPConnectionDelegate {
-    unowned let core: ClientCore
+    /// Strong: the core's pool holds this connection only until it closes, which breaks the cycle.
+    let core: ClientCore
     let tcp: TCPConnection
     let address: HostPort
     private(set) var exchange: ClientExchange?

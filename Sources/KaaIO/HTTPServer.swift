@@ -70,6 +70,12 @@ public final class HTTPServer: Sendable {
         core.value.shutdown(grace: grace, completion: completion)
     }
 
+    deinit {
+        // A server dropped without `shutdown` still closes its listener and connections.
+        let core = self.core
+        loop.execute { core.value.shutdown(grace: .zero) {} }
+    }
+
     /// Open connections right now. Safe from any thread but the loop's.
     public var openConnections: Int {
         let core = self.core
@@ -134,9 +140,11 @@ final class ServerCore {
         self.handler = handler
         var accept: ((TCPConnection) -> Void)?
         listener = try TCPListener(loop: loop, address: address) { accept?($0) }
-        accept = { [unowned self] in self.accept($0) }
+        accept = { [weak self] tcp in
+            if let self { self.accept(tcp) } else { tcp.close() }
+        }
         let interval = configuration.sweepInterval
-        sweeper = loop.schedule(after: interval, repeating: interval) { [unowned self] in self.sweep() }
+        sweeper = loop.schedule(after: interval, repeating: interval) { [weak self] in self?.sweep() }
     }
 
     private func accept(_ tcp: TCPConnection) {
@@ -171,7 +179,8 @@ final class ServerCore {
         if connections.isEmpty {
             finishDrain()
         } else {
-            drainTimer = loop.schedule(after: grace) { [unowned self] in
+            drainTimer = loop.schedule(after: grace) { [weak self] in
+                guard let self else { return }
                 for connection in Array(self.connections.values) { connection.tcp.close() }
             }
         }

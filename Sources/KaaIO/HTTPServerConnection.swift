@@ -12,7 +12,8 @@ final class HTTPServerConnection: TCPConnectionDelegate {
         var response: HTTPResponse?
     }
 
-    unowned let server: ServerCore
+    /// Strong: the server drops this connection when it closes, which breaks the cycle.
+    let server: ServerCore
     let tcp: TCPConnection
     private let parser: UnsafeMutablePointer<http_parser>
     private var phase = Phase.idle
@@ -179,6 +180,10 @@ final class HTTPServerConnection: TCPConnectionDelegate {
         let major = Int(parser.pointee.http_major), minor = Int(parser.pointee.http_minor)
         if major != 1 {
             failure = .version(major, minor)
+            return -1
+        }
+        if kaa_http_upgrade(parser) != 0 {
+            failure = .parse("protocol upgrade is not supported")
             return -1
         }
         phase = .body

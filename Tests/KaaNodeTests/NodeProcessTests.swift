@@ -1,0 +1,122 @@
+import Foundation
+import Glibc
+import KaaCore
+import KaaIO
+import KaaNode
+import KaaTestSupport
+import Testing
+
+/// The `kaa` executable as an operator runs it: real processes, real sockets, stopped by pid.
+@Suite struct NodeProcessTests {
+    static func startNode(_ dir: TemporaryDirectory, extra: [String] = [],
+                          environment: [String: String] = [:]) throws -> (KaaProcess, UInt16) {
+        let node = try KaaProcess(["node", "--data-dir", dir.path + "/data", "--http-addr", "127.0.0.1:0",
+                                   "--peer-addr", "127.0.0.1:0"] + extra, environment: environment)
+        let port = try node.waitForLog(#"node started .*http\.addr=127\.0\.0\.1:(\d+)"#)
+        return (node, UInt16(port)!)
+    }
+
+    @Test func nodeAnswersHealthAndStopsGracefullyOnSIGTERM() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let (node, port) = try NodeProcessTests.startNode(dir)
+        let c = try RawSocket(port: port)
+        try c.send("GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\nGET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\nGET /v2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(try c.readResponse().status == 200)
+        #expect(try c.readResponse().status == 200)
+        let meta = try c.readResponse()
+        #expect(meta.text == #"{"name":"kaa","version":"\#(KaaVersion.string)","extensions":[]}"#)
+        node.signal(SIGTERM)
+        #expect(node.wait() == 0)
+        #expect(node.stderr.contains("signal received; shutting down signal=15"))
+        #expect(node.stderr.contains("node stopped"))
+    }
+
+    @Test func peerPortAnswersPingFrames() async throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let node = try KaaProcess(["node", "--data-dir", dir.path + "/data", "--http-addr", "127.0.0.1:0",
+                                   "--peer-addr", "127.0.0.1:0"])
+        let peerPort = UInt16(try node.waitForLog(#"node started .*peer\.addr=127\.0\.0\.1:(\d+)"#))!
+        let loop = EventLoop.start()
+        let client = FrameClient(loop: loop)
+        let answer = try await client.request(to: HostPort(host: "127.0.0.1", port: peerPort),
+                                              type: Node.PeerFrameType.ping, payload: [1, 2, 3], deadline: .seconds(5))
+        #expect(answer.payload == [1, 2, 3])
+        await #expect { _ = try await client.request(to: HostPort(host: "127.0.0.1", port: peerPort), type: 999,
+                                                      payload: [], deadline: .seconds(5)) } throws: {
+            ($0 as? FrameError)?.message.contains("unknown frame type 999") == true
+        }
+        client.shutdown()
+        loop.shutdown()
+        node.signal(SIGINT)
+        #expect(node.wait() == 0)
+    }
+
+    @Test func secondNodeOnTheSameDataDirectoryIsRefused() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let (first, _) = try NodeProcessTests.startNode(dir)
+        let (status, _, stderr) = try KaaProcess.run(["node", "--data-dir", dir.path + "/data",
+                                                      "--http-addr", "127.0.0.1:0", "--peer-addr", "127.0.0.1:0"])
+        #expect(status == 1)
+        #expect(stderr.contains("data directory \(dir.path)/data is in use by another kaa node (pid \(first.pid))"))
+        first.signal(SIGTERM)
+        first.wait()
+    }
+
+    @Test func portInUseIsAClearStartupError() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let taken = try SilentListener(backlog: 1)
+        let (status, _, stderr) = try KaaProcess.run(["node", "--data-dir", dir.path + "/data",
+                                                      "--http-addr", "127.0.0.1:\(taken.port)", "--peer-addr", "127.0.0.1:0"])
+        #expect(status == 1)
+        #expect(stderr.contains("cannot start node: listen on 127.0.0.1:\(taken.port): address already in use"))
+    }
+
+    @Test func configFileEnvironmentAndFlagsLayerInThatOrder() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let file = dir.path + "/node.yaml"
+        try "data_dir: \(dir.path)/from-file\nhttp_addr: 127.0.0.1:1\nlog_level: debug\nmax_body_bytes: 1024\n"
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        let config = try NodeConfig.load(file: file, environment: ["KAA_HTTP_ADDR": "127.0.0.1:2", "KAA_LOG_LEVEL": "warning"],
+                                         flags: ["log_level": "error"])
+        #expect(config.dataDir == dir.path + "/from-file")
+        #expect(config.httpAddr == HostPort(host: "127.0.0.1", port: 2))
+        #expect(config.logLevel == "error")
+        #expect(config.http.maxBodyBytes == 1024)
+    }
+
+    @Test(arguments: [
+        ("colour: blue\n", "unknown key `colour`; known keys: data_dir, http_addr"),
+        ("- a\n- b\n", "must be a mapping of keys to values"),
+        ("http_addr: nowhere\n", "address `nowhere` has no port"),
+        ("header_timeout: soon\n", "header_timeout `soon` is not a duration; write it like 500ms, 10s, 2m or 1h"),
+        ("max_connections: -3\n", "max_connections `-3` must be a whole number of at least 1"),
+        ("http_addr: [1, 2]\n", "`http_addr` must be a single value"),
+        ("a: b: c\n", "is not valid YAML"),
+    ])
+    func badConfigFilesNameTheProblem(yaml: String, message: String) throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let file = dir.path + "/node.yaml"
+        try yaml.write(toFile: file, atomically: true, encoding: .utf8)
+        #expect { _ = try NodeConfig.load(file: file, environment: [:], flags: [:]) } throws: {
+            "\($0)".contains(message)
+        }
+        let (status, _, stderr) = try KaaProcess.run(["node", "--config", file])
+        #expect(status != 0)
+        #expect(stderr.contains(message))
+    }
+
+    @Test func versionAndHelp() throws {
+        let (status, out, _) = try KaaProcess.run(["--version"])
+        #expect(status == 0)
+        #expect(out == KaaVersion.string + "\n")
+        let (nodeStatus, help, _) = try KaaProcess.run(["node", "--help"])
+        #expect(nodeStatus == 0)
+        for flag in NodeConfig.keys.map(\.flag) { #expect(help.contains(flag), "node --help lacks \(flag)") }
+    }
+}
