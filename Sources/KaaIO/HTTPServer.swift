@@ -130,6 +130,9 @@ final class ServerCore {
     private var drainTimer: LoopTimer?
     private var drained: [() -> Void] = []
     let dateCache = DateHeaderCache()
+    let headerTimeoutMs: UInt64
+    let bodyTimeoutMs: UInt64
+    let idleTimeoutMs: UInt64
     /// Answers being gathered for one connection; empty whenever control returns to the loop.
     var outbound: [UInt8] = []
 
@@ -138,6 +141,9 @@ final class ServerCore {
         self.loop = loop
         self.configuration = configuration
         self.handler = handler
+        headerTimeoutMs = configuration.headerTimeout.millisecondsRoundedUp
+        bodyTimeoutMs = configuration.bodyTimeout.millisecondsRoundedUp
+        idleTimeoutMs = configuration.idleTimeout.millisecondsRoundedUp
         var accept: ((TCPConnection) -> Void)?
         listener = try TCPListener(loop: loop, address: address) { accept?($0) }
         accept = { [weak self] tcp in
@@ -201,18 +207,27 @@ final class DateHeaderCache {
     private var second: time_t = 0
     private var value: [UInt8] = []
 
+    /// Appends the current value to `out`.
+    func append(to out: inout [UInt8]) {
+        let now = time(nil)
+        if now != second { refresh(now) }
+        out.append(contentsOf: value)
+    }
+
     var bytes: [UInt8] {
         let now = time(nil)
-        if now != second {
-            second = now
-            var tm = tm()
-            var t = now
-            gmtime_r(&t, &tm)
-            var buffer = [CChar](repeating: 0, count: 64)
-            let n = strftime(&buffer, buffer.count, "%a, %d %b %Y %H:%M:%S GMT", &tm)
-            value = buffer[..<n].map { UInt8(bitPattern: $0) }
-        }
+        if now != second { refresh(now) }
         return value
+    }
+
+    private func refresh(_ now: time_t) {
+        second = now
+        var tm = tm()
+        var t = now
+        gmtime_r(&t, &tm)
+        var buffer = [CChar](repeating: 0, count: 64)
+        let n = strftime(&buffer, buffer.count, "%a, %d %b %Y %H:%M:%S GMT", &tm)
+        value = buffer[..<n].map { UInt8(bitPattern: $0) }
     }
 }
 
@@ -226,24 +241,34 @@ func serialize(_ response: HTTPResponse, keepAlive: Bool, dateCache: DateHeaderC
 func appendResponse(_ response: HTTPResponse, keepAlive: Bool, dateCache: DateHeaderCache,
                     headOnly: Bool = false, to out: inout [UInt8]) {
     out.reserveCapacity(out.count + 160 + response.body.count)
-    out.append(contentsOf: "HTTP/1.1 ".utf8)
-    appendDecimal(response.status.code, to: &out)
-    out.append(UInt8(ascii: " "))
-    out.append(contentsOf: response.status.reason.utf8)
-    out.append(contentsOf: "\r\ndate: ".utf8)
-    out.append(contentsOf: dateCache.bytes)
-    out.append(contentsOf: "\r\n".utf8)
+    if response.status == .ok {
+        out.append(contentsOf: okStatusLine)
+    } else {
+        out.append(contentsOf: "HTTP/1.1 ".utf8)
+        appendDecimal(response.status.code, to: &out)
+        out.append(UInt8(ascii: " "))
+        out.append(contentsOf: response.status.reason.utf8)
+        out.append(contentsOf: "\r\ndate: ".utf8)
+    }
+    dateCache.append(to: &out)
+    out.append(contentsOf: crlf)
     for (name, value) in response.headers where !isFramingHeader(name) {
         out.append(contentsOf: name.utf8)
         out.append(contentsOf: ": ".utf8)
         out.append(contentsOf: value.utf8)
         out.append(contentsOf: "\r\n".utf8)
     }
-    out.append(contentsOf: "content-length: ".utf8)
+    out.append(contentsOf: contentLengthName)
     appendDecimal(response.body.count, to: &out)
-    out.append(contentsOf: keepAlive ? "\r\n\r\n".utf8 : "\r\nconnection: close\r\n\r\n".utf8)
+    out.append(contentsOf: keepAlive ? endOfHead : closeAndEndOfHead)
     if !headOnly { out.append(contentsOf: response.body) }
 }
+
+private let okStatusLine = Array("HTTP/1.1 200 OK\r\ndate: ".utf8)
+private let crlf = Array("\r\n".utf8)
+private let contentLengthName = Array("content-length: ".utf8)
+private let endOfHead = Array("\r\n\r\n".utf8)
+private let closeAndEndOfHead = Array("\r\nconnection: close\r\n\r\n".utf8)
 
 private func isFramingHeader(_ name: String) -> Bool {
     let n = name.utf8.count

@@ -52,7 +52,7 @@ final class HTTPServerConnection: TCPConnectionDelegate {
 
     func start() {
         tcp.delegate = self
-        deadline = server.loop.nowMilliseconds + server.configuration.idleTimeout.millisecondsRoundedUp
+        deadline = server.loop.nowMilliseconds + server.idleTimeoutMs
         tcp.startReading()
     }
 
@@ -130,7 +130,7 @@ final class HTTPServerConnection: TCPConnectionDelegate {
 
     fileprivate func messageBegin() -> Int32 {
         phase = .head
-        deadline = server.loop.nowMilliseconds + server.configuration.headerTimeout.millisecondsRoundedUp
+        deadline = server.loop.nowMilliseconds + server.headerTimeoutMs
         url.removeAll(keepingCapacity: true)
         field.removeAll(keepingCapacity: true)
         value.removeAll(keepingCapacity: true)
@@ -187,7 +187,7 @@ final class HTTPServerConnection: TCPConnectionDelegate {
             return -1
         }
         phase = .body
-        deadline = server.loop.nowMilliseconds + server.configuration.bodyTimeout.millisecondsRoundedUp
+        deadline = server.loop.nowMilliseconds + server.bodyTimeoutMs
         let length = parser.pointee.content_length
         let limit = server.configuration.maxBodyBytes
         if kaa_http_is_chunked(parser) == 0 && length != UInt64.max {
@@ -270,7 +270,7 @@ final class HTTPServerConnection: TCPConnectionDelegate {
         }
         if outstanding.isEmpty && phase == .waiting {
             phase = .idle
-            deadline = server.loop.nowMilliseconds + server.configuration.idleTimeout.millisecondsRoundedUp
+            deadline = server.loop.nowMilliseconds + server.idleTimeoutMs
         }
         if closing && outstanding.isEmpty {
             flush()

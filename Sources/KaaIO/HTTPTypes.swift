@@ -93,7 +93,10 @@ public struct HTTPRequest: Sendable {
     /// The request target as sent (`/v2/models/iris/infer?x=1`).
     public var target: String
     /// The target's path, percent-encoding left as sent.
-    public var path: Substring { target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "" }
+    public var path: Substring {
+        guard let mark = target.utf8.firstIndex(of: UInt8(ascii: "?")) else { return target[...] }
+        return target[..<mark]
+    }
     public var headers: HTTPHeaders
     public var body: [UInt8]
     /// Values the router matched for `{name}` segments, percent-decoded.

@@ -27,7 +27,9 @@ extension TCPConnectionDelegate {
 /// heap block (request + bytes) freed in the write callback. ``pendingWriteBytes`` counts it;
 /// past ``highWatermark`` the owner is told to stop producing (``isWritable`` turns false).
 public final class TCPConnection: LoopHandle {
-    public weak var delegate: (any TCPConnectionDelegate)?
+    /// Strong, and cleared when the connection closes: that breaks the delegate's cycle without
+    /// a weak reference (which would move every retain of the delegate to a slow path).
+    public var delegate: (any TCPConnectionDelegate)?
     /// Bytes handed to the kernel's queue but not yet written.
     public private(set) var pendingWriteBytes = 0
     public var highWatermark = 1 << 20
@@ -253,6 +255,7 @@ public final class TCPConnection: LoopHandle {
         lingerTimer = nil
         if isReading { uv_read_stop(stream); isReading = false }
         let delegate = self.delegate
+        self.delegate = nil
         onClose = { [self] in delegate?.connectionClosed(self) }
     }
 }
