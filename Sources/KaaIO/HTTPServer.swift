@@ -76,6 +76,13 @@ public final class HTTPServer: Sendable {
         loop.execute { core.value.shutdown(grace: .zero) {} }
     }
 
+    /// Output bytes queued in the kernel's stead, over all connections (back-pressure gauge).
+    /// Safe from any thread but the loop's.
+    public var queuedOutputBytes: Int {
+        let core = self.core
+        return loop.runBlocking { core.value.connections.values.reduce(0) { $0 + $1.tcp.pendingWriteBytes } }
+    }
+
     /// Open connections right now. Safe from any thread but the loop's.
     public var openConnections: Int {
         let core = self.core

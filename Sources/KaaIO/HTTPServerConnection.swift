@@ -63,6 +63,7 @@ final class HTTPServerConnection: TCPConnectionDelegate {
         feed(bytes)
         inReadCycle = false
         flush()
+        if pausedForPipeline { resumeIfPossible() }
     }
 
     func connection(_ connection: TCPConnection, readEndedWith error: IOError?) {
@@ -237,7 +238,10 @@ final class HTTPServerConnection: TCPConnectionDelegate {
         server.handler(request, responder)
         if closing {
             http_parser_pause(parser, 1)
-        } else if outstanding.count >= server.configuration.maxPipelinedRequests || !tcp.isWritable {
+        } else if outstanding.count >= server.configuration.maxPipelinedRequests || !tcp.isWritable
+                    || tcp.pendingWriteBytes + server.outbound.count > tcp.highWatermark {
+            // Answers not yet written count too: one read of pipelined requests must not
+            // produce unbounded output.
             pausedForPipeline = true
             http_parser_pause(parser, 1)
         }
@@ -289,20 +293,24 @@ final class HTTPServerConnection: TCPConnectionDelegate {
 
     /// Resumes parsing and reading once the pipeline and the socket have room again.
     private func resumeIfPossible() {
-        guard !closing, failure == nil, tcp.isOpen, tcp.isWritable,
-              outstanding.count < server.configuration.maxPipelinedRequests, !inReadCycle else { return }
-        if pausedForPipeline || !stash.isEmpty {
-            pausedForPipeline = false
-            http_parser_pause(parser, 0)
+        guard !inReadCycle else { return }
+        while !closing, failure == nil, tcp.isOpen, tcp.isWritable,
+              outstanding.count < server.configuration.maxPipelinedRequests {
+            if pausedForPipeline {
+                pausedForPipeline = false
+                http_parser_pause(parser, 0)
+            }
+            guard !stash.isEmpty else {
+                tcp.startReading()
+                return
+            }
             let pending = stash
             stash = []
             inReadCycle = true
             pending.withUnsafeBytes { feed($0) }
             inReadCycle = false
             flush()
-            if pausedForPipeline || !stash.isEmpty || closing { return }
         }
-        tcp.startReading()
     }
 
     // MARK: timeouts and shutdown
