@@ -39,6 +39,9 @@ public final class HTTPServer: Sendable {
     }
 
     public typealias Handler = @Sendable (HTTPRequest, HTTPResponder) -> Void
+    /// Chooses, from a request's head (its body still empty), a sink that takes the body as it
+    /// arrives instead of buffering it; `nil` buffers as usual. Runs on the loop.
+    public typealias Streamer = @Sendable (HTTPRequest) -> (any HTTPBodySink)?
 
     public let loop: EventLoop
     /// The bound address (with the real port when port 0 was asked for).
@@ -47,10 +50,11 @@ public final class HTTPServer: Sendable {
 
     /// Binds `address` and starts serving. Safe from any thread.
     public init(on loop: EventLoop, address: SocketAddress, configuration: Configuration = .init(),
-                handler: @escaping Handler) throws {
+                streamer: Streamer? = nil, handler: @escaping Handler) throws {
         self.loop = loop
         let core = try loop.runBlocking { () throws -> LoopBound<ServerCore> in
-            LoopBound(try ServerCore(loop: loop, address: address, configuration: configuration, handler: handler), loop: loop)
+            LoopBound(try ServerCore(loop: loop, address: address, configuration: configuration,
+                                     streamer: streamer, handler: handler), loop: loop)
         }
         self.core = core
         self.localAddress = loop.runBlocking { core.value.listener.localAddress }
@@ -88,6 +92,23 @@ public final class HTTPServer: Sendable {
         let core = self.core
         return loop.runBlocking { core.value.connections.count }
     }
+}
+
+/// Takes a request body as it arrives (uploads of any size). Loop-confined: every call comes
+/// on the loop thread.
+///
+/// The server stops reading the connection after each chunk until `ready` is called, so a sink
+/// that hands chunks to a worker gets back-pressure for free. `maxBytes` replaces the server's
+/// body limit for this request. The body deadline restarts with each chunk (a stalled upload
+/// still times out).
+public protocol HTTPBodySink: AnyObject {
+    var maxBytes: Int { get }
+    /// The next bytes of the body; call `ready` (on the loop, now or later) for more.
+    func receive(_ chunk: [UInt8], ready: @escaping () -> Void)
+    /// The body is complete: answer through `responder`.
+    func finish(_ responder: HTTPResponder)
+    /// The body will not complete (client gone, malformed, too large, timed out).
+    func abort(_ reason: String)
 }
 
 /// A reference to a loop-confined value, usable from other threads only to hop back.
@@ -130,6 +151,7 @@ final class ServerCore {
     let loop: EventLoop
     let configuration: HTTPServer.Configuration
     let handler: HTTPServer.Handler
+    let streamer: HTTPServer.Streamer?
     let listener: TCPListener
     var connections: [ObjectIdentifier: HTTPServerConnection] = [:]
     private var sweeper: LoopTimer?
@@ -144,10 +166,11 @@ final class ServerCore {
     var outbound: [UInt8] = []
 
     init(loop: EventLoop, address: SocketAddress, configuration: HTTPServer.Configuration,
-         handler: @escaping HTTPServer.Handler) throws {
+         streamer: HTTPServer.Streamer?, handler: @escaping HTTPServer.Handler) throws {
         self.loop = loop
         self.configuration = configuration
         self.handler = handler
+        self.streamer = streamer
         headerTimeoutMs = configuration.headerTimeout.millisecondsRoundedUp
         bodyTimeoutMs = configuration.bodyTimeout.millisecondsRoundedUp
         idleTimeoutMs = configuration.idleTimeout.millisecondsRoundedUp

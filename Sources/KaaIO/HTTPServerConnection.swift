@@ -29,6 +29,11 @@ final class HTTPServerConnection: TCPConnectionDelegate {
     private var body: [UInt8] = []
     private var headerBytes = 0
     private var expectsContinue = false
+    /// Takes this request's body instead of `body`, when the streamer chose one.
+    private var sink: (any HTTPBodySink)?
+    private var sinkBytes = 0
+    private var sinkBusy = false
+    private var pausedForSink = false
 
     // Requests parsed and not yet written, oldest first; `firstSequence` is the oldest's number.
     private var outstanding: [Outstanding] = []
@@ -79,6 +84,7 @@ final class HTTPServerConnection: TCPConnectionDelegate {
     }
 
     func connectionClosed(_ connection: TCPConnection) {
+        abortSink("the client closed the connection before the body was complete")
         outstanding.removeAll()
         server.connectionClosed(self)
     }
@@ -108,6 +114,12 @@ final class HTTPServerConnection: TCPConnectionDelegate {
         }
     }
 
+    private func abortSink(_ reason: String) {
+        guard let sink else { return }
+        self.sink = nil
+        sink.abort(reason)
+    }
+
     private func fail(_ failure: Failure) {
         let response: HTTPResponse
         switch failure {
@@ -123,6 +135,7 @@ final class HTTPServerConnection: TCPConnectionDelegate {
         case .parse(let what):
             response = .error(.badRequest, "malformed HTTP request: \(what)")
         }
+        abortSink(response.status == .contentTooLarge ? "body exceeds \(sink?.maxBytes ?? 0) bytes" : "\(response.status)")
         closing = true
         tcp.stopReading()
         outstanding.append(Outstanding(keepAlive: false, headOnly: false, response: response))
@@ -190,13 +203,20 @@ final class HTTPServerConnection: TCPConnectionDelegate {
         phase = .body
         deadline = server.loop.nowMilliseconds + server.bodyTimeoutMs
         let length = parser.pointee.content_length
-        let limit = server.configuration.maxBodyBytes
+        if let streamer = server.streamer {
+            var head = HTTPRequest(method: HTTPServerConnection.method(kaa_http_method(parser)),
+                                   target: String(decoding: url, as: UTF8.self), headers: headers)
+            head.remoteAddress = tcp.remoteAddress
+            sink = streamer(head)
+            sinkBytes = 0
+        }
+        let limit = sink?.maxBytes ?? server.configuration.maxBodyBytes
         if kaa_http_is_chunked(parser) == 0 && length != UInt64.max {
             if length > UInt64(limit) {
                 failure = .bodyTooLarge
                 return -1
             }
-            body.reserveCapacity(Int(length))
+            if sink == nil { body.reserveCapacity(Int(length)) }
         }
         if let expect = headers["expect"] {
             guard expect.lowercased() == "100-continue" else {
@@ -213,12 +233,35 @@ final class HTTPServerConnection: TCPConnectionDelegate {
     }
 
     fileprivate func bodyBytes(_ bytes: UnsafeRawBufferPointer) -> Int32 {
+        if let sink {
+            sinkBytes += bytes.count
+            if sinkBytes > sink.maxBytes {
+                failure = .bodyTooLarge
+                return 1
+            }
+            deadline = server.loop.nowMilliseconds + server.bodyTimeoutMs // progress restarts it
+            sinkBusy = true
+            sink.receive(Array(bytes)) { [weak self] in self?.sinkReady() }
+            if sinkBusy {
+                pausedForSink = true
+                http_parser_pause(parser, 1)
+            }
+            return 0
+        }
         if body.count + bytes.count > server.configuration.maxBodyBytes {
             failure = .bodyTooLarge
             return 1
         }
         body.append(contentsOf: bytes)
         return 0
+    }
+
+    private func sinkReady() {
+        sinkBusy = false
+        guard pausedForSink else { return }
+        pausedForSink = false
+        http_parser_pause(parser, 0)
+        resumeIfPossible()
     }
 
     fileprivate func messageComplete() -> Int32 {
@@ -235,7 +278,12 @@ final class HTTPServerConnection: TCPConnectionDelegate {
         deadline = 0
         if !keepAlive { closing = true }
         let responder = HTTPResponder(connection: LoopBound(self, loop: server.loop), sequence: sequence)
-        server.handler(request, responder)
+        if let sink {
+            self.sink = nil
+            sink.finish(responder)
+        } else {
+            server.handler(request, responder)
+        }
         if closing {
             http_parser_pause(parser, 1)
         } else if outstanding.count >= server.configuration.maxPipelinedRequests || !tcp.isWritable
@@ -293,13 +341,13 @@ final class HTTPServerConnection: TCPConnectionDelegate {
 
     /// Resumes parsing and reading once the pipeline and the socket have room again.
     private func resumeIfPossible() {
-        guard !inReadCycle else { return }
-        while !closing, failure == nil, tcp.isOpen, tcp.isWritable,
+        guard !inReadCycle, !pausedForSink else { return }
+        while !closing, failure == nil, tcp.isOpen, tcp.isWritable, !pausedForSink,
               outstanding.count < server.configuration.maxPipelinedRequests {
             if pausedForPipeline {
                 pausedForPipeline = false
-                http_parser_pause(parser, 0)
             }
+            http_parser_pause(parser, 0)
             guard !stash.isEmpty else {
                 tcp.startReading()
                 return
@@ -328,6 +376,7 @@ final class HTTPServerConnection: TCPConnectionDelegate {
     }
 
     private func timeOut(_ why: String) {
+        abortSink(why)
         deadline = 0
         closing = true
         tcp.stopReading()
