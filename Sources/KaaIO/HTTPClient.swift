@@ -38,6 +38,25 @@ public struct HTTPClientError: Error, CustomStringConvertible, Sendable {
     }
 }
 
+/// A request body produced piece by piece (an upload read from a file), so it is never held
+/// in memory whole.
+public struct HTTPClientBodyStream: Sendable {
+    /// Exact body length, sent as Content-Length.
+    public var length: Int
+    /// The next piece, `nil` at the end; called on the client's loop whenever the connection
+    /// can take more. A thrown error fails the request.
+    public var next: @Sendable () throws -> [UInt8]?
+    /// Bytes handed to the socket so far; called on the loop after each piece.
+    public var progress: (@Sendable (Int) -> Void)?
+
+    public init(length: Int, next: @escaping @Sendable () throws -> [UInt8]?,
+                progress: (@Sendable (Int) -> Void)? = nil) {
+        self.length = length
+        self.next = next
+        self.progress = progress
+    }
+}
+
 /// An HTTP/1.1 client with pooled keep-alive connections per host, a deadline per request and
 /// a connect timeout. Thread-safe; its work runs on one event loop.
 public final class HTTPClient: Sendable {
@@ -64,17 +83,21 @@ public final class HTTPClient: Sendable {
     }
 
     /// Sends `request` to `address`; `completion` runs once, on the client's loop.
-    public func execute(_ request: HTTPRequest, to address: HostPort, deadline: Duration,
+    /// With `bodyStream`, the body comes from the stream instead of `request.body`.
+    public func execute(_ request: HTTPRequest, bodyStream: HTTPClientBodyStream? = nil, to address: HostPort,
+                        deadline: Duration,
                         completion: @escaping @Sendable (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
         let core = self.core
-        loop.execute { core.value.start(request, to: address, deadline: deadline, completion: completion) }
+        loop.execute {
+            core.value.start(request, bodyStream: bodyStream, to: address, deadline: deadline, completion: completion)
+        }
     }
 
     /// Sends `request` to `address` and waits for the whole response.
-    public func execute(_ request: HTTPRequest, to address: HostPort,
+    public func execute(_ request: HTTPRequest, bodyStream: HTTPClientBodyStream? = nil, to address: HostPort,
                         deadline: Duration) async throws(HTTPClientError) -> HTTPClientResponse {
         let result = await withCheckedContinuation { continuation in
-            execute(request, to: address, deadline: deadline) { continuation.resume(returning: $0) }
+            execute(request, bodyStream: bodyStream, to: address, deadline: deadline) { continuation.resume(returning: $0) }
         }
         return try result.get()
     }
@@ -109,13 +132,15 @@ final class ClientCore {
         self.configuration = configuration
     }
 
-    func start(_ request: HTTPRequest, to address: HostPort, deadline: Duration,
+    func start(_ request: HTTPRequest, bodyStream: HTTPClientBodyStream?, to address: HostPort, deadline: Duration,
                completion: @escaping @Sendable (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
         guard !isShutDown else {
             completion(.failure(HTTPClientError(.shutDown, "HTTP client is shut down")))
             return
         }
         let exchange = ClientExchange(request: request, address: address, completion: completion)
+        exchange.bodyStream = bodyStream
+        exchange.retried = bodyStream != nil // a stream cannot be replayed
         exchange.timer = loop.schedule(after: deadline) { [weak self, weak exchange] in
             guard let self, let exchange else { return }
             let connection = exchange.connection
@@ -214,6 +239,8 @@ final class ClientExchange {
     var deadlineAt: UInt64 = 0
     weak var connection: ClientConnection?
     var retried = false
+    var bodyStream: HTTPClientBodyStream?
+    var streamed = 0
 
     init(request: HTTPRequest, address: HostPort,
          completion: @escaping @Sendable (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
@@ -286,12 +313,45 @@ final class ClientConnection: TCPConnectionDelegate {
         for (name, value) in request.headers where name.lowercased() != "content-length" {
             out.append(contentsOf: "\(name): \(value)\r\n".utf8)
         }
+        if let stream = exchange.bodyStream {
+            out.append(contentsOf: "content-length: \(stream.length)\r\n\r\n".utf8)
+            tcp.write(out)
+            pump()
+            return
+        }
         if !request.body.isEmpty || request.method == .post || request.method == .put {
             out.append(contentsOf: "content-length: \(request.body.count)\r\n".utf8)
         }
         out.append(contentsOf: "\r\n".utf8)
         out.append(contentsOf: request.body)
         tcp.write(out)
+    }
+
+    /// Writes pieces of a streamed body while the socket takes them.
+    private func pump() {
+        guard let exchange, let stream = exchange.bodyStream else { return }
+        while tcp.isOpen && tcp.isWritable && exchange.streamed < stream.length {
+            let piece: [UInt8]?
+            do { piece = try stream.next() } catch {
+                fail(HTTPClientError(.other, "reading the request body failed: \(error)"))
+                return
+            }
+            guard let piece, !piece.isEmpty else {
+                fail(HTTPClientError(.other, "request body ended after \(exchange.streamed) of \(stream.length) bytes"))
+                return
+            }
+            guard exchange.streamed + piece.count <= stream.length else {
+                fail(HTTPClientError(.other, "request body is longer than its declared \(stream.length) bytes"))
+                return
+            }
+            tcp.write(piece)
+            exchange.streamed += piece.count
+            stream.progress?(exchange.streamed)
+        }
+    }
+
+    func connection(_ connection: TCPConnection, writabilityChanged writable: Bool) {
+        if writable { pump() }
     }
 
     func becomeIdle(timeout: Duration) {

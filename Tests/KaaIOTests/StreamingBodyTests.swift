@@ -118,4 +118,43 @@ final class ChecksumSink: HTTPBodySink {
         waitUntil { !f.aborted.all.isEmpty }
         #expect(f.aborted.all == ["the client closed the connection before the body was complete"])
     }
+
+    @Test func theClientStreamsAnUploadPieceByPieceWithProgress() async throws {
+        let f = try Fixture()
+        defer { f.stop() }
+        var rng = SplitMix64(seed: 99)
+        let payload = (0..<(20 << 20)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        let offset = Mutex(0)
+        let lastProgress = Mutex(0)
+        let stream = HTTPClientBodyStream(length: payload.count, next: {
+            offset.withLock { o -> [UInt8]? in
+                guard o < payload.count else { return nil }
+                let piece = Array(payload[o..<min(o + (1 << 20), payload.count)])
+                o += piece.count
+                return piece
+            }
+        }, progress: { sent in lastProgress.withLock { $0 = sent } })
+        let client = HTTPClient()
+        defer { client.shutdown() }
+        let r = try await client.execute(HTTPRequest(method: .put, target: "/up"), bodyStream: stream,
+                                         to: f.server.localAddress.hostPort, deadline: .seconds(60))
+        #expect(r.text == "\(payload.count) \(StreamingBodyTests.checksum(payload))")
+        #expect(lastProgress.withLock { $0 } == payload.count)
+    }
+
+    @Test func aStreamShorterThanDeclaredFailsClearly() async throws {
+        let f = try Fixture()
+        defer { f.stop() }
+        let client = HTTPClient()
+        defer { client.shutdown() }
+        let once = Mutex(true)
+        let stream = HTTPClientBodyStream(length: 10, next: { once.withLock { first in
+            defer { first = false }
+            return first ? [1, 2, 3] : nil
+        } })
+        await #expect { _ = try await client.execute(HTTPRequest(method: .put, target: "/up"), bodyStream: stream,
+                                                     to: f.server.localAddress.hostPort, deadline: .seconds(5)) } throws: {
+            ($0 as? HTTPClientError)?.message == "request body ended after 3 of 10 bytes"
+        }
+    }
 }
