@@ -217,6 +217,35 @@ struct StoreFixture {
         #expect(r.record.id.description == "iris@1")
     }
 
+    @Test func concurrentUploadsGetDistinctVersionsAndOneWinnerPerVersion() async throws {
+        let f = try StoreFixture()
+        let (draft, _) = try buildSample(in: f.dir, version: 0, out: "d.kaa")
+        let store = f.store
+        let versions = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<8 {
+                group.addTask { try store.ingest(file: draft).record.id.version }
+            }
+            return try await group.reduce(into: [Int]()) { $0.append($1) }
+        }
+        #expect(versions.sorted() == Array(1...8))
+        // Different content racing for the same name@version: exactly one is stored.
+        var paths: [String] = []
+        for seed in 1...6 { paths.append(try buildSample(in: f.dir, version: 20, out: "r\(seed).kaa", seed: UInt8(seed)).path) }
+        let outcomes = await withTaskGroup(of: SnapshotError.Code?.self) { group in
+            for p in paths {
+                group.addTask {
+                    do throws(SnapshotError) { _ = try store.ingest(file: p); return nil } catch { return error.code }
+                }
+            }
+            return await group.reduce(into: [SnapshotError.Code?]()) { $0.append($1) }
+        }
+        #expect(outcomes.filter { $0 == nil }.count == 1)
+        #expect(outcomes.filter { $0 == SnapshotError.Code.conflict }.count == 5)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: f.data + "/snapshots/.tmp").isEmpty)
+        let stored = try store.record(SnapshotID(parsing: "iris@20"))!
+        _ = try SnapshotArchive.verify(path: stored.path, policy: .init(expectedDigest: stored.digest))
+    }
+
     @Test func aliases() throws {
         let f = try StoreFixture()
         for v in 1...3 { _ = try f.store.ingest(file: try buildSample(in: f.dir, version: v, out: "\(v).kaa", seed: UInt8(v)).path) }
