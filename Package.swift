@@ -17,15 +17,28 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // C libraries from Debian, as system-library targets. Only KaaIO imports CLibUV and
-        // CHTTPParser; only KaaSnapshot imports CLZ4.
+        // CHTTPParser; only KaaSnapshot imports CLZ4. SQLite comes through GRDB's own
+        // system-library target (GRDBSQLite, libsqlite3-dev).
         .systemLibrary(name: "CLibUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
         .systemLibrary(name: "CHTTPParser", providers: [.apt(["libhttp-parser-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
 
         .target(name: "KaaCore", swiftSettings: strict),
+        .target(
+            name: "KaaSnapshot",
+            dependencies: [
+                "KaaCore",
+                "CLZ4",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
         .target(
             name: "KaaIO",
             dependencies: [
@@ -38,7 +51,7 @@ let package = Package(
         .target(
             name: "KaaNode",
             dependencies: [
-                "KaaCore", "KaaIO",
+                "KaaCore", "KaaIO", "KaaSnapshot",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
@@ -46,7 +59,7 @@ let package = Package(
         .executableTarget(
             name: "kaa",
             dependencies: [
-                "KaaCore", "KaaIO", "KaaNode",
+                "KaaCore", "KaaIO", "KaaNode", "KaaSnapshot",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -57,12 +70,22 @@ let package = Package(
 
         .testTarget(name: "KaaCoreTests", dependencies: ["KaaCore"], swiftSettings: strict),
         .testTarget(
+            name: "KaaSnapshotTests",
+            dependencies: [
+                "KaaSnapshot",
+                "KaaCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .testTarget(
             name: "KaaIOTests",
             dependencies: ["KaaIO", "KaaTestSupport"],
             swiftSettings: strict),
         .testTarget(
             name: "KaaNodeTests",
-            dependencies: ["KaaNode", "KaaIO", "KaaTestSupport"],
+            dependencies: ["KaaNode", "KaaIO", "KaaSnapshot", "KaaTestSupport"],
             swiftSettings: strict),
     ]
 )

@@ -1,0 +1,297 @@
+public import Foundation
+import Logging
+
+/// What the uploader said about an upload (from the URL and headers of a `PUT`).
+public struct IngestRequest: Sendable {
+    /// The model name the upload is addressed to; the manifest MUST match.
+    public var expectedName: String?
+    /// The version the upload is addressed to: the manifest's version MUST match it, or, for a
+    /// draft, it is the version to assign.
+    public var expectedVersion: Int?
+    /// The digest the uploader expects.
+    public var expectedDigest: SnapshotDigest?
+    /// The upload's announced length (`Content-Length`); fewer or more bytes are refused.
+    public var declaredLength: UInt64?
+
+    public init(expectedName: String? = nil, expectedVersion: Int? = nil, expectedDigest: SnapshotDigest? = nil, declaredLength: UInt64? = nil) {
+        self.expectedName = expectedName
+        self.expectedVersion = expectedVersion
+        self.expectedDigest = expectedDigest
+        self.declaredLength = declaredLength
+    }
+}
+
+/// The result of a successful ingest.
+public struct IngestResult: Sendable, Equatable {
+    public enum Outcome: Sendable, Equatable {
+        /// Newly stored.
+        case stored
+        /// The same snapshot (same digest) was already stored; nothing changed.
+        case alreadyPresent
+    }
+
+    public var record: SnapshotRecord
+    public var outcome: Outcome
+    /// Whether the upload was a draft that this node gave a version.
+    public var assignedVersion: Bool
+}
+
+extension SnapshotStore {
+    /// Starts receiving an archive. Feed its bytes with ``IngestSession/append(_:)`` as they
+    /// arrive, then call ``IngestSession/finish()``; call ``IngestSession/abort()`` if the
+    /// upload is cut off. Until `finish` returns, nothing is visible in the store.
+    public func beginIngest(_ request: IngestRequest = .init()) throws(SnapshotError) -> IngestSession {
+        try IngestSession(store: self, request: request)
+    }
+
+    /// Ingests the archive at `path` (streamed in 1 MiB reads).
+    public func ingest(file path: String, _ request: IngestRequest = .init()) throws(SnapshotError) -> IngestResult {
+        let session = try beginIngest(request)
+        do {
+            try PosixFile.forEachChunk(of: path) { (chunk) throws(SnapshotError) in try session.append(chunk) }
+        } catch {
+            session.abort()
+            throw error
+        }
+        return try session.finish()
+    }
+
+    /// Ingests an archive arriving as a sequence of chunks (an HTTP upload body).
+    public func ingest<S: AsyncSequence>(chunks: S, _ request: IngestRequest = .init()) async throws -> IngestResult where S.Element == [UInt8] {
+        let session = try beginIngest(request)
+        do {
+            for try await chunk in chunks { try session.append(chunk) }
+        } catch {
+            session.abort()
+            throw error
+        }
+        return try session.finish()
+    }
+
+    /// Moves the verified archive at `temp` into place and records it; `temp` is consumed.
+    func commit(temp: String, verified: VerifiedArchive, assigned: Bool) throws(SnapshotError) -> IngestResult {
+        let id = try SnapshotID(name: verified.manifest.name, version: verified.manifest.version)
+        return try shared.withCommitLock { () throws(SnapshotError) -> IngestResult in
+            if let existing = try record(id) {
+                PosixFile.unlinkIfPresent(temp)
+                guard existing.digest == verified.digest else {
+                    throw SnapshotError(.conflict, "\(id) is already stored with digest \(existing.digest); this archive has \(verified.digest). Snapshots are immutable: publish it as a new version")
+                }
+                return IngestResult(record: existing, outcome: .alreadyPresent, assignedVersion: assigned)
+            }
+            let dir = snapshotsDirectory + "/" + id.name
+            let created = !PosixFile.exists(dir)
+            try PosixFile.makeDirectories(dir)
+            if created { try PosixFile.syncDirectory(snapshotsDirectory) }
+            let final = archivePath(id)
+            try PosixFile.rename(temp, final)
+            try PosixFile.syncDirectory(dir)
+            let now = Date()
+            do {
+                try catalog.pool.write { db in
+                    try db.execute(sql: """
+                        INSERT INTO snapshot (name, version, digest, size, state, received_at, signer, manifest)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                        """, arguments: [id.name, id.version, verified.digest.description, Int64(verified.archiveBytes),
+                                         SnapshotRecord.State.ready.rawValue, now.timeIntervalSince1970,
+                                         verified.signerKeyID, Data(verified.manifestBytes)])
+                }
+            } catch {
+                PosixFile.unlinkIfPresent(final)
+                throw SnapshotError(.io, "cannot record \(id) in the catalog: \(error)")
+            }
+            logger.info("snapshot stored", metadata: [
+                "snapshot": "\(id)", "snapshot.digest": "\(verified.digest)", "snapshot.bytes": "\(verified.archiveBytes)",
+            ])
+            let record = SnapshotRecord(id: id, digest: verified.digest, size: verified.archiveBytes, state: .ready,
+                                        receivedAt: Date(timeIntervalSince1970: now.timeIntervalSince1970),
+                                        signerKeyID: verified.signerKeyID, path: final)
+            return IngestResult(record: record, outcome: .stored, assignedVersion: assigned)
+        }
+    }
+
+    /// Copies the verified draft at `source` into `destination` with `version` written into
+    /// its manifest; returns the new archive's verification.
+    static func assignVersion(source: String, destination: String, version: Int) throws(SnapshotError) -> VerifiedArchive {
+        let out = try PosixFile.createExclusive(destination)
+        defer { out.close() }
+        let encoder = try LZ4FrameEncoder { (b) throws(SnapshotError) in try out.write(b) }
+        let writer = try ArchiveWriter(encoder: encoder)
+        let reader = try ArchiveReader(policy: .init()) { (event) throws(SnapshotError) in
+            switch event {
+            case .manifest(var m, _, _):
+                m.version = version
+                try m.validate()
+                let bytes = try m.canonicalBytes()
+                try writer.manifest(bytes)
+            case .fileStart(let f): try writer.beginFile(path: f.path, size: f.size)
+            case .fileData(let b): try writer.fileData(b)
+            case .fileEnd: try writer.endFile()
+            }
+        }
+        try PosixFile.forEachChunk(of: source) { (chunk) throws(SnapshotError) in try reader.feed(chunk) }
+        _ = try reader.finish()
+        try writer.finish()
+        try out.sync()
+        // Verify what was written, as every stored archive is.
+        return try SnapshotArchive.verify(path: destination, policy: .init(allowDraft: false))
+    }
+}
+
+/// One archive upload in progress. Not thread-safe: one owner feeds it, in order.
+///
+/// Bytes go to a temporary file in the store's `.tmp` directory and through the verifier at
+/// once; the first problem fails the session (later calls rethrow it) and removes the file.
+/// Dropping an unfinished session removes its file too.
+public final class IngestSession {
+    let store: SnapshotStore
+    let request: IngestRequest
+    let tempPath: String
+    private var file: PosixFile?
+    private let reader: ArchiveReader
+    private var failure: SnapshotError?
+    private var finished = false
+    private var checkedManifest = false
+    /// Bytes received so far.
+    public private(set) var bytesReceived: UInt64 = 0
+
+    init(store: SnapshotStore, request: IngestRequest) throws(SnapshotError) {
+        self.store = store
+        self.request = request
+        if let n = request.expectedName { try SnapshotNaming.validateModelName(n) }
+        if let v = request.expectedVersion, v <= 0 {
+            throw SnapshotError(.invalidName, "version \(v) is not a positive integer")
+        }
+        var policy = store.policy
+        policy.expectedDigest = request.expectedDigest
+        reader = try ArchiveReader(policy: policy)
+        tempPath = store.tempDirectory + "/" + UUID().uuidString + ".kaa.tmp"
+        file = try PosixFile.createExclusive(tempPath)
+    }
+
+    deinit {
+        if !finished { cleanUp() }
+    }
+
+    private func cleanUp() {
+        file?.close()
+        file = nil
+        PosixFile.unlinkIfPresent(tempPath)
+    }
+
+    private func fail(_ e: SnapshotError) -> SnapshotError {
+        failure = e
+        finished = true
+        cleanUp()
+        store.logger.info("snapshot upload refused", metadata: ["error": "\(e.message)", "error.code": "\(e.code)"])
+        return e
+    }
+
+    /// Takes the next piece of the upload.
+    public func append(_ bytes: UnsafeRawBufferPointer) throws(SnapshotError) {
+        if let failure { throw failure }
+        precondition(!finished, "append after finish")
+        do throws(SnapshotError) {
+            bytesReceived += UInt64(bytes.count)
+            if let declared = request.declaredLength, bytesReceived > declared {
+                throw SnapshotError(.malformedArchive, "upload is longer than its declared \(declared) bytes")
+            }
+            try file!.write(bytes)
+            try reader.feed(bytes)
+            if !checkedManifest, let m = reader.manifest, let d = reader.digest {
+                checkedManifest = true
+                try checkEarly(m, d)
+            }
+        } catch {
+            throw fail(error)
+        }
+    }
+
+    public func append(_ bytes: [UInt8]) throws(SnapshotError) {
+        try withRawBytes(bytes) { (b) throws(SnapshotError) in try append(b) }
+    }
+
+    public func append(_ data: Data) throws(SnapshotError) { try append(Array(data)) }
+
+    /// Refuses, as soon as the manifest is read, what the rest of the bytes cannot fix.
+    private func checkEarly(_ m: SnapshotManifest, _ d: SnapshotDigest) throws(SnapshotError) {
+        if let n = request.expectedName, n != m.name {
+            throw SnapshotError(.invalidManifest, "upload addressed to model `\(n)` holds a snapshot of `\(m.name)`")
+        }
+        if m.isDraft {
+            if !store.configuration.trustedKeys.isEmpty {
+                throw SnapshotError(.signatureMissing, "snapshot \(m.name) is a draft (no version), and this node requires signed snapshots; a signature covers the version, so build it with `--version` and `--sign`")
+            }
+            return
+        }
+        if let v = request.expectedVersion, v != m.version {
+            throw SnapshotError(.invalidManifest, "upload addressed to \(m.name)@\(v) holds \(m.name)@\(m.version)")
+        }
+        let id = try SnapshotID(name: m.name, version: m.version)
+        if let existing = try store.record(id), existing.digest != d {
+            throw SnapshotError(.conflict, "\(id) is already stored with digest \(existing.digest); this archive has \(d). Snapshots are immutable: publish it as a new version")
+        }
+    }
+
+    /// The upload was cut off: removes everything it wrote.
+    public func abort() {
+        guard !finished else { return }
+        finished = true
+        failure = SnapshotError(.truncated, "upload aborted after \(bytesReceived) bytes")
+        cleanUp()
+        store.logger.info("snapshot upload aborted", metadata: ["upload.bytes": "\(bytesReceived)"])
+    }
+
+    /// Completes the upload: final checks, then the atomic commit.
+    public func finish() throws(SnapshotError) -> IngestResult {
+        if let failure { throw failure }
+        precondition(!finished, "finish twice")
+        do throws(SnapshotError) {
+            if let declared = request.declaredLength, bytesReceived < declared {
+                throw SnapshotError(.truncated, "upload was cut off after \(bytesReceived) of its declared \(declared) bytes")
+            }
+            let verified = try reader.finish()
+            if !checkedManifest { try checkEarly(verified.manifest, verified.digest) }
+            try file!.sync()
+            file!.close()
+            file = nil
+            let result: IngestResult
+            if verified.manifest.isDraft {
+                result = try commitDraft(verified)
+            } else {
+                result = try store.commit(temp: tempPath, verified: verified, assigned: false)
+            }
+            finished = true
+            return result
+        } catch {
+            throw fail(error)
+        }
+    }
+
+    private func commitDraft(_ draft: VerifiedArchive) throws(SnapshotError) -> IngestResult {
+        if draft.signature != nil {
+            throw SnapshotError(.invalidManifest, "snapshot \(draft.manifest.name) is a signed draft: its signature covers version 0 and would not survive assigning a version; build it with `--version`")
+        }
+        let name = draft.manifest.name
+        let version: Int
+        if let v = request.expectedVersion {
+            guard store.shared.reserve(name, exactly: v) else {
+                throw SnapshotError(.conflict, "\(name)@\(v) is being ingested by another upload right now")
+            }
+            version = v
+        } else {
+            let stored = try store.list(name: name).last?.id.version ?? 0
+            version = store.shared.reserve(name, after: stored)
+        }
+        defer { store.shared.unreserve(name, version) }
+        let assignedPath = tempPath + ".v\(version)"
+        do {
+            let verified = try SnapshotStore.assignVersion(source: tempPath, destination: assignedPath, version: version)
+            PosixFile.unlinkIfPresent(tempPath)
+            return try store.commit(temp: assignedPath, verified: verified, assigned: true)
+        } catch {
+            PosixFile.unlinkIfPresent(assignedPath)
+            throw error
+        }
+    }
+}

@@ -1,0 +1,370 @@
+public import Foundation
+
+/// The manifest of a snapshot: what it is, what it contains and what it needs.
+///
+/// Stored as the first entry (`manifest.json`) of the archive; the SHA-256 of its exact bytes is
+/// the snapshot's digest (see `docs/snapshot-format.md`). Because the manifest lists every file
+/// with its size and SHA-256, the digest binds all of the snapshot's content.
+public struct SnapshotManifest: Sendable, Equatable, Codable {
+    /// The manifest and container format this code writes, and the newest it reads.
+    public static let currentFormatVersion = 1
+    /// The entry name of the manifest in the container.
+    public static let entryName = "manifest.json"
+
+    public var formatVersion: Int
+    public var name: String
+    /// The version; `0` marks a draft whose version the receiving node assigns.
+    public var version: Int
+    public var createdAt: Date
+    /// The entry name of the ONNX model file (one of ``files``, with role `model`).
+    public var model: String
+    /// Every file in the archive, in archive order, with its size and SHA-256.
+    public var files: [File]
+    /// The pipeline spec, carried as text (its format belongs to the engine).
+    public var pipeline: String?
+    /// The model's inputs and outputs, read from the ONNX graph.
+    public var signature: ModelSignature
+    public var requirements: Requirements
+    /// Free `key=value` labels.
+    public var labels: [String: String]
+    public var lineage: Lineage
+
+    public init(
+        name: String, version: Int, createdAt: Date, model: String, files: [File],
+        pipeline: String?, signature: ModelSignature, requirements: Requirements,
+        labels: [String: String], lineage: Lineage
+    ) {
+        self.formatVersion = Self.currentFormatVersion
+        self.name = name
+        self.version = version
+        self.createdAt = createdAt
+        self.model = model
+        self.files = files
+        self.pipeline = pipeline
+        self.signature = signature
+        self.requirements = requirements
+        self.labels = labels
+        self.lineage = lineage
+    }
+
+    /// One file of the snapshot.
+    public struct File: Sendable, Equatable, Codable {
+        public enum Role: String, Sendable, Codable { case model, extra }
+        /// The entry name: a relative path of `[A-Za-z0-9._-]` components joined by `/`.
+        public var path: String
+        public var role: Role
+        public var size: UInt64
+        /// Lowercase hex SHA-256 of the file's bytes.
+        public var sha256: String
+
+        public init(path: String, role: Role, size: UInt64, sha256: String) {
+            self.path = path
+            self.role = role
+            self.size = size
+            self.sha256 = sha256
+        }
+    }
+
+    /// The model's input and output values.
+    public struct ModelSignature: Sendable, Equatable, Codable {
+        public var inputs: [TensorSignature]
+        public var outputs: [TensorSignature]
+        public init(inputs: [TensorSignature], outputs: [TensorSignature]) {
+            self.inputs = inputs
+            self.outputs = outputs
+        }
+    }
+
+    /// What a node needs to serve the model.
+    public struct Requirements: Sendable, Equatable, Codable {
+        public enum Accelerator: String, Sendable, Codable, CaseIterable { case none, gpu }
+        /// Estimated resident memory to serve the model, in bytes.
+        public var memoryBytes: UInt64
+        public var accelerator: Accelerator
+        public init(memoryBytes: UInt64, accelerator: Accelerator) {
+            self.memoryBytes = memoryBytes
+            self.accelerator = accelerator
+        }
+        enum CodingKeys: String, CodingKey {
+            case memoryBytes = "memory_bytes"
+            case accelerator
+        }
+    }
+
+    /// Where the snapshot came from.
+    public struct Lineage: Sendable, Equatable, Codable {
+        /// The version this one was derived from (retrained, fine-tuned), if any.
+        public var parentVersion: Int?
+        /// A reference to the training data (a URI, a dataset id, a commit).
+        public var trainingData: String?
+        /// Who published it: free text, by default the signing key's id.
+        public var publisher: String?
+        public init(parentVersion: Int? = nil, trainingData: String? = nil, publisher: String? = nil) {
+            self.parentVersion = parentVersion
+            self.trainingData = trainingData
+            self.publisher = publisher
+        }
+        enum CodingKeys: String, CodingKey {
+            case parentVersion = "parent_version"
+            case trainingData = "training_data"
+            case publisher
+        }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(parentVersion, forKey: .parentVersion)
+            try c.encode(trainingData, forKey: .trainingData)
+            try c.encode(publisher, forKey: .publisher)
+        }
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case formatVersion = "format_version"
+        case name, version
+        case createdAt = "created_at"
+        case model, files, pipeline, signature, requirements, labels, lineage
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(formatVersion, forKey: .formatVersion)
+        try c.encode(name, forKey: .name)
+        try c.encode(version, forKey: .version)
+        try c.encode(createdAt, forKey: .createdAt)
+        try c.encode(model, forKey: .model)
+        try c.encode(files, forKey: .files)
+        try c.encode(pipeline, forKey: .pipeline)
+        try c.encode(signature, forKey: .signature)
+        try c.encode(requirements, forKey: .requirements)
+        try c.encode(labels, forKey: .labels)
+        try c.encode(lineage, forKey: .lineage)
+    }
+
+    /// Whether this is a draft (version 0) awaiting a version from the receiving node.
+    public var isDraft: Bool { version == 0 }
+
+    /// The canonical bytes: JSON, keys sorted, two-space indentation, `/` unescaped, dates as
+    /// RFC 3339 UTC seconds, a final newline. The digest is taken over these exact bytes.
+    public func canonicalBytes() throws(SnapshotError) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .custom { date, enc in
+            var c = enc.singleValueContainer()
+            try c.encode(ManifestDate.format(date))
+        }
+        do {
+            var bytes = Array(try encoder.encode(self))
+            bytes.append(0x0A)
+            return bytes
+        } catch {
+            throw SnapshotError(.invalidManifest, "manifest could not be encoded: \(error)")
+        }
+    }
+
+    /// Decodes and validates manifest bytes, refusing unknown, missing and wrong fields.
+    public static func decode(_ bytes: [UInt8]) throws(SnapshotError) -> SnapshotManifest {
+        let data = Data(bytes)
+        let object: Any
+        do {
+            object = try JSONSerialization.jsonObject(with: data, options: [])
+        } catch {
+            throw SnapshotError(.invalidManifest, "manifest is not valid JSON (\(error.localizedDescription)); rebuild the snapshot with `kaa snapshot build`")
+        }
+        guard let top = object as? [String: Any] else {
+            throw SnapshotError(.invalidManifest, "manifest is not a JSON object")
+        }
+        if let v = top["format_version"] as? Int, v > currentFormatVersion {
+            throw SnapshotError(.invalidManifest, "manifest has format version \(v), newer than this Kaa reads (\(currentFormatVersion)); upgrade this node")
+        }
+        try ManifestSchema.checkKeys(top)
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .custom { dec in
+            let c = try dec.singleValueContainer()
+            let s = try c.decode(String.self)
+            guard let d = ManifestDate.parse(s) else {
+                throw DecodingError.dataCorruptedError(in: c, debugDescription: "`\(s)` is not an RFC 3339 UTC time like 2026-01-31T12:00:00Z")
+            }
+            return d
+        }
+        let manifest: SnapshotManifest
+        do {
+            manifest = try decoder.decode(SnapshotManifest.self, from: data)
+        } catch let e as DecodingError {
+            throw SnapshotError(.invalidManifest, ManifestSchema.describe(e))
+        } catch {
+            throw SnapshotError(.invalidManifest, "manifest could not be read: \(error)")
+        }
+        try manifest.validate()
+        return manifest
+    }
+
+    /// Checks the manifest's fields against each other and the format's rules.
+    public func validate() throws(SnapshotError) {
+        func bad(_ m: String) -> SnapshotError { SnapshotError(.invalidManifest, "manifest: \(m)") }
+        guard formatVersion >= 1 && formatVersion <= Self.currentFormatVersion else {
+            throw bad("format_version \(formatVersion) is not one this Kaa reads (1...\(Self.currentFormatVersion))")
+        }
+        do { try SnapshotNaming.validateModelName(name) } catch { throw bad(error.message) }
+        guard version >= 0 else { throw bad("version \(version) is negative; use a positive version, or 0 for a draft") }
+        guard !files.isEmpty else { throw bad("`files` is empty; a snapshot holds at least its model file") }
+        var seen = Set<String>()
+        for f in files {
+            do { try EntryPath.validate(f.path) } catch { throw bad(error.message) }
+            guard f.path != Self.entryName else { throw bad("file `\(f.path)` uses the manifest's reserved name") }
+            guard seen.insert(f.path).inserted else { throw bad("file `\(f.path)` is listed twice") }
+            guard f.size > 0 else { throw bad("file `\(f.path)` has size 0; empty files are refused") }
+            guard f.sha256.utf8.count == 64, Hex.decode(f.sha256) != nil, f.sha256 == f.sha256.lowercased() else {
+                throw bad("file `\(f.path)` has sha256 `\(f.sha256)`, not 64 lowercase hex digits")
+            }
+        }
+        for f in files {
+            for other in files where other.path.hasPrefix(f.path + "/") {
+                throw bad("file `\(f.path)` is also a directory of `\(other.path)`")
+            }
+        }
+        let models = files.filter { $0.role == .model }
+        guard models.count == 1, models[0].path == model else {
+            throw bad("`model` is `\(model)` but the files list \(models.count) file(s) with role `model` (\(models.map(\.path).joined(separator: ", "))); exactly one, matching `model`, is required")
+        }
+        for (k, v) in labels {
+            guard !k.isEmpty, k.utf8.count <= 128, k.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != 0x3D }) else {
+                throw bad("label key `\(k)` must be 1 to 128 printable ASCII characters without spaces or `=`")
+            }
+            guard v.utf8.count <= 1024 else { throw bad("label `\(k)` has a value longer than 1024 bytes") }
+        }
+        guard requirements.memoryBytes > 0 else { throw bad("requirements.memory_bytes is 0; give an estimate in bytes") }
+        if let p = lineage.parentVersion {
+            guard p > 0 else { throw bad("lineage.parent_version \(p) is not a positive version") }
+            if version > 0 && p >= version {
+                throw bad("lineage.parent_version \(p) is not older than version \(version)")
+            }
+        }
+        for (label, list) in [("inputs", signature.inputs), ("outputs", signature.outputs)] {
+            var names = Set<String>()
+            for t in list {
+                guard !t.name.isEmpty else { throw bad("signature.\(label) has a value with an empty name") }
+                guard names.insert(t.name).inserted else { throw bad("signature.\(label) lists `\(t.name)` twice") }
+                if let shape = t.shape, let d = shape.first(where: { $0 < -1 }) {
+                    throw bad("signature.\(label) `\(t.name)` has dimension \(d); dimensions are >= 0, or -1 when variable")
+                }
+            }
+        }
+        guard !signature.outputs.isEmpty else { throw bad("signature.outputs is empty; the ONNX graph must declare an output") }
+    }
+
+    /// The model file's entry.
+    public var modelFile: File? { files.first { $0.path == model } }
+
+    /// Total size of the files, in bytes.
+    public var totalFileBytes: UInt64 { files.reduce(0) { $0 &+ $1.size } }
+}
+
+/// One input or output of a model, as the ONNX graph declares it.
+public struct TensorSignature: Sendable, Equatable, Codable {
+    /// What the value is; serving handles tensors, the others come from converters (ZipMap).
+    public enum Kind: String, Sendable, Codable {
+        case tensor, sequence, map, optional
+        case sparseTensor = "sparse_tensor"
+    }
+
+    public var name: String
+    public var kind: Kind
+    /// The element type in the Open Inference Protocol's names (`FP32`, `INT64`, `BYTES`, ...);
+    /// for a non-tensor kind, a description such as `map(INT64,FP32)`.
+    public var dtype: String
+    /// The dimensions, -1 where variable; `nil` when the rank itself is unknown or the value is
+    /// not a tensor.
+    public var shape: [Int64]?
+
+    public init(name: String, kind: Kind, dtype: String, shape: [Int64]?) {
+        self.name = name
+        self.kind = kind
+        self.dtype = dtype
+        self.shape = shape
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(name, forKey: .name)
+        try c.encode(kind, forKey: .kind)
+        try c.encode(dtype, forKey: .dtype)
+        try c.encode(shape, forKey: .shape)
+    }
+
+    enum CodingKeys: String, CodingKey { case name, kind, dtype, shape }
+}
+
+enum ManifestDate {
+    static func format(_ date: Date) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        f.timeZone = TimeZone(identifier: "UTC")
+        return f.string(from: date)
+    }
+
+    static func parse(_ text: String) -> Date? {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        return f.date(from: text)
+    }
+}
+
+/// The keys each manifest object may hold: anything else is refused, so a typo or a field
+/// from an unknown format never passes silently.
+enum ManifestSchema {
+    static let top: Set<String> = ["format_version", "name", "version", "created_at", "model", "files",
+                                   "pipeline", "signature", "requirements", "labels", "lineage"]
+    static let file: Set<String> = ["path", "role", "size", "sha256"]
+    static let signature: Set<String> = ["inputs", "outputs"]
+    static let tensor: Set<String> = ["name", "kind", "dtype", "shape"]
+    static let requirements: Set<String> = ["memory_bytes", "accelerator"]
+    static let lineage: Set<String> = ["parent_version", "training_data", "publisher"]
+
+    static func checkKeys(_ top: [String: Any]) throws(SnapshotError) {
+        try check(top, allowed: Self.top, at: "")
+        if let files = top["files"] as? [Any] {
+            for (i, f) in files.enumerated() {
+                if let o = f as? [String: Any] { try check(o, allowed: file, at: "files[\(i)].") }
+            }
+        }
+        if let s = top["signature"] as? [String: Any] {
+            try check(s, allowed: signature, at: "signature.")
+            for side in ["inputs", "outputs"] {
+                for (i, t) in ((s[side] as? [Any]) ?? []).enumerated() {
+                    if let o = t as? [String: Any] { try check(o, allowed: tensor, at: "signature.\(side)[\(i)].") }
+                }
+            }
+        }
+        if let r = top["requirements"] as? [String: Any] { try check(r, allowed: requirements, at: "requirements.") }
+        if let l = top["lineage"] as? [String: Any] { try check(l, allowed: lineage, at: "lineage.") }
+    }
+
+    private static func check(_ o: [String: Any], allowed: Set<String>, at prefix: String) throws(SnapshotError) {
+        for key in o.keys.sorted() where !allowed.contains(key) {
+            throw SnapshotError(.invalidManifest, "manifest has unknown field `\(prefix)\(key)`; known fields there: \(allowed.sorted().joined(separator: ", "))")
+        }
+    }
+
+    static func path(_ codingPath: [any CodingKey]) -> String {
+        var s = ""
+        for k in codingPath {
+            if let i = k.intValue { s += "[\(i)]" } else { s += (s.isEmpty ? "" : ".") + k.stringValue }
+        }
+        return s
+    }
+
+    static func describe(_ e: DecodingError) -> String {
+        switch e {
+        case .keyNotFound(let key, let ctx):
+            let p = path(ctx.codingPath + [key])
+            return "manifest is missing field `\(p)`"
+        case .valueNotFound(_, let ctx):
+            return "manifest field `\(path(ctx.codingPath))` is null but is required"
+        case .typeMismatch(let type, let ctx):
+            return "manifest field `\(path(ctx.codingPath))` has the wrong type (expected \(type))"
+        case .dataCorrupted(let ctx):
+            return "manifest field `\(path(ctx.codingPath))` is invalid: \(ctx.debugDescription)"
+        @unknown default:
+            return "manifest could not be read: \(e)"
+        }
+    }
+}
