@@ -379,6 +379,28 @@ public enum SnapshotArchive {
         }
     }
 
+    /// Verifies the archive at `path` and returns it with its files' bytes, keyed by entry name
+    /// (for a loader that needs the model in memory anyway). Nothing is returned unless the whole
+    /// archive verified.
+    public static func loadFiles(path: String, policy: VerificationPolicy = .init()) throws(SnapshotError) -> (archive: VerifiedArchive, files: [String: [UInt8]]) {
+        var files: [String: [UInt8]] = [:]
+        var current: [UInt8] = []
+        let reader = try ArchiveReader(policy: policy) { (event) throws(SnapshotError) in
+            switch event {
+            case .manifest: break
+            case .fileStart(let f):
+                current = []
+                current.reserveCapacity(Int(clamping: f.size))
+            case .fileData(let bytes): current.append(contentsOf: bytes)
+            case .fileEnd(let f):
+                files[f.path] = current
+                current = []
+            }
+        }
+        try PosixFile.forEachChunk(of: path) { (chunk) throws(SnapshotError) in try reader.feed(chunk) }
+        return (try reader.finish(), files)
+    }
+
     static func removeTree(_ path: String) {
         try? FileManager.default.removeItem(atPath: path)
     }

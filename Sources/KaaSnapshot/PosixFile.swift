@@ -1,7 +1,17 @@
 #if canImport(Glibc)
 import Glibc
+private func sysClose(_ fd: Int32) -> Int32 { Glibc.close(fd) }
+private func sysRead(_ fd: Int32, _ p: UnsafeMutableRawPointer?, _ n: Int) -> Int { Glibc.read(fd, p, n) }
+private func sysWrite(_ fd: Int32, _ p: UnsafeRawPointer?, _ n: Int) -> Int { Glibc.write(fd, p, n) }
+private func sysRename(_ a: String, _ b: String) -> Int32 { Glibc.rename(a, b) }
+private func sysUnlink(_ a: String) -> Int32 { Glibc.unlink(a) }
 #elseif canImport(Darwin)
 import Darwin
+private func sysClose(_ fd: Int32) -> Int32 { Darwin.close(fd) }
+private func sysRead(_ fd: Int32, _ p: UnsafeMutableRawPointer?, _ n: Int) -> Int { Darwin.read(fd, p, n) }
+private func sysWrite(_ fd: Int32, _ p: UnsafeRawPointer?, _ n: Int) -> Int { Darwin.write(fd, p, n) }
+private func sysRename(_ a: String, _ b: String) -> Int32 { Darwin.rename(a, b) }
+private func sysUnlink(_ a: String) -> Int32 { Darwin.unlink(a) }
 #endif
 
 /// A file descriptor with the few calls the store needs, their failures as ``SnapshotError``s
@@ -18,14 +28,14 @@ final class PosixFile {
 
     deinit {
         assert(fd < 0, "PosixFile \(path) was not closed")
-        if fd >= 0 { _ = Glibc.close(fd) }
+        if fd >= 0 { _ = sysClose(fd) }
     }
 
     static func errnoText(_ e: Int32) -> String { String(cString: strerror(e)) }
 
     /// Opens an existing file for reading.
     static func openForReading(_ path: String) throws(SnapshotError) -> PosixFile {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 {
             let e = errno
             throw SnapshotError(e == ENOENT ? .notFound : .io, "cannot open `\(path)`: \(errnoText(e))")
@@ -35,7 +45,7 @@ final class PosixFile {
 
     /// Creates a new file, failing if it exists.
     static func createExclusive(_ path: String, mode: mode_t = 0o644) throws(SnapshotError) -> PosixFile {
-        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
         if fd < 0 { throw SnapshotError(.io, "cannot create `\(path)`: \(errnoText(errno))") }
         return PosixFile(path: path, fd: fd)
     }
@@ -43,7 +53,7 @@ final class PosixFile {
     /// Reads up to `buffer.count` bytes; 0 at end of file.
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(SnapshotError) -> Int {
         while true {
-            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
+            let n = sysRead(fd, buffer.baseAddress, buffer.count)
             if n >= 0 { return n }
             if errno == EINTR { continue }
             throw SnapshotError(.io, "cannot read `\(path)`: \(PosixFile.errnoText(errno))")
@@ -54,7 +64,7 @@ final class PosixFile {
     func write(_ bytes: UnsafeRawBufferPointer) throws(SnapshotError) {
         var done = 0
         while done < bytes.count {
-            let n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
+            let n = sysWrite(fd, bytes.baseAddress! + done, bytes.count - done)
             if n < 0 {
                 if errno == EINTR { continue }
                 throw SnapshotError(.io, "cannot write `\(path)`: \(PosixFile.errnoText(errno))")
@@ -74,7 +84,7 @@ final class PosixFile {
     }
 
     func close() {
-        if fd >= 0 { _ = Glibc.close(fd) }
+        if fd >= 0 { _ = sysClose(fd) }
         fd = -1
     }
 
@@ -96,21 +106,21 @@ final class PosixFile {
 
     /// Fsyncs a directory so a rename or unlink in it is durable.
     static func syncDirectory(_ path: String) throws(SnapshotError) {
-        let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if fd < 0 { throw SnapshotError(.io, "cannot open directory `\(path)`: \(errnoText(errno))") }
-        defer { _ = Glibc.close(fd) }
+        defer { _ = sysClose(fd) }
         if fsync(fd) != 0 { throw SnapshotError(.io, "cannot fsync directory `\(path)`: \(errnoText(errno))") }
     }
 
     static func rename(_ from: String, _ to: String) throws(SnapshotError) {
-        if Glibc.rename(from, to) != 0 {
+        if sysRename(from, to) != 0 {
             throw SnapshotError(.io, "cannot rename `\(from)` to `\(to)`: \(errnoText(errno))")
         }
     }
 
     /// Removes a file; a missing file is not an error.
     static func unlinkIfPresent(_ path: String) {
-        _ = Glibc.unlink(path)
+        _ = sysUnlink(path)
     }
 
     static func exists(_ path: String) -> Bool {

@@ -212,8 +212,11 @@ public final class SnapshotStore: Sendable {
     /// Marks `id` as in use (the serving layer calls this when it loads a snapshot). A leased
     /// version is never deleted. Release with ``releaseLease(_:)`` exactly once.
     public func acquireLease(_ id: SnapshotID) throws(SnapshotError) -> SnapshotLease {
-        guard let r = try record(id) else { throw try notFound(id) }
-        return shared.acquire(r.id)
+        // Under the commit lock, so a concurrent delete either sees the lease or has finished.
+        try shared.withCommitLock { () throws(SnapshotError) -> SnapshotLease in
+            guard let r = try record(id) else { throw try notFound(id) }
+            return shared.acquire(r.id)
+        }
     }
 
     /// Ends a lease from ``acquireLease(_:)``. Releasing twice is a programming error.

@@ -100,6 +100,19 @@ struct CraftedArchive {
         #expect(try dir.read("out/model.onnx") == ONNXFixture.small())
     }
 
+    @Test func loadFilesReturnsVerifiedBytes() throws {
+        let dir = try TempDir()
+        let labels = Array("a\nb\n".utf8)
+        let (path, built) = try buildSample(in: dir, extras: [("labels.txt", labels)])
+        let (archive, files) = try SnapshotArchive.loadFiles(path: path)
+        #expect(archive.digest == built.digest)
+        #expect(files == ["model.onnx": ONNXFixture.small(), "labels.txt": labels])
+        var bytes = try dir.read("iris.kaa")
+        bytes[bytes.count - 2] ^= 1
+        let bad = try dir.write("bad.kaa", bytes)
+        #expect(throws: SnapshotError.self) { try SnapshotArchive.loadFiles(path: bad) }
+    }
+
     @Test func everyFlippedByteIsRefused() throws {
         let dir = try TempDir()
         let (path, _) = try buildSample(in: dir, key: PublisherPrivateKey())

@@ -126,7 +126,7 @@ enum ONNXFixture {
         head.varint(UInt64(graphLength))
         head.bytes += body + initializerHead.bytes + tensorPrefix.bytes
 
-        FileManager.default.createFile(atPath: path, contents: nil)
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
         let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         defer { try? h.close() }
         try h.write(contentsOf: head.bytes)

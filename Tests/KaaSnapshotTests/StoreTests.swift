@@ -30,7 +30,7 @@ struct StoreFixture {
         while let f = e.nextObject() as? String {
             if f.hasPrefix("catalog.sqlite") { continue }
             var isDir: ObjCBool = false
-            FileManager.default.fileExists(atPath: data + "/" + f, isDirectory: &isDir)
+            _ = FileManager.default.fileExists(atPath: data + "/" + f, isDirectory: &isDir)
             out.append(isDir.boolValue ? f + "/" : "\(f) \(try Data(contentsOf: URL(fileURLWithPath: data + "/" + f)).hashValue)")
         }
         let rows = try store.catalog.pool.read { db in
