@@ -74,6 +74,7 @@ let package = Package(
             dependencies: [
                 "KaaSnapshot",
                 "KaaCore",
+                "KaaTestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 public import KaaCore
 public import KaaIO
+public import KaaSnapshot
 public import Logging
 import Synchronization
 
@@ -16,6 +17,8 @@ public final class Node: Sendable {
     public let logger: Logger
     public let loop: EventLoop
     private let dataLock: DataDirectoryLock
+    /// The node's snapshot store and catalog, in its data directory.
+    public let store: SnapshotStore
     private let state = Mutex<State>(State())
     private let stopped = DispatchSemaphore(value: 0)
 
@@ -37,6 +40,19 @@ public final class Node: Sendable {
         self.config = config
         self.logger = logger
         self.dataLock = try DataDirectoryLock(directory: config.dataDir)
+        var trusted = Set<PublisherPublicKey>()
+        for file in config.trustedKeys {
+            let text: String
+            do { text = try String(contentsOfFile: file, encoding: .utf8) } catch {
+                throw ConfigError("trusted_keys: cannot read \(file): \(error.localizedDescription)")
+            }
+            do { trusted.insert(try PublisherPublicKey(fileText: text)) } catch {
+                throw ConfigError("trusted_keys: \(file): \(error.message)")
+            }
+        }
+        self.store = try SnapshotStore(configuration: .init(directory: config.dataDir, trustedKeys: trusted,
+                                                            retainVersions: config.retainVersions),
+                                       logger: logger)
         self.loop = EventLoop.start(name: "kaa-node")
     }
 
@@ -50,9 +66,11 @@ public final class Node: Sendable {
         let readyFlag = ReadyFlag(node: self)
         var router = HTTPRouter()
         Node.addHealthRoutes(to: &router, ready: readyFlag)
+        let snapshots = SnapshotAPI(store: store, loop: loop, logger: logger)
+        snapshots.addRoutes(to: &router)
         let routes = router
         let http = try HTTPServer(on: loop, address: try SocketAddress(resolving: config.httpAddr),
-                                  configuration: config.http) { request, responder in
+                                  configuration: config.http, streamer: snapshots.streamer) { request, responder in
             routes.handle(request, responder)
         }
         let peer: FrameServer
@@ -85,6 +103,7 @@ public final class Node: Sendable {
         logger.info("node started", metadata: [
             "http.addr": "\(http.localAddress)", "peer.addr": "\(peer.localAddress)",
             "data.dir": "\(config.dataDir)", "kaa.version": "\(KaaVersion.string)",
+            "snapshots": "\((try? store.list().count) ?? 0)",
         ])
     }
 

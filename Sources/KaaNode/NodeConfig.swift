@@ -13,6 +13,11 @@ public struct NodeConfig: Sendable {
     public var http = HTTPServer.Configuration()
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     public var shutdownGrace: Duration = .seconds(10)
+    /// Public key files of trusted publishers; when any are given, unsigned or wrongly signed
+    /// snapshots are refused.
+    public var trustedKeys: [String] = []
+    /// Versions kept per model, besides every version an alias points at.
+    public var retainVersions = 5
 
     public init() {}
 
@@ -52,6 +57,10 @@ public struct NodeConfig: Sendable {
             c.http.idleTimeout = try duration(v, key: "idle_timeout") },
         Key(name: "shutdown_grace", help: "time in-flight requests get to finish on SIGTERM") { c, v in
             c.shutdownGrace = try duration(v, key: "shutdown_grace") },
+        Key(name: "trusted_keys", help: "comma-separated publisher public key files; snapshots must be signed by one") { c, v in
+            c.trustedKeys = v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
+        Key(name: "retain_versions", help: "versions kept per model besides aliased ones") { c, v in
+            c.retainVersions = try integer(v, key: "retain_versions", min: 1) },
     ]
 
     /// Builds the configuration from a YAML file, the environment and flag values (by key name).

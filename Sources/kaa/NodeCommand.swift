@@ -40,13 +40,18 @@ extension Kaa {
         var idleTimeout: String?
         @Option(help: "Time in-flight requests get to finish on SIGTERM (default 10s).")
         var shutdownGrace: String?
+        @Option(help: "Comma-separated publisher public key files; snapshots must then be signed by one.")
+        var trustedKeys: String?
+        @Option(help: "Versions kept per model besides aliased ones (default 5).")
+        var retainVersions: String?
 
         var flagValues: [String: String] {
             let pairs: [(String, String?)] = [
                 ("data_dir", dataDir), ("http_addr", httpAddr), ("peer_addr", peerAddr), ("log_level", logLevel),
                 ("max_connections", maxConnections), ("max_header_bytes", maxHeaderBytes),
                 ("max_body_bytes", maxBodyBytes), ("header_timeout", headerTimeout), ("body_timeout", bodyTimeout),
-                ("idle_timeout", idleTimeout), ("shutdown_grace", shutdownGrace),
+                ("idle_timeout", idleTimeout), ("shutdown_grace", shutdownGrace), ("trusted_keys", trustedKeys),
+                ("retain_versions", retainVersions),
             ]
             return Dictionary(uniqueKeysWithValues: pairs.compactMap { k, v in v.map { (k, $0) } })
         }

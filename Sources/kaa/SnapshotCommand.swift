@@ -14,64 +14,20 @@ struct SnapshotCommand: ParsableCommand {
             abstract: "Build a snapshot archive from an ONNX model.",
             discussion: "Without --version the snapshot is a draft: the node that receives it assigns the next free version (unsigned drafts only, since a signature covers the version).")
 
-        @Option(help: "The ONNX model file.") var model: String
-        @Option(help: "The pipeline spec file (YAML), carried in the manifest.") var pipeline: String?
-        @Option(help: "The model name ([a-z0-9][a-z0-9._-]*).") var name: String
+        @OptionGroup var options: BuildOptions
+        // Declared here, not in the group: argument-parser's own `--version` flag would shadow it.
         @Option(help: "The version (a positive integer); omit for a draft.") var version: Int?
-        @Option(name: .customLong("label"), help: "A label KEY=VALUE (repeatable).") var labels: [String] = []
-        @Option(name: .customLong("file"), help: "An extra file, PATH or ENTRY=PATH (repeatable).") var files: [String] = []
-        @Option(help: "Sign with this private key file (from `kaa keys generate`).") var sign: String?
-        @Option(help: "The version this one derives from.") var parent: Int?
-        @Option(help: "A reference to the training data.") var trainingData: String?
-        @Option(help: "Who publishes it (default: the signing key's id).") var publisher: String?
-        @Option(help: "Estimated serving memory in bytes (default: 2 x model size + 16 MiB).") var memory: UInt64?
-        @Option(help: "Accelerator the model needs: none or gpu.") var accelerator: String = "none"
-        @Option(help: "Creation time, RFC 3339 (default: now); fix it for reproducible builds.") var createdAt: String?
         @Option(help: "The archive to write.") var out: String
 
         func validate() throws {
+            guard options.model != nil, options.name != nil else { throw ValidationError("--model and --name are required") }
             if let version, version <= 0 { throw ValidationError("--version must be a positive integer (omit it for a draft)") }
-            if !["none", "gpu"].contains(accelerator) { throw ValidationError("--accelerator must be `none` or `gpu`") }
-            for l in labels where !l.contains("=") { throw ValidationError("--label `\(l)` is not KEY=VALUE") }
+            try options.validate()
         }
 
         func run() throws {
             try reportingErrors {
-                var labelMap: [String: String] = [:]
-                for l in labels {
-                    let (k, v) = split(l)
-                    labelMap[k] = v
-                }
-                let extras = files.map { f -> (source: String, entry: String) in
-                    if f.contains("=") {
-                        let (entry, path) = split(f)
-                        return (path, entry)
-                    }
-                    return (f, (f as NSString).lastPathComponent)
-                }
-                var pipelineText: String?
-                if let pipeline {
-                    guard let t = try? String(contentsOfFile: pipeline, encoding: .utf8) else {
-                        throw SnapshotError(.io, "cannot read pipeline file `\(pipeline)` as UTF-8 text")
-                    }
-                    pipelineText = t
-                }
-                var created = Date()
-                if let createdAt {
-                    let f = ISO8601DateFormatter()
-                    guard let d = f.date(from: createdAt) else {
-                        throw SnapshotError(.invalidManifest, "--created-at `\(createdAt)` is not RFC 3339, e.g. 2026-01-31T12:00:00Z")
-                    }
-                    created = d
-                }
-                let key = try sign.map { try PublisherPrivateKey(contentsOf: $0) }
-                let request = SnapshotBuildRequest(
-                    modelPath: model, name: name, version: version ?? 0, pipeline: pipelineText, extraFiles: extras,
-                    labels: labelMap, createdAt: created, memoryBytes: memory,
-                    accelerator: accelerator == "gpu" ? .gpu : .none,
-                    lineage: .init(parentVersion: parent, trainingData: trainingData, publisher: publisher),
-                    signingKey: key)
-                let built = try SnapshotBuilder.build(request, to: out)
+                let built = try options.build(version: version, to: out)
                 let id = built.manifest.isDraft ? "\(built.manifest.name) (draft)" : "\(built.manifest.name)@\(built.manifest.version)"
                 print("built \(id) -> \(out)")
                 print(Table.rows([
@@ -228,5 +184,66 @@ enum SnapshotReport {
         } catch {
             throw SnapshotError(.io, "cannot render JSON: \(error)")
         }
+    }
+}
+
+/// What a snapshot is built from: `kaa snapshot build` and `kaa publish --model` share these.
+struct BuildOptions: ParsableArguments {
+    @Option(help: "The ONNX model file.") var model: String?
+    @Option(help: "The pipeline spec file (YAML), carried in the manifest.") var pipeline: String?
+    @Option(help: "The model name ([a-z0-9][a-z0-9._-]*).") var name: String?
+    @Option(name: .customLong("label"), help: "A label KEY=VALUE (repeatable).") var labels: [String] = []
+    @Option(name: .customLong("file"), help: "An extra file, PATH or ENTRY=PATH (repeatable).") var files: [String] = []
+    @Option(help: "Sign with this private key file (from `kaa keys generate`).") var sign: String?
+    @Option(help: "The version this one derives from.") var parent: Int?
+    @Option(help: "A reference to the training data.") var trainingData: String?
+    @Option(help: "Who publishes it (default: the signing key's id).") var publisher: String?
+    @Option(help: "Estimated serving memory in bytes (default: 2 x model size + 16 MiB).") var memory: UInt64?
+    @Option(help: "Accelerator the model needs: none or gpu.") var accelerator: String = "none"
+    @Option(help: "Creation time, RFC 3339 (default: now); fix it for reproducible builds.") var createdAt: String?
+
+    func validate() throws {
+        if !["none", "gpu"].contains(accelerator) { throw ValidationError("--accelerator must be `none` or `gpu`") }
+        for l in labels where !l.contains("=") { throw ValidationError("--label `\(l)` is not KEY=VALUE") }
+    }
+
+    /// Builds the archive at `path` (a draft when `version` is nil). Requires `model` and `name`.
+    func build(version: Int?, to path: String) throws -> VerifiedArchive {
+        guard let model, let name else { throw SnapshotError(.invalidManifest, "--model and --name are required to build a snapshot") }
+        var labelMap: [String: String] = [:]
+        for l in labels {
+            let (k, v) = split(l)
+            labelMap[k] = v
+        }
+        let extras = files.map { f -> (source: String, entry: String) in
+            if f.contains("=") {
+                let (entry, path) = split(f)
+                return (path, entry)
+            }
+            return (f, (f as NSString).lastPathComponent)
+        }
+        var pipelineText: String?
+        if let pipeline {
+            guard let t = try? String(contentsOfFile: pipeline, encoding: .utf8) else {
+                throw SnapshotError(.io, "cannot read pipeline file `\(pipeline)` as UTF-8 text")
+            }
+            pipelineText = t
+        }
+        var created = Date()
+        if let createdAt {
+            let f = ISO8601DateFormatter()
+            guard let d = f.date(from: createdAt) else {
+                throw SnapshotError(.invalidManifest, "--created-at `\(createdAt)` is not RFC 3339, e.g. 2026-01-31T12:00:00Z")
+            }
+            created = d
+        }
+        let key = try sign.map { try PublisherPrivateKey(contentsOf: $0) }
+        let request = SnapshotBuildRequest(
+            modelPath: model, name: name, version: version ?? 0, pipeline: pipelineText, extraFiles: extras,
+            labels: labelMap, createdAt: created, memoryBytes: memory,
+            accelerator: accelerator == "gpu" ? .gpu : .none,
+            lineage: .init(parentVersion: parent, trainingData: trainingData, publisher: publisher),
+            signingKey: key)
+        return try SnapshotBuilder.build(request, to: path)
     }
 }

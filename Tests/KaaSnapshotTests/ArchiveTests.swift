@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 @testable import KaaSnapshot
+import KaaTestSupport
 import Testing
 
 /// Writes a hand-made container (valid LZ4 frame) for bad-input tests.

@@ -1,4 +1,5 @@
 import Foundation
+import KaaTestSupport
 import Testing
 
 /// Runs the built `kaa` executable (next to the test bundle in `.build/<config>/`).

@@ -1,5 +1,6 @@
 import Foundation
 @testable import KaaSnapshot
+import KaaTestSupport
 import Testing
 
 @Suite struct ManifestTests {

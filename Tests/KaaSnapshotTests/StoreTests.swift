@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 @testable import KaaSnapshot
 import Logging
+import KaaTestSupport
 import Testing
 
 /// A store in a temporary directory, and what the directory held, to prove "left exactly as it was".
