@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // C libraries from Debian, as system-library targets. Only KaaIO imports CLibUV and
@@ -26,6 +27,17 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
 
         .target(name: "KaaCore", swiftSettings: strict),
+        .target(
+            name: "KaaCluster",
+            dependencies: [
+                "KaaCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "kaa-cluster-sim",
+            dependencies: ["KaaCluster", "KaaCore"],
+            swiftSettings: strict),
         .executableTarget(
             name: "kaa",
             dependencies: [
@@ -36,5 +48,7 @@ let package = Package(
             swiftSettings: strict),
 
         .testTarget(name: "KaaCoreTests", dependencies: ["KaaCore"], swiftSettings: strict),
+        .testTarget(
+            name: "KaaClusterTests", dependencies: ["KaaCluster", "KaaCore"], swiftSettings: strict),
     ]
 )
