@@ -40,6 +40,17 @@ let package = Package(
             ],
             swiftSettings: strict),
         .target(
+            name: "KaaCluster",
+            dependencies: [
+                "KaaCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "kaa-cluster-sim",
+            dependencies: ["KaaCluster", "KaaCore"],
+            swiftSettings: strict),
+        .target(
             name: "KaaIO",
             dependencies: [
                 "KaaCore", "CLibUV", "CHTTPParser",
@@ -51,7 +62,7 @@ let package = Package(
         .target(
             name: "KaaNode",
             dependencies: [
-                "KaaCore", "KaaIO", "KaaSnapshot",
+                "KaaCore", "KaaIO", "KaaSnapshot", "KaaCluster",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
@@ -59,7 +70,7 @@ let package = Package(
         .executableTarget(
             name: "kaa",
             dependencies: [
-                "KaaCore", "KaaIO", "KaaNode", "KaaSnapshot",
+                "KaaCore", "KaaIO", "KaaNode", "KaaSnapshot", "KaaCluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -69,6 +80,8 @@ let package = Package(
         .target(name: "KaaTestSupport", dependencies: ["KaaCore"], swiftSettings: strict),
 
         .testTarget(name: "KaaCoreTests", dependencies: ["KaaCore"], swiftSettings: strict),
+        .testTarget(
+            name: "KaaClusterTests", dependencies: ["KaaCluster", "KaaCore"], swiftSettings: strict),
         .testTarget(
             name: "KaaSnapshotTests",
             dependencies: [
