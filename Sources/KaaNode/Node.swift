@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Glibc
+public import KaaCluster
 public import KaaCore
 public import KaaIO
 public import KaaSnapshot
@@ -22,9 +23,16 @@ public final class Node: Sendable {
     private let state = Mutex<State>(State())
     private let stopped = DispatchSemaphore(value: 0)
 
+    /// This node's persisted id.
+    public let nodeID: NodeID
+    private let keyring: Keyring
+    private let firstIncarnation: Incarnation
+
     private struct State {
         var http: HTTPServer?
         var peer: FrameServer?
+        var gossip: LoopBound<GossipShell>?
+        var frames: FrameClient?
         var signals: [LoopBound<SignalWatcher>] = []
         var stopping = false
     }
@@ -33,6 +41,8 @@ public final class Node: Sendable {
     public enum PeerFrameType {
         /// Echoes its payload: a liveness check between nodes.
         public static let ping: UInt16 = 1
+        /// SWIM push-pull state exchange.
+        public static let pushPull: UInt16 = GossipShell.pushPullFrameType
     }
 
     /// Creates the node, its data directory and its loop; binds nothing yet.
@@ -53,6 +63,19 @@ public final class Node: Sendable {
         self.store = try SnapshotStore(configuration: .init(directory: config.dataDir, trustedKeys: trusted,
                                                             retainVersions: config.retainVersions),
                                        logger: logger)
+        self.nodeID = try NodeIdentity.loadID(directory: config.dataDir)
+        self.firstIncarnation = NodeIdentity.nextIncarnation(directory: config.dataDir)
+        if config.gossipPlaintext {
+            self.keyring = .plaintext
+        } else {
+            let file = config.clusterKeyFile ?? config.dataDir + "/cluster.key"
+            if config.clusterKeyFile == nil && !FileManager.default.fileExists(atPath: file) {
+                try ClusterKeyFile.create(file)
+                logger.notice("created a cluster key; give this file to every node that joins (--cluster-key-file)",
+                              metadata: ["file": "\(file)"])
+            }
+            self.keyring = try ClusterKeyFile.load(file)
+        }
         self.loop = EventLoop.start(name: "kaa-node")
     }
 
@@ -68,19 +91,45 @@ public final class Node: Sendable {
         Node.addHealthRoutes(to: &router, ready: readyFlag)
         let snapshots = SnapshotAPI(store: store, loop: loop, logger: logger)
         snapshots.addRoutes(to: &router)
+        let membersRoute = MembersRoute()
+        membersRoute.add(to: &router)
         let routes = router
         let http = try HTTPServer(on: loop, address: try SocketAddress(resolving: config.httpAddr),
                                   configuration: config.http, streamer: snapshots.streamer) { request, responder in
             routes.handle(request, responder)
         }
+        let frames = FrameClient(loop: loop)
+        let gossipCell = GossipCell()
         let peer: FrameServer
         do {
             peer = try FrameServer(on: loop, address: try SocketAddress(resolving: config.peerAddr)) { frame, responder in
                 switch frame.type {
                 case PeerFrameType.ping: responder.respond(frame.payload)
-                default: responder.fail("unknown frame type \(frame.type); this node speaks types 1 (ping)")
+                case PeerFrameType.pushPull:
+                    guard let gossip = gossipCell.shell else { return responder.fail("gossip is not running yet") }
+                    gossip.value.answerPushPull(frame, responder)
+                default: responder.fail("unknown frame type \(frame.type); this node speaks types 1 (ping), 2 (push-pull)")
                 }
             }
+            let info = NodeInfo(
+                id: nodeID, name: config.nodeName,
+                peerAddress: advertised(config.peerAddr, port: peer.localAddress.port),
+                httpAddress: advertised(config.httpAddr, port: http.localAddress.port),
+                zone: config.zone, capacity: Node.capacity(),
+                startedAtUnixMilliseconds: UInt64(Date().timeIntervalSince1970 * 1000))
+            var rng = SystemRandomNumberGenerator()
+            let instance = SWIMInstance(myself: info, incarnation: firstIncarnation, seed: rng.next())
+            let keyring = self.keyring, logger = self.logger, dataDir = config.dataDir
+            let seeds = config.seeds.filter { $0 != info.peerAddress }
+            let udpAddress = peer.localAddress
+            let gossip = try loop.runBlocking { [loop] () throws -> LoopBound<GossipShell> in
+                let shell = GossipShell(loop: loop, instance: instance, keyring: keyring, frames: frames,
+                                        incarnationFile: dataDir + "/incarnation", logger: logger)
+                try shell.start(address: udpAddress, seeds: seeds)
+                return LoopBound(shell, loop: loop)
+            }
+            gossipCell.shell = gossip
+            membersRoute.set(gossip)
         } catch {
             http.shutdown(grace: .zero)
             throw error
@@ -88,6 +137,8 @@ public final class Node: Sendable {
         state.withLock {
             $0.http = http
             $0.peer = peer
+            $0.frames = frames
+            $0.gossip = gossipCell.shell
         }
         if handleSignals {
             let watchers = try loop.runBlocking { [self] () throws -> [LoopBound<SignalWatcher>] in
@@ -112,21 +163,27 @@ public final class Node: Sendable {
 
     /// Starts the graceful shutdown; safe from any thread, idempotent.
     public func beginShutdown() {
-        let servers: (HTTPServer?, FrameServer?, [LoopBound<SignalWatcher>])? = state.withLock {
+        let servers: (HTTPServer?, FrameServer?, [LoopBound<SignalWatcher>], LoopBound<GossipShell>?)? = state.withLock {
             if $0.stopping { return nil }
             $0.stopping = true
-            return ($0.http, $0.peer, $0.signals)
+            return ($0.http, $0.peer, $0.signals, $0.gossip)
         }
-        guard let (http, peer, signals) = servers else { return }
+        guard let (http, peer, signals, gossip) = servers else { return }
         let grace = config.shutdownGrace
         let logger = self.logger
         loop.execute { [self] in
             for watcher in signals { watcher.value.close() }
-            peer?.shutdownOnLoop()
-            guard let http else { stopped.signal(); return }
-            http.shutdownOnLoop(grace: grace) { [self] in
+            gossip?.value.leave() // tell the others before going quiet
+            let finish = { [self] in
+                gossip?.value.stop()
+                peer?.shutdownOnLoop()
                 logger.info("node stopped")
                 stopped.signal()
+            }
+            guard let http else { return finish() }
+            http.shutdownOnLoop(grace: grace) {
+                // Give the leave announcement a moment to travel before the sockets close.
+                self.loop.schedule(after: .milliseconds(200)) { finish() }
             }
         }
     }
@@ -136,6 +193,22 @@ public final class Node: Sendable {
         stopped.wait()
         loop.shutdown()
         dataLock.release()
+    }
+
+    /// The address other nodes use for a bound `address`: the advertised host when set, else
+    /// its host unless that is a wildcard, else this machine's host name.
+    private func advertised(_ address: HostPort, port: UInt16) -> HostPort {
+        if let host = config.advertiseHost { return HostPort(host: host, port: port) }
+        if address.host == "0.0.0.0" || address.host == "::" {
+            return HostPort(host: ProcessInfo.processInfo.hostName, port: port)
+        }
+        return HostPort(host: address.host, port: port)
+    }
+
+    /// Cores and memory of this machine (GPUs come with the GPU work).
+    static func capacity() -> Capacity {
+        Capacity(cores: UInt32(ProcessInfo.processInfo.activeProcessorCount),
+                 memoryBytes: ProcessInfo.processInfo.physicalMemory)
     }
 
     static func addHealthRoutes(to router: inout HTTPRouter, ready: ReadyFlag) {
@@ -190,4 +263,12 @@ final class DataDirectoryLock: Sendable {
         flock(fd, LOCK_UN)
         close(fd)
     }
+}
+
+/// Set once, before the peer server sees traffic that needs it.
+final class GossipCell: @unchecked Sendable {
+    // SAFETY: written once on the starting thread before the loop can deliver a push-pull frame
+    // that reads it (the frame needs the gossip shell to have announced this node first), and
+    // read only on the loop afterwards.
+    var shell: LoopBound<GossipShell>?
 }

@@ -18,6 +18,18 @@ public struct NodeConfig: Sendable {
     public var trustedKeys: [String] = []
     /// Versions kept per model, besides every version an alias points at.
     public var retainVersions = 5
+    /// Peer addresses of nodes to join through; empty for the first node of a cluster.
+    public var seeds: [HostPort] = []
+    /// The name operators see (default: the host name).
+    public var nodeName = ProcessInfo.processInfo.hostName
+    /// Failure domain (rack, room, zone) for placement; may be empty.
+    public var zone = ""
+    /// The host other nodes reach this one at, when `peer_addr` binds a wildcard address.
+    public var advertiseHost: String?
+    /// The cluster key file (default `<data_dir>/cluster.key`, created on first start).
+    public var clusterKeyFile: String?
+    /// Gossip without encryption: only when explicitly asked for.
+    public var gossipPlaintext = false
 
     public init() {}
 
@@ -61,6 +73,18 @@ public struct NodeConfig: Sendable {
             c.trustedKeys = v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
         Key(name: "retain_versions", help: "versions kept per model besides aliased ones") { c, v in
             c.retainVersions = try integer(v, key: "retain_versions", min: 1) },
+        Key(name: "seeds", help: "comma-separated peer addresses of nodes to join through") { c, v in
+            c.seeds = try v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+                .map { try address($0, key: "seeds") } },
+        Key(name: "node_name", help: "the name operators see (default: the host name)") { c, v in c.nodeName = v },
+        Key(name: "zone", help: "failure domain (rack, room, zone) for placement") { c, v in c.zone = v },
+        Key(name: "advertise_host", help: "host other nodes reach this one at, when peer_addr binds 0.0.0.0") { c, v in
+            c.advertiseHost = v },
+        Key(name: "cluster_key_file", help: "AES key file for gossip (default <data_dir>/cluster.key, created if absent)") { c, v in
+            c.clusterKeyFile = v },
+        Key(name: "gossip_plaintext", help: "true to gossip unencrypted (trusted networks and tests only)") { c, v in
+            guard let b = Bool(v) else { throw ConfigError("gossip_plaintext `\(v)` must be true or false") }
+            c.gossipPlaintext = b },
     ]
 
     /// Builds the configuration from a YAML file, the environment and flag values (by key name).

@@ -1,13 +1,29 @@
 import ArgumentParser
 import Foundation
+import KaaNode
 import KaaSnapshot
 
 /// `kaa keys generate`.
 struct KeysCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keys",
-        abstract: "Manage publisher signing keys.",
-        subcommands: [Generate.self])
+        abstract: "Manage publisher signing keys and the cluster's gossip key.",
+        subcommands: [Generate.self, Cluster.self])
+
+    struct Cluster: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write a new cluster key file (AES-256, mode 0600) for encrypted gossip.",
+            discussion: "Give every node the same file with --cluster-key-file. To rotate: add the new key as a second line on every node, then move it to the first line, then drop the old one.")
+        @Option(help: "The file to write.") var out: String
+
+        func run() throws {
+            do { try ClusterKeyFile.create(out) } catch {
+                FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+                throw ExitCode.failure
+            }
+            print("wrote cluster key \(out)")
+        }
+    }
 
     struct Generate: ParsableCommand {
         static let configuration = CommandConfiguration(

@@ -44,6 +44,18 @@ extension Kaa {
         var trustedKeys: String?
         @Option(help: "Versions kept per model besides aliased ones (default 5).")
         var retainVersions: String?
+        @Option(help: "Comma-separated peer addresses (HOST:PORT) of nodes to join through.")
+        var seeds: String?
+        @Option(help: "The name operators see (default: the host name).")
+        var nodeName: String?
+        @Option(help: "Failure domain (rack, room, zone) for placement.")
+        var zone: String?
+        @Option(help: "Host other nodes reach this one at, when --peer-addr binds 0.0.0.0.")
+        var advertiseHost: String?
+        @Option(help: "AES key file for gossip (default <data-dir>/cluster.key, created if absent).")
+        var clusterKeyFile: String?
+        @Option(help: "true to gossip unencrypted (trusted networks and tests only).")
+        var gossipPlaintext: String?
 
         var flagValues: [String: String] {
             let pairs: [(String, String?)] = [
@@ -51,7 +63,9 @@ extension Kaa {
                 ("max_connections", maxConnections), ("max_header_bytes", maxHeaderBytes),
                 ("max_body_bytes", maxBodyBytes), ("header_timeout", headerTimeout), ("body_timeout", bodyTimeout),
                 ("idle_timeout", idleTimeout), ("shutdown_grace", shutdownGrace), ("trusted_keys", trustedKeys),
-                ("retain_versions", retainVersions),
+                ("retain_versions", retainVersions), ("seeds", seeds), ("node_name", nodeName), ("zone", zone),
+                ("advertise_host", advertiseHost), ("cluster_key_file", clusterKeyFile),
+                ("gossip_plaintext", gossipPlaintext),
             ]
             return Dictionary(uniqueKeysWithValues: pairs.compactMap { k, v in v.map { (k, $0) } })
         }

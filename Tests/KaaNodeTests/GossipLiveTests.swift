@@ -1,0 +1,113 @@
+import Foundation
+import Glibc
+import KaaCore
+import KaaTestSupport
+import Testing
+
+/// Five real `kaa node` processes on loopback gossiping with encryption.
+@Suite(.serialized) struct GossipLiveTests {
+    struct Running {
+        var process: KaaProcess
+        var http: UInt16
+        var peer: UInt16
+        var name: String
+        var dataDir: String
+    }
+
+    static func start(_ name: String, in dir: TemporaryDirectory, seeds: [UInt16], keyFile: String?,
+                      peerPort: UInt16 = 0, dataDir: String? = nil) throws -> Running {
+        let data = dataDir ?? dir.path + "/" + name
+        var args = ["node", "--data-dir", data, "--http-addr", "127.0.0.1:0", "--peer-addr", "127.0.0.1:\(peerPort)",
+                    "--node-name", name, "--log-level", "debug"]
+        if !seeds.isEmpty { args += ["--seeds", seeds.map { "127.0.0.1:\($0)" }.joined(separator: ",")] }
+        if let keyFile { args += ["--cluster-key-file", keyFile] }
+        let p = try KaaProcess(args)
+        let http = UInt16(try p.waitForLog(#"node started .*http\.addr=127\.0\.0\.1:(\d+)"#))!
+        let peer = UInt16(try p.waitForLog(#"node started .*peer\.addr=127\.0\.0\.1:(\d+)"#))!
+        return Running(process: p, http: http, peer: peer, name: name, dataDir: data)
+    }
+
+    /// name → (status, incarnation) as node `port` sees the cluster.
+    static func view(_ port: UInt16) -> [String: (String, Int)] {
+        guard let c = try? RawSocket(port: port, timeout: 2) else { return [:] }
+        guard (try? c.send("GET /kaa/v1/members HTTP/1.1\r\nHost: x\r\n\r\n")) != nil,
+              let r = try? c.readResponse(),
+              let object = try? JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any],
+              let members = object["members"] as? [[String: Any]] else { return [:] }
+        var out: [String: (String, Int)] = [:]
+        for m in members { out[m["name"] as! String] = (m["status"] as! String, m["incarnation"] as! Int) }
+        return out
+    }
+
+    /// Polls until `condition` holds or `seconds` pass; returns the seconds it took, or nil.
+    static func within(_ seconds: Double, _ condition: () -> Bool) -> Double? {
+        let start = Date()
+        while Date().timeIntervalSince(start) < seconds {
+            if condition() { return Date().timeIntervalSince(start) }
+            usleep(50_000)
+        }
+        return nil
+    }
+
+    @Test func fiveNodesConvergeDetectACrashAndWelcomeARestartWithAHigherIncarnation() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let key = dir.path + "/cluster.key"
+        #expect(try KaaProcess.run(["keys", "cluster", "--out", key]).0 == 0)
+        var nodes = [try GossipLiveTests.start("n1", in: dir, seeds: [], keyFile: key)]
+        for i in 2...5 { nodes.append(try GossipLiveTests.start("n\(i)", in: dir, seeds: [nodes[0].peer], keyFile: key)) }
+        defer { for n in nodes { n.process.signal(SIGKILL); n.process.wait() } }
+        let names = Set(nodes.map(\.name))
+
+        let converged = GossipLiveTests.within(20) {
+            nodes.allSatisfy { n in
+                let v = GossipLiveTests.view(n.http)
+                return Set(v.keys) == names && v.values.allSatisfy { $0.0 == "alive" }
+            }
+        }
+        #expect(converged != nil, "views: \(nodes.map { GossipLiveTests.view($0.http) })")
+
+        // SIGKILL n3: every other node must see it dead.
+        let victim = nodes[2]
+        let incarnationBefore = GossipLiveTests.view(nodes[0].http)["n3"]?.1 ?? -1
+        victim.process.signal(SIGKILL)
+        victim.process.wait()
+        let others = nodes.filter { $0.name != "n3" }
+        let detected = GossipLiveTests.within(15) {
+            others.allSatisfy { GossipLiveTests.view($0.http)["n3"]?.0 == "dead" }
+        }
+        #expect(detected != nil, "views after the kill: \(others.map { GossipLiveTests.view($0.http)["n3"].map { "\($0)" } ?? "-" })")
+
+        // Restart it from the same data directory: same id, alive again, higher incarnation.
+        let restarted = try GossipLiveTests.start("n3", in: dir, seeds: [nodes[0].peer], keyFile: key, dataDir: victim.dataDir)
+        nodes[2] = restarted
+        let back = GossipLiveTests.within(15) {
+            others.allSatisfy { n in
+                guard let (status, incarnation) = GossipLiveTests.view(n.http)["n3"] else { return false }
+                return status == "alive" && incarnation > incarnationBefore
+            }
+        }
+        #expect(back != nil, "views after the restart: \(others.map { GossipLiveTests.view($0.http)["n3"].map { "\($0)" } ?? "-" })")
+        #expect(GossipLiveTests.view(nodes[0].http).count == 5) // the same id, not a sixth member
+    }
+
+    @Test func aNodeWithTheWrongKeyIsKeptOut() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let key = dir.path + "/cluster.key", wrong = dir.path + "/wrong.key"
+        #expect(try KaaProcess.run(["keys", "cluster", "--out", key]).0 == 0)
+        #expect(try KaaProcess.run(["keys", "cluster", "--out", wrong]).0 == 0)
+        let a = try GossipLiveTests.start("a", in: dir, seeds: [], keyFile: key)
+        let b = try GossipLiveTests.start("b", in: dir, seeds: [a.peer], keyFile: key)
+        let intruder = try GossipLiveTests.start("intruder", in: dir, seeds: [a.peer], keyFile: wrong)
+        defer { for n in [a, b, intruder] { n.process.signal(SIGKILL); n.process.wait() } }
+        #expect(GossipLiveTests.within(15) { Set(GossipLiveTests.view(b.http).keys) == ["a", "b"] } != nil)
+        // Give the intruder several protocol periods and push-pull rounds to try.
+        _ = try intruder.process.waitForLog("push-pull failed|bad push-pull answer|dropped gossip packet", timeout: 15)
+        sleep(2)
+        #expect(Set(GossipLiveTests.view(a.http).keys) == ["a", "b"])
+        #expect(Set(GossipLiveTests.view(b.http).keys) == ["a", "b"])
+        #expect(Set(GossipLiveTests.view(intruder.http).keys) == ["intruder"])
+        #expect(a.process.stderr.contains("refused push-pull") || a.process.stderr.contains("dropped gossip packet"))
+    }
+}
