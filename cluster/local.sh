@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Starts a local Kaa cluster of N nodes on loopback and keeps it in the foreground until
+# Ctrl-C, which stops every node gracefully (SIGTERM by pid).
+# Usage: cluster/local.sh [N=3] [first HTTP port=7070]   (KAA=path/to/kaa to use another binary)
+# Node i listens for HTTP on port+i-1 and for peers on port+876+i-1; data under .kaa-run/node-i.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+count=${1:-3}; base=${2:-7070}
+kaa=${KAA:-.build/release/kaa}
+[ -x "$kaa" ] || { echo "no kaa binary at $kaa; run: swift build -c release --product kaa" >&2; exit 1; }
+mkdir -p .kaa-run
+key=.kaa-run/cluster.key
+[ -f "$key" ] || "$kaa" keys cluster --out "$key" >/dev/null
+
+pids=()
+stop() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap stop EXIT INT TERM
+
+seed=127.0.0.1:$((base + 876))
+for i in $(seq 1 "$count"); do
+  http=$((base + i - 1)); peer=$((base + 876 + i - 1))
+  seeds=(); [ "$i" -gt 1 ] && seeds=(--seeds "$seed")
+  "$kaa" node --data-dir ".kaa-run/node-$i" --node-name "node-$i" --http-addr "127.0.0.1:$http" \
+    --peer-addr "127.0.0.1:$peer" --cluster-key-file "$key" "${seeds[@]}" \
+    2> >(sed -u "s/^/[node-$i] /" >&2) &
+  pids+=($!)
+done
+for i in $(seq 1 "$count"); do
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((base + i - 1))/v2/health/ready" >/dev/null && break; sleep 0.1; done
+done
+for _ in $(seq 50); do   # until the first node sees all of them
+  n=$("$kaa" members --to "http://127.0.0.1:$base" --json 2>/dev/null | grep -o '"status":"alive"' | wc -l || true)
+  [ "$n" -ge "$count" ] && break; sleep 0.2
+done
+echo
+"$kaa" members --to "http://127.0.0.1:$base"
+echo
+echo "local cluster of $count nodes is up: HTTP on 127.0.0.1:$base..$((base + count - 1)); Ctrl-C stops it."
+echo "try: $kaa members --to http://127.0.0.1:$base"
+wait "${pids[@]}"
