@@ -111,6 +111,15 @@ import Testing
         #expect(stderr.contains(message))
     }
 
+    @Test func theSampleConfigInTheRepositoryParses() throws {
+        let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../../cluster/node.yaml").standardized.path
+        let config = try NodeConfig.load(file: file, environment: [:], flags: [:])
+        #expect(config.httpAddr == HostPort(host: "0.0.0.0", port: 7070))
+        #expect(config.seeds.count == 2)
+        #expect(config.retainVersions == 5)
+    }
+
     @Test func versionAndHelp() throws {
         let (status, out, _) = try KaaProcess.run(["--version"])
         #expect(status == 0)
