@@ -73,6 +73,14 @@ public class LoopHandle {
         Unmanaged<LoopHandle>.fromOpaque(handle!.pointee.data).takeUnretainedValue() as! T
     }
 
+    /// libuv's allocation callback for reads: lends the loop's scratch buffer (every read is
+    /// consumed before the callback returns).
+    static func lendReadBuffer(_ handle: UnsafeMutablePointer<uv_handle_t>?, _ buf: UnsafeMutablePointer<uv_buf_t>?) {
+        let loop = Unmanaged<LoopHandle>.fromOpaque(handle!.pointee.data).takeUnretainedValue().loop
+        buf!.pointee = uv_buf_init(loop.readBuffer.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                   UInt32(loop.readBuffer.count))
+    }
+
     func cast<T>(to: T.Type) -> UnsafeMutablePointer<T> {
         UnsafeMutableRawPointer(handle).assumingMemoryBound(to: T.self)
     }

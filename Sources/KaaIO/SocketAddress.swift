@@ -35,6 +35,16 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
 
     init(storage: sockaddr_storage) { self.storage = storage }
 
+    /// Reads an address with a `getsockname`/`getpeername`-shaped libuv call; nil on failure.
+    static func read(_ call: (UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<Int32>) -> Int32) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = Int32(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call($0, &length) }
+        }
+        return rc == 0 ? SocketAddress(storage: storage) : nil
+    }
+
     public var port: UInt16 {
         withUnsafeBytes(of: storage) { raw in
             let family = raw.load(as: sockaddr.self).sa_family

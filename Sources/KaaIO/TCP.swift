@@ -120,23 +120,14 @@ public final class TCPConnection: LoopHandle {
 
     func configureAccepted() {
         uv_tcp_nodelay(tcp, 1)
-        var storage = sockaddr_storage()
-        var length = Int32(MemoryLayout<sockaddr_storage>.size)
-        let rc = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_tcp_getpeername(tcp, $0, &length) }
-        }
-        if rc == 0 { remoteAddress = SocketAddress(storage: storage) }
+        remoteAddress = SocketAddress.read { uv_tcp_getpeername(tcp, $0, $1) }
     }
 
     /// Starts delivering bytes to the delegate.
     public func startReading() {
         guard isOpen, !isReading else { return }
         isReading = true
-        uv_read_start(stream, { handle, _, buf in
-            let loop = LoopHandle.owner(handle, as: TCPConnection.self).loop
-            buf!.pointee = uv_buf_init(loop.readBuffer.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                       UInt32(loop.readBuffer.count))
-        }, { stream, nread, buf in
+        uv_read_start(stream, { handle, _, buf in LoopHandle.lendReadBuffer(handle, buf) }, { stream, nread, buf in
             let connection = LoopHandle.owner(UnsafeMutableRawPointer(stream!).assumingMemoryBound(to: uv_handle_t.self),
                                               as: TCPConnection.self)
             connection.didRead(nread: nread, base: buf!.pointee.base)
@@ -290,12 +281,7 @@ public final class TCPListener: LoopHandle {
             close()
             throw error
         }
-        var storage = sockaddr_storage()
-        var length = Int32(MemoryLayout<sockaddr_storage>.size)
-        let rc2 = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_tcp_getsockname(tcp, $0, &length) }
-        }
-        if rc2 == 0 { localAddress = SocketAddress(storage: storage) }
+        if let bound = SocketAddress.read({ uv_tcp_getsockname(tcp, $0, $1) }) { localAddress = bound }
     }
 
     private func accept(status: Int32) {

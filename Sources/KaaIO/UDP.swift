@@ -28,11 +28,7 @@ public final class UDPSocket: LoopHandle {
         adopt()
         do {
             try uvCheck(address.withSockAddr { uv_udp_bind(udp, $0, 0) }, "bind UDP \(address)")
-            try uvCheck(uv_udp_recv_start(udp, { handle, _, buf in
-                let loop = LoopHandle.owner(handle, as: UDPSocket.self).loop
-                buf!.pointee = uv_buf_init(loop.readBuffer.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                           UInt32(loop.readBuffer.count))
-            }, { handle, nread, buf, addr, _ in
+            try uvCheck(uv_udp_recv_start(udp, { handle, _, buf in LoopHandle.lendReadBuffer(handle, buf) }, { handle, nread, buf, addr, _ in
                 guard nread > 0, let addr else { return }
                 let socket = LoopHandle.owner(UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_handle_t.self),
                                               as: UDPSocket.self)
@@ -47,12 +43,7 @@ public final class UDPSocket: LoopHandle {
             close()
             throw error
         }
-        var storage = sockaddr_storage()
-        var length = Int32(MemoryLayout<sockaddr_storage>.size)
-        let rc2 = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_udp_getsockname(udp, $0, &length) }
-        }
-        if rc2 == 0 { localAddress = SocketAddress(storage: storage) }
+        if let bound = SocketAddress.read({ uv_udp_getsockname(udp, $0, $1) }) { localAddress = bound }
     }
 
     /// Sends one datagram. Never blocks; drops it when the send queue is over its bound.
