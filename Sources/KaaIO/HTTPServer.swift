@@ -40,7 +40,8 @@ public final class HTTPServer: Sendable {
 
     public typealias Handler = @Sendable (HTTPRequest, HTTPResponder) -> Void
     /// Chooses, from a request's head (its body still empty), a sink that takes the body as it
-    /// arrives instead of buffering it; `nil` buffers as usual. Runs on the loop.
+    /// arrives instead of buffering it; `nil` buffers as usual. Runs on the loop, and only for
+    /// methods that carry bodies (not GET or HEAD).
     public typealias Streamer = @Sendable (HTTPRequest) -> (any HTTPBodySink)?
 
     public let loop: EventLoop

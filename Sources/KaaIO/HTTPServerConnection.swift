@@ -203,9 +203,9 @@ final class HTTPServerConnection: TCPConnectionDelegate {
         phase = .body
         deadline = server.loop.nowMilliseconds + server.bodyTimeoutMs
         let length = parser.pointee.content_length
-        if let streamer = server.streamer {
-            var head = HTTPRequest(method: HTTPServerConnection.method(kaa_http_method(parser)),
-                                   target: String(decoding: url, as: UTF8.self), headers: headers)
+        let method = HTTPServerConnection.method(kaa_http_method(parser))
+        if let streamer = server.streamer, method != .get, method != .head {
+            var head = HTTPRequest(method: method, target: String(decoding: url, as: UTF8.self), headers: headers)
             head.remoteAddress = tcp.remoteAddress
             sink = streamer(head)
             sinkBytes = 0
