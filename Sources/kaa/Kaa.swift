@@ -8,5 +8,5 @@ struct Kaa: AsyncParsableCommand {
         commandName: "kaa",
         abstract: "Kaa: a decentralized model-serving cluster.",
         version: KaaVersion.string,
-        subcommands: [])
+        subcommands: [Ops.self])
 }
