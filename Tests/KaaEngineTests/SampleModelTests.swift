@@ -71,7 +71,7 @@ import Testing
         return Tensor(shape: shape, storage: s, mapKeys: t.mapKeys)
     }
 
-    @Test(arguments: ["iris-logreg", "digits-mlp", "diabetes-gbr", "wine-forest"])
+    @Test(arguments: ["iris-logreg", "digits-mlp", "diabetes-gbr", "wine-forest", "news-text"])
     func matchesOnnxRuntime(name: String) throws {
         let bytes = try Data(contentsOf: Self.root.appendingPathComponent("snapshots/\(name)/model.onnx"))
         let model = try Model(onnx: bytes)
