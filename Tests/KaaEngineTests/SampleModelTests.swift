@@ -11,13 +11,20 @@ import Testing
         var tensor: Tensor
     }
 
+    /// A JSON number; the export writes NaN as null and infinities as "inf" / "-inf".
+    static func double(_ v: Any) -> Double {
+        if let n = v as? NSNumber { return n.doubleValue }
+        if let s = v as? String { return s == "inf" ? .infinity : s == "-inf" ? -.infinity : .nan }
+        return .nan
+    }
+
     static func tensor(_ j: [String: Any]) throws -> Tensor {
         let shape = (j["shape"] as! [Any]).map { ($0 as! NSNumber).intValue }
         let data = j["data"] as! [Any]
         var t: Tensor
         switch j["dtype"] as! String {
-        case "float32": t = Tensor(shape: shape, floats: data.map { Float(($0 as! NSNumber).doubleValue) })
-        case "float64": t = Tensor(shape: shape, doubles: data.map { ($0 as! NSNumber).doubleValue })
+        case "float32": t = Tensor(shape: shape, floats: data.map { Float(Self.double($0)) })
+        case "float64": t = Tensor(shape: shape, doubles: data.map(Self.double))
         case "int64": t = Tensor(shape: shape, int64s: data.map { ($0 as! NSNumber).int64Value })
         case "int32": t = Tensor(shape: shape, int32s: data.map { ($0 as! NSNumber).int32Value })
         case "bool": t = Tensor(shape: shape, bools: data.map { ($0 as! NSNumber).boolValue })
@@ -45,7 +52,7 @@ import Testing
         if got.mapKeys != want.mapKeys { problems.append("map keys \(String(describing: got.mapKeys)), expected \(String(describing: want.mapKeys))") }
         switch (got.storage, want.storage) {
         case (.float32(let a), .float32(let b)):
-            for i in a.indices where abs(a[i] - b[i]) > 1e-5 * max(abs(a[i]), abs(b[i])) + 1e-6 {
+            for i in a.indices where !(a[i].isNaN && b[i].isNaN) && a[i] != b[i] && !(abs(a[i] - b[i]) <= 1e-5 * max(abs(a[i]), abs(b[i])) + 1e-6) {
                 problems.append("element \(i): \(a[i]), expected \(b[i])")
                 if problems.count > 5 { break }
             }

@@ -195,14 +195,19 @@ struct TreeEnsemble: Sendable {
             var s = try trees.scores(try K.floats(x), rows: n, cols: c, outputs: k, aggregate: .sum, base: base.count == k ? base : [])
             var best = [Int](repeating: 0, count: n)
             if binary {
+                // Two labels, weights for one class only: the label is that class's score
+                // against 0.5 (weights all positive) or 0. As onnxruntime does, a score in
+                // column 0 becomes [1 - s, s] (or [-s, s]); a score in column 1 stays as is.
                 let col = ids.first!
                 for r in 0..<n {
                     let v = s[r * 2 + col] + (base.count == 1 ? base[0] : 0)
                     best[r] = v > (allPositive ? 0.5 : 0) ? 1 : 0
-                    s[r * 2 + 1] = v
-                    s[r * 2] = allPositive ? 1 - v : -v
+                    if col == 0 {
+                        s[r * 2 + 1] = v
+                        s[r * 2] = allPositive ? 1 - v : -v
+                    }
                 }
-                if post == .logistic {
+                if col == 0, post == .logistic {
                     for r in 0..<n { let p = PostTransform.logistic(s[r * 2 + 1]); s[r * 2 + 1] = p; s[r * 2] = 1 - p }
                 } else { post.apply(&s, rowLength: 2) }
             } else {
