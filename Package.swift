@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // C libraries from Debian, as system-library targets. Only KaaIO imports CLibUV and
@@ -37,6 +38,13 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .target(
+            name: "KaaEngine",
+            dependencies: [
+                "KaaCore",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             swiftSettings: strict),
         .target(
@@ -70,7 +78,7 @@ let package = Package(
         .executableTarget(
             name: "kaa",
             dependencies: [
-                "KaaCore", "KaaIO", "KaaNode", "KaaSnapshot", "KaaCluster",
+                "KaaCore", "KaaIO", "KaaNode", "KaaSnapshot", "KaaCluster", "KaaEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -80,6 +88,14 @@ let package = Package(
         .target(name: "KaaTestSupport", dependencies: ["KaaCore"], swiftSettings: strict),
 
         .testTarget(name: "KaaCoreTests", dependencies: ["KaaCore"], swiftSettings: strict),
+        .testTarget(
+            name: "KaaEngineTests",
+            dependencies: [
+                "KaaEngine",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            exclude: ["Fixtures"],
+            swiftSettings: strict),
         .testTarget(
             name: "KaaClusterTests", dependencies: ["KaaCluster", "KaaCore"], swiftSettings: strict),
         .testTarget(

@@ -1,0 +1,383 @@
+public import Foundation
+import SwiftProtobuf
+
+/// A loaded ONNX model, checked and planned, ready to run.
+///
+/// Loading checks the whole graph (see ``init(onnx:)``); a `Model` that exists can run. It is
+/// immutable and `Sendable`: any number of threads may call ``run(_:)`` at once, each call
+/// working in its own workspace.
+public final class Model: Sendable {
+    /// The inputs a call must supply, in the model's order (initializers excluded).
+    public let inputs: [TensorSignature]
+    /// The outputs a call returns, in the model's order.
+    public let outputs: [TensorSignature]
+    /// The opset version the model imports for each domain (`ai.onnx` for the default one).
+    public let opsetImports: [String: Int]
+    /// The producer the file names (e.g. `skl2onnx 1.20.0`).
+    public let producer: String
+    /// An estimate of the bytes this model holds in memory: its weights and plan.
+    public let memoryBytes: Int
+    /// The operators the graph uses, as `domain:name`, sorted.
+    public let operatorsUsed: [String]
+
+    let plan: Plan
+
+    /// Loads a model from the bytes of an ONNX file.
+    ///
+    /// Throws an ``EngineError`` that names what is wrong when the bytes are not an ONNX
+    /// model, when the graph is invalid (dangling, duplicate or cyclic names, initializers of
+    /// the wrong size, absurd dimensions, wrong dtypes, unknown attributes), or when it uses
+    /// an operator, opset or dtype the engine lacks (`kaa ops` lists what it has).
+    public convenience init(onnx bytes: Data) throws {
+        let proto: Onnx_ModelProto
+        do {
+            var options = BinaryDecodingOptions()
+            options.messageDepthLimit = 64
+            proto = try Onnx_ModelProto(serializedBytes: bytes, options: options)
+        } catch {
+            throw EngineError.malformed("not an ONNX model (\(bytes.count) bytes): the protobuf does not decode (\(error)); is the file truncated or not an .onnx file?")
+        }
+        try self.init(proto: proto)
+    }
+
+    init(proto: Onnx_ModelProto) throws {
+        guard proto.hasGraph else { throw EngineError.invalid("the model has no graph") }
+        var opsets: [String: Int] = [:]
+        for imp in proto.opsetImport {
+            let domain = Registry.normalize(imp.domain)
+            guard imp.version > 0, imp.version < 1000 else {
+                throw EngineError.invalid("the model imports domain `\(domain)` at opset \(imp.version)")
+            }
+            if let prior = opsets[domain], prior != Int(imp.version) {
+                throw EngineError.invalid("the model imports domain `\(domain)` twice, at opsets \(prior) and \(imp.version)")
+            }
+            opsets[domain] = Int(imp.version)
+        }
+        if proto.opsetImport.isEmpty { opsets["ai.onnx"] = 1 }
+        let built = try Planner(graph: proto.graph, opsets: opsets).build()
+        plan = built.plan
+        inputs = built.inputs
+        outputs = built.outputs
+        opsetImports = opsets
+        producer = [proto.producerName, proto.producerVersion].filter { !$0.isEmpty }.joined(separator: " ")
+        operatorsUsed = built.operators
+        memoryBytes = built.constantBytes + built.plan.steps.count * 256 + MemoryLayout<Model>.size
+    }
+
+    /// Runs the model on one batch.
+    ///
+    /// `inputs` MUST name every input in ``inputs``, with its dtype and rank, and its fixed
+    /// dimensions; symbolic dimensions (the batch) may take any size. Returns every output
+    /// in ``outputs`` by name. Throws ``EngineError`` with code `invalidInput` for inputs that
+    /// do not match, `runtime` when a kernel cannot compute with the values given.
+    public func run(_ inputs: [String: Tensor]) throws -> [String: Tensor] {
+        try plan.run(inputs)
+    }
+}
+
+/// The plan: value slots and the steps that fill them, in topological order.
+struct Plan: Sendable {
+    struct Step: Sendable {
+        let kernel: any Kernel
+        /// Slot of each input, -1 for an omitted optional one.
+        let inputs: [Int]
+        /// Slot of each output, -1 for an output the graph does not use.
+        let outputs: [Int]
+        /// Slots whose last reader is this step: released after it, so their memory is reused.
+        let release: [Int]
+        let owner: String
+    }
+
+    /// Slots with initializers filled in; a run copies it as its workspace.
+    let template: [Tensor?]
+    let inputSlots: [(signature: TensorSignature, slot: Int)]
+    let outputSlots: [(name: String, slot: Int)]
+    let steps: [Step]
+
+    func run(_ given: [String: Tensor]) throws -> [String: Tensor] {
+        var slots = template
+        var used = 0
+        for (sig, slot) in inputSlots {
+            guard let t = given[sig.name] else {
+                throw EngineError.input("missing input `\(sig.name)`; the model takes \(inputSlots.map { "`\($0.signature.name)`" }.joined(separator: ", "))")
+            }
+            try Self.check(t, against: sig)
+            slots[slot] = t
+            used += 1
+        }
+        if used != given.count {
+            let known = Set(inputSlots.map(\.signature.name))
+            let extra = given.keys.filter { !known.contains($0) }.sorted()
+            throw EngineError.input("unknown input\(extra.count > 1 ? "s" : "") \(extra.map { "`\($0)`" }.joined(separator: ", ")); the model takes \(inputSlots.map { "`\($0.signature.name)`" }.joined(separator: ", "))")
+        }
+        for step in steps {
+            var args: [Tensor?] = []
+            args.reserveCapacity(step.inputs.count)
+            for s in step.inputs { args.append(s < 0 ? nil : slots[s]) }
+            let results: [Tensor]
+            do { results = try step.kernel.run(args) } catch let e as EngineError {
+                throw EngineError(e.code, "\(step.owner): \(e.message)")
+            }
+            guard results.count >= step.outputs.count else {
+                throw EngineError.runtime("\(step.owner) produced \(results.count) outputs, expected \(step.outputs.count)")
+            }
+            for (i, s) in step.outputs.enumerated() where s >= 0 { slots[s] = results[i] }
+            for s in step.release { slots[s] = nil }
+        }
+        var out: [String: Tensor] = [:]
+        for (name, slot) in outputSlots {
+            guard let t = slots[slot] else { throw EngineError.runtime("output `\(name)` was not computed") }
+            out[name] = t
+        }
+        return out
+    }
+
+    static func check(_ t: Tensor, against sig: TensorSignature) throws {
+        if let d = sig.dtype, d != t.dtype {
+            throw EngineError.input("input `\(sig.name)` is \(t.dtype); the model expects \(d)")
+        }
+        guard let dims = sig.shape else { return }
+        guard dims.count == t.rank else {
+            throw EngineError.input("input `\(sig.name)` has shape \(t.shape) (rank \(t.rank)); the model expects rank \(dims.count): [\(dims.map(\.description).joined(separator: ", "))]")
+        }
+        for (i, d) in dims.enumerated() {
+            if case .fixed(let n) = d, n != t.shape[i] {
+                throw EngineError.input("input `\(sig.name)` has shape \(t.shape); the model expects dimension \(i) to be \(n): [\(dims.map(\.description).joined(separator: ", "))]")
+            }
+        }
+    }
+}
+
+/// Turns a graph into a ``Plan``, checking it as it goes.
+struct Planner {
+    let graph: Onnx_GraphProto
+    let opsets: [String: Int]
+
+    struct Result {
+        var plan: Plan
+        var inputs: [TensorSignature]
+        var outputs: [TensorSignature]
+        var operators: [String]
+        var constantBytes: Int
+    }
+
+    static func signature(_ v: Onnx_ValueInfoProto, what: String) throws -> TensorSignature {
+        guard v.hasType else { return TensorSignature(name: v.name, dtype: nil, shape: nil) }
+        switch v.type.value {
+        case .tensorType(let t):
+            guard let dtype = DType(rawValue: Int(t.elemType)) else {
+                throw EngineError.unsupported("\(what) `\(v.name)` has element type \(DType.onnxName(Int(t.elemType))); supported: \(DType.allCases.map(\.description).joined(separator: ", "))")
+            }
+            var shape: [Dimension]?
+            if t.hasShape {
+                guard t.shape.dim.count <= Limits.maxRank else {
+                    throw EngineError.invalid("\(what) `\(v.name)` has \(t.shape.dim.count) dimensions")
+                }
+                shape = try t.shape.dim.map { d in
+                    switch d.value {
+                    case .dimValue(let n):
+                        guard n >= 0, n <= Limits.maxElements else {
+                            throw EngineError.invalid("\(what) `\(v.name)` has dimension \(n)")
+                        }
+                        return .fixed(Int(n))
+                    case .dimParam(let s): return .symbolic(s)
+                    case nil: return .unknown
+                    }
+                }
+            }
+            return TensorSignature(name: v.name, dtype: dtype, shape: shape)
+        case .sequenceType(let s):
+            if case .mapType(let m) = s.elemType.value {
+                let vt = m.valueType.tensorType.elemType
+                return TensorSignature(name: v.name, dtype: DType(rawValue: Int(vt)), shape: nil, isSequenceOfMaps: true)
+            }
+            throw EngineError.unsupported("\(what) `\(v.name)` is a sequence of non-maps; only tensors and sequences of maps are supported")
+        case nil:
+            return TensorSignature(name: v.name, dtype: nil, shape: nil)
+        default:
+            throw EngineError.unsupported("\(what) `\(v.name)` is not a tensor (\(v.type.value.map { "\($0)" } ?? "?")); only tensors are supported")
+        }
+    }
+
+    /// Finds the spec of a node's operator at the model's opset, or throws naming op,
+    /// domain and opset.
+    func spec(_ node: Onnx_NodeProto, _ n: Int) throws -> (OperatorSpec, String, Int) {
+        let domain = Registry.normalize(node.domain)
+        guard let opset = opsets[domain] else {
+            throw EngineError.invalid("\(Self.describe(node, n)) is in domain `\(domain)`, which the model does not import (opset_import)")
+        }
+        guard let spec = Registry.byKey[Registry.key(domain, node.opType)] else {
+            throw EngineError(.unsupportedOperator, "operator `\(node.opType)` of domain `\(domain)` (opset \(opset)) is not supported (node `\(node.name)`); `kaa ops` lists the supported operators")
+        }
+        guard spec.opsets.contains(opset) else {
+            throw EngineError(.unsupportedOperator, "operator `\(node.opType)` of domain `\(domain)` is supported at opsets \(spec.opsets.lowerBound)...\(spec.opsets.upperBound), the model imports opset \(opset) (node `\(node.name)`)")
+        }
+        return (spec, domain, opset)
+    }
+
+    func build() throws -> Result {
+        // Operators first: an unsupported operator is the most useful error to report.
+        for (n, node) in graph.node.enumerated() { _ = try spec(node, n) }
+        if !graph.sparseInitializer.isEmpty {
+            throw EngineError.unsupported("the graph has sparse initializers; they are not supported")
+        }
+        var slotOf: [String: Int] = [:]
+        var template: [Tensor?] = []
+        var types: [DType] = []
+        var constantBytes = 0
+        func newSlot(_ name: String, _ type: DType, what: String) throws -> Int {
+            guard !name.isEmpty else { throw EngineError.invalid("\(what) has an empty name") }
+            guard slotOf[name] == nil else {
+                throw EngineError.invalid("the name `\(name)` is defined twice (second time as \(what)); every value in a graph needs a unique name")
+            }
+            slotOf[name] = template.count
+            template.append(nil)
+            types.append(type)
+            return template.count - 1
+        }
+        for i in graph.initializer {
+            let t = try TensorCoding.decode(i, what: "initializer `\(i.name)`")
+            let s = try newSlot(i.name, t.dtype, what: "an initializer")
+            template[s] = t
+            constantBytes += t.byteCount
+        }
+        var inputs: [(TensorSignature, Int)] = []
+        for v in graph.input where slotOf[v.name] == nil || template[slotOf[v.name]!] == nil {
+            let sig = try Self.signature(v, what: "graph input")
+            guard let dtype = sig.dtype, !sig.isSequenceOfMaps else {
+                throw EngineError.unsupported("graph input `\(v.name)` declares no tensor element type")
+            }
+            inputs.append((sig, try newSlot(v.name, dtype, what: "a graph input")))
+        }
+
+        // Topological order (Kahn): a node is ready once all its inputs have slots.
+        let nodes = graph.node
+        var producerOf: [String: Int] = [:]
+        for (n, node) in nodes.enumerated() {
+            for o in node.output where !o.isEmpty {
+                if producerOf.updateValue(n, forKey: o) != nil || slotOf[o] != nil {
+                    throw EngineError.invalid("the name `\(o)` is defined twice (output of \(Self.describe(node, n))); every value in a graph needs a unique name")
+                }
+            }
+        }
+        var waiting = [Int](repeating: 0, count: nodes.count)
+        var readers: [String: [Int]] = [:]
+        for (n, node) in nodes.enumerated() {
+            for name in Set(node.input) where !name.isEmpty && slotOf[name] == nil {
+                guard producerOf[name] != nil else {
+                    throw EngineError.invalid("\(Self.describe(node, n)) reads `\(name)`, which no node, input or initializer defines")
+                }
+                waiting[n] += 1
+                readers[name, default: []].append(n)
+            }
+        }
+        var ready = (0..<nodes.count).filter { waiting[$0] == 0 }
+        var order: [Int] = []
+        order.reserveCapacity(nodes.count)
+        while let n = ready.popLast() {
+            order.append(n)
+            for o in nodes[n].output where !o.isEmpty {
+                for r in readers[o] ?? [] {
+                    waiting[r] -= 1
+                    if waiting[r] == 0 { ready.append(r) }
+                }
+            }
+        }
+        if order.count < nodes.count {
+            let stuck = (0..<nodes.count).filter { waiting[$0] > 0 }.prefix(5).map { Self.describe(nodes[$0], $0) }
+            throw EngineError.invalid("the graph has a cycle through \(stuck.joined(separator: ", ")); an ONNX graph must be acyclic")
+        }
+        // Keep the file's order among ready nodes: stable order makes errors and plans
+        // predictable.
+        order = Self.stableTopological(nodes: nodes, producerOf: producerOf)
+
+        var steps: [(Plan.Step, [Int])] = []
+        var ops = Set<String>()
+        for n in order {
+            let node = nodes[n]
+            let (spec, domain, opset) = try spec(node, n)
+            let owner = "`\(node.opType)` node `\(node.name.isEmpty ? "#\(n)" : node.name)` (\(domain) opset \(opset))"
+            let inSlots = node.input.map { $0.isEmpty ? -1 : slotOf[$0]! }
+            var ctx = BuildContext(
+                owner: owner, opset: opset,
+                attributes: try Attributes(node, owner: owner),
+                inputTypes: inSlots.map { $0 < 0 ? nil : types[$0] },
+                constants: inSlots.map { $0 < 0 ? nil : template[$0] },
+                outputCount: node.output.count)
+            let (kernel, outTypes) = try spec.build(&ctx)
+            // Kernels keep their attributes' values (weights, trees) in their own arrays.
+            constantBytes += node.attribute.reduce(0) { sum, a in
+                sum + a.floats.count * 4 + a.ints.count * 8 + a.strings.reduce(0) { $0 + $1.count + 16 }
+                    + (a.hasT ? a.t.rawData.count + a.t.floatData.count * 4 + a.t.doubleData.count * 8 + a.t.int64Data.count * 8 : 0)
+            }
+            try ctx.attributes.checkAllRead()
+            guard node.output.count <= outTypes.count else {
+                throw EngineError.invalid("\(owner) names \(node.output.count) outputs; the operator has \(outTypes.count)")
+            }
+            var outSlots: [Int] = []
+            for (i, o) in node.output.enumerated() {
+                outSlots.append(o.isEmpty ? -1 : try newSlot(o, outTypes[i], what: "an output of \(owner)"))
+            }
+            ops.insert("\(domain):\(node.opType)")
+            steps.append((Plan.Step(kernel: kernel, inputs: inSlots, outputs: outSlots, release: [], owner: owner), inSlots))
+        }
+
+        var outputs: [TensorSignature] = []
+        var outputSlots: [(String, Int)] = []
+        for v in graph.output {
+            guard let s = slotOf[v.name] else {
+                throw EngineError.invalid("graph output `\(v.name)` is not computed by any node")
+            }
+            var sig = try Self.signature(v, what: "graph output")
+            if sig.dtype == nil { sig.dtype = types[s] }
+            if let d = sig.dtype, d != types[s], !sig.isSequenceOfMaps {
+                throw EngineError.invalid("graph output `\(v.name)` is declared \(d) but computed as \(types[s])")
+            }
+            outputs.append(sig)
+            outputSlots.append((v.name, s))
+        }
+        if outputs.isEmpty { throw EngineError.invalid("the graph has no outputs") }
+
+        // Release each intermediate after its last reader.
+        let keep = Set(outputSlots.map(\.1))
+        var lastUse: [Int: Int] = [:]
+        for (i, (_, ins)) in steps.enumerated() { for s in ins where s >= 0 { lastUse[s] = i } }
+        var finalSteps: [Plan.Step] = []
+        for (i, (step, _)) in steps.enumerated() {
+            let release = Set(step.inputs.filter { $0 >= 0 && lastUse[$0] == i && !keep.contains($0) && template[$0] == nil })
+            finalSteps.append(Plan.Step(kernel: step.kernel, inputs: step.inputs, outputs: step.outputs, release: release.sorted(), owner: step.owner))
+        }
+        return Result(
+            plan: Plan(template: template, inputSlots: inputs.map { ($0.0, $0.1) }, outputSlots: outputSlots, steps: finalSteps),
+            inputs: inputs.map(\.0), outputs: outputs, operators: ops.sorted(), constantBytes: constantBytes)
+    }
+
+    /// A topological order that keeps the file's order among nodes whose inputs are ready:
+    /// repeatedly takes the first node in file order whose inputs are all available.
+    static func stableTopological(nodes: [Onnx_NodeProto], producerOf: [String: Int]) -> [Int] {
+        var order: [Int] = []
+        order.reserveCapacity(nodes.count)
+        let deps: [[Int]] = nodes.map { node in node.input.compactMap { producerOf[$0] } }
+        var dependents = [[Int]](repeating: [], count: nodes.count)
+        var pending = [Int](repeating: 0, count: nodes.count)
+        for (n, ds) in deps.enumerated() {
+            for d in Set(ds) { dependents[d].append(n); pending[n] += 1 }
+        }
+        // A min-heap by file index would be O(n log n); a sorted ready list is enough here.
+        var ready = (0..<nodes.count).filter { pending[$0] == 0 }.reversed() as [Int]
+        while let n = ready.popLast() {
+            order.append(n)
+            var added = false
+            for r in dependents[n] {
+                pending[r] -= 1
+                if pending[r] == 0 { ready.append(r); added = true }
+            }
+            if added { ready.sort(by: >) }
+        }
+        return order
+    }
+
+    static func describe(_ node: Onnx_NodeProto, _ n: Int) -> String {
+        "`\(node.opType)` node `\(node.name.isEmpty ? "#\(n)" : node.name)`"
+    }
+}

@@ -1,0 +1,273 @@
+import Foundation
+
+/// Shared pieces of the kernels: argument access, broadcasting, axis arithmetic.
+enum K {
+    /// Required input `i`.
+    @inline(__always)
+    static func arg(_ inputs: [Tensor?], _ i: Int) throws -> Tensor {
+        guard i < inputs.count, let t = inputs[i] else { throw EngineError.runtime("input #\(i + 1) is missing") }
+        return t
+    }
+
+    /// The elements of a numeric tensor as Float (int and double inputs are converted).
+    static func floats(_ t: Tensor) throws -> [Float] {
+        switch t.storage {
+        case .float32(let v): return v
+        case .float64(let v): return v.map { Float($0) }
+        case .int64(let v): return v.map { Float($0) }
+        case .int32(let v): return v.map { Float($0) }
+        case .bool(let v): return v.map { $0 ? 1 : 0 }
+        case .string: throw EngineError.runtime("expected a numeric tensor, got strings")
+        }
+    }
+
+    /// The elements of an integer tensor as Int.
+    static func ints(_ t: Tensor) throws -> [Int] {
+        switch t.storage {
+        case .int64(let v): return v.map { Int($0) }
+        case .int32(let v): return v.map { Int($0) }
+        default: throw EngineError.runtime("expected an int64 or int32 tensor, got \(t.dtype)")
+        }
+    }
+
+    /// Normalizes a possibly negative axis against `rank`.
+    static func axis(_ a: Int, rank: Int, what: String = "axis") throws -> Int {
+        let r = a < 0 ? a + rank : a
+        guard r >= 0, r < max(rank, 1) else { throw EngineError.runtime("\(what) \(a) is out of range for rank \(rank)") }
+        return r
+    }
+
+    /// The multidirectional (numpy) broadcast of two shapes.
+    static func broadcast(_ a: [Int], _ b: [Int]) throws -> [Int] {
+        let r = max(a.count, b.count)
+        var out = [Int](repeating: 1, count: r)
+        for i in 0..<r {
+            let da = i < r - a.count ? 1 : a[i - (r - a.count)]
+            let db = i < r - b.count ? 1 : b[i - (r - b.count)]
+            if da == db || db == 1 { out[i] = da } else if da == 1 { out[i] = db } else {
+                throw EngineError.runtime("shapes \(a) and \(b) do not broadcast")
+            }
+        }
+        return out
+    }
+
+    /// Row-major strides of `shape`, aligned to `outRank`, with 0 for broadcast dimensions.
+    static func broadcastStrides(_ shape: [Int], outShape: [Int]) -> [Int] {
+        let r = outShape.count
+        var strides = [Int](repeating: 0, count: r)
+        var s = 1
+        for i in stride(from: shape.count - 1, through: 0, by: -1) {
+            let o = i + (r - shape.count)
+            strides[o] = shape[i] == 1 && outShape[o] != 1 ? 0 : s
+            s *= shape[i]
+        }
+        return strides
+    }
+
+    /// Applies `f` elementwise with broadcasting.
+    @inline(__always)
+    static func binary<A, B, R>(_ a: [A], _ aShape: [Int], _ b: [B], _ bShape: [Int], _ f: (A, B) -> R) throws -> (shape: [Int], values: [R]) {
+        let shape = try broadcast(aShape, bShape)
+        let n = shape.reduce(1, *)
+        if aShape == bShape {
+            return (shape, [R](unsafeUninitializedCapacity: n) { buf, c in
+                a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in
+                    for i in 0..<n { buf[i] = f(pa[i], pb[i]) }
+                } }
+                c = n
+            })
+        }
+        if b.count == 1 {
+            let y = b[0]
+            return (shape, [R](unsafeUninitializedCapacity: n) { buf, c in
+                a.withUnsafeBufferPointer { pa in for i in 0..<n { buf[i] = f(pa[i], y) } }
+                c = n
+            })
+        }
+        if a.count == 1 {
+            let x = a[0]
+            return (shape, [R](unsafeUninitializedCapacity: n) { buf, c in
+                b.withUnsafeBufferPointer { pb in for i in 0..<n { buf[i] = f(x, pb[i]) } }
+                c = n
+            })
+        }
+        // Trailing-row broadcast: b is the last dimensions of a ([N, K] op [K]).
+        if a.count == n, b.count > 0, bShape.count <= aShape.count, Array(aShape.suffix(bShape.count)) == bShape {
+            let k = b.count
+            return (shape, [R](unsafeUninitializedCapacity: n) { buf, c in
+                a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in
+                    var i = 0
+                    while i < n {
+                        for j in 0..<k { buf[i + j] = f(pa[i + j], pb[j]) }
+                        i += k
+                    }
+                } }
+                c = n
+            })
+        }
+        let sa = broadcastStrides(aShape, outShape: shape)
+        let sb = broadcastStrides(bShape, outShape: shape)
+        let r = shape.count
+        var idx = [Int](repeating: 0, count: r)
+        var out = [R]()
+        out.reserveCapacity(n)
+        var ia = 0, ib = 0
+        for _ in 0..<n {
+            out.append(f(a[ia], b[ib]))
+            var d = r - 1
+            while d >= 0 {
+                idx[d] += 1
+                ia += sa[d]
+                ib += sb[d]
+                if idx[d] < shape[d] { break }
+                ia -= sa[d] * shape[d]
+                ib -= sb[d] * shape[d]
+                idx[d] = 0
+                d -= 1
+            }
+        }
+        return (shape, out)
+    }
+
+    /// Gathers elements of `values` (shape `shape`) into the broadcast `outShape`.
+    static func expand<T>(_ values: [T], _ shape: [Int], to outShape: [Int]) -> [T] {
+        if shape == outShape { return values }
+        let n = outShape.reduce(1, *)
+        let s = broadcastStrides(shape, outShape: outShape)
+        let r = outShape.count
+        var idx = [Int](repeating: 0, count: r)
+        var out = [T]()
+        out.reserveCapacity(n)
+        var p = 0
+        for _ in 0..<n {
+            out.append(values[p])
+            var d = r - 1
+            while d >= 0 {
+                idx[d] += 1
+                p += s[d]
+                if idx[d] < outShape[d] { break }
+                p -= s[d] * outShape[d]
+                idx[d] = 0
+                d -= 1
+            }
+        }
+        return out
+    }
+
+    /// Reorders `values` of `shape` by permutation `perm`.
+    static func transpose<T>(_ values: [T], _ shape: [Int], _ perm: [Int]) -> (shape: [Int], values: [T]) {
+        let r = shape.count
+        let outShape = perm.map { shape[$0] }
+        var inStrides = [Int](repeating: 1, count: r)
+        if r > 1 { for i in stride(from: r - 2, through: 0, by: -1) { inStrides[i] = inStrides[i + 1] * shape[i + 1] } }
+        let s = perm.map { inStrides[$0] }
+        let n = values.count
+        var out = [T]()
+        out.reserveCapacity(n)
+        var idx = [Int](repeating: 0, count: r)
+        var p = 0
+        for _ in 0..<n {
+            out.append(values[p])
+            var d = r - 1
+            while d >= 0 {
+                idx[d] += 1
+                p += s[d]
+                if idx[d] < outShape[d] { break }
+                p -= s[d] * outShape[d]
+                idx[d] = 0
+                d -= 1
+            }
+        }
+        return (outShape, out)
+    }
+
+    /// Splits a shape around `axis` into (outer, axis size, inner).
+    static func split(_ shape: [Int], _ axis: Int) -> (Int, Int, Int) {
+        let outer = shape[..<axis].reduce(1, *)
+        let inner = shape[(axis + 1)...].reduce(1, *)
+        return (outer, shape[axis], inner)
+    }
+}
+
+/// Applies a transform to each storage type with one generic body.
+extension Tensor.Storage {
+    /// Reorders or selects elements by index, keeping the element type.
+    func gather(_ indices: [Int]) -> Tensor.Storage {
+        switch self {
+        case .float32(let v): .float32(indices.map { v[$0] })
+        case .float64(let v): .float64(indices.map { v[$0] })
+        case .int64(let v): .int64(indices.map { v[$0] })
+        case .int32(let v): .int32(indices.map { v[$0] })
+        case .bool(let v): .bool(indices.map { v[$0] })
+        case .string(let v): .string(indices.map { v[$0] })
+        }
+    }
+
+    /// Concatenates storages of one type (parts of another type are skipped).
+    static func concat(_ parts: [Tensor.Storage]) -> Tensor.Storage {
+        switch parts[0] {
+        case .float32: .float32(parts.flatMap { (p) -> [Float] in if case .float32(let v) = p { return v }; return [] })
+        case .float64: .float64(parts.flatMap { (p) -> [Double] in if case .float64(let v) = p { return v }; return [] })
+        case .int64: .int64(parts.flatMap { (p) -> [Int64] in if case .int64(let v) = p { return v }; return [] })
+        case .int32: .int32(parts.flatMap { (p) -> [Int32] in if case .int32(let v) = p { return v }; return [] })
+        case .bool: .bool(parts.flatMap { (p) -> [Bool] in if case .bool(let v) = p { return v }; return [] })
+        case .string: .string(parts.flatMap { (p) -> [String] in if case .string(let v) = p { return v }; return [] })
+        }
+    }
+}
+
+/// Post transforms of the ai.onnx.ml operators.
+enum PostTransform: String, Sendable {
+    case none = "NONE", softmax = "SOFTMAX", logistic = "LOGISTIC", softmaxZero = "SOFTMAX_ZERO", probit = "PROBIT"
+
+    static func read(_ a: inout Attributes, _ ctx: BuildContext) throws -> PostTransform {
+        let s = try a.string("post_transform", default: "NONE")
+        guard let p = PostTransform(rawValue: s) else {
+            throw ctx.bad("post_transform `\(s)` is not one of NONE, SOFTMAX, LOGISTIC, SOFTMAX_ZERO, PROBIT")
+        }
+        return p
+    }
+
+    /// Applies the transform in place to each row of `k` scores.
+    func apply(_ v: inout [Float], rowLength k: Int) {
+        guard k > 0 else { return }
+        switch self {
+        case .none: return
+        case .logistic:
+            for i in v.indices { v[i] = Self.logistic(v[i]) }
+        case .probit:
+            for i in v.indices { v[i] = Self.probit(v[i]) }
+        case .softmax, .softmaxZero:
+            var r = 0
+            while r < v.count {
+                var m = -Float.infinity
+                for j in r..<r + k where !(self == .softmaxZero && v[j] == 0) { m = max(m, v[j]) }
+                var sum: Float = 0
+                for j in r..<r + k {
+                    if self == .softmaxZero && v[j] == 0 { continue }
+                    v[j] = expf(v[j] - m)
+                    sum += v[j]
+                }
+                for j in r..<r + k where !(self == .softmaxZero && v[j] == 0) { v[j] /= sum }
+                r += k
+            }
+        }
+    }
+
+    static func logistic(_ x: Float) -> Float {
+        let v = 1 / (1 + expf(-abs(x)))
+        return x < 0 ? 1 - v : v
+    }
+
+    /// The inverse of the standard normal CDF, as onnxruntime computes it (sqrt(2) * erfinv(2p - 1)).
+    static func probit(_ p: Float) -> Float { Float(2).squareRoot() * erfInv(2 * p - 1) }
+
+    static func erfInv(_ x: Float) -> Float {
+        let sgn: Float = x < 0 ? -1 : 1
+        let x1 = (1 - x) * (1 + x)
+        let lnx = logf(x1)
+        let v1: Float = 2 / (Float.pi * 0.147) + 0.5 * lnx
+        let v2: Float = 1 / 0.147 * lnx
+        return sgn * (-v1 + (v1 * v1 - v2).squareRoot()).squareRoot()
+    }
+}

@@ -1,0 +1,188 @@
+/// Text operators: StringNormalizer and TfIdfVectorizer (ai.onnx), Tokenizer (com.microsoft),
+/// as skl2onnx emits them for scikit-learn's TfidfVectorizer / CountVectorizer.
+enum TextOps {
+    static let stringNormalizer = OperatorSpec(name: "StringNormalizer", domain: "ai.onnx", opsets: 10...22) { ctx in
+        try ctx.inputs(1, 1)
+        _ = try ctx.input(0, [.string])
+        let action = try ctx.attributes.string("case_change_action", default: "NONE")
+        guard ["NONE", "LOWER", "UPPER"].contains(action) else { throw ctx.bad("case_change_action `\(action)` is not NONE, LOWER or UPPER") }
+        let caseSensitive = try ctx.attributes.int("is_case_sensitive", default: 0) != 0
+        let locale = try ctx.attributes.string("locale", default: "en_US")
+        let stopwords = try ctx.attributes.strings("stopwords") ?? []
+        let asciiOnly = locale == "C" || locale == "POSIX"
+        let stops = Set(caseSensitive ? stopwords : stopwords.map { $0.lowercased() })
+        @Sendable func change(_ s: String, upper: Bool) -> String {
+            if !asciiOnly { return upper ? s.uppercased() : s.lowercased() }
+            return String(decoding: s.utf8.map { b in
+                if upper, b >= 0x61, b <= 0x7A { return b - 32 }
+                if !upper, b >= 0x41, b <= 0x5A { return b + 32 }
+                return b
+            }, as: UTF8.self)
+        }
+        return (ClosureKernel { inputs in
+            let x = try K.arg(inputs, 0)
+            guard let v = x.strings else { throw EngineError.runtime("input is \(x.dtype)") }
+            guard x.rank == 1 || (x.rank == 2 && x.shape[0] == 1) else {
+                throw EngineError.runtime("input must be [C] or [1, C], got \(x.shape)")
+            }
+            var out = stops.isEmpty ? v : v.filter { !stops.contains(caseSensitive ? $0 : $0.lowercased()) }
+            switch action {
+            case "LOWER": out = out.map { change($0, upper: false) }
+            case "UPPER": out = out.map { change($0, upper: true) }
+            default: break
+            }
+            if out.isEmpty { out = [""] }
+            return [Tensor(shape: x.rank == 1 ? [out.count] : [1, out.count], strings: out)]
+        }, [.string])
+    }
+
+    /// A compiled regular expression shared by concurrent runs.
+    /// `@unchecked Sendable`: the `Regex` is created once at load and only read afterwards
+    /// (matching does not mutate it).
+    struct Pattern: @unchecked Sendable {
+        let regex: Regex<AnyRegexOutput>
+        let source: String
+    }
+
+    static let tokenizer = OperatorSpec(name: "Tokenizer", domain: "com.microsoft", opsets: 1...1) { ctx in
+        try ctx.inputs(1, 1)
+        _ = try ctx.input(0, [.string])
+        let mark = try ctx.attributes.int("mark", default: 0) != 0
+        let minChars = try ctx.attributes.int("mincharnum", default: 1)
+        let pad = try ctx.attributes.string("pad_value", default: "#")
+        let tokenexp = try ctx.attributes.string("tokenexp")
+        let separators = try ctx.attributes.strings("separators")
+        guard (tokenexp == nil) != (separators == nil) else { throw ctx.bad("needs exactly one of tokenexp, separators") }
+        func compile(_ p: String) throws -> Pattern {
+            do { return Pattern(regex: try Regex(p), source: p) } catch { throw ctx.bad("the regular expression `\(p)` does not compile: \(error)") }
+        }
+        let exp = try tokenexp.map(compile)
+        let seps = try (separators ?? []).map(compile)
+        return (ClosureKernel { inputs in
+            let x = try K.arg(inputs, 0)
+            guard let v = x.strings, x.rank == 1 || x.rank == 2 else { throw EngineError.runtime("input must be 1-D or 2-D strings, got \(x.dtype) \(x.shape)") }
+            var tokens: [[String]] = []
+            tokens.reserveCapacity(v.count)
+            for s in v {
+                var t: [String] = []
+                if let exp {
+                    for m in s.matches(of: exp.regex) where m.range.lowerBound != m.range.upperBound {
+                        t.append(String(s[m.range]))
+                    }
+                } else if seps.contains(where: { $0.source.isEmpty }) {
+                    t = s.map { String($0) }
+                } else {
+                    var parts = [Substring(s)]
+                    for sep in seps {
+                        parts = parts.flatMap { $0.split(separator: sep.regex, omittingEmptySubsequences: true) }
+                    }
+                    t = parts.map(String.init)
+                }
+                t = t.filter { $0.count >= minChars }
+                if mark { t = ["\u{2}"] + t + ["\u{3}"] }
+                tokens.append(t)
+            }
+            let width = tokens.map(\.count).max() ?? 0
+            var out: [String] = []
+            out.reserveCapacity(v.count * width)
+            for t in tokens { out += t; out += [String](repeating: pad, count: width - t.count) }
+            return [Tensor(shape: x.shape + [width], strings: out)]
+        }, [.string])
+    }
+
+    /// The n-gram pool of a TfIdfVectorizer: each n-gram (as its items) to its output column
+    /// and its weight.
+    struct Pool<Item: Hashable & Sendable>: Sendable {
+        var index: [[Item]: (column: Int, weight: Float)] = [:]
+    }
+
+    static let tfIdfVectorizer = OperatorSpec(name: "TfIdfVectorizer", domain: "ai.onnx", opsets: 9...22) { ctx in
+        try ctx.inputs(1, 1)
+        let t = try ctx.input(0, [.string, .int32, .int64])
+        let minN = try ctx.attributes.int("min_gram_length") ?? 1
+        let maxN = try ctx.attributes.int("max_gram_length") ?? 1
+        let maxSkip = try ctx.attributes.int("max_skip_count") ?? 0
+        let mode = try ctx.attributes.string("mode") ?? "TF"
+        guard ["TF", "IDF", "TFIDF"].contains(mode) else { throw ctx.bad("mode `\(mode)` is not TF, IDF or TFIDF") }
+        guard minN >= 1, maxN >= minN, maxN <= 64, maxSkip >= 0, maxSkip <= 1024 else {
+            throw ctx.bad("gram lengths \(minN)...\(maxN) and max_skip_count \(maxSkip) are out of range")
+        }
+        let counts = try ctx.attributes.ints("ngram_counts") ?? []
+        let columns = try ctx.attributes.ints("ngram_indexes") ?? []
+        let weights = try ctx.attributes.floats("weights") ?? []
+        let strPool = try ctx.attributes.strings("pool_strings")
+        let intPool = try ctx.attributes.int64s("pool_int64s")
+        guard (strPool == nil) != (intPool == nil) else { throw ctx.bad("needs exactly one of pool_strings, pool_int64s") }
+        guard (strPool == nil) == (t != .string) else { throw ctx.bad("the pool's type does not match the input's \(t)") }
+        let poolCount = strPool?.count ?? intPool?.count ?? 0
+        guard columns.allSatisfy({ $0 >= 0 && $0 < 1 << 24 }) else { throw ctx.bad("ngram_indexes has an index out of range") }
+        let width = (columns.max() ?? -1) + 1
+        guard weights.isEmpty || weights.count == columns.count else { throw ctx.bad("\(weights.count) weights for \(columns.count) n-grams") }
+        // Split the pool into n-grams: n-grams of length n start at counts[n - 1].
+        func grams<Item>(_ pool: [Item]) throws -> [[Item]] {
+            var out: [[Item]] = []
+            for (i, start) in counts.enumerated() {
+                let end = i + 1 < counts.count ? counts[i + 1] : pool.count
+                let n = i + 1
+                guard start >= 0, start <= end, end <= pool.count, (end - start) % n == 0 else {
+                    throw ctx.bad("ngram_counts \(counts) does not fit a pool of \(pool.count) items")
+                }
+                var p = start
+                while p < end { out.append(Array(pool[p..<p + n])); p += n }
+            }
+            return out
+        }
+        func pool<Item: Hashable & Sendable>(_ items: [Item]) throws -> Pool<Item> {
+            let g = try grams(items)
+            guard g.count == columns.count else { throw ctx.bad("the pool has \(g.count) n-grams and ngram_indexes \(columns.count)") }
+            var p = Pool<Item>()
+            for (i, gram) in g.enumerated() { p.index[gram] = (columns[i], weights.isEmpty ? 1 : weights[i]) }
+            return p
+        }
+        _ = poolCount
+        let sPool = try strPool.map { try pool($0) }
+        let iPool = try intPool.map { try pool($0) }
+        return (ClosureKernel { inputs in
+            let x = try K.arg(inputs, 0)
+            guard x.rank == 1 || x.rank == 2 else { throw EngineError.runtime("input must be 1-D or 2-D, got \(x.shape)") }
+            let rows = x.rank == 1 ? 1 : x.shape[0]
+            let c = x.shape.last ?? 0
+            var out = [Float](repeating: 0, count: rows * width)
+            func count<Item: Hashable>(_ items: [Item], _ pool: Pool<Item>) {
+                for r in 0..<rows {
+                    let row = Array(items[r * c..<(r + 1) * c])
+                    for n in minN...maxN {
+                        for skip in 0...(n == 1 ? 0 : maxSkip) {
+                            let span = (n - 1) * (skip + 1)
+                            var i = 0
+                            while i + span < row.count {
+                                let gram = (0..<n).map { row[i + $0 * (skip + 1)] }
+                                if let hit = pool.index[gram] { out[r * width + hit.column] += 1 }
+                                i += 1
+                            }
+                        }
+                    }
+                }
+            }
+            switch x.storage {
+            case .string(let v): count(v, sPool!)
+            case .int64(let v): count(v, iPool!)
+            case .int32(let v): count(v.map { Int64($0) }, iPool!)
+            default: throw EngineError.runtime("input is \(x.dtype)")
+            }
+            if mode != "TF" {
+                var w = [Float](repeating: 1, count: width)
+                for (_, hit) in sPool?.index.map({ ($0.key.count, $0.value) }) ?? iPool!.index.map({ ($0.key.count, $0.value) }) {
+                    w[hit.column] = hit.weight
+                }
+                for i in out.indices {
+                    let col = i % max(width, 1)
+                    out[i] = mode == "IDF" ? (out[i] > 0 ? w[col] : 0) : out[i] * w[col]
+                }
+            }
+            return [Tensor(shape: x.rank == 1 ? [width] : [rows, width], floats: out)]
+        }, [.float32])
+    }
+
+    static let specs: [OperatorSpec] = [stringNormalizer, tokenizer, tfIdfVectorizer]
+}

@@ -1,0 +1,224 @@
+/// TreeEnsembleClassifier and TreeEnsembleRegressor (ai.onnx.ml), flattened at load into
+/// arrays of nodes that each row walks.
+struct TreeEnsemble: Sendable {
+    enum Mode: String, Sendable { case leq = "BRANCH_LEQ", lt = "BRANCH_LT", gte = "BRANCH_GTE", gt = "BRANCH_GT", eq = "BRANCH_EQ", neq = "BRANCH_NEQ", leaf = "LEAF" }
+    enum Aggregate: String, Sendable { case sum = "SUM", average = "AVERAGE", min = "MIN", max = "MAX" }
+
+    var feature: [Int] = []
+    var threshold: [Float] = []
+    var mode: [Mode] = []
+    var trueChild: [Int] = []
+    var falseChild: [Int] = []
+    var missingTrue: [Bool] = []
+    /// For each node, its leaf weights as (target, weight) pairs.
+    var leafWeights: [[(Int, Float)]] = []
+    var roots: [Int] = []
+    var featureCount = 0
+
+    /// Reads the node arrays common to both operators; `prefix` is `class` or `target`.
+    init(_ a: inout Attributes, _ ctx: BuildContext, prefix: String, outputs: Int) throws {
+        let treeIds = try a.int64s("nodes_treeids") ?? []
+        let nodeIds = try a.int64s("nodes_nodeids") ?? []
+        let features = try a.int64s("nodes_featureids") ?? []
+        let modes = try a.strings("nodes_modes") ?? []
+        var values = try a.floats("nodes_values") ?? []
+        if let t = try a.tensor("nodes_values_as_tensor") { values = try K.floats(t) }
+        let trues = try a.int64s("nodes_truenodeids") ?? []
+        let falses = try a.int64s("nodes_falsenodeids") ?? []
+        let missing = try a.int64s("nodes_missing_value_tracks_true") ?? []
+        _ = try a.floats("nodes_hitrates")
+        _ = try a.tensor("nodes_hitrates_as_tensor")
+        let n = treeIds.count
+        guard n > 0 else { throw ctx.bad("has no nodes") }
+        for (name, count) in [("nodes_nodeids", nodeIds.count), ("nodes_featureids", features.count), ("nodes_modes", modes.count),
+                              ("nodes_values", values.count), ("nodes_truenodeids", trues.count), ("nodes_falsenodeids", falses.count)] where count != n {
+            throw ctx.bad("\(name) has \(count) entries, nodes_treeids has \(n)")
+        }
+        guard missing.isEmpty || missing.count == n else { throw ctx.bad("nodes_missing_value_tracks_true has \(missing.count) entries for \(n) nodes") }
+        var index: [Pair: Int] = [:]
+        for i in 0..<n {
+            guard index.updateValue(i, forKey: Pair(treeIds[i], nodeIds[i])) == nil else {
+                throw ctx.bad("node \(nodeIds[i]) of tree \(treeIds[i]) is defined twice")
+            }
+        }
+        var isChild = Set<Int>()
+        for i in 0..<n {
+            guard let m = Mode(rawValue: modes[i]) else { throw ctx.bad("node mode `\(modes[i])` is unknown") }
+            mode.append(m)
+            feature.append(Int(features[i]))
+            threshold.append(values[i])
+            missingTrue.append(missing.isEmpty ? false : missing[i] != 0)
+            if m == .leaf {
+                trueChild.append(-1); falseChild.append(-1)
+            } else {
+                guard features[i] >= 0, features[i] < 1 << 24 else { throw ctx.bad("node \(nodeIds[i]) of tree \(treeIds[i]) reads feature \(features[i])") }
+                guard let t = index[Pair(treeIds[i], trues[i])], let f = index[Pair(treeIds[i], falses[i])] else {
+                    throw ctx.bad("node \(nodeIds[i]) of tree \(treeIds[i]) points to a child that does not exist")
+                }
+                trueChild.append(t); falseChild.append(f)
+                isChild.insert(t); isChild.insert(f)
+                featureCount = max(featureCount, Int(features[i]) + 1)
+            }
+        }
+        var seenTree = Set<Int64>()
+        for i in 0..<n where !isChild.contains(i) {
+            guard seenTree.insert(treeIds[i]).inserted else { throw ctx.bad("tree \(treeIds[i]) has more than one root") }
+            roots.append(i)
+        }
+        // A walk must end: reject cycles by checking every path from each root is finite.
+        var depthOK = [Bool](repeating: false, count: n)
+        for r in roots { try Self.checkAcyclic(r, trueChild, falseChild, &depthOK, ctx) }
+        guard depthOK.allSatisfy({ $0 }) || roots.count > 0 else { throw ctx.bad("has no roots") }
+
+        let wTrees = try a.int64s("\(prefix)_treeids") ?? []
+        let wNodes = try a.int64s("\(prefix)_nodeids") ?? []
+        let wIds = try a.int64s("\(prefix)_ids") ?? []
+        var weights = try a.floats("\(prefix)_weights") ?? []
+        if let t = try a.tensor("\(prefix)_weights_as_tensor") { weights = try K.floats(t) }
+        guard wNodes.count == wTrees.count, wIds.count == wTrees.count, weights.count == wTrees.count else {
+            throw ctx.bad("\(prefix)_treeids, _nodeids, _ids and _weights have different lengths")
+        }
+        leafWeights = [[(Int, Float)]](repeating: [], count: n)
+        for i in wTrees.indices {
+            guard let node = index[Pair(wTrees[i], wNodes[i])] else { throw ctx.bad("\(prefix) weight \(i) names a node that does not exist") }
+            guard wIds[i] >= 0, wIds[i] < outputs else { throw ctx.bad("\(prefix)_ids has \(wIds[i]); there are \(outputs) outputs") }
+            leafWeights[node].append((Int(wIds[i]), weights[i]))
+        }
+    }
+
+    struct Pair: Hashable { let t: Int64, n: Int64; init(_ t: Int64, _ n: Int64) { self.t = t; self.n = n } }
+
+    static func checkAcyclic(_ root: Int, _ t: [Int], _ f: [Int], _ ok: inout [Bool], _ ctx: BuildContext) throws {
+        var stack = [(root, 0)]
+        while let (node, depth) = stack.popLast() {
+            guard depth < 10_000 else { throw ctx.bad("a tree is cyclic or deeper than 10000 levels") }
+            ok[node] = true
+            if t[node] >= 0 { stack.append((t[node], depth + 1)); stack.append((f[node], depth + 1)) }
+        }
+    }
+
+    /// The leaf a row reaches in the tree at `root`.
+    @inline(__always)
+    func leaf(_ root: Int, _ x: UnsafeBufferPointer<Float>) -> Int {
+        var i = root
+        while true {
+            let m = mode[i]
+            if m == .leaf { return i }
+            let v = x[feature[i]], th = threshold[i]
+            let go: Bool
+            if v.isNaN {
+                go = missingTrue[i] || m == .neq
+            } else {
+                switch m {
+                case .leq: go = v <= th
+                case .lt: go = v < th
+                case .gte: go = v >= th
+                case .gt: go = v > th
+                case .eq: go = v == th
+                case .neq: go = v != th
+                case .leaf: go = false
+                }
+            }
+            i = go ? trueChild[i] : falseChild[i]
+        }
+    }
+
+    /// Scores of every row: aggregate of the reached leaves' weights, plus base values.
+    func scores(_ x: [Float], rows n: Int, cols c: Int, outputs k: Int, aggregate: Aggregate, base: [Float]) throws -> [Float] {
+        guard c >= featureCount else { throw EngineError.runtime("input has \(c) features; the trees read feature \(featureCount - 1)") }
+        var out = [Float](repeating: 0, count: n * k)
+        var has = [Bool](repeating: false, count: k)
+        x.withUnsafeBufferPointer { px in
+            for r in 0..<n {
+                let row = UnsafeBufferPointer(rebasing: px[r * c..<(r + 1) * c])
+                for j in 0..<k { has[j] = false }
+                let o = r * k
+                for root in roots {
+                    for (t, w) in leafWeights[leaf(root, row)] {
+                        switch aggregate {
+                        case .sum, .average: out[o + t] += w
+                        case .min: out[o + t] = has[t] ? min(out[o + t], w) : w
+                        case .max: out[o + t] = has[t] ? max(out[o + t], w) : w
+                        }
+                        has[t] = true
+                    }
+                }
+                if aggregate == .average { for j in 0..<k { out[o + j] /= Float(roots.count) } }
+                if !base.isEmpty { for j in 0..<k { out[o + j] += base[j] } }
+            }
+        }
+        return out
+    }
+
+    static let regressor = OperatorSpec(name: "TreeEnsembleRegressor", domain: "ai.onnx.ml", opsets: 1...5) { ctx in
+        try ctx.inputs(1, 1)
+        _ = try ctx.input(0, .numeric)
+        let k = try ctx.attributes.int("n_targets", default: 1)
+        guard k > 0, k < 1 << 20 else { throw ctx.bad("n_targets is \(k)") }
+        let aggName = try ctx.attributes.string("aggregate_function", default: "SUM")
+        guard let agg = Aggregate(rawValue: aggName) else { throw ctx.bad("aggregate_function `\(aggName)` is not SUM, AVERAGE, MIN or MAX") }
+        var base = try ctx.attributes.floats("base_values") ?? []
+        if let t = try ctx.attributes.tensor("base_values_as_tensor") { base = try K.floats(t) }
+        guard base.isEmpty || base.count == k else { throw ctx.bad("\(base.count) base_values for \(k) targets") }
+        let post = try PostTransform.read(&ctx.attributes, ctx)
+        let trees = try TreeEnsemble(&ctx.attributes, ctx, prefix: "target", outputs: k)
+        let baseValues = base
+        return (ClosureKernel { inputs in
+            let x = try K.arg(inputs, 0)
+            let (n, c) = try MLOps.rows(x)
+            var s = try trees.scores(try K.floats(x), rows: n, cols: c, outputs: k, aggregate: agg, base: baseValues)
+            post.apply(&s, rowLength: k)
+            return [Tensor(shape: [n, k], floats: s)]
+        }, [.float32])
+    }
+
+    static let classifier = OperatorSpec(name: "TreeEnsembleClassifier", domain: "ai.onnx.ml", opsets: 1...5) { ctx in
+        try ctx.inputs(1, 1)
+        _ = try ctx.input(0, .numeric)
+        guard let labels = try MLOps.labels(&ctx.attributes, ctx) else { throw ctx.bad("needs classlabels_int64s or classlabels_strings") }
+        var base = try ctx.attributes.floats("base_values") ?? []
+        if let t = try ctx.attributes.tensor("base_values_as_tensor") { base = try K.floats(t) }
+        let post = try PostTransform.read(&ctx.attributes, ctx)
+        let k = labels.count
+        guard k > 0 else { throw ctx.bad("has no class labels") }
+        let trees = try TreeEnsemble(&ctx.attributes, ctx, prefix: "class", outputs: k)
+        let ids = Set(trees.leafWeights.flatMap { $0.map(\.0) })
+        let binary = k == 2 && ids.count == 1
+        let allPositive = trees.leafWeights.allSatisfy { $0.allSatisfy { $0.1 >= 0 } }
+        guard base.isEmpty || base.count == k || (binary && base.count == 1) else { throw ctx.bad("\(base.count) base_values for \(k) classes") }
+        let labelType: DType = if case .string = labels { .string } else { .int64 }
+        let baseValues = base
+        return (ClosureKernel { inputs in
+            let base = baseValues
+            let x = try K.arg(inputs, 0)
+            let (n, c) = try MLOps.rows(x)
+            var s = try trees.scores(try K.floats(x), rows: n, cols: c, outputs: k, aggregate: .sum, base: base.count == k ? base : [])
+            var best = [Int](repeating: 0, count: n)
+            if binary {
+                // Two labels, weights for one class only: the label is that class's score
+                // against 0.5 (weights all positive) or 0. As onnxruntime does, a score in
+                // column 0 becomes [1 - s, s] (or [-s, s]); a score in column 1 stays as is.
+                let col = ids.first!
+                for r in 0..<n {
+                    let v = s[r * 2 + col] + (base.count == 1 ? base[0] : 0)
+                    best[r] = v > (allPositive ? 0.5 : 0) ? 1 : 0
+                    if col == 0 {
+                        s[r * 2 + 1] = v
+                        s[r * 2] = allPositive ? 1 - v : -v
+                    }
+                }
+                if col == 0, post == .logistic {
+                    for r in 0..<n { let p = PostTransform.logistic(s[r * 2 + 1]); s[r * 2 + 1] = p; s[r * 2] = 1 - p }
+                } else { post.apply(&s, rowLength: 2) }
+            } else {
+                for r in 0..<n {
+                    var b = 0
+                    for j in 1..<k where s[r * k + j] > s[r * k + b] { b = j }
+                    best[r] = b
+                }
+                post.apply(&s, rowLength: k)
+            }
+            return [MLOps.labelTensor(labels, best), Tensor(shape: [n, k], floats: s)]
+        }, [labelType, .float32])
+    }
+}
