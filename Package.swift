@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // C libraries from Debian, as system-library targets. Only KaaIO imports CLibUV and
@@ -70,8 +71,9 @@ let package = Package(
         .target(
             name: "KaaNode",
             dependencies: [
-                "KaaCore", "KaaIO", "KaaSnapshot", "KaaCluster",
+                "KaaCore", "KaaIO", "KaaSnapshot", "KaaCluster", "KaaEngine",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strict),
@@ -115,7 +117,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "KaaNodeTests",
-            dependencies: ["KaaNode", "KaaIO", "KaaSnapshot", "KaaTestSupport"],
+            dependencies: ["KaaNode", "KaaIO", "KaaSnapshot", "KaaEngine", "KaaTestSupport"],
             swiftSettings: strict),
     ]
 )

@@ -187,7 +187,10 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     /// The loop's cached time in milliseconds (updated once per loop iteration).
-    var nowMilliseconds: UInt64 { uv_now(raw) }
+    public var nowMilliseconds: UInt64 { uv_now(raw) }
+
+    /// The monotonic clock in nanoseconds, read now (any thread).
+    public var nowNanoseconds: UInt64 { uv_hrtime() }
 }
 
 /// A unit of thread-pool work; `perform` runs on a pool thread, `finish` on the loop.

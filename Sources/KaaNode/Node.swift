@@ -89,7 +89,22 @@ public final class Node: Sendable {
         let readyFlag = ReadyFlag(node: self)
         var router = HTTPRouter()
         Node.addHealthRoutes(to: &router, ready: readyFlag)
-        let snapshots = SnapshotAPI(store: store, loop: loop, logger: logger)
+        let metrics = ServingMetrics()
+        let catalog = try ModelServer.catalog(from: store)
+        let serving = loop.runBlocking { [loop, store, config, logger] in
+            let server = ModelServer(loop: loop, store: store, config: config.serving, metrics: metrics, logger: logger)
+            server.install(catalog)
+            server.loadPinned()
+            return LoopBound(server, loop: loop)
+        }
+        InferenceAPI(server: serving, metrics: metrics, store: store).addRoutes(to: &router)
+        let snapshots = SnapshotAPI(store: store, loop: loop, logger: logger) { event in
+            switch event {
+            case .stored(let id): serving.value.stored(id)
+            case .removed(let id): serving.value.removed(id)
+            case .aliasSet(let name, let alias, let version): serving.value.aliasSet(name: name, alias: alias, version: version)
+            }
+        }
         snapshots.addRoutes(to: &router)
         let membersRoute = MembersRoute()
         membersRoute.add(to: &router)
@@ -154,7 +169,7 @@ public final class Node: Sendable {
         logger.info("node started", metadata: [
             "http.addr": "\(http.localAddress)", "peer.addr": "\(peer.localAddress)",
             "data.dir": "\(config.dataDir)", "kaa.version": "\(KaaVersion.string)",
-            "snapshots": "\((try? store.list().count) ?? 0)",
+            "snapshots": "\(catalog.values.reduce(0) { $0 + $1.versions.count })",
         ])
     }
 
@@ -220,7 +235,7 @@ public final class Node: Sendable {
                 : .error(.serviceUnavailable, "node is shutting down"))
         }
         router.add(.get, "/v2") { _, responder in
-            let body = "{\"name\":\"kaa\",\"version\":\(jsonQuoted(KaaVersion.string)),\"extensions\":[]}"
+            let body = "{\"name\":\"kaa\",\"version\":\(jsonQuoted(KaaVersion.string)),\"extensions\":[\"binary_tensor_data\",\"model_repository\"]}"
             responder.respond(.json(.ok, Array(body.utf8)))
         }
     }

@@ -30,6 +30,8 @@ public struct NodeConfig: Sendable {
     public var clusterKeyFile: String?
     /// Gossip without encryption: only when explicitly asked for.
     public var gossipPlaintext = false
+    /// Model loading, eviction and admission.
+    public var serving = ServingConfig()
 
     public init() {}
 
@@ -82,6 +84,16 @@ public struct NodeConfig: Sendable {
             c.advertiseHost = v },
         Key(name: "cluster_key_file", help: "AES key file for gossip (default <data_dir>/cluster.key, created if absent)") { c, v in
             c.clusterKeyFile = v },
+        Key(name: "memory_budget", help: "bytes loaded models may hold before LRU eviction (e.g. 2GiB, 512MiB)") { c, v in
+            c.serving.memoryBudget = try byteSize(v, key: "memory_budget") },
+        Key(name: "model_concurrency", help: "calls of one model running at once on the worker pool") { c, v in
+            c.serving.modelConcurrency = try integer(v, key: "model_concurrency", min: 1) },
+        Key(name: "model_queue", help: "calls of one model waiting to start before 429") { c, v in
+            c.serving.modelQueue = try integer(v, key: "model_queue", min: 0) },
+        Key(name: "default_deadline", help: "deadline of a call without a Kaa-Deadline-Ms header (e.g. 10s)") { c, v in
+            c.serving.defaultDeadline = try duration(v, key: "default_deadline") },
+        Key(name: "pinned_models", help: "comma-separated models (name or name@version) loaded at start, never evicted") { c, v in
+            c.serving.pinned = v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
         Key(name: "gossip_plaintext", help: "true to gossip unencrypted (trusted networks and tests only)") { c, v in
             guard let b = Bool(v) else { throw ConfigError("gossip_plaintext `\(v)` must be true or false") }
             c.gossipPlaintext = b },
@@ -153,6 +165,17 @@ private func integer(_ text: String, key: String, min: Int) throws(ConfigError) 
         throw ConfigError("\(key) `\(text)` must be a whole number of at least \(min)")
     }
     return value
+}
+
+/// Parses `1048576`, `512KiB`, `64MiB`, `2GiB` (also KB/MB/GB as powers of 1000).
+func byteSize(_ text: String, key: String) throws(ConfigError) -> Int {
+    let units: [(String, Int)] = [("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40),
+                                  ("KB", 1000), ("MB", 1_000_000), ("GB", 1_000_000_000), ("B", 1)]
+    for (suffix, factor) in units where text.hasSuffix(suffix) {
+        if let n = Int(text.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), n >= 0 { return n * factor }
+    }
+    if let n = Int(text), n >= 0 { return n }
+    throw ConfigError("\(key) `\(text)` is not a size; write it like 2GiB, 512MiB or 1048576")
 }
 
 /// Parses `250ms`, `10s`, `2m`, `1h`.

@@ -9,14 +9,31 @@ public import Logging
 /// Every store call blocks on disk and SQLite, so it runs on the loop's thread pool; uploads
 /// stream into an ingest session chunk by chunk, never whole in memory.
 public struct SnapshotAPI: Sendable {
+    /// A change to the catalog that the serving side must learn of.
+    public enum Event: Sendable {
+        case stored(SnapshotID)
+        case removed(SnapshotID)
+        case aliasSet(name: String, alias: String, version: Int?)
+    }
+
     let store: SnapshotStore
     let loop: EventLoop
     let logger: Logger
+    /// Called on the loop after each change.
+    let observer: @Sendable (Event) -> Void
 
-    public init(store: SnapshotStore, loop: EventLoop, logger: Logger) {
+    public init(store: SnapshotStore, loop: EventLoop, logger: Logger, observer: @escaping @Sendable (Event) -> Void = { _ in }) {
         self.store = store
         self.loop = loop
         self.logger = logger
+        self.observer = observer
+    }
+
+    /// Tells the observer, on the loop.
+    func notify(_ events: [Event]) {
+        guard !events.isEmpty else { return }
+        let observer = self.observer
+        loop.execute { for e in events { observer(e) } }
     }
 
     /// The streaming sink for `PUT /kaa/v1/snapshots/{name}[/{version}]`, or nil for other requests.
@@ -80,6 +97,7 @@ public struct SnapshotAPI: Sendable {
             }
             api.blocking(responder) {
                 try api.store.setAlias(name: name, alias: alias, version: version)
+                api.notify([.aliasSet(name: name, alias: alias, version: version)])
                 api.logger.info("alias set", metadata: ["model.name": "\(name)", "alias": "\(alias)", "model.version": "\(version)"])
                 return .json(.ok, try SnapshotAPI.encode(["name": .string(name), "alias": .string(alias)], ["version": version]))
             }
@@ -88,6 +106,7 @@ public struct SnapshotAPI: Sendable {
             let name = request.pathParameters["name"]!, alias = request.pathParameters["alias"]!
             api.blocking(responder) {
                 try api.store.removeAlias(name: name, alias: alias)
+                api.notify([.aliasSet(name: name, alias: alias, version: nil)])
                 return HTTPResponse(status: .noContent)
             }
         }
@@ -225,10 +244,13 @@ final class UploadSink: HTTPBodySink {
                     "snapshot.size": "\(result.record.size)",
                 ])
                 if result.outcome == .stored {
+                    var events: [SnapshotAPI.Event] = [.stored(result.record.id)]
                     let report = try? api.store.applyRetention()
                     if let report, !report.deleted.isEmpty {
                         api.logger.info("retention removed old versions", metadata: ["snapshots": "\(report.deleted)"])
+                        events += report.deleted.map { .removed($0) }
                     }
+                    api.notify(events)
                 }
                 struct Answer: Encodable {
                     var snapshot: SnapshotSummary

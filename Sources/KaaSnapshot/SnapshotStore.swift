@@ -176,6 +176,19 @@ public final class SnapshotStore: Sendable {
         }
     }
 
+    /// Every alias of every model, in one read (for a node's start).
+    public func allAliases() throws(SnapshotError) -> [String: [String: Int]] {
+        try catalog.run("read aliases") {
+            try catalog.pool.read { db in
+                var out: [String: [String: Int]] = [:]
+                for row in try Row.fetchAll(db, sql: "SELECT name, alias, version FROM alias") {
+                    out[row["name"], default: [:]][row["alias"]] = row["version"]
+                }
+                return out
+            }
+        }
+    }
+
     /// Points `alias` of model `name` at `version`, which MUST be stored here. Moving an alias
     /// is atomic. `latest` cannot be set.
     public func setAlias(name: String, alias: String, version: Int) throws(SnapshotError) {

@@ -56,6 +56,16 @@ extension Kaa {
         var clusterKeyFile: String?
         @Option(help: "true to gossip unencrypted (trusted networks and tests only).")
         var gossipPlaintext: String?
+        @Option(help: "Bytes loaded models may hold before LRU eviction, e.g. 2GiB (default 2GiB).")
+        var memoryBudget: String?
+        @Option(help: "Calls of one model running at once on the worker pool (default: cores).")
+        var modelConcurrency: String?
+        @Option(help: "Calls of one model waiting to start before 429 (default 64).")
+        var modelQueue: String?
+        @Option(help: "Deadline of a call without a Kaa-Deadline-Ms header, e.g. 10s (default 10s).")
+        var defaultDeadline: String?
+        @Option(help: "Comma-separated models (name or name@version) loaded at start and never evicted.")
+        var pinnedModels: String?
 
         var flagValues: [String: String] {
             let pairs: [(String, String?)] = [
@@ -65,7 +75,9 @@ extension Kaa {
                 ("idle_timeout", idleTimeout), ("shutdown_grace", shutdownGrace), ("trusted_keys", trustedKeys),
                 ("retain_versions", retainVersions), ("seeds", seeds), ("node_name", nodeName), ("zone", zone),
                 ("advertise_host", advertiseHost), ("cluster_key_file", clusterKeyFile),
-                ("gossip_plaintext", gossipPlaintext),
+                ("gossip_plaintext", gossipPlaintext), ("memory_budget", memoryBudget),
+                ("model_concurrency", modelConcurrency), ("model_queue", modelQueue),
+                ("default_deadline", defaultDeadline), ("pinned_models", pinnedModels),
             ]
             return Dictionary(uniqueKeysWithValues: pairs.compactMap { k, v in v.map { (k, $0) } })
         }

@@ -1,0 +1,163 @@
+import Foundation
+import KaaCore
+import KaaEngine
+public import KaaIO
+import KaaSnapshot
+
+/// The Open Inference Protocol (KServe v2) REST routes, the repository extension and `/metrics`.
+struct InferenceAPI: Sendable {
+    let server: LoopBound<ModelServer>
+    let metrics: ServingMetrics
+    let store: SnapshotStore
+
+    func addRoutes(to router: inout HTTPRouter) {
+        let api = self
+        router.add(.post, "/v2/models/{name}/infer") { request, responder in
+            api.server.value.infer(request, name: request.pathParameters["name"]!, version: nil, responder: responder)
+        }
+        router.add(.post, "/v2/models/{name}/versions/{version}/infer") { request, responder in
+            api.server.value.infer(request, name: request.pathParameters["name"]!,
+                                   version: request.pathParameters["version"]!, responder: responder)
+        }
+        router.add(.get, "/v2/models/{name}") { request, responder in
+            api.metadata(name: request.pathParameters["name"]!, version: nil, responder)
+        }
+        router.add(.get, "/v2/models/{name}/versions/{version}") { request, responder in
+            api.metadata(name: request.pathParameters["name"]!, version: request.pathParameters["version"]!, responder)
+        }
+        router.add(.get, "/v2/models/{name}/ready") { request, responder in
+            api.ready(name: request.pathParameters["name"]!, version: nil, responder)
+        }
+        router.add(.get, "/v2/models/{name}/versions/{version}/ready") { request, responder in
+            api.ready(name: request.pathParameters["name"]!, version: request.pathParameters["version"]!, responder)
+        }
+        router.add(.post, "/v2/repository/index") { _, responder in
+            let server = api.server.value
+            var w = JSONWriter()
+            w.raw("[")
+            var first = true
+            for (name, versions) in server.allModels {
+                for v in versions {
+                    let id = SnapshotID(uncheckedName: name, version: v)
+                    if !first { w.raw(",") }
+                    first = false
+                    w.raw("{\"name\":")
+                    w.string(name)
+                    w.raw(",\"version\":\"")
+                    w.integer(v)
+                    w.raw("\",\"state\":")
+                    if server.isUnloaded(id) {
+                        w.raw("\"UNAVAILABLE\",\"reason\":\"unloaded\"}")
+                    } else {
+                        w.raw(server.isLoaded(id) ? "\"READY\"}" : "\"READY\",\"reason\":\"loads on first request\"}")
+                    }
+                }
+            }
+            w.raw("]")
+            responder.respond(.json(.ok, w.bytes))
+        }
+        router.add(.post, "/v2/repository/models/{name}/load") { request, responder in
+            let server = api.server.value
+            let name = request.pathParameters["name"]!
+            let id: SnapshotID
+            do { id = try server.resolve(name: name, version: nil) } catch {
+                return responder.respond(InferenceAPI.answer(for: error))
+            }
+            server.load(id) { result in
+                switch result {
+                case .success: responder.respond(HTTPResponse(status: .ok))
+                case .failure(let error): responder.respond(InferenceAPI.answer(for: error))
+                }
+            }
+        }
+        router.add(.post, "/v2/repository/models/{name}/unload") { request, responder in
+            let server = api.server.value
+            let name = request.pathParameters["name"]!
+            for v in server.versions(of: name) { server.unload(SnapshotID(uncheckedName: name, version: v)) }
+            if server.versions(of: name).isEmpty {
+                return responder.respond(.error(.notFound, "model `\(name)` does not exist"))
+            }
+            responder.respond(HTTPResponse(status: .ok))
+        }
+        router.add(.get, "/metrics") { _, responder in
+            let metrics = api.metrics
+            api.server.loop.offload({ metrics.exposition() }) { body in
+                responder.respond(HTTPResponse(headers: ["content-type": "text/plain; version=0.0.4"], body: body))
+            }
+        }
+    }
+
+    static func answer(for error: any Error) -> HTTPResponse {
+        if let e = error as? ServeError { return .error(e.status, e.message) }
+        return .error(.internalServerError, "\(error)")
+    }
+
+    private func ready(name: String, version: String?, _ responder: HTTPResponder) {
+        let server = self.server.value
+        do {
+            let id = try server.resolve(name: name, version: version)
+            responder.respond(server.isUnloaded(id)
+                ? .error(.serviceUnavailable, "\(id) was unloaded") : HTTPResponse(status: .ok))
+        } catch {
+            responder.respond(InferenceAPI.answer(for: error))
+        }
+    }
+
+    /// Model metadata from the snapshot's manifest (the model need not be loaded).
+    private func metadata(name: String, version: String?, _ responder: HTTPResponder) {
+        let server = self.server.value
+        let id: SnapshotID
+        do { id = try server.resolve(name: name, version: version) } catch {
+            return responder.respond(InferenceAPI.answer(for: error))
+        }
+        let versions = server.versions(of: name)
+        let store = self.store
+        self.server.loop.offload({ () -> HTTPResponse in
+            do {
+                let manifest = try store.manifest(id)
+                var w = JSONWriter()
+                w.raw("{\"name\":")
+                w.string(name)
+                w.raw(",\"versions\":[")
+                for (i, v) in versions.enumerated() {
+                    if i > 0 { w.raw(",") }
+                    w.string(String(v))
+                }
+                w.raw("],\"platform\":\"onnx\",\"inputs\":")
+                InferenceAPI.writeSignatures(manifest.signature.inputs, to: &w)
+                w.raw(",\"outputs\":")
+                InferenceAPI.writeSignatures(manifest.signature.outputs, to: &w)
+                w.raw(",\"parameters\":{\"version\":\"")
+                w.integer(id.version)
+                w.raw("\",\"digest\":")
+                w.string(try store.record(id)?.digest.description ?? "")
+                w.raw("}}")
+                return .json(.ok, w.bytes)
+            } catch let error as SnapshotError {
+                return SnapshotAPI.response(for: error)
+            } catch {
+                return .error(.internalServerError, "\(error)")
+            }
+        }) { responder.respond($0) }
+    }
+
+    static func writeSignatures(_ signatures: [KaaSnapshot.TensorSignature], to w: inout JSONWriter) {
+        w.raw("[")
+        for (i, s) in signatures.enumerated() {
+            if i > 0 { w.raw(",") }
+            w.raw("{\"name\":")
+            w.string(s.name)
+            w.raw(",\"datatype\":")
+            // A sequence of maps is served as a [batch, keys] FP32 tensor (see docs/serving.md).
+            w.string(s.kind == .sequence ? "FP32" : s.dtype)
+            w.raw(",\"shape\":[")
+            let shape = s.shape ?? (s.kind == .sequence ? [-1, -1] : [])
+            for (j, d) in shape.enumerated() {
+                if j > 0 { w.raw(",") }
+                w.integer(d)
+            }
+            w.raw("]}")
+        }
+        w.raw("]")
+    }
+}

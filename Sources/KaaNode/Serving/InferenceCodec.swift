@@ -1,0 +1,404 @@
+import Foundation
+public import KaaCore
+public import KaaEngine
+
+/// A bad inference request: what is wrong, for the 400 answer.
+public struct InferenceInputError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The Open Inference Protocol's datatype names for the engine's element types.
+public enum OIPDatatype {
+    public static func name(_ dtype: DType) -> String {
+        switch dtype {
+        case .float32: "FP32"
+        case .float64: "FP64"
+        case .int64: "INT64"
+        case .int32: "INT32"
+        case .bool: "BOOL"
+        case .string: "BYTES"
+        }
+    }
+
+    public static func dtype(_ name: String) -> DType? {
+        switch name {
+        case "FP32": .float32
+        case "FP64": .float64
+        case "INT64": .int64
+        case "INT32": .int32
+        case "BOOL": .bool
+        case "BYTES": .string
+        default: nil
+        }
+    }
+
+    static let known = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+                        "FP16", "FP32", "FP64", "BF16", "BYTES"]
+}
+
+/// A parsed inference request (JSON or binary-tensor form), validated against a model.
+public struct InferRequest: Sendable {
+    public var id: String?
+    public var inputs: [String: Tensor]
+    /// Outputs asked for, in order (empty: all), and whether each wants binary data.
+    public var outputs: [(name: String, binary: Bool)]
+    /// `binary_data_output`: every output in binary unless it says otherwise.
+    public var binaryByDefault: Bool
+    public var batchSize: Int
+}
+
+/// Parses and encodes the Open Inference Protocol's REST bodies.
+public enum InferenceCodec {
+    /// Parses a request body. `headerLength` is `Inference-Header-Content-Length` when the body
+    /// carries binary tensor data after its JSON header.
+    public static func parseRequest(body: [UInt8], headerLength: Int?, model: Model) throws(InferenceInputError) -> InferRequest {
+        let jsonEnd: Int
+        if let headerLength {
+            guard headerLength >= 0, headerLength <= body.count else {
+                throw InferenceInputError("Inference-Header-Content-Length is \(headerLength) but the body has \(body.count) bytes")
+            }
+            jsonEnd = headerLength
+        } else {
+            jsonEnd = body.count
+        }
+        let json: JSON
+        do { json = try JSON(parsing: body[0..<jsonEnd]) } catch {
+            throw InferenceInputError("the request body is not valid JSON: \(error)")
+        }
+        guard case .object = json else { throw InferenceInputError("the request body must be a JSON object with an `inputs` array") }
+        var id: String?
+        if let value = json["id"] {
+            guard let s = value.string else { throw InferenceInputError("`id` must be a string") }
+            id = s
+        }
+        guard let inputsJSON = json["inputs"]?.array else {
+            throw InferenceInputError("the request has no `inputs` array; send {\"inputs\": [{\"name\", \"shape\", \"datatype\", \"data\"}]}")
+        }
+        var binaryOffset = jsonEnd
+        var inputs: [String: Tensor] = [:]
+        var batch = -1
+        for (index, input) in inputsJSON.enumerated() {
+            let tensor = try parseInput(input, index: index, body: body, binaryOffset: &binaryOffset, model: model)
+            inputs[tensor.name] = tensor.tensor
+            if let first = tensor.tensor.shape.first { batch = max(batch, first) }
+        }
+        if headerLength != nil && binaryOffset != body.count {
+            throw InferenceInputError("the body has \(body.count - binaryOffset) bytes of binary data that no input claims (check binary_data_size)")
+        }
+        for signature in model.inputs where inputs[signature.name] == nil {
+            throw InferenceInputError("input `\(signature.name)` is missing; the model needs \(describe(model.inputs))")
+        }
+        var outputs: [(String, Bool)] = []
+        var binaryByDefault = false
+        if let parameters = json["parameters"], let b = parameters["binary_data_output"]?.bool { binaryByDefault = b }
+        if let requested = json["outputs"] {
+            guard let list = requested.array else { throw InferenceInputError("`outputs` must be an array") }
+            for output in list {
+                guard let name = output["name"]?.string else { throw InferenceInputError("each requested output needs a `name`") }
+                guard model.outputs.contains(where: { $0.name == name }) else {
+                    throw InferenceInputError("output `\(name)` does not exist; the model has \(model.outputs.map { "`\($0.name)`" }.joined(separator: ", "))")
+                }
+                outputs.append((name, output["parameters"]?["binary_data"]?.bool ?? binaryByDefault))
+            }
+        }
+        return InferRequest(id: id, inputs: inputs, outputs: outputs, binaryByDefault: binaryByDefault, batchSize: max(batch, 1))
+    }
+
+    static func describe(_ signatures: [TensorSignature]) -> String {
+        signatures.map { s in
+            "`\(s.name)` \(s.dtype.map(OIPDatatype.name) ?? "?") \(s.shape.map { "[" + $0.map { d in if case .fixed(let n) = d { String(n) } else { "-1" } }.joined(separator: ", ") + "]" } ?? "")"
+        }.joined(separator: ", ")
+    }
+
+    private static func parseInput(_ input: JSON, index: Int, body: [UInt8], binaryOffset: inout Int,
+                                   model: Model) throws(InferenceInputError) -> (name: String, tensor: Tensor) {
+        guard let name = input["name"]?.string else { throw InferenceInputError("inputs[\(index)] has no `name`") }
+        guard let signature = model.inputs.first(where: { $0.name == name }) else {
+            throw InferenceInputError("input `\(name)` does not exist; the model needs \(describe(model.inputs))")
+        }
+        guard let datatype = input["datatype"]?.string else { throw InferenceInputError("input `\(name)` has no `datatype`") }
+        guard let dtype = OIPDatatype.dtype(datatype) else {
+            let known = OIPDatatype.known.contains(datatype) ? "is not supported by the engine" : "is not an Open Inference Protocol datatype"
+            throw InferenceInputError("input `\(name)`: datatype \(datatype) \(known); the model expects \(signature.dtype.map(OIPDatatype.name) ?? "?")")
+        }
+        if let expected = signature.dtype, expected != dtype {
+            throw InferenceInputError("input `\(name)` has datatype \(datatype), the model expects \(OIPDatatype.name(expected))")
+        }
+        guard let shapeJSON = input["shape"]?.array else { throw InferenceInputError("input `\(name)` has no `shape` array") }
+        var shape: [Int] = []
+        for d in shapeJSON {
+            guard let v = d.int64, v >= 0, v < 1 << 31 else {
+                throw InferenceInputError("input `\(name)`: shape \(render(shapeJSON)) must hold non-negative integers")
+            }
+            shape.append(Int(v))
+        }
+        let (count, overflow) = shape.reduce((1, false)) { acc, d in
+            let (p, o) = acc.0.multipliedReportingOverflow(by: d)
+            return (p, acc.1 || o)
+        }
+        guard !overflow, count <= 1 << 28 else { throw InferenceInputError("input `\(name)`: shape \(shape) is too large") }
+        if let declared = signature.shape {
+            guard declared.count == shape.count else {
+                throw InferenceInputError("input `\(name)` has shape \(shape) (rank \(shape.count)); the model expects rank \(declared.count): \(describe([signature]))")
+            }
+            for (axis, (d, got)) in zip(declared, shape).enumerated() {
+                if case .fixed(let want) = d, want != got {
+                    throw InferenceInputError("input `\(name)` has shape \(shape); dimension \(axis) must be \(want): \(describe([signature]))")
+                }
+            }
+        }
+        let storage: Tensor.Storage
+        if let size = input["parameters"]?["binary_data_size"] {
+            guard let n = size.int64, n >= 0, binaryOffset + Int(n) <= body.count else {
+                throw InferenceInputError("input `\(name)`: binary_data_size \(render([size])) runs past the end of the body")
+            }
+            let bytes = body[binaryOffset..<(binaryOffset + Int(n))]
+            binaryOffset += Int(n)
+            storage = try decodeBinary(bytes, dtype: dtype, count: count, name: name)
+        } else {
+            guard let data = input["data"] else { throw InferenceInputError("input `\(name)` has neither `data` nor binary_data_size") }
+            storage = try decodeJSON(data, dtype: dtype, count: count, shape: shape, name: name)
+        }
+        return (name, Tensor(shape: shape, storage: storage))
+    }
+
+    private static func render(_ values: [JSON]) -> String {
+        var w = JSONWriter()
+        w.value(.array(values))
+        return String(decoding: w.bytes, as: UTF8.self)
+    }
+
+    /// Flattens `data` (flat, or nested as the shape) into elements of `dtype`.
+    private static func decodeJSON(_ data: JSON, dtype: DType, count: Int, shape: [Int], name: String) throws(InferenceInputError) -> Tensor.Storage {
+        var flat: [JSON] = []
+        flat.reserveCapacity(count)
+        guard let top = data.array else { throw InferenceInputError("input `\(name)`: `data` must be an array") }
+        let nested = top.first?.array != nil
+        if nested {
+            try flatten(top, shape: shape, axis: 0, into: &flat, name: name)
+        } else {
+            flat = top
+        }
+        guard flat.count == count else {
+            throw InferenceInputError("input `\(name)` has \(flat.count) values; shape \(shape) needs \(count)")
+        }
+        func bad(_ i: Int, _ what: String) -> InferenceInputError {
+            InferenceInputError("input `\(name)`: element \(i) is \(flat[i].typeName == "number" ? "\(flat[i].double ?? 0)" : "a \(flat[i].typeName)"), not \(what)")
+        }
+        switch dtype {
+        case .float32:
+            var out = [Float](repeating: 0, count: count)
+            for i in 0..<count {
+                guard let d = flat[i].double else { throw bad(i, "a number") }
+                out[i] = Float(d)
+            }
+            return .float32(out)
+        case .float64:
+            var out = [Double](repeating: 0, count: count)
+            for i in 0..<count {
+                guard let d = flat[i].double else { throw bad(i, "a number") }
+                out[i] = d
+            }
+            return .float64(out)
+        case .int64:
+            var out = [Int64](repeating: 0, count: count)
+            for i in 0..<count {
+                guard let v = flat[i].int64 else { throw bad(i, "an integer") }
+                out[i] = v
+            }
+            return .int64(out)
+        case .int32:
+            var out = [Int32](repeating: 0, count: count)
+            for i in 0..<count {
+                guard let v = flat[i].int64, let w = Int32(exactly: v) else { throw bad(i, "a 32-bit integer") }
+                out[i] = w
+            }
+            return .int32(out)
+        case .bool:
+            var out = [Bool](repeating: false, count: count)
+            for i in 0..<count {
+                guard let b = flat[i].bool else { throw bad(i, "true or false") }
+                out[i] = b
+            }
+            return .bool(out)
+        case .string:
+            var out = [String](repeating: "", count: count)
+            for i in 0..<count {
+                guard let s = flat[i].string else { throw bad(i, "a string") }
+                out[i] = s
+            }
+            return .string(out)
+        }
+    }
+
+    private static func flatten(_ values: [JSON], shape: [Int], axis: Int, into out: inout [JSON], name: String) throws(InferenceInputError) {
+        guard axis < shape.count, values.count == shape[axis] else {
+            throw InferenceInputError("input `\(name)`: nested `data` does not match shape \(shape) at dimension \(axis) (\(values.count) values)")
+        }
+        if axis == shape.count - 1 {
+            for v in values where v.array != nil {
+                throw InferenceInputError("input `\(name)`: nested `data` is deeper than shape \(shape)")
+            }
+            out.append(contentsOf: values)
+            return
+        }
+        for v in values {
+            guard let inner = v.array else {
+                throw InferenceInputError("input `\(name)`: nested `data` is shallower than shape \(shape) at dimension \(axis + 1)")
+            }
+            try flatten(inner, shape: shape, axis: axis + 1, into: &out, name: name)
+        }
+    }
+
+    /// Binary tensor data: little-endian elements; BYTES as a 4-byte length, then the bytes.
+    private static func decodeBinary(_ bytes: ArraySlice<UInt8>, dtype: DType, count: Int, name: String) throws(InferenceInputError) -> Tensor.Storage {
+        func check(_ width: Int) throws(InferenceInputError) {
+            guard bytes.count == count * width else {
+                throw InferenceInputError("input `\(name)`: binary data has \(bytes.count) bytes; \(count) \(OIPDatatype.name(dtype)) values need \(count * width)")
+            }
+        }
+        switch dtype {
+        case .float32:
+            try check(4)
+            return .float32(bytes.withUnsafeBytes { raw in (0..<count).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) } })
+        case .float64:
+            try check(8)
+            return .float64(bytes.withUnsafeBytes { raw in (0..<count).map { Double(bitPattern: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 8, as: UInt64.self))) } })
+        case .int64:
+            try check(8)
+            return .int64(bytes.withUnsafeBytes { raw in (0..<count).map { Int64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) } })
+        case .int32:
+            try check(4)
+            return .int32(bytes.withUnsafeBytes { raw in (0..<count).map { Int32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)) } })
+        case .bool:
+            try check(1)
+            return .bool(bytes.map { $0 != 0 })
+        case .string:
+            var out: [String] = []
+            out.reserveCapacity(count)
+            var i = bytes.startIndex
+            while i < bytes.endIndex {
+                guard i + 4 <= bytes.endIndex else { throw InferenceInputError("input `\(name)`: BYTES data ends inside a length prefix") }
+                let n = Int(UInt32(bytes[i]) | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2]) << 16 | UInt32(bytes[i + 3]) << 24)
+                i += 4
+                guard i + n <= bytes.endIndex else { throw InferenceInputError("input `\(name)`: a BYTES element of \(n) bytes runs past its data") }
+                out.append(String(decoding: bytes[i..<(i + n)], as: UTF8.self))
+                i += n
+            }
+            guard out.count == count else {
+                throw InferenceInputError("input `\(name)` has \(out.count) BYTES elements; its shape needs \(count)")
+            }
+            return .string(out)
+        }
+    }
+
+    /// Encodes the response; returns the body and, when binary outputs follow the JSON, the
+    /// JSON header's length for `Inference-Header-Content-Length`.
+    public static func encodeResponse(modelName: String, modelVersion: Int, request: InferRequest,
+                                      outputs: [String: Tensor], order: [TensorSignature]) -> (body: [UInt8], headerLength: Int?) {
+        var w = JSONWriter(capacity: 256)
+        w.raw("{\"model_name\":")
+        w.string(modelName)
+        w.raw(",\"model_version\":\"")
+        w.integer(modelVersion)
+        w.raw("\"")
+        if let id = request.id {
+            w.raw(",\"id\":")
+            w.string(id)
+        }
+        w.raw(",\"outputs\":[")
+        let selected: [(String, Bool)] = request.outputs.isEmpty
+            ? order.map { ($0.name, request.binaryByDefault) } : request.outputs
+        var binary: [UInt8] = []
+        for (i, (name, wantsBinary)) in selected.enumerated() {
+            guard let tensor = outputs[name] else { continue }
+            if i > 0 { w.byte(UInt8(ascii: ",")) }
+            w.raw("{\"name\":")
+            w.string(name)
+            w.raw(",\"datatype\":\"")
+            w.raw(staticName(tensor.dtype))
+            w.raw("\",\"shape\":[")
+            let shape = tensor.mapKeys != nil ? [tensor.shape.first ?? 0, tensor.mapKeys!.count] : tensor.shape
+            for (j, d) in shape.enumerated() {
+                if j > 0 { w.byte(UInt8(ascii: ",")) }
+                w.integer(d)
+            }
+            w.raw("]")
+            var parameters: [(String, (inout JSONWriter) -> Void)] = []
+            if let keys = tensor.mapKeys {
+                parameters.append(("map_keys", { w in
+                    w.byte(UInt8(ascii: "["))
+                    switch keys {
+                    case .int64(let k): for (j, v) in k.enumerated() { if j > 0 { w.byte(UInt8(ascii: ",")) }; w.integer(v) }
+                    case .string(let k): for (j, v) in k.enumerated() { if j > 0 { w.byte(UInt8(ascii: ",")) }; w.string(v) }
+                    }
+                    w.byte(UInt8(ascii: "]"))
+                }))
+            }
+            if wantsBinary {
+                let before = binary.count
+                appendBinary(tensor.storage, to: &binary)
+                let size = binary.count - before
+                parameters.append(("binary_data_size", { w in w.integer(size) }))
+            }
+            if !parameters.isEmpty {
+                w.raw(",\"parameters\":{")
+                for (j, (key, write)) in parameters.enumerated() {
+                    if j > 0 { w.byte(UInt8(ascii: ",")) }
+                    w.string(key)
+                    w.byte(UInt8(ascii: ":"))
+                    write(&w)
+                }
+                w.raw("}")
+            }
+            if !wantsBinary {
+                w.raw(",\"data\":[")
+                appendJSONData(tensor.storage, to: &w)
+                w.raw("]")
+            }
+            w.raw("}")
+        }
+        w.raw("]}")
+        if binary.isEmpty { return (w.bytes, nil) }
+        let headerLength = w.bytes.count
+        return (w.bytes + binary, headerLength)
+    }
+
+    private static func staticName(_ dtype: DType) -> StaticString {
+        switch dtype {
+        case .float32: "FP32"
+        case .float64: "FP64"
+        case .int64: "INT64"
+        case .int32: "INT32"
+        case .bool: "BOOL"
+        case .string: "BYTES"
+        }
+    }
+
+    private static func appendJSONData(_ storage: Tensor.Storage, to w: inout JSONWriter) {
+        switch storage {
+        case .float32(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.number(x) }
+        case .float64(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.number(x) }
+        case .int64(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.integer(x) }
+        case .int32(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.integer(x) }
+        case .bool(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.bool(x) }
+        case .string(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.string(x) }
+        }
+    }
+
+    private static func appendBinary(_ storage: Tensor.Storage, to out: inout [UInt8]) {
+        switch storage {
+        case .float32(let v): for x in v { withUnsafeBytes(of: x.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
+        case .float64(let v): for x in v { withUnsafeBytes(of: x.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
+        case .int64(let v): for x in v { withUnsafeBytes(of: x.littleEndian) { out.append(contentsOf: $0) } }
+        case .int32(let v): for x in v { withUnsafeBytes(of: x.littleEndian) { out.append(contentsOf: $0) } }
+        case .bool(let v): out.append(contentsOf: v.map { $0 ? 1 : 0 })
+        case .string(let v):
+            for s in v {
+                withUnsafeBytes(of: UInt32(s.utf8.count).littleEndian) { out.append(contentsOf: $0) }
+                out.append(contentsOf: s.utf8)
+            }
+        }
+    }
+}

@@ -1,0 +1,423 @@
+import Foundation
+import KaaCore
+public import KaaEngine
+public import KaaIO
+public import KaaSnapshot
+import Logging
+
+/// Serving settings (node config keys `memory_budget`, `model_concurrency`, `model_queue`,
+/// `default_deadline`, `pinned_models`).
+public struct ServingConfig: Sendable {
+    /// Bytes loaded models may hold before the least recently used unpinned ones are evicted.
+    public var memoryBudget = 2 << 30
+    /// Calls of one model running at once on the worker pool.
+    public var modelConcurrency = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// Calls of one model waiting to start; past it the answer is 429.
+    public var modelQueue = 64
+    /// The deadline of a call that sends no `Kaa-Deadline-Ms` header.
+    public var defaultDeadline: Duration = .seconds(10)
+    /// Models (`name` or `name@version`) loaded at start and at publish, never evicted.
+    public var pinned: [String] = []
+    /// Calls whose measured run time stays under this run on the loop itself (no hand-off).
+    public var inlineThreshold: Duration = .microseconds(100)
+    public init() {}
+}
+
+/// Why a call could not be served, with its HTTP status.
+struct ServeError: Error {
+    var status: HTTPStatus
+    var message: String
+    init(_ status: HTTPStatus, _ message: String) {
+        self.status = status
+        self.message = message
+    }
+}
+
+/// One loaded model version.
+// SAFETY: `id`, `model`, `bytes` and `lease` are immutable (`Model` is thread-safe); every
+// `var` is read and written only on the node's loop. Workers touch only the immutable part.
+final class LoadedModel: @unchecked Sendable {
+    let id: SnapshotID
+    let model: Model
+    let bytes: Int
+    let lease: SnapshotLease
+    var lastUsed: UInt64 = 0
+    var running = 0
+    var queue: [PendingCall] = []
+    var queueHead = 0
+    /// Run time, exponentially averaged, in nanoseconds; nil until measured.
+    var averageRunNanos: Double?
+    var pinned = false
+
+    init(id: SnapshotID, model: Model, bytes: Int, lease: SnapshotLease) {
+        self.id = id
+        self.model = model
+        self.bytes = bytes
+        self.lease = lease
+    }
+
+    var queued: Int { queue.count - queueHead }
+}
+
+/// A call admitted but not yet started.
+struct PendingCall: Sendable {
+    var request: InferRequest
+    var deadline: UInt64
+    var started: UInt64
+    var responder: HTTPResponder
+}
+
+/// Everything one node knows and holds of its models: names, versions and aliases in memory
+/// (no SQLite on the request path), loaded models under an LRU memory budget, and per-model
+/// admission (a concurrency limit and a bounded queue). Loop-confined.
+public final class ModelServer {
+    struct Known {
+        var versions: [Int] = []
+        var aliases: [String: Int] = [:]
+    }
+
+    let loop: EventLoop
+    let store: SnapshotStore
+    let config: ServingConfig
+    let logger: Logger
+    let metrics: ServingMetrics
+    private var models: [String: Known] = [:]
+    private var loaded: [SnapshotID: LoadedModel] = [:]
+    private var loading: [SnapshotID: [(Result<LoadedModel, ServeError>) -> Void]] = [:]
+    /// Versions an operator unloaded through the repository API: not served until loaded again.
+    private var unloaded: Set<String> = []
+    private var loadedBytes = 0
+    private var clock: UInt64 = 0
+
+    init(loop: EventLoop, store: SnapshotStore, config: ServingConfig, metrics: ServingMetrics, logger: Logger) {
+        self.loop = loop
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    /// Registers every stored snapshot without loading it (one catalog read); MUST run off the
+    /// loop before serving starts.
+    static func catalog(from store: SnapshotStore) throws -> [String: Known] {
+        var models: [String: Known] = [:]
+        for record in try store.list() where record.state == .ready {
+            models[record.id.name, default: Known()].versions.append(record.id.version)
+        }
+        for (name, aliases) in try store.allAliases() { models[name]?.aliases = aliases }
+        for name in models.keys { models[name]!.versions.sort() }
+        return models
+    }
+
+    func install(_ catalog: [String: Known]) {
+        loop.assertInLoop()
+        models = catalog
+        metrics.registered.set(Double(models.values.reduce(0) { $0 + $1.versions.count }))
+    }
+
+    var registeredCount: Int { models.values.reduce(0) { $0 + $1.versions.count } }
+
+    // MARK: catalog events
+
+    func stored(_ id: SnapshotID) {
+        var known = models[id.name] ?? Known()
+        if !known.versions.contains(id.version) {
+            known.versions.append(id.version)
+            known.versions.sort()
+        }
+        models[id.name] = known
+        metrics.registered.set(Double(registeredCount))
+        if isPinned(id) { ensureLoaded(id) { _ in } }
+    }
+
+    func removed(_ id: SnapshotID) {
+        models[id.name]?.versions.removeAll { $0 == id.version }
+        if models[id.name]?.versions.isEmpty == true { models[id.name] = nil }
+        if let m = loaded[id], m.running == 0, m.queued == 0 { evict(m, reason: "removed") }
+    }
+
+    func aliasSet(name: String, alias: String, version: Int?) {
+        models[name]?.aliases[alias] = version
+    }
+
+    // MARK: resolution
+
+    /// `name` alone resolves through `stable`, else the latest version.
+    func resolve(name: String, version: String?) throws(ServeError) -> SnapshotID {
+        guard let known = models[name], !known.versions.isEmpty else {
+            let names = models.keys.sorted()
+            let sample = names.prefix(20).joined(separator: ", ") + (names.count > 20 ? ", ... (\(names.count) models)" : "")
+            throw ServeError(.notFound, "model `\(name)` does not exist; models: \(names.isEmpty ? "none" : sample)")
+        }
+        let chosen: Int
+        if let version {
+            if let v = Int(version) {
+                guard known.versions.contains(v) else {
+                    throw ServeError(.notFound, "model `\(name)` has no version \(v); versions: \(known.versions.map(String.init).joined(separator: ", "))")
+                }
+                chosen = v
+            } else if let v = known.aliases[version] {
+                chosen = v
+            } else {
+                throw ServeError(.notFound, "model `\(name)` has no version or alias `\(version)`; versions: \(known.versions.map(String.init).joined(separator: ", ")); aliases: \(known.aliases.keys.sorted().joined(separator: ", "))")
+            }
+        } else {
+            chosen = known.aliases["stable"] ?? known.versions.last!
+        }
+        return SnapshotID(uncheckedName: name, version: chosen)
+    }
+
+    func versions(of name: String) -> [Int] { models[name]?.versions ?? [] }
+    var allModels: [(String, [Int])] { models.keys.sorted().map { ($0, models[$0]!.versions) } }
+    func isLoaded(_ id: SnapshotID) -> Bool { loaded[id] != nil }
+    func isUnloaded(_ id: SnapshotID) -> Bool { unloaded.contains(id.description) }
+
+    private func isPinned(_ id: SnapshotID) -> Bool {
+        config.pinned.contains(id.name) || config.pinned.contains(id.description)
+    }
+
+    // MARK: loading
+
+    /// Calls `done` with the loaded model, loading it first if needed; concurrent calls for the
+    /// same version share one load.
+    func ensureLoaded(_ id: SnapshotID, _ done: @escaping (Result<LoadedModel, ServeError>) -> Void) {
+        if let m = loaded[id] {
+            clock += 1
+            m.lastUsed = clock
+            return done(.success(m))
+        }
+        if loading[id] != nil {
+            loading[id]!.append(done)
+            return
+        }
+        loading[id] = [done]
+        let store = self.store
+        let started = DispatchTime.now().uptimeNanoseconds
+        loop.offload({ () -> Result<(Model, SnapshotLease), ServeError> in
+            do {
+                guard let record = try store.record(id) else { return .failure(ServeError(.notFound, "\(id) is no longer stored")) }
+                let lease = try store.acquireLease(id)
+                do {
+                    let (archive, files) = try SnapshotArchive.loadFiles(path: record.path,
+                        policy: VerificationPolicy(trustedKeys: store.configuration.trustedKeys, expectedDigest: record.digest))
+                    guard let bytes = files[archive.manifest.model] else {
+                        store.releaseLease(lease)
+                        return .failure(ServeError(.internalServerError, "\(id): the archive has no model file `\(archive.manifest.model)`"))
+                    }
+                    return .success((try Model(onnx: Data(bytes)), lease))
+                } catch {
+                    store.releaseLease(lease)
+                    throw error
+                }
+            } catch let error as SnapshotError {
+                return .failure(ServeError(.internalServerError, "cannot load \(id): \(error.message)"))
+            } catch {
+                return .failure(ServeError(.internalServerError, "cannot load \(id): \(error)"))
+            }
+        }) { [self] result in
+            let waiting = loading.removeValue(forKey: id) ?? []
+            switch result {
+            case .success(let (model, lease)):
+                let m = LoadedModel(id: id, model: model, bytes: model.memoryBytes, lease: lease)
+                m.pinned = isPinned(id)
+                clock += 1
+                m.lastUsed = clock
+                loaded[id] = m
+                loadedBytes += m.bytes
+                metrics.loads.increment()
+                metrics.loadedBytes.set(Double(loadedBytes))
+                metrics.loadedModels.set(Double(loaded.count))
+                logger.info("model loaded", metadata: [
+                    "snapshot.id": "\(id)", "model.bytes": "\(m.bytes)",
+                    "load.ms": "\((DispatchTime.now().uptimeNanoseconds - started) / 1_000_000)",
+                ])
+                evictOverBudget(keeping: id)
+                for w in waiting { w(.success(m)) }
+            case .failure(let error):
+                metrics.loadFailures.increment()
+                logger.error("model load failed", metadata: ["snapshot.id": "\(id)", "error": "\(error.message)"])
+                for w in waiting { w(.failure(error)) }
+            }
+        }
+    }
+
+    private func evictOverBudget(keeping: SnapshotID) {
+        guard loadedBytes > config.memoryBudget else { return }
+        let candidates = loaded.values.filter { !$0.pinned && $0.id != keeping && $0.running == 0 && $0.queued == 0 }
+            .sorted { $0.lastUsed < $1.lastUsed }
+        for m in candidates where loadedBytes > config.memoryBudget { evict(m, reason: "memory budget") }
+        if loadedBytes > config.memoryBudget {
+            logger.warning("loaded models exceed the memory budget; nothing more can be evicted now",
+                           metadata: ["loaded.bytes": "\(loadedBytes)", "budget.bytes": "\(config.memoryBudget)"])
+        }
+    }
+
+    private func evict(_ m: LoadedModel, reason: String) {
+        guard loaded.removeValue(forKey: m.id) != nil else { return }
+        loadedBytes -= m.bytes
+        store.releaseLease(m.lease)
+        metrics.evictions.increment()
+        metrics.loadedBytes.set(Double(loadedBytes))
+        metrics.loadedModels.set(Double(loaded.count))
+        logger.info("model evicted", metadata: ["snapshot.id": "\(m.id)", "reason": "\(reason)", "model.bytes": "\(m.bytes)"])
+    }
+
+    /// Repository API: load now (and serve again after an unload).
+    func load(_ id: SnapshotID, _ done: @escaping (Result<LoadedModel, ServeError>) -> Void) {
+        unloaded.remove(id.description)
+        ensureLoaded(id, done)
+    }
+
+    /// Repository API: evict and stop serving until loaded again.
+    func unload(_ id: SnapshotID) {
+        unloaded.insert(id.description)
+        if let m = loaded[id] {
+            if m.running == 0 && m.queued == 0 { evict(m, reason: "unloaded") } else { m.pinned = false }
+        }
+    }
+
+    /// Loads pinned models at start.
+    func loadPinned() {
+        for (name, known) in models {
+            for v in known.versions {
+                let id = SnapshotID(uncheckedName: name, version: v)
+                if isPinned(id) { ensureLoaded(id) { _ in } }
+            }
+        }
+    }
+
+    // MARK: inference
+
+    /// Serves one `POST .../infer`.
+    func infer(_ request: HTTPRequest, name: String, version: String?, responder: HTTPResponder) {
+        let start = loop.nowNanoseconds
+        let deadlineMs: UInt64
+        if let header = request.headers["kaa-deadline-ms"] {
+            guard let ms = UInt64(header), ms > 0 else {
+                return responder.respond(.error(.badRequest, "Kaa-Deadline-Ms `\(header)` must be a positive number of milliseconds"))
+            }
+            deadlineMs = ms
+        } else {
+            deadlineMs = config.defaultDeadline.millisecondsRoundedUp
+        }
+        let deadline = start + deadlineMs * 1_000_000
+        let id: SnapshotID
+        do { id = try resolve(name: name, version: version) } catch {
+            metrics.record(model: name, status: error.status, seconds: 0)
+            return responder.respond(.error(error.status, error.message))
+        }
+        if isUnloaded(id) {
+            return responder.respond(.error(.serviceUnavailable, "\(id) was unloaded; POST /v2/repository/models/\(name)/load to serve it again"))
+        }
+        ensureLoaded(id) { [self] result in
+            switch result {
+            case .failure(let error):
+                metrics.record(model: name, status: error.status, seconds: 0)
+                responder.respond(.error(error.status, error.message))
+            case .success(let m):
+                let parsed: InferRequest
+                do {
+                    parsed = try InferenceCodec.parseRequest(
+                        body: request.body,
+                        headerLength: request.headers["inference-header-content-length"].flatMap(Int.init),
+                        model: m.model)
+                } catch {
+                    metrics.record(model: name, status: .badRequest, seconds: 0)
+                    return responder.respond(.error(.badRequest, "\(id): \(error)"))
+                }
+                admit(PendingCall(request: parsed, deadline: deadline, started: start, responder: responder), to: m)
+            }
+        }
+    }
+
+    private func admit(_ call: PendingCall, to m: LoadedModel) {
+        if let average = m.averageRunNanos, average < Double(config.inlineThreshold.nanosecondsClamped), m.running == 0 {
+            // A tiny model: running it here costs less than handing it to a worker.
+            runInline(call, on: m)
+            return
+        }
+        if m.running < config.modelConcurrency {
+            start(call, on: m)
+        } else if m.queued < config.modelQueue {
+            m.queue.append(call)
+            metrics.queueDepth.set(Double(totalQueued()))
+        } else {
+            metrics.record(model: m.id.name, status: .tooManyRequests, seconds: 0)
+            call.responder.respond(.error(.tooManyRequests,
+                "\(m.id) is overloaded: \(m.running) calls running and \(m.queued) waiting (limit \(config.modelQueue)); retry later"))
+        }
+    }
+
+    private func totalQueued() -> Int { loaded.values.reduce(0) { $0 + $1.queued } }
+
+    private func runInline(_ call: PendingCall, on m: LoadedModel) {
+        let t0 = loop.nowNanoseconds
+        let (response, runNanos) = ModelServer.execute(call, on: m)
+        note(runNanos, on: m)
+        finish(call, m, response, t0: t0)
+    }
+
+    private func start(_ call: PendingCall, on m: LoadedModel) {
+        if loop.nowNanoseconds > call.deadline {
+            metrics.record(model: m.id.name, status: .gatewayTimeout, seconds: Double(loop.nowNanoseconds - call.started) / 1e9)
+            call.responder.respond(.error(.gatewayTimeout, "\(m.id): the deadline passed before the call could start"))
+            return
+        }
+        m.running += 1
+        loop.offload({ ModelServer.execute(call, on: m) }) { [self] response, runNanos in
+            m.running -= 1
+            note(runNanos, on: m)
+            finish(call, m, response, t0: 0)
+            while m.running < config.modelConcurrency, m.queued > 0 {
+                let next = m.queue[m.queueHead]
+                m.queueHead += 1
+                if m.queueHead > 64 && m.queueHead * 2 > m.queue.count {
+                    m.queue.removeFirst(m.queueHead)
+                    m.queueHead = 0
+                }
+                start(next, on: m)
+            }
+            metrics.queueDepth.set(Double(totalQueued()))
+        }
+    }
+
+    private func note(_ runNanos: UInt64, on m: LoadedModel) {
+        let x = Double(runNanos)
+        m.averageRunNanos = m.averageRunNanos.map { $0 * 0.9 + x * 0.1 } ?? x
+    }
+
+    private func finish(_ call: PendingCall, _ m: LoadedModel, _ response: HTTPResponse, t0: UInt64) {
+        metrics.record(model: m.id.name, status: response.status, seconds: Double(loop.nowNanoseconds - call.started) / 1e9)
+        call.responder.respond(response)
+    }
+
+    /// Runs the model and encodes the answer; safe on any thread.
+    static func execute(_ call: PendingCall, on m: LoadedModel) -> (HTTPResponse, UInt64) {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let outputs: [String: Tensor]
+        do { outputs = try m.model.run(call.request.inputs) } catch let error as EngineError {
+            let status: HTTPStatus = error.code == .invalidInput ? .badRequest : .internalServerError
+            return (.error(status, "\(m.id): \(error.message)"), DispatchTime.now().uptimeNanoseconds - t0)
+        } catch {
+            return (.error(.internalServerError, "\(m.id): \(error)"), DispatchTime.now().uptimeNanoseconds - t0)
+        }
+        let ran = DispatchTime.now().uptimeNanoseconds - t0
+        let (body, headerLength) = InferenceCodec.encodeResponse(
+            modelName: m.id.name, modelVersion: m.id.version, request: call.request, outputs: outputs, order: m.model.outputs)
+        var response = HTTPResponse(status: .ok, body: body)
+        if let headerLength {
+            response.headers.add("content-type", "application/octet-stream")
+            response.headers.add("inference-header-content-length", String(headerLength))
+        } else {
+            response.headers.add("content-type", "application/json")
+        }
+        return (response, ran)
+    }
+}
+
+extension SnapshotID {
+    /// For names and versions that came from the catalog, already valid.
+    init(uncheckedName name: String, version: Int) {
+        self = try! SnapshotID(name: name, version: version)
+    }
+}
