@@ -34,9 +34,13 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict),
+        .target(
+            name: "KaaClusterSimulation",
+            dependencies: ["KaaCluster", "KaaCore"],
+            swiftSettings: strict),
         .executableTarget(
             name: "kaa-cluster-sim",
-            dependencies: ["KaaCluster", "KaaCore"],
+            dependencies: ["KaaClusterSimulation", "KaaCluster", "KaaCore"],
             swiftSettings: strict),
         .executableTarget(
             name: "kaa",
@@ -49,6 +53,7 @@ let package = Package(
 
         .testTarget(name: "KaaCoreTests", dependencies: ["KaaCore"], swiftSettings: strict),
         .testTarget(
-            name: "KaaClusterTests", dependencies: ["KaaCluster", "KaaCore"], swiftSettings: strict),
+            name: "KaaClusterTests", dependencies: ["KaaCluster", "KaaClusterSimulation", "KaaCore"],
+            swiftSettings: strict),
     ]
 )

@@ -375,7 +375,7 @@ public struct SWIMInstance: Sendable {
                 requester: request.source)
             let ping = Ping(sequenceNumber: seq, target: request.target, source: myself.id, replyTo: myself.peerAddress)
             d.append(.send(makePacket(.ping(ping)), to: request.targetAddress))
-            d.append(.schedule(.relayTimeout(seq), after: settings.probeTimeout))
+            d.append(.schedule(.relayTimeout(seq), after: settings.relayTimeout))
         case .ack(let ack):
             if probes.removeValue(forKey: ack.sequenceNumber) != nil {
                 awareness.apply(-1)

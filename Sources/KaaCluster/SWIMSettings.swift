@@ -2,16 +2,20 @@
 /// cluster is declared dead within about 3 s.
 public struct SWIMSettings: Hashable, Sendable {
     /// Time between probes (one protocol period), before Lifeguard scaling.
-    public var probeInterval: Duration = .milliseconds(500)
+    public var probeInterval: Duration = .milliseconds(400)
     /// How long a direct ping waits for its ack before indirect probes start. MUST be shorter
     /// than `probeInterval`.
-    public var probeTimeout: Duration = .milliseconds(200)
+    public var probeTimeout: Duration = .milliseconds(150)
+    /// How long a member asked for an indirect probe waits before it answers with a nack.
+    /// MUST leave the nack time to arrive before the requester's period ends
+    /// (`probeTimeout + relayTimeout + round trip < probeInterval`).
+    public var relayTimeout: Duration = .milliseconds(120)
     /// How many members are asked to probe indirectly (`k` in SWIM).
     public var indirectProbes: Int = 3
     /// Minimum suspicion timeout = `suspicionMultiplier × max(1, log10(n)) × probeInterval`.
     public var suspicionMultiplier: Double = 2
     /// Maximum suspicion timeout = `suspicionMaxMultiplier × minimum` (Lifeguard).
-    public var suspicionMaxMultiplier: Double = 4
+    public var suspicionMaxMultiplier: Double = 3
     /// Independent confirmations that shorten a suspicion to its minimum (Lifeguard `K`).
     public var suspicionConfirmations: Int = 2
     /// Retransmissions of each update = `retransmitMultiplier × ceil(log2(n + 1))` (SWIM `λ`).
