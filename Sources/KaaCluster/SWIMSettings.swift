@@ -13,9 +13,9 @@ public struct SWIMSettings: Hashable, Sendable {
     /// How many members are asked to probe indirectly (`k` in SWIM).
     public var indirectProbes: Int = 3
     /// Minimum suspicion timeout = `suspicionMultiplier × max(1, log10(n)) × probeInterval`.
-    public var suspicionMultiplier: Double = 2
+    public var suspicionMultiplier: Double = 3
     /// Maximum suspicion timeout = `suspicionMaxMultiplier × minimum` (Lifeguard).
-    public var suspicionMaxMultiplier: Double = 3
+    public var suspicionMaxMultiplier: Double = 6
     /// Independent confirmations that shorten a suspicion to its minimum (Lifeguard `K`).
     public var suspicionConfirmations: Int = 2
     /// Retransmissions of each update = `retransmitMultiplier × ceil(log2(n + 1))` (SWIM `λ`).
