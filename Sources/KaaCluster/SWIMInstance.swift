@@ -151,9 +151,10 @@ public struct SWIMInstance: Sendable {
     public mutating func onStart(now: Instant) -> [Directive] {
         // A random first offset keeps nodes started together from probing in lockstep.
         let first = Duration.nanoseconds(Int64(rng.unit() * Double(settings.probeInterval.nanosecondsClamped)))
+        let firstPushPull = Duration.nanoseconds(Int64(rng.unit() * Double(settings.pushPullInterval.nanosecondsClamped)))
         return [
             .schedule(.protocolPeriod, after: first),
-            .schedule(.pushPull, after: pushPullInterval()),
+            .schedule(.pushPull, after: firstPushPull),
         ]
     }
 
@@ -283,7 +284,7 @@ public struct SWIMInstance: Sendable {
     /// Anti-entropy: push-pull with a random reachable member, and with a random dead one to
     /// heal partitions; back to the seeds when no member is left.
     public mutating func onPushPullTimer(now: Instant) -> [Directive] {
-        var d: [Directive] = [.schedule(.pushPull, after: pushPullInterval())]
+        var d: [Directive] = [.schedule(.pushPull, after: settings.pushPullInterval)]
         guard !isLeaving else { return d }
         if let peer = randomReachable(count: 1, excluding: nil, aliveOnly: true).first,
            let address = records[peer]?.member.info.peerAddress {
@@ -610,14 +611,6 @@ public struct SWIMInstance: Sendable {
             var seen = Set<NodeID>()
             memberOrder = memberOrder.filter { records[$0] != nil && seen.insert($0).inserted }
         }
-    }
-
-    private func pushPullInterval() -> Duration {
-        // memberlist's pushPullScale: slower anti-entropy in larger clusters.
-        let n = clusterSize
-        guard n > 32 else { return settings.pushPullInterval }
-        let scale = Int((_log(Double(n)) - _log(32)) / _log(2)) + 2
-        return settings.pushPullInterval * scale
     }
 }
 

@@ -25,8 +25,9 @@ public struct SWIMSettings: Hashable, Sendable {
     public var maxHealthScore: Int = 7
     /// Largest UDP datagram this node sends, encryption overhead included.
     public var maxPacketSize: Int = 1400
-    /// Anti-entropy: a full-state exchange with one random member this often (scaled up
-    /// logarithmically above 32 members, as memberlist does).
+    /// Anti-entropy: a full-state exchange with one random member this often. Unlike
+    /// memberlist it is not stretched in large clusters: it is what brings the last few
+    /// members up to date after a mass join, and a member's state is only ~110 bytes.
     public var pushPullInterval: Duration = .seconds(30)
     /// How long dead and left members are kept (and occasionally contacted, to heal
     /// partitions) before they are forgotten.

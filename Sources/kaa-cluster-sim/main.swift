@@ -47,7 +47,17 @@ func formCluster(_ sim: ClusterSimulation, n: Int, spacing: Duration) -> Duratio
     for i in 1..<n { sim.start(i, seeds: [0], at: t0 + spacing * i) }
     sim.run(until: t0 + spacing * n)
     let all = Array(0..<n)
-    guard sim.run(step: .seconds(1), limit: .seconds(600), until: { sim.converged(all) }) else { return nil }
+    let verbose = getenv("KAA_SIM_VERBOSE") != nil
+    var lastReport = sim.now
+    guard sim.run(step: .seconds(1), limit: .seconds(600), until: {
+        if verbose && sim.now - lastReport >= .seconds(5) {
+            lastReport = sim.now
+            let counts = sim.nodes.map { $0.instance.reachableCount }
+            let pending = sim.nodes.map { $0.instance.pendingBroadcasts }
+            print("  t=\(fmt((sim.now - t0).seconds)) s events=\(sim.eventsProcessed) min view=\(counts.min()!) mean view=\(counts.reduce(0, +) / n) max queue=\(pending.max()!)")
+        }
+        return sim.converged(all)
+    }) else { return nil }
     return sim.now - t0
 }
 
@@ -151,3 +161,15 @@ if which == "false-dead" || which == "all" {
 }
 if which == "dissemination" || which == "all" { dissemination(n: 1000, seed: 42) }
 if which == "bandwidth" || which == "all" { bandwidth(n: 100, seed: 7) }
+
+if which == "join-debug" {
+    let n = Int(getenv("KAA_SIM_N").map { String(cString: $0) } ?? "300") ?? 300
+    let sim = ClusterSimulation(seed: 42)
+    var counts: [String: Int] = [:]
+    sim.onEvent = { _, e, _ in
+        let k = "\(e)".split(separator: " ")[0]
+        counts[String(k), default: 0] += 1
+    }
+    let t = formCluster(sim, n: n, spacing: .milliseconds(5))
+    print("converged: \(t.map { fmt($0.seconds) } ?? "no") events: \(counts.sorted { $0.key < $1.key })")
+}

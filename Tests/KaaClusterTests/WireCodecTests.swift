@@ -38,6 +38,21 @@ import Testing
         #expect(try WireCodec.decodePushPull(WireCodec.encode(state)) == state)
     }
 
+    @Test func computedSizesMatchEncoding() {
+        var rng = SeededRandom(seed: 5)
+        var updates = Self.samplePackets.flatMap(\.updates)
+        for _ in 0..<200 {
+            var info = Self.info
+            info.capacity.memoryBytes = rng.next() >> (rng.next() % 64)
+            info.startedAtUnixMilliseconds = rng.next() >> (rng.next() % 64)
+            info.name = String(repeating: "x", count: Int(rng.next() % 300))
+            updates.append(.alive(info, incarnation: rng.next() >> (rng.next() % 64)))
+        }
+        for u in updates {
+            #expect(WireCodec.encodedSize(of: u) == WireCodec.encode(Packet(message: .gossip, updates: [u])).count - 4)
+        }
+    }
+
     @Test func isCompact() {
         let ack = Packet(message: .ack(Ack(sequenceNumber: 1000, source: Self.info.id)))
         #expect(WireCodec.encode(ack).count < 48)
