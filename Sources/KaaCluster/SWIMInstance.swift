@@ -330,13 +330,14 @@ public struct SWIMInstance: Sendable {
             case .alive:
                 d += applyAlive(s.info, incarnation: s.incarnation, now: now)
             case .left:
-                d += applyAlive(s.info, incarnation: s.incarnation, now: now, quietlyIfUnknown: true)
                 d += applyLeft(s.info.id, incarnation: s.incarnation, now: now)
             case .suspect, .dead:
                 if s.info.id == myself.id {
                     d += refuteIfNeeded(incarnation: s.incarnation, now: now)
                 } else {
-                    d += applySuspect(s.info.id, incarnation: s.incarnation, from: myself.id, now: now)
+                    // Second-hand: not an independent confirmation and not re-broadcast; the
+                    // probes to the member carry it (buddy system) so it can refute.
+                    d += applySuspect(s.info.id, incarnation: s.incarnation, from: myself.id, now: now, secondHand: true)
                 }
             }
         }
@@ -404,7 +405,7 @@ public struct SWIMInstance: Sendable {
 
     // MARK: State changes
 
-    private mutating func applyAlive(_ info: NodeInfo, incarnation inc: Incarnation, now: Instant, quietlyIfUnknown: Bool = false) -> [Directive] {
+    private mutating func applyAlive(_ info: NodeInfo, incarnation inc: Incarnation, now: Instant) -> [Directive] {
         if info.id == myself.id {
             // Someone speaks of an older life of ours, or of us with other metadata: correct it.
             if inc > incarnation || (inc == incarnation && info != myself) {
@@ -413,7 +414,6 @@ public struct SWIMInstance: Sendable {
             return []
         }
         guard var record = records[info.id] else {
-            if quietlyIfUnknown { return [] }
             let member = Member(info: info, status: .alive, incarnation: inc, statusChangedAt: now)
             records[info.id] = Record(member: member)
             memberOrder.append(info.id)
@@ -443,9 +443,10 @@ public struct SWIMInstance: Sendable {
         }
     }
 
-    private mutating func applySuspect(_ id: NodeID, incarnation inc: Incarnation, from: NodeID, now: Instant) -> [Directive] {
+    private mutating func applySuspect(_ id: NodeID, incarnation inc: Incarnation, from: NodeID, now: Instant, secondHand: Bool = false) -> [Directive] {
         if id == myself.id { return refuteIfNeeded(incarnation: inc, now: now) }
         guard var record = records[id], inc >= record.member.incarnation, record.member.status.isReachable else { return [] }
+        if record.member.status == .suspect && secondHand { return [] }
         if record.member.status == .suspect, var suspicion = record.suspicion {
             record.member.incarnation = inc
             guard suspicion.confirm(from) else {
@@ -468,7 +469,7 @@ public struct SWIMInstance: Sendable {
         record.member.statusChangedAt = now
         record.suspicion = suspicion
         records[id] = record
-        enqueue(.suspect(id, incarnation: inc, from: from))
+        if !secondHand { enqueue(.suspect(id, incarnation: inc, from: from)) }
         return [.event(.suspect(record.member)), .schedule(.suspicion(id), after: suspicion.timeout)]
     }
 

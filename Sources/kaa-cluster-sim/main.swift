@@ -1,5 +1,8 @@
 // Prints the membership figures for the closing note, measured in the deterministic simulation.
-// Usage: swift run kaa-cluster-sim [detection|false-dead|dissemination|bandwidth|join|all]
+// Usage: swift run kaa-cluster-sim [detection|false-dead|false-dead10|dissemination|bandwidth|join|all]
+// Results are deterministic (seeded); the build mode only changes how long they take.
+// KAA_SIM_VERBOSE=1 prints convergence progress; KAA_SIM_N sets the size for `join`;
+// KAA_SIM_MINUTES the length of the false-dead runs.
 import KaaCluster
 import KaaClusterSimulation
 import KaaCore
@@ -162,7 +165,7 @@ if which == "false-dead" || which == "all" {
 if which == "dissemination" || which == "all" { dissemination(n: 1000, seed: 42) }
 if which == "bandwidth" || which == "all" { bandwidth(n: 100, seed: 7) }
 
-if which == "join-debug" {
+if which == "join" {
     let n = Int(getenv("KAA_SIM_N").map { String(cString: $0) } ?? "300") ?? 300
     let sim = ClusterSimulation(seed: 42)
     var counts: [String: Int] = [:]

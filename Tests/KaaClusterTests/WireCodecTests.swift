@@ -175,6 +175,33 @@ import Testing
         #expect(throws: WireError.self) { try plain.open(try Keyring(primary: k1).seal([1])) }
     }
 
+    @Test func fuzzedEnvelopesAreRefusedNeverCrash() throws {
+        var rng = SeededRandom(seed: 77)
+        let ring = try Keyring(primary: k1)
+        let valid = try ring.seal(WireCodec.encode(WireCodecTests.samplePackets[0]))
+        var refused = 0, plainOpened = 0
+        for round in 0..<5_000 {
+            var bytes = round % 2 == 0 ? valid : (0..<Int(rng.next() % 80)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            if !bytes.isEmpty {
+                let i = Int(rng.next() % UInt64(bytes.count))
+                bytes[i] ^= UInt8(truncatingIfNeeded: rng.next() | 1)
+            }
+            do { _ = try ring.open(bytes) } catch { refused += 1 }
+            // Plaintext mode has nothing to authenticate: it opens whatever carries its marker.
+            if (try? Keyring.plaintext.open(bytes)) != nil { plainOpened += 1 }
+        }
+        #expect(refused == 5_000)  // a flipped byte never authenticates
+        #expect(plainOpened < 100)
+    }
+
+    @Test func nodeIDsLookLikeUUIDs() {
+        var rng = SeededRandom(seed: 1)
+        let id = NodeID.random(using: &rng).rawValue
+        #expect(id.count == 36)
+        #expect(id.split(separator: "-").map(\.count) == [8, 4, 4, 4, 12])
+        #expect(NodeID.random(using: &rng).rawValue != id)
+    }
+
     @Test func rotation() throws {
         var ring = try Keyring(primary: k1)
         try ring.install(k2)
