@@ -2,14 +2,14 @@
 /// cluster is declared dead within about 3 s.
 public struct SWIMSettings: Hashable, Sendable {
     /// Time between probes (one protocol period), before Lifeguard scaling.
-    public var probeInterval: Duration = .milliseconds(400)
+    public var probeInterval: Duration = .milliseconds(300)
     /// How long a direct ping waits for its ack before indirect probes start. MUST be shorter
     /// than `probeInterval`.
-    public var probeTimeout: Duration = .milliseconds(150)
+    public var probeTimeout: Duration = .milliseconds(120)
     /// How long a member asked for an indirect probe waits before it answers with a nack.
     /// MUST leave the nack time to arrive before the requester's period ends
     /// (`probeTimeout + relayTimeout + round trip < probeInterval`).
-    public var relayTimeout: Duration = .milliseconds(120)
+    public var relayTimeout: Duration = .milliseconds(100)
     /// How many members are asked to probe indirectly (`k` in SWIM).
     public var indirectProbes: Int = 3
     /// Minimum suspicion timeout = `suspicionMultiplier × max(1, log10(n)) × probeInterval`.

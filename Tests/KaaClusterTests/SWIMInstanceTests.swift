@@ -42,7 +42,7 @@ extension [SWIMInstance.Directive] {
         let d = swim.onProtocolPeriod(now: Harness.at(1))
         let ping = try #require(d.sends.first)
         guard case .ping(let p) = ping.0.message else { Issue.record("expected a ping"); return }
-        #expect(d.timers.contains { $0.0 == .probeTimeout(p.sequenceNumber) && $0.1 == .milliseconds(150) })
+        #expect(d.timers.contains { $0.0 == .probeTimeout(p.sequenceNumber) && $0.1 == .milliseconds(120) })
         let afterTimeout = swim.onProbeTimeout(p.sequenceNumber, now: Harness.at(1.15))
         let requests = afterTimeout.sends.compactMap { s -> PingRequest? in
             if case .pingRequest(let r) = s.0.message { r } else { nil }
@@ -67,10 +67,10 @@ extension [SWIMInstance.Directive] {
         _ = swim.onProbeTimeout(p1.sequenceNumber, now: Harness.at(1.15))
         _ = swim.onIndirectProbeTimeout(p1.sequenceNumber, now: Harness.at(1.4))
         #expect(swim.awareness.score == 2)  // two helpers, no nacks
-        #expect(swim.currentProbeInterval == .milliseconds(1200))
+        #expect(swim.currentProbeInterval == .milliseconds(900))
         d = swim.onProtocolPeriod(now: Harness.at(2))
         guard case .ping(let p2) = try #require(d.sends.first).0.message else { return }
-        #expect(d.timers.contains { $0.0 == .probeTimeout(p2.sequenceNumber) && $0.1 == .milliseconds(450) })
+        #expect(d.timers.contains { $0.0 == .probeTimeout(p2.sequenceNumber) && $0.1 == .milliseconds(360) })
         _ = swim.onPacket(Packet(message: .ack(Ack(sequenceNumber: p2.sequenceNumber, source: p2.target))), now: Harness.at(2.01))
         #expect(swim.awareness.score == 1)
         // The period's end is harmless once acked.
@@ -130,30 +130,30 @@ extension [SWIMInstance.Directive] {
     }
 
     @Test func suspicionTimeoutShrinksWithConfirmations() throws {
-        var swim = Harness.instance(others: 9)  // n = 10: minimum 1.2 s, maximum 7.2 s, k = 2
+        var swim = Harness.instance(others: 9)  // n = 10: minimum 0.9 s, maximum 5.4 s, k = 2
         let id = NodeID("node-5")
         var d = swim.onPacket(Packet(message: .gossip, updates: [.suspect(id, incarnation: 0, from: NodeID("node-1"))]), now: Harness.at(10))
         let first = try #require(d.timers.first { $0.0 == .suspicion(id) })
-        #expect(first.1 == .milliseconds(7200))
+        #expect(first.1 == .milliseconds(5400))
         // A repeat from the same origin is not a confirmation.
         d = swim.onPacket(Packet(message: .gossip, updates: [.suspect(id, incarnation: 0, from: NodeID("node-1"))]), now: Harness.at(10.1))
         #expect(d.timers.isEmpty)
         d = swim.onPacket(Packet(message: .gossip, updates: [.suspect(id, incarnation: 0, from: NodeID("node-2"))]), now: Harness.at(10.2))
         let s = try #require(swim.suspicion(of: id))
         #expect(s.confirmations == 1)
-        // 7.2 − 6 · log 2 / log 3 ≈ 3.41 s after the start.
-        #expect(abs(s.timeout.seconds - 3.414) < 0.01)
-        #expect(swim.onSuspicionTimeout(id, now: Harness.at(13.3)).isEmpty)  // not yet
+        // 5.4 − 4.5 · log 2 / log 3 ≈ 2.56 s after the start.
+        #expect(abs(s.timeout.seconds - 2.561) < 0.01)
+        #expect(swim.onSuspicionTimeout(id, now: Harness.at(10.25)).isEmpty)  // not yet
         d = swim.onPacket(Packet(message: .gossip, updates: [.suspect(id, incarnation: 0, from: NodeID("node-3"))]), now: Harness.at(10.3))
-        #expect(try #require(swim.suspicion(of: id)).timeout == .milliseconds(1200))
-        #expect(d.timers.contains { $0.0 == .suspicion(id) && $0.1 == .milliseconds(900) })
-        d = swim.onSuspicionTimeout(id, now: Harness.at(11.2))
+        #expect(try #require(swim.suspicion(of: id)).timeout == .milliseconds(900))
+        #expect(d.timers.contains { $0.0 == .suspicion(id) && $0.1 == .milliseconds(600) })
+        d = swim.onSuspicionTimeout(id, now: Harness.at(10.9))
         #expect(swim.member(id)?.status == .dead)
         #expect(d.events.count == 1)
         // The dead member is kept as a tombstone for the configured time, then forgotten.
-        _ = swim.onProtocolPeriod(now: Harness.at(11.2 + 299))
+        _ = swim.onProtocolPeriod(now: Harness.at(10.9 + 299))
         #expect(swim.member(id)?.status == .dead)
-        _ = swim.onProtocolPeriod(now: Harness.at(11.2 + 300))
+        _ = swim.onProtocolPeriod(now: Harness.at(10.9 + 300))
         #expect(swim.member(id) == nil)
     }
 
