@@ -40,7 +40,9 @@ public final class ClusterSimulation {
         public var group: Int = 0
         public var packetsSent = 0
         public var bytesSent = 0
-        public var gossipBytesSent = 0
+        /// Encoded push-pull bytes this node sent over TCP (requests and replies; only
+        /// counted with ``Network/measureBytes``).
+        public var pushPullBytesSent = 0
         var held: [Event] = []
     }
 
@@ -222,6 +224,7 @@ public final class ClusterSimulation {
             perform(nodes[node].instance.onTimer(timer, now: now), for: node)
         case .pushPullRequest(let to, let from, let state):
             let reply = nodes[to].instance.makePushPullState(isJoin: false)
+            if network.measureBytes { nodes[to].pushPullBytesSent += WireCodec.encode(reply).count + Keyring.overhead }
             perform(nodes[to].instance.onPushPull(state, now: now), for: to)
             if reachable(from, to) {
                 queue.push(.pushPullReply(to: from, reply), at: (now + delay()).nanoseconds)
@@ -267,6 +270,7 @@ public final class ClusterSimulation {
             case .pushPull(let address, let isJoin):
                 guard let to = addressIndex[address] else { continue }
                 let state = nodes[node].instance.makePushPullState(isJoin: isJoin)
+                if network.measureBytes { nodes[node].pushPullBytesSent += WireCodec.encode(state).count + Keyring.overhead }
                 if reachable(node, to) {
                     queue.push(.pushPullRequest(to: to, from: node, state), at: (now + delay()).nanoseconds)
                 } else {

@@ -139,13 +139,16 @@ func bandwidth(n: Int, seed: UInt64) {
     guard formCluster(sim, n: n, spacing: .milliseconds(20)) != nil else { print("no convergence"); return }
     sim.run(for: .seconds(120))  // let the join's backlog drain
     let before = sim.nodes.map { $0.bytesSent }
+    let beforePushPull = sim.nodes.map { $0.pushPullBytesSent }
     let beforePackets = sim.nodes.map { $0.packetsSent }
     let seconds = 60.0
     sim.run(for: .seconds(60))
     let bytes = zip(sim.nodes, before).map { Double($0.bytesSent - $1) / seconds }
     let packets = zip(sim.nodes, beforePackets).map { Double($0.packetsSent - $1) / seconds }
     let mean = bytes.reduce(0, +) / Double(n)
-    print("gossip bandwidth, \(n) nodes, steady state, encrypted UDP payload bytes sent per node: mean \(Int(mean)) B/s, p99 \(Int(percentile(bytes, 0.99))) B/s, \(fmt(packets.reduce(0, +) / Double(n))) packets/s (push-pull TCP not counted)")
+    let pushPull = zip(sim.nodes, beforePushPull).map { Double($0.pushPullBytesSent - $1) / seconds }
+    print("gossip bandwidth, \(n) nodes, steady state, encrypted UDP payload bytes sent per node: mean \(Int(mean)) B/s, p99 \(Int(percentile(bytes, 0.99))) B/s, \(fmt(packets.reduce(0, +) / Double(n))) packets/s")
+    print("push-pull TCP, same nodes and window: mean \(Int(pushPull.reduce(0, +) / Double(n))) B/s per node sent")
     // Churn: one metadata update per second somewhere in the cluster.
     let before2 = sim.nodes.map { $0.bytesSent }
     for s in 0..<60 {
