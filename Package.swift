@@ -55,9 +55,13 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict),
+        .target(
+            name: "KaaClusterSimulation",
+            dependencies: ["KaaCluster", "KaaCore"],
+            swiftSettings: strict),
         .executableTarget(
             name: "kaa-cluster-sim",
-            dependencies: ["KaaCluster", "KaaCore"],
+            dependencies: ["KaaClusterSimulation", "KaaCluster", "KaaCore"],
             swiftSettings: strict),
         .target(
             name: "KaaIO",
@@ -99,7 +103,8 @@ let package = Package(
             exclude: ["Fixtures"],
             swiftSettings: strict),
         .testTarget(
-            name: "KaaClusterTests", dependencies: ["KaaCluster", "KaaCore"], swiftSettings: strict),
+            name: "KaaClusterTests", dependencies: ["KaaCluster", "KaaClusterSimulation", "KaaCore"],
+            swiftSettings: strict),
         .testTarget(
             name: "KaaSnapshotTests",
             dependencies: [

@@ -151,9 +151,10 @@ public struct SWIMInstance: Sendable {
     public mutating func onStart(now: Instant) -> [Directive] {
         // A random first offset keeps nodes started together from probing in lockstep.
         let first = Duration.nanoseconds(Int64(rng.unit() * Double(settings.probeInterval.nanosecondsClamped)))
+        let firstPushPull = Duration.nanoseconds(Int64(rng.unit() * Double(settings.pushPullInterval.nanosecondsClamped)))
         return [
             .schedule(.protocolPeriod, after: first),
-            .schedule(.pushPull, after: pushPullInterval()),
+            .schedule(.pushPull, after: firstPushPull),
         ]
     }
 
@@ -283,7 +284,7 @@ public struct SWIMInstance: Sendable {
     /// Anti-entropy: push-pull with a random reachable member, and with a random dead one to
     /// heal partitions; back to the seeds when no member is left.
     public mutating func onPushPullTimer(now: Instant) -> [Directive] {
-        var d: [Directive] = [.schedule(.pushPull, after: pushPullInterval())]
+        var d: [Directive] = [.schedule(.pushPull, after: settings.pushPullInterval)]
         guard !isLeaving else { return d }
         if let peer = randomReachable(count: 1, excluding: nil, aliveOnly: true).first,
            let address = records[peer]?.member.info.peerAddress {
@@ -329,13 +330,14 @@ public struct SWIMInstance: Sendable {
             case .alive:
                 d += applyAlive(s.info, incarnation: s.incarnation, now: now)
             case .left:
-                d += applyAlive(s.info, incarnation: s.incarnation, now: now, quietlyIfUnknown: true)
                 d += applyLeft(s.info.id, incarnation: s.incarnation, now: now)
             case .suspect, .dead:
                 if s.info.id == myself.id {
                     d += refuteIfNeeded(incarnation: s.incarnation, now: now)
                 } else {
-                    d += applySuspect(s.info.id, incarnation: s.incarnation, from: myself.id, now: now)
+                    // Second-hand: not an independent confirmation and not re-broadcast; the
+                    // probes to the member carry it (buddy system) so it can refute.
+                    d += applySuspect(s.info.id, incarnation: s.incarnation, from: myself.id, now: now, secondHand: true)
                 }
             }
         }
@@ -375,7 +377,7 @@ public struct SWIMInstance: Sendable {
                 requester: request.source)
             let ping = Ping(sequenceNumber: seq, target: request.target, source: myself.id, replyTo: myself.peerAddress)
             d.append(.send(makePacket(.ping(ping)), to: request.targetAddress))
-            d.append(.schedule(.relayTimeout(seq), after: settings.probeTimeout))
+            d.append(.schedule(.relayTimeout(seq), after: settings.relayTimeout))
         case .ack(let ack):
             if probes.removeValue(forKey: ack.sequenceNumber) != nil {
                 awareness.apply(-1)
@@ -403,7 +405,7 @@ public struct SWIMInstance: Sendable {
 
     // MARK: State changes
 
-    private mutating func applyAlive(_ info: NodeInfo, incarnation inc: Incarnation, now: Instant, quietlyIfUnknown: Bool = false) -> [Directive] {
+    private mutating func applyAlive(_ info: NodeInfo, incarnation inc: Incarnation, now: Instant) -> [Directive] {
         if info.id == myself.id {
             // Someone speaks of an older life of ours, or of us with other metadata: correct it.
             if inc > incarnation || (inc == incarnation && info != myself) {
@@ -412,7 +414,6 @@ public struct SWIMInstance: Sendable {
             return []
         }
         guard var record = records[info.id] else {
-            if quietlyIfUnknown { return [] }
             let member = Member(info: info, status: .alive, incarnation: inc, statusChangedAt: now)
             records[info.id] = Record(member: member)
             memberOrder.append(info.id)
@@ -442,9 +443,10 @@ public struct SWIMInstance: Sendable {
         }
     }
 
-    private mutating func applySuspect(_ id: NodeID, incarnation inc: Incarnation, from: NodeID, now: Instant) -> [Directive] {
+    private mutating func applySuspect(_ id: NodeID, incarnation inc: Incarnation, from: NodeID, now: Instant, secondHand: Bool = false) -> [Directive] {
         if id == myself.id { return refuteIfNeeded(incarnation: inc, now: now) }
         guard var record = records[id], inc >= record.member.incarnation, record.member.status.isReachable else { return [] }
+        if record.member.status == .suspect && secondHand { return [] }
         if record.member.status == .suspect, var suspicion = record.suspicion {
             record.member.incarnation = inc
             guard suspicion.confirm(from) else {
@@ -467,7 +469,7 @@ public struct SWIMInstance: Sendable {
         record.member.statusChangedAt = now
         record.suspicion = suspicion
         records[id] = record
-        enqueue(.suspect(id, incarnation: inc, from: from))
+        if !secondHand { enqueue(.suspect(id, incarnation: inc, from: from)) }
         return [.event(.suspect(record.member)), .schedule(.suspicion(id), after: suspicion.timeout)]
     }
 
@@ -610,14 +612,6 @@ public struct SWIMInstance: Sendable {
             var seen = Set<NodeID>()
             memberOrder = memberOrder.filter { records[$0] != nil && seen.insert($0).inserted }
         }
-    }
-
-    private func pushPullInterval() -> Duration {
-        // memberlist's pushPullScale: slower anti-entropy in larger clusters.
-        let n = clusterSize
-        guard n > 32 else { return settings.pushPullInterval }
-        let scale = Int((_log(Double(n)) - _log(32)) / _log(2)) + 2
-        return settings.pushPullInterval * scale
     }
 }
 

@@ -80,11 +80,26 @@ public enum WireCodec {
         return Packet(message: message, updates: updates)
     }
 
-    /// Bytes the update takes inside a packet.
+    /// Bytes the update takes inside a packet (computed without encoding).
     public static func encodedSize(of update: Update) -> Int {
-        var w = Writer()
-        writeUpdate(update, &w)
-        return w.bytes.count
+        func v(_ x: UInt64) -> Int { x < 0x80 ? 1 : (64 - x.leadingZeroBitCount + 6) / 7 }
+        func s(_ x: String) -> Int { let n = min(x.utf8.count, maxStringLength); return v(UInt64(n)) + n }
+        func prefixed(_ n: Int) -> Int { v(UInt64(n)) + n }
+        let body: Int
+        switch update {
+        case .alive(let i, let inc):
+            let info = s(i.id.rawValue) + s(i.name) + s(i.peerAddress.host) + v(UInt64(i.peerAddress.port))
+                + s(i.httpAddress.host) + v(UInt64(i.httpAddress.port)) + s(i.zone)
+                + v(UInt64(i.capacity.cores)) + v(i.capacity.memoryBytes) + v(UInt64(i.capacity.gpuCount))
+                + v(i.capacity.gpuMemoryBytes) + s(i.kaaVersion) + v(UInt64(i.protocolVersion))
+                + v(i.startedAtUnixMilliseconds)
+            body = prefixed(info) + v(inc)
+        case .suspect(let id, let inc, let from), .dead(let id, let inc, let from):
+            body = s(id.rawValue) + v(inc) + s(from.rawValue)
+        case .left(let id, let inc):
+            body = s(id.rawValue) + v(inc)
+        }
+        return 1 + prefixed(body)
     }
 
     /// Bytes a packet with this message and no updates takes.

@@ -1,1 +1,181 @@
-print("x")
+// Prints the membership figures for the closing note, measured in the deterministic simulation.
+// Usage: swift run kaa-cluster-sim [detection|false-dead|false-dead10|dissemination|bandwidth|join|all]
+// Results are deterministic (seeded); the build mode only changes how long they take.
+// KAA_SIM_VERBOSE=1 prints convergence progress; KAA_SIM_N sets the size for `join`;
+// KAA_SIM_MINUTES the length of the false-dead runs.
+import KaaCluster
+import KaaClusterSimulation
+import KaaCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+let which = CommandLine.arguments.dropFirst().first ?? "all"
+
+/// Default settings, with overrides for tuning runs: KAA_SIM_PROBE_MS, KAA_SIM_SUSPICION_MULT,
+/// KAA_SIM_SUSPICION_MAX_MULT, KAA_SIM_CONFIRMATIONS, KAA_SIM_LAMBDA.
+func simSettings() -> SWIMSettings {
+    var s = SWIMSettings()
+    func env(_ name: String) -> Double? {
+        guard let p = getenv(name) else { return nil }
+        return Double(String(cString: p))
+    }
+    if let v = env("KAA_SIM_PROBE_MS") { s.probeInterval = .milliseconds(Int64(v)) }
+    if let v = env("KAA_SIM_SUSPICION_MULT") { s.suspicionMultiplier = v }
+    if let v = env("KAA_SIM_SUSPICION_MAX_MULT") { s.suspicionMaxMultiplier = v }
+    if let v = env("KAA_SIM_CONFIRMATIONS") { s.suspicionConfirmations = Int(v) }
+    if let v = env("KAA_SIM_LAMBDA") { s.retransmitMultiplier = Int(v) }
+    return s
+}
+let settings = simSettings()
+let minutes = Int(getenv("KAA_SIM_MINUTES").map { String(cString: $0) } ?? "10") ?? 10
+
+func percentile(_ values: [Double], _ p: Double) -> Double {
+    let s = values.sorted()
+    guard !s.isEmpty else { return .nan }
+    let i = min(s.count - 1, Int((p * Double(s.count)).rounded(.up)) - 1)
+    return s[max(0, i)]
+}
+
+func fmt(_ x: Double) -> String {
+    let r = (x * 100).rounded() / 100
+    return "\(r)"
+}
+
+/// Starts `n` nodes through node 0, `spacing` apart, and runs until all see each other.
+func formCluster(_ sim: ClusterSimulation, n: Int, spacing: Duration) -> Duration? {
+    for _ in 0..<n { sim.addNode(settings: settings) }
+    let t0 = sim.now
+    sim.start(0, seeds: [])
+    for i in 1..<n { sim.start(i, seeds: [0], at: t0 + spacing * i) }
+    sim.run(until: t0 + spacing * n)
+    let all = Array(0..<n)
+    let verbose = getenv("KAA_SIM_VERBOSE") != nil
+    var lastReport = sim.now
+    guard sim.run(step: .seconds(1), limit: .seconds(600), until: {
+        if verbose && sim.now - lastReport >= .seconds(5) {
+            lastReport = sim.now
+            let counts = sim.nodes.map { $0.instance.reachableCount }
+            let pending = sim.nodes.map { $0.instance.pendingBroadcasts }
+            print("  t=\(fmt((sim.now - t0).seconds)) s events=\(sim.eventsProcessed) min view=\(counts.min()!) mean view=\(counts.reduce(0, +) / n) max queue=\(pending.max()!)")
+        }
+        return sim.converged(all)
+    }) else { return nil }
+    return sim.now - t0
+}
+
+func detection(trials: Int, n: Int) {
+    var first: [Double] = [], everyone: [Double] = []
+    for trial in 0..<trials {
+        let sim = ClusterSimulation(seed: UInt64(1000 + trial))
+        guard formCluster(sim, n: n, spacing: .milliseconds(50)) != nil else { print("trial \(trial): no convergence"); continue }
+        sim.run(for: .seconds(10) + .milliseconds(Int64(trial * 37 % 1000)))
+        let victim = 1 + trial % (n - 1)
+        let victimID = sim.id(of: victim)
+        let crashAt = sim.now
+        var firstDead: Instant?
+        var seenDead = Set<Int>()
+        var lastDead: Instant?
+        sim.onEvent = { node, event, time in
+            if case .dead(let m) = event, m.id == victimID {
+                if firstDead == nil { firstDead = time }
+                if seenDead.insert(node).inserted && seenDead.count == n - 1 { lastDead = time }
+            }
+        }
+        sim.crash(victim)
+        sim.run(step: .milliseconds(100), limit: .seconds(60)) { lastDead != nil }
+        if let f = firstDead { first.append((f - crashAt).seconds) }
+        if let l = lastDead { everyone.append((l - crashAt).seconds) }
+    }
+    print("failure detection, \(n) nodes, default settings, \(trials) crashes:")
+    print("  first node declares dead: p50 \(fmt(percentile(first, 0.5))) s, p99 \(fmt(percentile(first, 0.99))) s")
+    print("  every node declares dead: p50 \(fmt(percentile(everyone, 0.5))) s, p99 \(fmt(percentile(everyone, 0.99))) s (\(everyone.count)/\(trials) complete)")
+}
+
+func falseDead(n: Int, loss: Double, minutes: Int, seed: UInt64) {
+    var network = ClusterSimulation.Network()
+    network.loss = loss
+    let sim = ClusterSimulation(seed: seed, network: network)
+    guard formCluster(sim, n: n, spacing: .milliseconds(20)) != nil else { print("no convergence at \(loss) loss"); return }
+    var falseDead = 0, falseSuspect = 0
+    sim.onEvent = { _, event, _ in
+        switch event {
+        case .dead: falseDead += 1
+        case .suspect: falseSuspect += 1
+        default: break
+        }
+    }
+    sim.run(for: .seconds(Int64(minutes * 60)))
+    print("loss \(Int(loss * 100))%, \(n) healthy nodes, \(minutes) simulated minutes: \(falseDead) dead declarations (false), \(falseSuspect) suspicions (all refuted)")
+}
+
+func dissemination(n: Int, seed: UInt64) {
+    let sim = ClusterSimulation(seed: seed)
+    guard let t = formCluster(sim, n: n, spacing: .milliseconds(5)) else { print("no convergence"); return }
+    print("join: \(n) nodes started 5 ms apart through one seed converged after \(fmt(t.seconds)) s simulated")
+    sim.run(for: .seconds(30))
+    var periods: [Double] = []
+    for round in 0..<5 {
+        let origin = (round * 211) % n
+        let zone = "moved-\(round)"
+        sim.updateMetadata(origin) { $0.zone = zone }
+        let originID = sim.id(of: origin)
+        let start = sim.now
+        let ok = sim.run(step: .milliseconds(50), limit: .seconds(120)) {
+            sim.nodes.indices.allSatisfy { $0 == origin || sim.nodes[$0].instance.member(originID)?.info.zone == zone }
+        }
+        let interval = settings.probeInterval.seconds
+        if ok { periods.append((sim.now - start).seconds / interval) }
+        sim.run(for: .seconds(10))
+    }
+    let goal = 3 * (Double(n).exponent + 1)
+    print("dissemination, \(n) nodes: one metadata update reached every node in \(periods.map { fmt($0) }.joined(separator: ", ")) protocol periods (goal ≤ 3·log2(n) ≈ \(Int(goal)))")
+}
+
+func bandwidth(n: Int, seed: UInt64) {
+    var network = ClusterSimulation.Network()
+    network.measureBytes = true
+    let sim = ClusterSimulation(seed: seed, network: network)
+    guard formCluster(sim, n: n, spacing: .milliseconds(20)) != nil else { print("no convergence"); return }
+    sim.run(for: .seconds(120))  // let the join's backlog drain
+    let before = sim.nodes.map { $0.bytesSent }
+    let beforePushPull = sim.nodes.map { $0.pushPullBytesSent }
+    let beforePackets = sim.nodes.map { $0.packetsSent }
+    let seconds = 60.0
+    sim.run(for: .seconds(60))
+    let bytes = zip(sim.nodes, before).map { Double($0.bytesSent - $1) / seconds }
+    let packets = zip(sim.nodes, beforePackets).map { Double($0.packetsSent - $1) / seconds }
+    let mean = bytes.reduce(0, +) / Double(n)
+    let pushPull = zip(sim.nodes, beforePushPull).map { Double($0.pushPullBytesSent - $1) / seconds }
+    print("gossip bandwidth, \(n) nodes, steady state, encrypted UDP payload bytes sent per node: mean \(Int(mean)) B/s, p99 \(Int(percentile(bytes, 0.99))) B/s, \(fmt(packets.reduce(0, +) / Double(n))) packets/s")
+    print("push-pull TCP, same nodes and window: mean \(Int(pushPull.reduce(0, +) / Double(n))) B/s per node sent")
+    // Churn: one metadata update per second somewhere in the cluster.
+    let before2 = sim.nodes.map { $0.bytesSent }
+    for s in 0..<60 {
+        sim.updateMetadata(s * 7 % n) { $0.capacity.cores += 1 }
+        sim.run(for: .seconds(1))
+    }
+    let churn = zip(sim.nodes, before2).map { Double($0.bytesSent - $1) / seconds }
+    print("gossip bandwidth, \(n) nodes, one metadata update per second: mean \(Int(churn.reduce(0, +) / Double(n))) B/s per node")
+}
+
+if which == "detection" || which == "all" { detection(trials: 200, n: 5) }
+if which == "false-dead10" { falseDead(n: 100, loss: 0.10, minutes: minutes, seed: 10) }
+if which == "false-dead" || which == "all" {
+    falseDead(n: 100, loss: 0.05, minutes: minutes, seed: 5)
+    falseDead(n: 100, loss: 0.10, minutes: minutes, seed: 10)
+}
+if which == "dissemination" || which == "all" { dissemination(n: 1000, seed: 42) }
+if which == "bandwidth" || which == "all" { bandwidth(n: 100, seed: 7) }
+
+if which == "join" {
+    let n = Int(getenv("KAA_SIM_N").map { String(cString: $0) } ?? "300") ?? 300
+    let sim = ClusterSimulation(seed: 42)
+    var counts: [String: Int] = [:]
+    sim.onEvent = { _, e, _ in
+        let k = "\(e)".split(separator: " ")[0]
+        counts[String(k), default: 0] += 1
+    }
+    let t = formCluster(sim, n: n, spacing: .milliseconds(5))
+    print("converged: \(t.map { fmt($0.seconds) } ?? "no") events: \(counts.sorted { $0.key < $1.key })")
+}
