@@ -197,8 +197,8 @@ public final class Node: Sendable {
             }
             guard let http else { return finish() }
             http.shutdownOnLoop(grace: grace) {
-                // Give the leave announcement a moment to travel before the sockets close.
-                self.loop.schedule(after: .milliseconds(200)) { finish() }
+                // Give the leave announcement a couple of protocol periods to travel.
+                self.loop.schedule(after: (gossip?.value.instance.settings.probeInterval ?? .zero) * 2) { finish() }
             }
         }
     }

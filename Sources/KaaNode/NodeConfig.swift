@@ -92,6 +92,9 @@ public struct NodeConfig: Sendable {
             c.serving.modelQueue = try integer(v, key: "model_queue", min: 0) },
         Key(name: "default_deadline", help: "deadline of a call without a Kaa-Deadline-Ms header (e.g. 10s)") { c, v in
             c.serving.defaultDeadline = try duration(v, key: "default_deadline") },
+        Key(name: "inline_threshold", help: "models whose calls measure under this run on the event loop itself (e.g. 100us; 0 never)") { c, v in
+            c.serving.inlineThreshold = v == "0" ? .zero : v.hasSuffix("us") ? .microseconds(try integer(String(v.dropLast(2)), key: "inline_threshold", min: 0))
+                : try duration(v, key: "inline_threshold") },
         Key(name: "pinned_models", help: "comma-separated models (name or name@version) loaded at start, never evicted") { c, v in
             c.serving.pinned = v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
         Key(name: "gossip_plaintext", help: "true to gossip unencrypted (trusted networks and tests only)") { c, v in

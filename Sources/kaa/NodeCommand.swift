@@ -66,6 +66,8 @@ extension Kaa {
         var defaultDeadline: String?
         @Option(help: "Comma-separated models (name or name@version) loaded at start and never evicted.")
         var pinnedModels: String?
+        @Option(help: "Models whose calls measure under this run on the event loop itself, e.g. 100us (0: never).")
+        var inlineThreshold: String?
 
         var flagValues: [String: String] {
             let pairs: [(String, String?)] = [
@@ -78,6 +80,7 @@ extension Kaa {
                 ("gossip_plaintext", gossipPlaintext), ("memory_budget", memoryBudget),
                 ("model_concurrency", modelConcurrency), ("model_queue", modelQueue),
                 ("default_deadline", defaultDeadline), ("pinned_models", pinnedModels),
+                ("inline_threshold", inlineThreshold),
             ]
             return Dictionary(uniqueKeysWithValues: pairs.compactMap { k, v in v.map { (k, $0) } })
         }

@@ -25,7 +25,7 @@ import Testing
         #expect(try c.readResponse().status == 200)
         #expect(try c.readResponse().status == 200)
         let meta = try c.readResponse()
-        #expect(meta.text == #"{"name":"kaa","version":"\#(KaaVersion.string)","extensions":[]}"#)
+        #expect(meta.text == #"{"name":"kaa","version":"\#(KaaVersion.string)","extensions":["binary_tensor_data","model_repository"]}"#)
         node.signal(SIGTERM)
         #expect(node.wait() == 0)
         #expect(node.stderr.contains("signal received; shutting down signal=15"))

@@ -151,7 +151,7 @@ public enum InferenceCodec {
         let storage: Tensor.Storage
         if let size = input["parameters"]?["binary_data_size"] {
             guard let n = size.int64, n >= 0, binaryOffset + Int(n) <= body.count else {
-                throw InferenceInputError("input `\(name)`: binary_data_size \(render([size])) runs past the end of the body")
+                throw InferenceInputError("input `\(name)`: binary_data_size \(size.int64.map(String.init) ?? size.typeName) runs past the end of the body")
             }
             let bytes = body[binaryOffset..<(binaryOffset + Int(n))]
             binaryOffset += Int(n)

@@ -331,6 +331,11 @@ public final class ModelServer {
     }
 
     private func admit(_ call: PendingCall, to m: LoadedModel) {
+        if loop.nowNanoseconds > call.deadline {
+            metrics.record(model: m.id.name, status: .gatewayTimeout, seconds: Double(loop.nowNanoseconds - call.started) / 1e9)
+            call.responder.respond(.error(.gatewayTimeout, "\(m.id): the deadline passed before the call could start (loading the model took longer)"))
+            return
+        }
         if let average = m.averageRunNanos, average < Double(config.inlineThreshold.nanosecondsClamped), m.running == 0 {
             // A tiny model: running it here costs less than handing it to a worker.
             runInline(call, on: m)

@@ -1,0 +1,240 @@
+import Foundation
+import Glibc
+import KaaCore
+import KaaTestSupport
+import Testing
+
+/// The Open Inference Protocol on a real node process with the real sample models.
+@Suite struct ServingTests {
+    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized.path
+
+    /// Builds `name@version` from a sample model and publishes it to the node on `port`.
+    static func publish(_ sample: String, as name: String, version: Int, port: UInt16, dir: TemporaryDirectory) throws {
+        let out = dir.path + "/\(name)-\(version).kaa"
+        let build = try KaaProcess.run(["snapshot", "build", "--model", "\(repo)/snapshots/\(sample)/model.onnx",
+                                        "--name", name, "--version", "\(version)", "--out", out])
+        guard build.0 == 0 else { throw RawSocketError("build: \(build.2)") }
+        let pub = try KaaProcess.run(["publish", out, "--to", "http://127.0.0.1:\(port)"])
+        guard pub.0 == 0 else { throw RawSocketError("publish: \(pub.2)") }
+    }
+
+    static func post(_ c: RawSocket, _ path: String, _ body: String, headers: String = "") throws -> RawResponse {
+        try c.send("POST \(path) HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\(headers)\r\n\(body)")
+        return try c.readResponse()
+    }
+
+    static func json(_ r: RawResponse) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any])
+    }
+
+    static let irisRows = #"[[5.1,3.5,1.4,0.2],[6.7,3.0,5.2,2.3],[5.9,3.0,4.2,1.5]]"#
+
+    @Test func everyEndpointAndErrorClass() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let (node, port) = try NodeProcessTests.startNode(dir)
+        defer { node.signal(SIGTERM); node.wait() }
+        try ServingTests.publish("iris-logreg", as: "iris", version: 1, port: port, dir: dir)
+        try ServingTests.publish("iris-logreg", as: "iris", version: 2, port: port, dir: dir)
+        try ServingTests.publish("news-text", as: "news", version: 1, port: port, dir: dir)
+        let c = try RawSocket(port: port)
+
+        // Server metadata and readiness.
+        try c.send("GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(try ServingTests.json(c.readResponse())["extensions"] as? [String] == ["binary_tensor_data", "model_repository"])
+        try c.send("GET /v2/models/iris/ready HTTP/1.1\r\nHost: x\r\n\r\nGET /v2/models/iris/versions/2/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(try c.readResponse().status == 200)
+        #expect(try c.readResponse().status == 200)
+
+        // Model metadata from the snapshot's signature.
+        try c.send("GET /v2/models/iris HTTP/1.1\r\nHost: x\r\n\r\n")
+        let meta = try ServingTests.json(c.readResponse())
+        #expect(meta["versions"] as? [String] == ["1", "2"])
+        let inputs = try #require(meta["inputs"] as? [[String: Any]])
+        #expect(inputs.first?["datatype"] as? String == "FP32")
+        #expect(inputs.first?["shape"] as? [Int] == [-1, 4])
+
+        // Infer: nested data, id echoed, the latest version when there is no `stable` alias.
+        let ok = try ServingTests.post(c, "/v2/models/iris/infer",
+            #"{"id":"req-7","inputs":[{"name":"input","shape":[3,4],"datatype":"FP32","data":\#(ServingTests.irisRows)}]}"#)
+        #expect(ok.status == 200, "\(ok.text)")
+        let answer = try ServingTests.json(ok)
+        #expect(answer["id"] as? String == "req-7")
+        #expect(answer["model_version"] as? String == "2")
+        let outputs = try #require(answer["outputs"] as? [[String: Any]])
+        let labels = try #require(outputs.first { $0["name"] as? String == "output_label" })
+        #expect(labels["data"] as? [Int] == [0, 2, 1])
+        #expect(labels["datatype"] as? String == "INT64")
+        let probabilities = try #require(outputs.first { $0["name"] as? String == "output_probability" })
+        #expect(probabilities["shape"] as? [Int] == [3, 3])
+
+        // Flat data, an explicit version, a requested subset of outputs.
+        let subset = try ServingTests.post(c, "/v2/models/iris/versions/1/infer",
+            #"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[6.7,3.0,5.2,2.3]}],"outputs":[{"name":"output_label"}]}"#)
+        let subsetJSON = try ServingTests.json(subset)
+        #expect(subsetJSON["model_version"] as? String == "1")
+        #expect((subsetJSON["outputs"] as? [[String: Any]])?.map { $0["name"] as? String } == ["output_label"])
+
+        // BYTES input for the text model.
+        let text = try ServingTests.post(c, "/v2/models/news/infer",
+            #"{"inputs":[{"name":"input","shape":[2,1],"datatype":"BYTES","data":["the striker scored a late goal","the central bank raised interest rates"]}]}"#)
+        #expect(text.status == 200, "\(text.text)")
+        #expect((try ServingTests.json(text)["outputs"] as? [[String: Any]])?.first?["datatype"] as? String == "BYTES")
+
+        // Error classes, each naming what is wrong.
+        let cases: [(String, String, Int, String)] = [
+            ("/v2/models/nope/infer", "{}", 404, "model `nope` does not exist; models: iris, news"),
+            ("/v2/models/iris/versions/9/infer", "{}", 404, "model `iris` has no version 9; versions: 1, 2"),
+            ("/v2/models/iris/infer", "{not json", 400, "is not valid JSON"),
+            ("/v2/models/iris/infer", #"{"inputs":[]}"#, 400, "input `input` is missing"),
+            ("/v2/models/iris/infer", #"{"inputs":[{"name":"input","shape":[1,4],"datatype":"INT64","data":[1,2,3,4]}]}"#, 400,
+             "input `input` has datatype INT64, the model expects FP32"),
+            ("/v2/models/iris/infer", #"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#, 400,
+             "dimension 1 must be 4"),
+            ("/v2/models/iris/infer", #"{"inputs":[{"name":"input","shape":[2,4],"datatype":"FP32","data":[1,2,3,4]}]}"#, 400,
+             "input `input` has 4 values; shape [2, 4] needs 8"),
+            ("/v2/models/iris/infer", #"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,"x",4]}]}"#, 400,
+             "element 2 is a string, not a number"),
+            ("/v2/models/iris/infer", #"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP16","data":[1,2,3,4]}]}"#, 400,
+             "datatype FP16 is not supported by the engine"),
+            ("/v2/models/iris/infer", #"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[[1,2],[3,4]]}]}"#, 400,
+             "nested `data` does not match shape"),
+            ("/v2/models/iris/infer", #"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}],"outputs":[{"name":"nope"}]}"#, 400,
+             "output `nope` does not exist"),
+            ("/v2/models/iris/infer", #"{"inputs":[{"name":"other","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#, 400,
+             "input `other` does not exist; the model needs `input` FP32 [-1, 4]"),
+        ]
+        for (path, body, status, message) in cases {
+            let r = try ServingTests.post(c, path, body)
+            #expect(r.status == status, "\(path) \(body): \(r.text)")
+            #expect(r.text.contains(message), "\(path) \(body): \(r.text)")
+        }
+        let badDeadline = try ServingTests.post(c, "/v2/models/iris/infer", "{}", headers: "Kaa-Deadline-Ms: soon\r\n")
+        #expect(badDeadline.status == 400)
+
+        // Repository extension: index, unload (503), load again.
+        let index = try ServingTests.post(c, "/v2/repository/index", "{}")
+        let entries = try #require(try JSONSerialization.jsonObject(with: Data(index.body)) as? [[String: Any]])
+        #expect(entries.count == 3)
+        #expect(try ServingTests.post(c, "/v2/repository/models/iris/unload", "{}").status == 200)
+        let gone = try ServingTests.post(c, "/v2/models/iris/infer",
+            #"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#)
+        #expect(gone.status == 503)
+        #expect(gone.text.contains("was unloaded"))
+        #expect(try ServingTests.post(c, "/v2/repository/models/iris/load", "").status == 200)
+        #expect(try ServingTests.post(c, "/v2/models/iris/infer",
+            #"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#).status == 200)
+
+        // Metrics.
+        try c.send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        let metrics = try c.readResponse().text
+        #expect(metrics.contains(#"kaa_inference_requests_total{model="iris",code="200"}"#))
+        #expect(metrics.contains(#"kaa_inference_requests_total{model="nope",code="404"}"#))
+        #expect(metrics.contains("kaa_model_loads_total"))
+        #expect(metrics.contains(#"kaa_inference_duration_seconds_bucket{model="iris""#))
+    }
+
+    @Test func binaryTensorDataBothWays() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let (node, port) = try NodeProcessTests.startNode(dir)
+        defer { node.signal(SIGTERM); node.wait() }
+        try ServingTests.publish("iris-logreg", as: "iris", version: 1, port: port, dir: dir)
+        let floats: [Float] = [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]
+        var blob: [UInt8] = []
+        for f in floats { withUnsafeBytes(of: f.bitPattern.littleEndian) { blob += $0 } }
+        let header = #"{"inputs":[{"name":"input","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"outputs":[{"name":"output_label","parameters":{"binary_data":true}}]}"#
+        let body = Array(header.utf8) + blob
+        let c = try RawSocket(port: port)
+        try c.send("POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: \(header.utf8.count)\r\nContent-Length: \(body.count)\r\n\r\n")
+        try c.send(body)
+        let r = try c.readResponse()
+        #expect(r.status == 200, "\(r.text)")
+        let jsonLength = try #require(Int(r.headers["inference-header-content-length"] ?? ""))
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(r.body[0..<jsonLength])) as? [String: Any])
+        let output = try #require((json["outputs"] as? [[String: Any]])?.first)
+        #expect((output["parameters"] as? [String: Any])?["binary_data_size"] as? Int == 16)
+        let labels = r.body[jsonLength...].withUnsafeBytes { raw in (0..<2).map { Int64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) } }
+        #expect(labels == [0, 2])
+
+        // Binary sizes that do not add up are refused.
+        let short = Array(header.utf8) + blob.prefix(20)
+        try c.send("POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: \(header.utf8.count)\r\nContent-Length: \(short.count)\r\n\r\n")
+        try c.send(short)
+        let refused = try c.readResponse()
+        #expect(refused.status == 400)
+        #expect(refused.text.contains("binary_data_size 32 runs past the end of the body"), "\(refused.text)")
+    }
+
+    @Test func overloadAndDeadline() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        // Every call on the pool, one at a time, none waiting: the second of two pipelined calls
+        // arrives while the first runs and gets 429.
+        let (node, port) = try NodeProcessTests.startNode(dir, extra: ["--inline-threshold", "0", "--model-concurrency", "1", "--model-queue", "0"])
+        defer { node.signal(SIGTERM); node.wait() }
+        try ServingTests.publish("digits-mlp", as: "digits", version: 1, port: port, dir: dir)
+        let row = "[" + (0..<64).map { String($0 % 16) }.joined(separator: ",") + "]"
+        let body = #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":\#(row)}]}"#
+        let c = try RawSocket(port: port)
+        // A cold model with a 1 ms deadline: loading takes longer, so the call is refused.
+        let late = try ServingTests.post(c, "/v2/models/digits/infer", body, headers: "Kaa-Deadline-Ms: 1\r\n")
+        #expect(late.status == 504, "\(late.text)")
+        let request = "POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        try c.send(request + request)
+        let first = try c.readResponse(), second = try c.readResponse()
+        #expect(first.status == 200, "\(first.text)")
+        #expect(second.status == 429, "\(second.text)")
+        #expect(second.text.contains("is overloaded"))
+    }
+
+    @Test func lruEvictsUnderASmallBudgetAndPinnedModelsStay() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let (node, port) = try NodeProcessTests.startNode(dir, extra: ["--memory-budget", "1KiB", "--pinned-models", "m0"])
+        defer { node.signal(SIGTERM); node.wait() }
+        for i in 0..<6 { try ServingTests.publish("iris-logreg", as: "m\(i)", version: 1, port: port, dir: dir) }
+        let c = try RawSocket(port: port)
+        for round in 0..<2 {
+            for i in 0..<6 {
+                let r = try ServingTests.post(c, "/v2/models/m\(i)/infer",
+                    #"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#)
+                #expect(r.status == 200, "round \(round) m\(i): \(r.text)")
+            }
+        }
+        try c.send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        let metrics = try c.readResponse().text
+        func value(_ name: String) -> Double? {
+            metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ")[1]) }
+        }
+        // Every call but the pinned model's loads again: 1 + 5 * 2 loads, 5 * 2 - ... evictions.
+        #expect(value("kaa_model_loads_total") == 11)
+        #expect((value("kaa_model_evictions_total") ?? 0) >= 9)
+        #expect(value("kaa_models_loaded") == 2) // the pinned one and the last one used
+        #expect(node.stderr.contains("model evicted"))
+    }
+
+    @Test func anAliasSwitchUnderLoadFailsNoRequest() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let (node, port) = try NodeProcessTests.startNode(dir)
+        defer { node.signal(SIGTERM); node.wait() }
+        try ServingTests.publish("iris-logreg", as: "iris", version: 1, port: port, dir: dir)
+        try ServingTests.publish("iris-logreg", as: "iris", version: 2, port: port, dir: dir)
+        #expect(try KaaProcess.run(["alias", "set", "iris", "stable", "1", "--to", "http://127.0.0.1:\(port)"]).0 == 0)
+        let body = #"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#
+        let c = try RawSocket(port: port)
+        var versions: [String] = []
+        for i in 0..<400 {
+            if i == 200 {
+                let switched = try KaaProcess.run(["alias", "set", "iris", "stable", "2", "--to", "http://127.0.0.1:\(port)"])
+                #expect(switched.0 == 0)
+            }
+            let r = try ServingTests.post(c, "/v2/models/iris/infer", body)
+            #expect(r.status == 200)
+            versions.append(try ServingTests.json(r)["model_version"] as? String ?? "?")
+        }
+        #expect(versions.prefix(200).allSatisfy { $0 == "1" })
+        #expect(versions.suffix(200).allSatisfy { $0 == "2" }) // takes effect for the next request at once
+    }
+}
