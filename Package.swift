@@ -12,6 +12,8 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "kaa", targets: ["kaa"]),
+        // For Benchmarks/ (a separate package) and for embedding the engine.
+        .library(name: "KaaEngine", targets: ["KaaEngine"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
