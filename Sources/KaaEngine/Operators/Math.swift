@@ -1,3 +1,4 @@
+import COpenBLAS
 import Foundation
 
 /// Elementwise arithmetic, activations, Softmax, Gemm, MatMul and BatchNormalization.
@@ -190,7 +191,17 @@ enum MathOps {
     /// C (+)= A × B for Float, with 8-wide SIMD over columns and four rows of B per pass, so
     /// each pass loads and stores a row of C once for four multiply-adds. Uses only baseline
     /// x86-64 / arm64 vector instructions (SIMD8 lowers to two SSE or NEON registers).
+    /// Products of at least this many multiply-adds go to OpenBLAS, whose kernels are chosen
+    /// for the CPU at run time (AVX2, AVX-512 where present); smaller ones stay here, where a
+    /// call costs less.
+    static let blasThreshold = 64 * 1024
+
     static func sgemmAccumulate(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, m: Int, k: Int, n: Int) {
+        if m * n * k >= blasThreshold, m < Int(Int32.max), n < Int(Int32.max), k < Int(Int32.max) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k),
+                        1, a, Int32(k), b, Int32(n), 1, c, Int32(n))
+            return
+        }
         let n8 = n & ~7
         let k4 = k & ~3
         for i in 0..<m {
