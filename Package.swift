@@ -12,6 +12,8 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "kaa", targets: ["kaa"]),
+        // For Benchmarks/ (a separate package) and for embedding the engine.
+        .library(name: "KaaEngine", targets: ["KaaEngine"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -29,6 +31,8 @@ let package = Package(
         .systemLibrary(name: "CLibUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
         .systemLibrary(name: "CHTTPParser", providers: [.apt(["libhttp-parser-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        // Only KaaEngine imports COpenBLAS (large matrix products).
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-serial-dev"])]),
 
         .target(name: "KaaCore", swiftSettings: strict),
         .target(
@@ -45,6 +49,7 @@ let package = Package(
             name: "KaaEngine",
             dependencies: [
                 "KaaCore",
+                "COpenBLAS",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             swiftSettings: strict),

@@ -12,6 +12,7 @@ packages=(
   libsqlite3-dev      # node catalog, through GRDB.swift
   wrk nginx-light     # tools/bench-http.sh: load generator and the nginx baseline
   curl procps         # README quick start, tests reading /proc
+  libopenblas-serial-dev  # KaaEngine: single-threaded OpenBLAS for large matrix products
   libonnx-testdata    # KaaEngine tests: the ONNX backend node tests (/usr/share/libonnx-testdata)
 )
 

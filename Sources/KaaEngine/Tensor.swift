@@ -90,6 +90,24 @@ public struct Tensor: Sendable, Equatable {
         precondition(storage.count == shape.reduce(1, *), "\(storage.count) elements for shape \(shape)")
     }
 
+    /// A tensor from untrusted parts (a request's shape and data): throws instead of trapping
+    /// when a dimension is negative, the element count overflows, or the data does not fill
+    /// the shape exactly.
+    public init(validating shape: [Int], storage: Storage) throws {
+        guard shape.count <= 32 else { throw EngineError.input("shape \(shape) has more than 32 dimensions") }
+        var n = 1
+        for d in shape {
+            guard d >= 0 else { throw EngineError.input("shape \(shape) has a negative dimension") }
+            let (p, overflow) = n.multipliedReportingOverflow(by: d)
+            guard !overflow else { throw EngineError.input("shape \(shape) has too many elements") }
+            n = p
+        }
+        guard n == storage.count else {
+            throw EngineError.input("shape \(shape) needs \(n) elements, the data has \(storage.count)")
+        }
+        self.init(shape: shape, storage: storage)
+    }
+
     /// A float32 tensor.
     public init(shape: [Int], floats: [Float]) { self.init(shape: shape, storage: .float32(floats)) }
     /// A float64 tensor.

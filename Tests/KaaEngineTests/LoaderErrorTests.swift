@@ -150,3 +150,20 @@ struct SplitMix64: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+@Suite struct TensorTests {
+    @Test func validatingInitializerRefusesBadShapes() throws {
+        #expect(throws: EngineError.self) { try Tensor(validating: [2, 3], storage: .float32([1, 2])) }
+        #expect(throws: EngineError.self) { try Tensor(validating: [-1], storage: .float32([])) }
+        #expect(throws: EngineError.self) { try Tensor(validating: [1 << 40, 1 << 40], storage: .float32([])) }
+        let t = try Tensor(validating: [1, 2], storage: .int64([3, 4]))
+        #expect(t.dtype == .int64 && t.count == 2)
+    }
+
+    @Test func onnxTensorRoundTrip() throws {
+        let t = Tensor(shape: [2], strings: ["a", "bé"])
+        #expect(try Tensor(onnxTensorBytes: t.onnxTensorBytes()) == t)
+        let f = Tensor(shape: [1, 3], floats: [1.5, -2, .infinity])
+        #expect(try Tensor(onnxTensorBytes: f.onnxTensorBytes()) == f)
+    }
+}

@@ -14,6 +14,20 @@ struct TreeEnsemble: Sendable {
     var leafWeights: [[(Int, Float)]] = []
     var roots: [Int] = []
     var featureCount = 0
+    /// The nodes packed for the walk: one struct per node, leaves' weights in flat arrays.
+    struct Node: Sendable {
+        var feature: Int32
+        var mode: Mode
+        var missingTrue: Bool
+        var threshold: Float
+        var trueChild: Int32
+        var falseChild: Int32
+        var weightStart: Int32
+        var weightEnd: Int32
+    }
+    var packed: [Node] = []
+    var weightTarget: [Int] = []
+    var weightValue: [Float] = []
 
     /// Reads the node arrays common to both operators; `prefix` is `class` or `target`.
     init(_ a: inout Attributes, _ ctx: BuildContext, prefix: String, outputs: Int) throws {
@@ -84,6 +98,14 @@ struct TreeEnsemble: Sendable {
             guard wIds[i] >= 0, wIds[i] < outputs else { throw ctx.bad("\(prefix)_ids has \(wIds[i]); there are \(outputs) outputs") }
             leafWeights[node].append((Int(wIds[i]), weights[i]))
         }
+        guard n < Int(Int32.max) / 2, wTrees.count < Int(Int32.max) / 2 else { throw ctx.bad("has too many nodes") }
+        for i in 0..<n {
+            let start = Int32(weightTarget.count)
+            for (t, w) in leafWeights[i] { weightTarget.append(t); weightValue.append(w) }
+            packed.append(Node(feature: Int32(feature[i]), mode: mode[i], missingTrue: missingTrue[i], threshold: threshold[i],
+                               trueChild: Int32(trueChild[i]), falseChild: Int32(falseChild[i]),
+                               weightStart: start, weightEnd: Int32(weightTarget.count)))
+        }
     }
 
     struct Pair: Hashable { let t: Int64, n: Int64; init(_ t: Int64, _ n: Int64) { self.t = t; self.n = n } }
@@ -99,15 +121,16 @@ struct TreeEnsemble: Sendable {
 
     /// The leaf a row reaches in the tree at `root`.
     @inline(__always)
-    func leaf(_ root: Int, _ x: UnsafeBufferPointer<Float>) -> Int {
+    static func leaf(_ root: Int, _ nodes: UnsafeBufferPointer<Node>, _ x: UnsafePointer<Float>) -> Int {
         var i = root
         while true {
-            let m = mode[i]
+            let node = nodes[i]
+            let m = node.mode
             if m == .leaf { return i }
-            let v = x[feature[i]], th = threshold[i]
+            let v = x[Int(node.feature)], th = node.threshold
             let go: Bool
             if v.isNaN {
-                go = missingTrue[i] || m == .neq
+                go = node.missingTrue || m == .neq
             } else {
                 switch m {
                 case .leq: go = v <= th
@@ -119,34 +142,38 @@ struct TreeEnsemble: Sendable {
                 case .leaf: go = false
                 }
             }
-            i = go ? trueChild[i] : falseChild[i]
+            i = Int(go ? node.trueChild : node.falseChild)
         }
     }
 
     /// Scores of every row: aggregate of the reached leaves' weights, plus base values.
     func scores(_ x: [Float], rows n: Int, cols c: Int, outputs k: Int, aggregate: Aggregate, base: [Float]) throws -> [Float] {
         guard c >= featureCount else { throw EngineError.runtime("input has \(c) features; the trees read feature \(featureCount - 1)") }
+        guard x.count >= n * c else { throw EngineError.runtime("input has \(x.count) values for \(n) rows of \(c)") }
         var out = [Float](repeating: 0, count: n * k)
         var has = [Bool](repeating: false, count: k)
-        x.withUnsafeBufferPointer { px in
+        let treeCount = Float(roots.count)
+        x.withUnsafeBufferPointer { px in packed.withUnsafeBufferPointer { nodes in roots.withUnsafeBufferPointer { roots in
+        weightTarget.withUnsafeBufferPointer { wt in weightValue.withUnsafeBufferPointer { wv in out.withUnsafeMutableBufferPointer { po in
             for r in 0..<n {
-                let row = UnsafeBufferPointer(rebasing: px[r * c..<(r + 1) * c])
-                for j in 0..<k { has[j] = false }
+                let row = px.baseAddress! + r * c
                 let o = r * k
+                if aggregate == .min || aggregate == .max { for j in 0..<k { has[j] = false } }
                 for root in roots {
-                    for (t, w) in leafWeights[leaf(root, row)] {
+                    let node = nodes[TreeEnsemble.leaf(root, nodes, row)]
+                    for e in Int(node.weightStart)..<Int(node.weightEnd) {
+                        let t = wt[e], w = wv[e]
                         switch aggregate {
-                        case .sum, .average: out[o + t] += w
-                        case .min: out[o + t] = has[t] ? min(out[o + t], w) : w
-                        case .max: out[o + t] = has[t] ? max(out[o + t], w) : w
+                        case .sum, .average: po[o + t] += w
+                        case .min: po[o + t] = has[t] ? min(po[o + t], w) : w; has[t] = true
+                        case .max: po[o + t] = has[t] ? max(po[o + t], w) : w; has[t] = true
                         }
-                        has[t] = true
                     }
                 }
-                if aggregate == .average { for j in 0..<k { out[o + j] /= Float(roots.count) } }
-                if !base.isEmpty { for j in 0..<k { out[o + j] += base[j] } }
+                if aggregate == .average { for j in 0..<k { po[o + j] /= treeCount } }
+                if !base.isEmpty { for j in 0..<k { po[o + j] += base[j] } }
             }
-        }
+        } } } } } }
         return out
     }
 

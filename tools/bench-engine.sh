@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Benchmark: Kaa's engine vs onnxruntime (intra_op_num_threads=1) on the sample models and a
+# PyTorch-style MLP 784-256-128-10, batch 1 and 64, medians of thousands of calls after warm-up.
+# Builds Benchmarks/ in release, uses the .venv that tools/export-samples.sh creates.
+# Usage: tools/bench-engine.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then tools/export-samples.sh; fi
+(cd Benchmarks && swift build -c release --product kaa-bench)
+.venv/bin/python tools/bench-engine.py "$PWD/Benchmarks/.build/release/kaa-bench"
+echo "reproduce: tools/bench-engine.sh"
