@@ -32,11 +32,7 @@ struct MembersCommand: AsyncParsableCommand {
                          "\(m["incarnation"] as? Int ?? 0)", (m["zone"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? "-",
                          cap, formatAge(m["age_seconds"] as? Double ?? 0)])
         }
-        let widths = rows[0].indices.map { c in rows.map { $0[c].count }.max()! }
-        for row in rows {
-            print(row.enumerated().map { c, cell in cell.padding(toLength: widths[c], withPad: " ", startingAt: 0) }
-                .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
-        }
+        printTable(rows)
     }
 }
 

@@ -87,3 +87,13 @@ func formatBytes(_ n: Int) -> String {
     }
     return unit == 0 ? "\(n) B" : String(format: "%.1f %@", value, units[unit])
 }
+
+/// Prints rows as columns aligned on the widest cell.
+func printTable(_ rows: [[String]]) {
+    guard let header = rows.first else { return }
+    let widths = header.indices.map { c in rows.map { c < $0.count ? $0[c].count : 0 }.max()! }
+    for row in rows {
+        print(row.enumerated().map { c, cell in cell.padding(toLength: widths[c], withPad: " ", startingAt: 0) }
+            .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
+    }
+}
