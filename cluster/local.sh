@@ -2,6 +2,8 @@
 # Starts a local Kaa cluster of N nodes on loopback and keeps it in the foreground until
 # Ctrl-C, which stops every node gracefully (SIGTERM by pid).
 # Usage: cluster/local.sh [N=3] [first HTTP port=7070]   (KAA=path/to/kaa to use another binary)
+# Unless KAA_SAMPLES=0, the sample snapshots are published to every node (cluster/samples.sh)
+# and their example rows scored.
 # Node i listens for HTTP on port+i-1 and for peers on port+876+i-1; data under .kaa-run/node-i.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +39,14 @@ for _ in $(seq 50); do   # until the first node sees all of them
 done
 echo
 "$kaa" members --to "http://127.0.0.1:$base"
+if [ "${KAA_SAMPLES:-1}" != 0 ]; then
+  # Until replication lands, every node gets its own copy of each sample.
+  urls=(); for i in $(seq 1 "$count"); do urls+=("http://127.0.0.1:$((base + i - 1))"); done
+  KAA="$kaa" cluster/samples.sh "${urls[@]}"
+fi
 echo
 echo "local cluster of $count nodes is up: HTTP on 127.0.0.1:$base..$((base + count - 1)); Ctrl-C stops it."
 echo "try: $kaa members --to http://127.0.0.1:$base"
+echo "     $kaa predict iris-logreg --input '{\"input\": [5.1, 3.5, 1.4, 0.2]}' --to http://127.0.0.1:$base"
+echo "     curl -s http://127.0.0.1:$base/metrics | grep kaa_"
 wait "${pids[@]}"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: builds Kaa and runs a local three-node cluster in the foreground until Ctrl-C.
-# What it shows grows with the project: today the nodes find each other by encrypted gossip
-# and answer health checks, the snapshot control API and peer pings.
+# The nodes find each other by encrypted gossip; each gets the sample snapshots and serves them
+# over the Open Inference Protocol, and the example rows of each sample are scored with
+# `kaa predict` (cluster/samples.sh).
 # Usage: tools/run.sh [nodes, default 3] [first HTTP port, default 7070]
 set -euo pipefail
 cd "$(dirname "$0")/.."

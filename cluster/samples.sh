@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds a snapshot of every sample under snapshots/ (version 1, reproducible bytes, with its
+# pipeline.yaml when there is one), publishes them to each node given, and scores each
+# sample's example rows (snapshots/NAME/example.jsonl) on the first node with `kaa predict`.
+# Usage: cluster/samples.sh http://127.0.0.1:7070 [http://... ...]   (KAA=path/to/kaa)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kaa=${KAA:-.build/release/kaa}
+[ $# -ge 1 ] || { echo "usage: cluster/samples.sh NODE_URL..." >&2; exit 2; }
+out=.kaa-run/snapshots
+mkdir -p "$out"
+for dir in snapshots/*/; do
+  name=$(basename "$dir")
+  [ -f "$dir/model.onnx" ] || continue
+  args=(snapshot build --model "$dir/model.onnx" --name "$name" --version 1
+        --created-at 2026-01-01T00:00:00Z --label sample=true --out "$out/$name.kaa")
+  [ -f "$dir/pipeline.yaml" ] && args+=(--pipeline "$dir/pipeline.yaml")
+  "$kaa" "${args[@]}" >/dev/null
+done
+for url in "$@"; do
+  if ! "$kaa" publish "$out" --to "$url"; then
+    echo "publishing the samples to $url failed; if a sample changed since the last run," \
+         "its version 1 differs from the stored one: remove .kaa-run and start again" >&2
+    exit 1
+  fi
+done
+for dir in snapshots/*/; do
+  name=$(basename "$dir")
+  [ -f "$dir/example.jsonl" ] || continue
+  echo
+  echo "\$ kaa predict $name --file $dir""example.jsonl --to $1"
+  "$kaa" predict "$name" --file "$dir/example.jsonl" --to "$1"
+done
