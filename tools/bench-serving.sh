@@ -37,9 +37,9 @@ cleanup() {
 trap cleanup EXIT
 
 "${pin_server[@]}" "$kaa" node --data-dir "$work/data" --http-addr 127.0.0.1:$kaa_port \
-  --peer-addr 127.0.0.1:$peer_port --log-level warning 2>"$work/kaa.log" & pids+=($!)
+  --peer-addr 127.0.0.1:$peer_port --log-level warning 2>"$work/kaa.log" & kaa_pid=$!; pids+=($kaa_pid)
 "${pin_server[@]}" "$python" tools/bench-serving-fastapi.py --model snapshots/digits-mlp/model.onnx \
-  --port $fastapi_port 2>"$work/fastapi.log" & pids+=($!)
+  --port $fastapi_port 2>"$work/fastapi.log" & fastapi_pid=$!; pids+=($fastapi_pid)
 for port in $kaa_port $fastapi_port; do
   for i in $(seq 200); do curl -sf "http://127.0.0.1:$port/v2/health/live" >/dev/null && break; sleep 0.1
     if [ "$i" = 200 ]; then echo "bench-serving: no server on port $port" >&2; cat "$work"/*.log >&2; exit 1; fi; done
@@ -90,31 +90,37 @@ PY
 # wrk's latency percentiles in microseconds.
 to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} }'; }
 bad_responses=0
-run() { # url [lua script] -> "rps p50 p99 non2xx socketerrors"
-  local url=$1; shift
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user + system time of a process
+tck=$(getconf CLK_TCK)
+run() { # server-pid url [lua script] -> "rps p50 p99 non2xx socketerrors cpu-us-per-request"
+  local pid=$1 url=$2; shift 2
+  local before; before=$(cpu_ticks "$pid")
   local out; out=$("${pin_client[@]}" wrk -t1 -c"$connections" -d"${duration}s" --latency "$@" "$url")
+  local after; after=$(cpu_ticks "$pid")
   local rps p50 p99 non2xx errors
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_us)
   p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_us)
   non2xx=$(awk '/Non-2xx or 3xx responses/ {print $NF}' <<<"$out"); non2xx=${non2xx:-0}
   errors=$(awk '/Socket errors/ {gsub(",", ""); print $4+$6+$8+$10}' <<<"$out"); errors=${errors:-0}
-  echo "$rps $p50 $p99 $non2xx $errors"
+  local requests; requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  local cpu; cpu=$(awk -v t=$((after - before)) -v hz="$tck" -v n="$requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  echo "$rps $p50 $p99 $non2xx $errors $cpu"
 }
 infer_url=/v2/models/digits/infer
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs; $pinning)"
 "${pin_client[@]}" wrk -t1 -c"$connections" -d2s -s "$work/post.lua" "http://127.0.0.1:$kaa_port$infer_url" >/dev/null      # warm-up
 "${pin_client[@]}" wrk -t1 -c"$connections" -d2s -s "$work/post.lua" "http://127.0.0.1:$fastapi_port$infer_url" >/dev/null
-declare -A rps p50 p99
+declare -A rps p50 p99 cpu
 for r in $(seq "$rounds"); do
   for case in kaa-infer kaa-health fastapi-infer; do
     case $case in
-      kaa-infer) set -- "http://127.0.0.1:$kaa_port$infer_url" -s "$work/post.lua" ;;
-      kaa-health) set -- "http://127.0.0.1:$kaa_port/v2/health/live" ;;
-      fastapi-infer) set -- "http://127.0.0.1:$fastapi_port$infer_url" -s "$work/post.lua" ;;
+      kaa-infer) set -- $kaa_pid "http://127.0.0.1:$kaa_port$infer_url" -s "$work/post.lua" ;;
+      kaa-health) set -- $kaa_pid "http://127.0.0.1:$kaa_port/v2/health/live" ;;
+      fastapi-infer) set -- $fastapi_pid "http://127.0.0.1:$fastapi_port$infer_url" -s "$work/post.lua" ;;
     esac
-    read -r a b c n e < <(run "$@")
-    rps[$case]+="$a "; p50[$case]+="$b "; p99[$case]+="$c "
+    read -r a b c n e u < <(run "$@")
+    rps[$case]+="$a "; p50[$case]+="$b "; p99[$case]+="$c "; cpu[$case]+="$u "
     if [ "$n" != 0 ] || [ "$e" != 0 ]; then
       echo "round $r $case: $n non-2xx responses, $e socket errors" >&2; bad_responses=1
     fi
@@ -123,9 +129,9 @@ for r in $(seq "$rounds"); do
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 median() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-printf '\n%-14s %12s %10s %10s\n' "" "req/s" "p50 (us)" "p99 (us)"
+printf '\n%-14s %12s %10s %10s %16s\n' "" "req/s" "p50 (us)" "p99 (us)" "server CPU/req"
 for case in kaa-infer kaa-health fastapi-infer; do
-  printf '%-14s %12.0f %10s %10s\n' "$case" "$(median "${rps[$case]}")" "$(median "${p50[$case]}")" "$(median "${p99[$case]}")"
+  printf '%-14s %12.0f %10s %10s %13s us\n' "$case" "$(median "${rps[$case]}")" "$(median "${p50[$case]}")" "$(median "${p99[$case]}")" "$(median "${cpu[$case]}")"
 done
 k=$(median "${rps[kaa-infer]}"); h=$(median "${rps[kaa-health]}"); f=$(median "${rps[fastapi-infer]}")
 kp99=$(median "${p99[kaa-infer]}")
@@ -136,6 +142,9 @@ echo
 echo "kaa/fastapi infer:      ${ratio}x   (goal >= 50x: $(verdict "$ratio >= 50"))"
 echo "kaa infer p99:          ${kp99} us  (goal <= 2000 us: $(verdict "$kp99 <= 2000"))"
 echo "kaa infer / kaa health: ${share}%   (goal >= 60%: $(verdict "$share >= 60"))"
+kc=$(median "${cpu[kaa-infer]}"); hc=$(median "${cpu[kaa-health]}"); fc=$(median "${cpu[fastapi-infer]}")
+echo "by server CPU time per request (less sensitive to other load on a shared machine):"
+echo "  fastapi/kaa CPU per infer: $(awk -v a="$fc" -v b="$kc" 'BEGIN {printf "%.1f", a/b}')x;  kaa health/infer CPU: $(awk -v a="$hc" -v b="$kc" 'BEGIN {printf "%.0f", 100*a/b}')%"
 echo "(medians of $rounds interleaved rounds, ${duration}s each, $connections connections, wrk -t1; $pinning)"
 if [ "$bad_responses" != 0 ]; then echo "bench-serving: some responses were not 2xx or sockets failed; figures are not valid" >&2; fi
 echo "reproduce: tools/bench-serving.sh $duration $connections $rounds"
