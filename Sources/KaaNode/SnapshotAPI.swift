@@ -245,7 +245,7 @@ final class UploadSink: HTTPBodySink {
                 ])
                 if result.outcome == .stored {
                     var events: [SnapshotAPI.Event] = [.stored(result.record.id)]
-                    let report = try? api.store.applyRetention()
+                    let report = try? api.store.applyRetention(name: result.record.id.name)
                     if let report, !report.deleted.isEmpty {
                         api.logger.info("retention removed old versions", metadata: ["snapshots": "\(report.deleted)"])
                         events += report.deleted.map { .removed($0) }

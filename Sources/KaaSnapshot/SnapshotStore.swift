@@ -273,11 +273,21 @@ public final class SnapshotStore: Sendable {
     /// Keeps the newest ``Configuration/retainVersions`` versions of every model plus every
     /// aliased version; deletes the others unless leased, which become `retiring` and are
     /// deleted by a later pass once released.
+    ///
+    /// With `name`, the pass covers that model and every model with a `retiring` version only,
+    /// so a publish costs the same with 10 or 10,000 models in the store.
     @discardableResult
-    public func applyRetention() throws(SnapshotError) -> RetentionReport {
+    public func applyRetention(name: String? = nil) throws(SnapshotError) -> RetentionReport {
         var report = RetentionReport()
         let keep = max(1, configuration.retainVersions)
-        let byName = Dictionary(grouping: try list(), by: { $0.id.name })
+        var records: [SnapshotRecord]
+        if let name {
+            records = try list(name: name)
+            for other in try namesWithRetiringVersions() where other != name { records += try list(name: other) }
+        } else {
+            records = try list()
+        }
+        let byName = Dictionary(grouping: records, by: { $0.id.name })
         for name in byName.keys.sorted() {
             let versions = byName[name]!.sorted { $0.id.version > $1.id.version }
             let aliased = Set(try aliases(name: name).values)
@@ -309,6 +319,15 @@ public final class SnapshotStore: Sendable {
             ])
         }
         return report
+    }
+
+    private func namesWithRetiringVersions() throws(SnapshotError) -> [String] {
+        try catalog.run("list retiring") {
+            try catalog.pool.read { db in
+                try String.fetchAll(db, sql: "SELECT DISTINCT name FROM snapshot WHERE state = ? ORDER BY name",
+                                    arguments: [SnapshotRecord.State.retiring.rawValue])
+            }
+        }
     }
 
     private func setState(_ id: SnapshotID, _ state: SnapshotRecord.State) throws(SnapshotError) {

@@ -111,6 +111,10 @@ import Testing
         }
         let badDeadline = try ServingTests.post(c, "/v2/models/iris/infer", "{}", headers: "Kaa-Deadline-Ms: soon\r\n")
         #expect(badDeadline.status == 400)
+        // A compressed body (Triton's client with request_compression_algorithm) is named, not misparsed.
+        let gzipped = try ServingTests.post(c, "/v2/models/iris/versions/1/infer", "\u{1f}\u{8b}", headers: "Content-Encoding: gzip\r\n")
+        #expect(gzipped.status == 415, "\(gzipped.text)")
+        #expect(gzipped.text.contains("Content-Encoding `gzip` is not supported"), "\(gzipped.text)")
 
         // Repository extension: index, unload (503), load again.
         let index = try ServingTests.post(c, "/v2/repository/index", "{}")

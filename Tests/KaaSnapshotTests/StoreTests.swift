@@ -292,6 +292,24 @@ struct StoreFixture {
         #expect(files == ["1.kaa", "5.kaa", "6.kaa"])
     }
 
+    @Test func retentionForOneModelLeavesOthersButFinishesRetiringVersions() throws {
+        let f = try StoreFixture(retain: 1)
+        for v in 1...3 {
+            _ = try f.store.ingest(file: try buildSample(in: f.dir, version: v, out: "iris-\(v).kaa", seed: UInt8(v)).path)
+            _ = try f.store.ingest(file: try buildSample(in: f.dir, name: "wine", version: v, out: "wine-\(v).kaa", seed: UInt8(v)).path)
+        }
+        let lease = try f.store.acquireLease(SnapshotID(parsing: "iris@1"))
+        let first = try f.store.applyRetention(name: "iris")
+        #expect(first.deleted.map(\.description) == ["iris@2"])
+        #expect(first.deferred.map(\.description) == ["iris@1"])
+        #expect(try f.store.list(name: "wine").map(\.id.version) == [1, 2, 3]) // not this pass's model
+        f.store.releaseLease(lease)
+        // A pass for another model still deletes the released retiring version.
+        let second = try f.store.applyRetention(name: "wine")
+        #expect(second.deleted.map(\.description).sorted() == ["iris@1", "wine@1", "wine@2"])
+        #expect(try f.store.list().map(\.id.description) == ["iris@3", "wine@3"])
+    }
+
     @Test func crashBeforeRenameLeavesATempFileThatIsRemoved() throws {
         let f = try StoreFixture()
         _ = try f.store.ingest(file: try buildSample(in: f.dir).path)

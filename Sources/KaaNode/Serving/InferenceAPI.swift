@@ -13,9 +13,11 @@ struct InferenceAPI: Sendable {
     func addRoutes(to router: inout HTTPRouter) {
         let api = self
         router.add(.post, "/v2/models/{name}/infer") { request, responder in
+            if let refused = InferenceAPI.refuseEncodedBody(request) { return responder.respond(refused) }
             api.server.value.infer(request, name: request.pathParameters["name"]!, version: nil, responder: responder)
         }
         router.add(.post, "/v2/models/{name}/versions/{version}/infer") { request, responder in
+            if let refused = InferenceAPI.refuseEncodedBody(request) { return responder.respond(refused) }
             api.server.value.infer(request, name: request.pathParameters["name"]!,
                                    version: request.pathParameters["version"]!, responder: responder)
         }
@@ -85,6 +87,14 @@ struct InferenceAPI: Sendable {
                 responder.respond(HTTPResponse(headers: ["content-type": "text/plain; version=0.0.4"], body: body))
             }
         }
+    }
+
+    /// A compressed request body (`Content-Encoding: gzip`, as Triton's client sends with
+    /// `request_compression_algorithm`) gets 415 naming the encoding, not a JSON parse error.
+    static func refuseEncodedBody(_ request: HTTPRequest) -> HTTPResponse? {
+        guard let encoding = request.headers["content-encoding"], encoding.lowercased() != "identity" else { return nil }
+        return .error(HTTPStatus(415, "Unsupported Media Type"),
+                      "Content-Encoding `\(encoding)` is not supported; send the request body uncompressed")
     }
 
     static func answer(for error: any Error) -> HTTPResponse {

@@ -53,6 +53,12 @@ public enum InferenceCodec {
     /// Parses a request body. `headerLength` is `Inference-Header-Content-Length` when the body
     /// carries binary tensor data after its JSON header.
     public static func parseRequest(body: [UInt8], headerLength: Int?, model: Model) throws(InferenceInputError) -> InferRequest {
+        if headerLength == nil, let request = InferenceFastPath.parse(body, model: model) { return request }
+        return try parseGeneral(body: body, headerLength: headerLength, model: model)
+    }
+
+    /// Parses any request body through a JSON tree; names what is wrong with a bad one.
+    static func parseGeneral(body: [UInt8], headerLength: Int?, model: Model) throws(InferenceInputError) -> InferRequest {
         let jsonEnd: Int
         if let headerLength {
             guard headerLength >= 0, headerLength <= body.count else {
@@ -67,11 +73,7 @@ public enum InferenceCodec {
             throw InferenceInputError("the request body is not valid JSON: \(error)")
         }
         guard case .object = json else { throw InferenceInputError("the request body must be a JSON object with an `inputs` array") }
-        var id: String?
-        if let value = json["id"] {
-            guard let s = value.string else { throw InferenceInputError("`id` must be a string") }
-            id = s
-        }
+        let id = try requestID(json)
         guard let inputsJSON = json["inputs"]?.array else {
             throw InferenceInputError("the request has no `inputs` array; send {\"inputs\": [{\"name\", \"shape\", \"datatype\", \"data\"}]}")
         }
@@ -89,7 +91,20 @@ public enum InferenceCodec {
         for signature in model.inputs where inputs[signature.name] == nil {
             throw InferenceInputError("input `\(signature.name)` is missing; the model needs \(describe(model.inputs))")
         }
-        var outputs: [(String, Bool)] = []
+        let (outputs, binaryByDefault) = try requestedOutputs(json, model: model)
+        return InferRequest(id: id, inputs: inputs, outputs: outputs, binaryByDefault: binaryByDefault, batchSize: max(batch, 1))
+    }
+
+    /// The request's `id`, which must be a string when present.
+    static func requestID(_ json: JSON) throws(InferenceInputError) -> String? {
+        guard let value = json["id"] else { return nil }
+        guard let s = value.string else { throw InferenceInputError("`id` must be a string") }
+        return s
+    }
+
+    /// The `outputs` asked for (each with its binary flag) and `binary_data_output`.
+    static func requestedOutputs(_ json: JSON, model: Model) throws(InferenceInputError) -> ([(name: String, binary: Bool)], Bool) {
+        var outputs: [(name: String, binary: Bool)] = []
         var binaryByDefault = false
         if let parameters = json["parameters"], let b = parameters["binary_data_output"]?.bool { binaryByDefault = b }
         if let requested = json["outputs"] {
@@ -102,7 +117,7 @@ public enum InferenceCodec {
                 outputs.append((name, output["parameters"]?["binary_data"]?.bool ?? binaryByDefault))
             }
         }
-        return InferRequest(id: id, inputs: inputs, outputs: outputs, binaryByDefault: binaryByDefault, batchSize: max(batch, 1))
+        return (outputs, binaryByDefault)
     }
 
     static func describe(_ signatures: [TensorSignature]) -> String {
@@ -297,58 +312,55 @@ public enum InferenceCodec {
     /// JSON header's length for `Inference-Header-Content-Length`.
     public static func encodeResponse(modelName: String, modelVersion: Int, request: InferRequest,
                                       outputs: [String: Tensor], order: [TensorSignature]) -> (body: [UInt8], headerLength: Int?) {
-        var w = JSONWriter(capacity: 256)
+        var w = ResponseWriter(capacity: 256)
         w.raw("{\"model_name\":")
         w.string(modelName)
         w.raw(",\"model_version\":\"")
-        w.integer(modelVersion)
+        w.integer(Int64(modelVersion))
         w.raw("\"")
         if let id = request.id {
             w.raw(",\"id\":")
             w.string(id)
         }
         w.raw(",\"outputs\":[")
-        let selected: [(String, Bool)] = request.outputs.isEmpty
-            ? order.map { ($0.name, request.binaryByDefault) } : request.outputs
         var binary: [UInt8] = []
-        for (i, (name, wantsBinary)) in selected.enumerated() {
-            guard let tensor = outputs[name] else { continue }
-            if i > 0 { w.byte(UInt8(ascii: ",")) }
+        var first = true
+        func write(_ name: String, _ wantsBinary: Bool) {
+            guard let tensor = outputs[name] else { return }
+            if !first { w.byte(UInt8(ascii: ",")) }
+            first = false
             w.raw("{\"name\":")
             w.string(name)
             w.raw(",\"datatype\":\"")
             w.raw(staticName(tensor.dtype))
             w.raw("\",\"shape\":[")
-            let shape = tensor.mapKeys != nil ? [tensor.shape.first ?? 0, tensor.mapKeys!.count] : tensor.shape
-            for (j, d) in shape.enumerated() {
-                if j > 0 { w.byte(UInt8(ascii: ",")) }
-                w.integer(d)
+            if let keys = tensor.mapKeys {
+                w.integer(Int64(tensor.shape.first ?? 0))
+                w.byte(UInt8(ascii: ","))
+                w.integer(Int64(keys.count))
+            } else {
+                for (j, d) in tensor.shape.enumerated() {
+                    if j > 0 { w.byte(UInt8(ascii: ",")) }
+                    w.integer(Int64(d))
+                }
             }
             w.raw("]")
-            var parameters: [(String, (inout JSONWriter) -> Void)] = []
-            if let keys = tensor.mapKeys {
-                parameters.append(("map_keys", { w in
-                    w.byte(UInt8(ascii: "["))
+            if tensor.mapKeys != nil || wantsBinary {
+                w.raw(",\"parameters\":{")
+                if let keys = tensor.mapKeys {
+                    w.raw("\"map_keys\":[")
                     switch keys {
                     case .int64(let k): for (j, v) in k.enumerated() { if j > 0 { w.byte(UInt8(ascii: ",")) }; w.integer(v) }
                     case .string(let k): for (j, v) in k.enumerated() { if j > 0 { w.byte(UInt8(ascii: ",")) }; w.string(v) }
                     }
-                    w.byte(UInt8(ascii: "]"))
-                }))
-            }
-            if wantsBinary {
-                let before = binary.count
-                appendBinary(tensor.storage, to: &binary)
-                let size = binary.count - before
-                parameters.append(("binary_data_size", { w in w.integer(size) }))
-            }
-            if !parameters.isEmpty {
-                w.raw(",\"parameters\":{")
-                for (j, (key, write)) in parameters.enumerated() {
-                    if j > 0 { w.byte(UInt8(ascii: ",")) }
-                    w.string(key)
-                    w.byte(UInt8(ascii: ":"))
-                    write(&w)
+                    w.raw("]")
+                    if wantsBinary { w.byte(UInt8(ascii: ",")) }
+                }
+                if wantsBinary {
+                    let before = binary.count
+                    appendBinary(tensor.storage, to: &binary)
+                    w.raw("\"binary_data_size\":")
+                    w.integer(Int64(binary.count - before))
                 }
                 w.raw("}")
             }
@@ -359,10 +371,16 @@ public enum InferenceCodec {
             }
             w.raw("}")
         }
+        if request.outputs.isEmpty {
+            for signature in order { write(signature.name, request.binaryByDefault) }
+        } else {
+            for (name, wantsBinary) in request.outputs { write(name, wantsBinary) }
+        }
         w.raw("]}")
         if binary.isEmpty { return (w.bytes, nil) }
         let headerLength = w.bytes.count
-        return (w.bytes + binary, headerLength)
+        w.bytes.append(contentsOf: binary)
+        return (w.bytes, headerLength)
     }
 
     private static func staticName(_ dtype: DType) -> StaticString {
@@ -376,13 +394,13 @@ public enum InferenceCodec {
         }
     }
 
-    private static func appendJSONData(_ storage: Tensor.Storage, to w: inout JSONWriter) {
+    private static func appendJSONData(_ storage: Tensor.Storage, to w: inout ResponseWriter) {
         switch storage {
         case .float32(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.number(x) }
         case .float64(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.number(x) }
         case .int64(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.integer(x) }
-        case .int32(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.integer(x) }
-        case .bool(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.bool(x) }
+        case .int32(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.integer(Int64(x)) }
+        case .bool(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; x ? w.raw("true") : w.raw("false") }
         case .string(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.string(x) }
         }
     }
@@ -400,5 +418,64 @@ public enum InferenceCodec {
                 out.append(contentsOf: s.utf8)
             }
         }
+    }
+}
+
+/// Writes a response's JSON text the way `KaaCore.JSONWriter` does (same escapes, same number
+/// forms), specialised for the serving path: integers and floats are formatted in place, with
+/// no generic dispatch.
+struct ResponseWriter {
+    var bytes: [UInt8] = []
+
+    init(capacity: Int) { bytes.reserveCapacity(capacity) }
+
+    @inline(__always) mutating func raw(_ text: StaticString) {
+        text.withUTF8Buffer { bytes.append(contentsOf: $0) }
+    }
+
+    @inline(__always) mutating func byte(_ b: UInt8) { bytes.append(b) }
+
+    mutating func integer(_ v: Int64) {
+        if v < 0 { bytes.append(UInt8(ascii: "-")) }
+        var m = v.magnitude
+        let start = bytes.count
+        repeat {
+            bytes.append(UInt8(truncatingIfNeeded: 0x30 &+ m % 10))
+            m /= 10
+        } while m > 0
+        bytes[start...].reverse()
+    }
+
+    /// Shortest text that reads back as the same value; non-finite values become `null`.
+    mutating func number(_ v: Float) {
+        guard v.isFinite else { return raw("null") }
+        if v == v.rounded(), abs(v) < 1e7 { return integer(Int64(v)) }
+        bytes.append(contentsOf: v.description.utf8)
+    }
+
+    mutating func number(_ v: Double) {
+        guard v.isFinite else { return raw("null") }
+        if v == v.rounded(), abs(v) < 1e15 { return integer(Int64(v)) }
+        bytes.append(contentsOf: v.description.utf8)
+    }
+
+    mutating func string(_ s: String) {
+        bytes.append(UInt8(ascii: "\""))
+        for b in s.utf8 {
+            switch b {
+            case UInt8(ascii: "\""): bytes.append(0x5C); bytes.append(0x22)
+            case UInt8(ascii: "\\"): bytes.append(0x5C); bytes.append(0x5C)
+            case 0x0A: bytes.append(0x5C); bytes.append(UInt8(ascii: "n"))
+            case 0x0D: bytes.append(0x5C); bytes.append(UInt8(ascii: "r"))
+            case 0x09: bytes.append(0x5C); bytes.append(UInt8(ascii: "t"))
+            case 0..<0x20:
+                raw("\\u00")
+                let hex: StaticString = "0123456789abcdef"
+                bytes.append(hex.utf8Start[Int(b >> 4)])
+                bytes.append(hex.utf8Start[Int(b & 15)])
+            default: bytes.append(b)
+            }
+        }
+        bytes.append(UInt8(ascii: "\""))
     }
 }

@@ -1,0 +1,133 @@
+import Foundation
+import KaaEngine
+@testable import KaaNode
+import Testing
+
+/// The request fast path against the general parser, and the response encoder's exact text.
+@Suite struct InferenceCodecTests {
+    static func model(_ sample: String) throws -> Model {
+        try Model(onnx: Data(contentsOf: URL(fileURLWithPath: ServingTests.repo + "/snapshots/\(sample)/model.onnx")))
+    }
+
+    /// Parses `body` both ways; they must agree exactly (same request, or the same error).
+    static func agree(_ body: String, _ model: Model, sourceLocation: SourceLocation = #_sourceLocation) -> InferRequest? {
+        let bytes = Array(body.utf8)
+        let viaCodec = Result { () throws(InferenceInputError) in try InferenceCodec.parseRequest(body: bytes, headerLength: nil, model: model) }
+        let general = Result { () throws(InferenceInputError) in try InferenceCodec.parseGeneral(body: bytes, headerLength: nil, model: model) }
+        switch (viaCodec, general) {
+        case (.success(let a), .success(let b)):
+            #expect(a.id == b.id && a.inputs == b.inputs && a.binaryByDefault == b.binaryByDefault && a.batchSize == b.batchSize
+                    && a.outputs.map(\.name) == b.outputs.map(\.name) && a.outputs.map(\.binary) == b.outputs.map(\.binary),
+                    "\(body)", sourceLocation: sourceLocation)
+            return a
+        case (.failure(let a), .failure(let b)):
+            #expect(a.description == b.description, "\(body)", sourceLocation: sourceLocation)
+        default:
+            Issue.record("fast and general paths disagree on \(body): \(viaCodec) vs \(general)", sourceLocation: sourceLocation)
+        }
+        return nil
+    }
+
+    static func fast(_ body: String, _ model: Model) -> Bool { InferenceFastPath.parse(Array(body.utf8), model: model) != nil }
+
+    @Test func fastPathTakesCommonRequestsAndAgreesWithTheGeneralParser() throws {
+        let digits = try InferenceCodecTests.model("digits-mlp")
+        let row = (0..<64).map { ["0.0", "16", "-3.25", "1e2", "2.5E-3", "0.1", "123456789.125", "7"][$0 % 8] }.joined(separator: ",")
+        let common = #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row)]}]}"#
+        #expect(InferenceCodecTests.fast(common, digits))
+        let parsed = try #require(InferenceCodecTests.agree(common, digits))
+        #expect(parsed.inputs["input"]?.storage == .float32((0..<64).map { [0, 16, -3.25, 100, 0.0025, 0.1, 123456789.125, 7][$0 % 8] }))
+
+        // Spacing, member order, id, outputs and parameters: still the fast path, same answer.
+        let spaced = " {\n \"id\" : \"r-1\", \"inputs\" : [ { \"data\" : [ \(row) ] , \"datatype\" : \"FP32\", \"shape\" : [ 1 , 64 ], \"x\": {\"y\": [1, \"]\"]} } ],"
+            + " \"outputs\": [{\"name\": \"output_label\", \"parameters\": {\"binary_data\": true}}], \"parameters\": {\"binary_data_output\": false} } "
+            + ""
+        let spacedWithName = spaced.replacingOccurrences(of: "\"datatype\" : \"FP32\"", with: "\"datatype\" : \"FP32\", \"name\": \"input\"")
+        #expect(InferenceCodecTests.fast(spacedWithName, digits))
+        let withOutputs = try #require(InferenceCodecTests.agree(spacedWithName, digits))
+        #expect(withOutputs.id == "r-1")
+        #expect(withOutputs.outputs.map(\.name) == ["output_label"] && withOutputs.outputs.map(\.binary) == [true])
+
+        // Forms the fast path leaves to the general parser, which must then give the same result.
+        let declined = [
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[[\#(row)]]}]}"#,          // nested
+            #"{"inputs":[{"name":"in\u0070ut","shape":[1,64],"datatype":"FP32","data":[\#(row)]}]}"#,      // escaped name
+            #"{"inputs":[{"name":"input","shape":[1.0,64],"datatype":"FP32","data":[\#(row)]}]}"#,         // 1.0 as a dimension
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row)],"parameters":{}}]}"#,
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row.replacingOccurrences(of: "0.1", with: "0.12345678901234567890123"))]}]}"#,
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row.replacingOccurrences(of: "1e2", with: "1e40"))]}]}"#,
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row)]}],"inputs":[]}"#, // repeated key
+        ]
+        for body in declined {
+            #expect(!InferenceCodecTests.fast(body, digits), "\(body)")
+            _ = InferenceCodecTests.agree(body, digits)
+        }
+
+        // Bad requests: the fast path declines, the general parser names the problem.
+        let bad = [
+            "", "{", "[]", #"{"inputs":{}}"#, #"{"inputs":[]}"#, #"{"id":7,"inputs":[]}"#,
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row)]}]} x"#,
+            #"{"inputs":[{"name":"input","shape":[1,63],"datatype":"FP32","data":[\#(row)]}]}"#,
+            #"{"inputs":[{"name":"input","shape":[2,64],"datatype":"FP32","data":[\#(row)]}]}"#,
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP64","data":[\#(row)]}]}"#,
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"INT64","data":[\#(row)]}]}"#,
+            #"{"inputs":[{"name":"input","shape":[-1,64],"datatype":"FP32","data":[\#(row)]}]}"#,
+            #"{"inputs":[{"name":"input","shape":[1,064],"datatype":"FP32","data":[\#(row)]}]}"#,
+            #"{"inputs":[{"name":"nope","shape":[1,64],"datatype":"FP32","data":[\#(row)]}]}"#,
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row),]}]}"#,
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row.replacingOccurrences(of: "16", with: "016"))]}]}"#,
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row.replacingOccurrences(of: "7", with: "\"7\""))]}]}"#,
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row.replacingOccurrences(of: "0.0", with: "0."))]}]}"#,
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row)]}],"outputs":[{"name":"nope"}]}"#,
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row)]}],"outputs":{}}"#,
+        ]
+        for body in bad {
+            #expect(!InferenceCodecTests.fast(body, digits), "\(body)")
+            #expect(InferenceCodecTests.agree(body, digits) == nil, "\(body)")
+        }
+    }
+
+    @Test func numbersReadExactlyAsTheGeneralReaderReadsThem() throws {
+        let iris = try InferenceCodecTests.model("iris-logreg")
+        var rng = SystemRandomNumberGenerator()
+        var texts: [String] = ["0", "-0", "-0.0", "9007199254740993", "-9223372036854775808", "1234567890123456789",
+                               "0.30000000000000004", "1e22", "1e-22", "4.9e-7", "3.4028235e38", "1.17549435E-38"]
+        for _ in 0..<400 {
+            texts.append(Float.random(in: -1000..<1000, using: &rng).description)
+            texts.append((Float.random(in: -1..<1, using: &rng) * 1e-4).description)
+            texts.append(Double.random(in: -10..<10, using: &rng).description)
+            texts.append(String(Int.random(in: -1_000_000...1_000_000, using: &rng)) + "." + String(Int.random(in: 0...99_999, using: &rng)))
+        }
+        var fast = 0, bodies = 0
+        for chunk in stride(from: 0, to: texts.count - 3, by: 4) {
+            let values = texts[chunk..<(chunk + 4)].joined(separator: ",")
+            let body = #"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[\#(values)]}]}"#
+            #expect(InferenceCodecTests.agree(body, iris) != nil, "\(body)")
+            if InferenceCodecTests.fast(body, iris) { fast += 1 }
+            bodies += 1
+        }
+        #expect(fast * 2 > bodies, "the fast path took \(fast) of \(bodies) bodies")
+    }
+
+    @Test func responseTextIsExact() throws {
+        let request = InferRequest(id: "a\"b\n", inputs: [:], outputs: [], binaryByDefault: false, batchSize: 2)
+        let outputs: [String: Tensor] = [
+            "label": Tensor(shape: [2], int64s: [-12, 3]),
+            "p": Tensor(shape: [2, 2], storage: .float32([0.25, 1, 1e-8, Float.nan]), mapKeys: .int64([0, 1])),
+            "text": Tensor(shape: [1], storage: .string(["x\u{1}y"])),
+        ]
+        let order = [TensorSignature(name: "label", dtype: .int64, shape: nil), TensorSignature(name: "p", dtype: .float32, shape: nil),
+                     TensorSignature(name: "text", dtype: .string, shape: nil)]
+        let (body, header) = InferenceCodec.encodeResponse(modelName: "m", modelVersion: 12, request: request, outputs: outputs, order: order)
+        #expect(header == nil)
+        #expect(String(decoding: body, as: UTF8.self) == #"{"model_name":"m","model_version":"12","id":"a\"b\n","outputs":[{"name":"label","datatype":"INT64","shape":[2],"data":[-12,3]},{"name":"p","datatype":"FP32","shape":[2,2],"parameters":{"map_keys":[0,1]},"data":[0.25,1,1e-08,null]},{"name":"text","datatype":"BYTES","shape":[1],"data":["x\u0001y"]}]}"#)
+
+        // Binary outputs, in the order asked for, a missing name skipped without a stray comma.
+        let binary = InferRequest(id: nil, inputs: [:], outputs: [("nope", false), ("p", true), ("label", false)], binaryByDefault: false, batchSize: 2)
+        let (bytes, length) = InferenceCodec.encodeResponse(modelName: "m", modelVersion: 1, request: binary, outputs: outputs, order: order)
+        let json = #"{"model_name":"m","model_version":"1","outputs":[{"name":"p","datatype":"FP32","shape":[2,2],"parameters":{"map_keys":[0,1],"binary_data_size":16}},{"name":"label","datatype":"INT64","shape":[2],"data":[-12,3]}]}"#
+        #expect(length == json.utf8.count)
+        #expect(String(decoding: bytes.prefix(json.utf8.count), as: UTF8.self) == json)
+        #expect(bytes.count == json.utf8.count + 16)
+    }
+}

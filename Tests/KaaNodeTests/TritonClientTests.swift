@@ -1,0 +1,54 @@
+import Foundation
+import Glibc
+import KaaTestSupport
+import Testing
+
+/// Triton's Python client (`tritonclient[http]` from PyPI, unchanged) against a real node process:
+/// health, server and model metadata, readiness, infer with JSON and binary tensors both ways, a
+/// subset of outputs, BYTES text, explicit versions, pooled concurrent calls, errors and the
+/// repository extension. The checks live in `tools/triton-client-check.py`; the client lives in
+/// `.venv-test`, which `tools/python-env.sh test` creates (tools/test.sh runs it first).
+@Suite struct TritonClientTests {
+    static let python = ServingTests.repo + "/.venv-test/bin/python"
+    static let script = ServingTests.repo + "/tools/triton-client-check.py"
+
+    @Test func tritonHTTPClientWorksUnchanged() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: TritonClientTests.python),
+                     "no \(TritonClientTests.python): run tools/python-env.sh test (tools/test.sh does) to install tritonclient")
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let (node, port) = try NodeProcessTests.startNode(dir)
+        defer { node.signal(SIGTERM); node.wait() }
+        try ServingTests.publish("iris-logreg", as: "iris", version: 1, port: port, dir: dir)
+        try ServingTests.publish("iris-logreg", as: "iris", version: 2, port: port, dir: dir)
+        try ServingTests.publish("digits-mlp", as: "digits", version: 1, port: port, dir: dir)
+        try ServingTests.publish("news-text", as: "news", version: 1, port: port, dir: dir)
+
+        let (status, output) = try TritonClientTests.runScript(["--url", "127.0.0.1:\(port)"], log: dir.path + "/check.log")
+        print("tools/triton-client-check.py against 127.0.0.1:\(port):\n\(output)")
+        #expect(status == 0, "triton-client-check.py exited \(status):\n\(output)\nnode stderr:\n\(node.stderr)")
+        #expect(output.contains("ok    infer_binary_tensors"), "\(output)")
+    }
+
+    /// Runs the check script to completion (killed by pid after `timeout` seconds); output goes
+    /// through a file, so a chatty script can never block on a full pipe.
+    static func runScript(_ arguments: [String], log: String, timeout: Double = 180) throws -> (Int32, String) {
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        defer { try? handle.close() }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = [script] + arguments
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(50_000) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        return (process.terminationReason == .uncaughtSignal ? -1 : process.terminationStatus, output)
+    }
+}
