@@ -51,6 +51,8 @@ let package = Package(
                 "KaaCore",
                 "COpenBLAS",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                // Pipeline specs (YAML).
+                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strict),
         .target(
@@ -114,6 +116,7 @@ let package = Package(
             name: "KaaSnapshotTests",
             dependencies: [
                 "KaaSnapshot",
+                "KaaEngine", // BatchCLITests compare `kaa batch` with the engine row by row
                 "KaaCore",
                 "KaaTestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -1,5 +1,6 @@
 import Foundation
 import KaaCore
+import KaaEngine
 public import KaaIO
 public import KaaSnapshot
 public import Logging
@@ -43,7 +44,7 @@ public struct SnapshotAPI: Sendable {
         guard parts.count == 4 || parts.count == 5, parts[0] == "kaa", parts[1] == "v1", parts[2] == "snapshots" else {
             return nil
         }
-        var request = IngestRequest()
+        var request = IngestRequest(manifestCheck: SnapshotAPI.checkPipeline)
         request.expectedName = percentDecode(parts[3]) ?? String(parts[3])
         if parts.count == 5 {
             guard let version = Int(parts[4]), version > 0 else {
@@ -58,6 +59,16 @@ public struct SnapshotAPI: Sendable {
             }
         }
         return UploadSink(api: self, request: request)
+    }
+
+    /// Refuses a snapshot whose pipeline spec does not parse (a snapshot without one is fine).
+    /// Only parsing: checking it against the model needs the whole model, which arrives later;
+    /// `kaa snapshot build` checks that before upload.
+    static func checkPipeline(_ manifest: SnapshotManifest) throws(SnapshotError) {
+        guard let text = manifest.pipeline else { return }
+        do { _ = try Pipeline(yaml: text) } catch {
+            throw SnapshotError(.invalidPipeline, "snapshot \(manifest.name): the pipeline does not parse: \(error.message)")
+        }
     }
 
     /// Adds the control routes.

@@ -12,12 +12,18 @@ public struct IngestRequest: Sendable {
     public var expectedDigest: SnapshotDigest?
     /// The upload's announced length (`Content-Length`); fewer or more bytes are refused.
     public var declaredLength: UInt64?
+    /// Runs on the manifest as soon as it is read (before the rest of the upload is stored):
+    /// a check the store cannot make itself, like the node parsing the pipeline spec. Its
+    /// error refuses the upload.
+    public var manifestCheck: (@Sendable (SnapshotManifest) throws(SnapshotError) -> Void)?
 
-    public init(expectedName: String? = nil, expectedVersion: Int? = nil, expectedDigest: SnapshotDigest? = nil, declaredLength: UInt64? = nil) {
+    public init(expectedName: String? = nil, expectedVersion: Int? = nil, expectedDigest: SnapshotDigest? = nil, declaredLength: UInt64? = nil,
+                manifestCheck: (@Sendable (SnapshotManifest) throws(SnapshotError) -> Void)? = nil) {
         self.expectedName = expectedName
         self.expectedVersion = expectedVersion
         self.expectedDigest = expectedDigest
         self.declaredLength = declaredLength
+        self.manifestCheck = manifestCheck
     }
 }
 
@@ -218,6 +224,7 @@ public final class IngestSession {
         if let n = request.expectedName, n != m.name {
             throw SnapshotError(.invalidManifest, "upload addressed to model `\(n)` holds a snapshot of `\(m.name)`")
         }
+        if let check = request.manifestCheck { try check(m) }
         if m.isDraft {
             if !store.configuration.trustedKeys.isEmpty {
                 throw SnapshotError(.signatureMissing, "snapshot \(m.name) is a draft (no version), and this node requires signed snapshots; a signature covers the version, so build it with `--version` and `--sign`")

@@ -21,6 +21,8 @@ public struct SnapshotError: Error, CustomStringConvertible, Sendable, Equatable
         public static let signatureInvalid = Code(raw: "signature-invalid")
         /// The manifest is missing a field, has a wrong one, or contradicts the archive.
         public static let invalidManifest = Code(raw: "invalid-manifest")
+        /// The pipeline spec does not parse, or does not fit the model.
+        public static let invalidPipeline = Code(raw: "invalid-pipeline")
         /// An entry name is absolute, escapes with `..`, repeats, or is otherwise unusable.
         public static let invalidEntry = Code(raw: "invalid-entry")
         /// A model name, version, alias or reference is not well-formed.

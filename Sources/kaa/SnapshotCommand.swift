@@ -190,7 +190,7 @@ enum SnapshotReport {
 /// What a snapshot is built from: `kaa snapshot build` and `kaa publish --model` share these.
 struct BuildOptions: ParsableArguments {
     @Option(help: "The ONNX model file.") var model: String?
-    @Option(help: "The pipeline spec file (YAML), carried in the manifest.") var pipeline: String?
+    @Option(help: "The pipeline spec file (YAML, docs/pipeline.md); checked against the model and carried in the manifest.") var pipeline: String?
     @Option(help: "The model name ([a-z0-9][a-z0-9._-]*).") var name: String?
     @Option(name: .customLong("label"), help: "A label KEY=VALUE (repeatable).") var labels: [String] = []
     @Option(name: .customLong("file"), help: "An extra file, PATH or ENTRY=PATH (repeatable).") var files: [String] = []
@@ -208,6 +208,7 @@ struct BuildOptions: ParsableArguments {
     }
 
     /// Builds the archive at `path` (a draft when `version` is nil). Requires `model` and `name`.
+    /// A pipeline is parsed and checked against the model first.
     func build(version: Int?, to path: String) throws -> VerifiedArchive {
         guard let model, let name else { throw SnapshotError(.invalidManifest, "--model and --name are required to build a snapshot") }
         var labelMap: [String: String] = [:]
@@ -228,6 +229,7 @@ struct BuildOptions: ParsableArguments {
                 throw SnapshotError(.io, "cannot read pipeline file `\(pipeline)` as UTF-8 text")
             }
             pipelineText = t
+            try Self.checkPipeline(t, file: pipeline, model: model)
         }
         var created = Date()
         if let createdAt {

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import KaaCore
+import KaaSnapshot
 import KaaTestSupport
 import Testing
 
@@ -121,6 +122,35 @@ import Testing
         let misaddressed = try c.readResponse()
         #expect(misaddressed.status == 400)
         #expect(misaddressed.text.contains("other"), "\(misaddressed.text)")
+    }
+
+    @Test func anUploadWhosePipelineDoesNotParseIsRefused() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let (node, port) = try NodeProcessTests.startNode(dir)
+        defer { node.signal(SIGTERM); node.wait() }
+        let model = dir.path + "/model.onnx"
+        try Data(ONNXFixture.small()).write(to: URL(fileURLWithPath: model))
+        // `kaa snapshot build` refuses such a pipeline; a hand-built archive gets it past that.
+        func archive(_ name: String, pipeline: String?) throws -> [UInt8] {
+            let path = dir.path + "/\(name).kaa"
+            _ = try SnapshotBuilder.build(SnapshotBuildRequest(modelPath: model, name: name, version: 1, pipeline: pipeline), to: path)
+            return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+        }
+        let c = try RawSocket(port: port)
+        for (name, pipeline, status) in [("bad", "pre:\n  - step: normalise\n    field: x\n", 400), ("none", nil, 201), ("good", "outputs: [label]\n", 201)] {
+            let bytes = try archive(name, pipeline: pipeline)
+            try c.send("PUT /kaa/v1/snapshots/\(name)/1 HTTP/1.1\r\nHost: x\r\nContent-Length: \(bytes.count)\r\n\r\n")
+            try c.send(bytes)
+            let r = try c.readResponse()
+            #expect(r.status == status, "\(name): \(r.text)")
+            if status == 400 {
+                #expect(r.text.contains("snapshot bad: the pipeline does not parse: pre step 1 (normalise), field `step`: unknown pre step kind `normalise`"), "\(r.text)")
+            }
+        }
+        try c.send("GET /kaa/v1/snapshots HTTP/1.1\r\nHost: x\r\n\r\n")
+        let list = try c.readResponse().text
+        #expect(!list.contains("\"bad\"") && list.contains("\"none\"") && list.contains("\"good\""), "\(list)")
     }
 
     @Test func aNodeWithTrustedKeysRefusesUnsignedSnapshots() throws {
