@@ -47,6 +47,6 @@ fi
 echo
 echo "local cluster of $count nodes is up: HTTP on 127.0.0.1:$base..$((base + count - 1)); Ctrl-C stops it."
 echo "try: $kaa members --to http://127.0.0.1:$base"
-echo "     $kaa predict iris-logreg --input '{\"input\": [5.1, 3.5, 1.4, 0.2]}' --to http://127.0.0.1:$base"
+echo "     $kaa predict iris-logreg --input '{\"sepal_length\": 5.1, \"sepal_width\": 3.5, \"petal_length\": 1.4, \"petal_width\": 0.2}' --to http://127.0.0.1:$base"
 echo "     curl -s http://127.0.0.1:$base/metrics | grep kaa_"
 wait "${pids[@]}"

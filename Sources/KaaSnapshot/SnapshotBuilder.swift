@@ -10,6 +10,9 @@ public struct SnapshotBuildRequest: Sendable {
     public var version: Int
     /// The pipeline spec's text, if any.
     public var pipeline: String?
+    /// The signature clients see when a pipeline changes it (its fields in, its outputs out);
+    /// `nil` reads the graph's own from the model file.
+    public var signature: SnapshotManifest.ModelSignature?
     /// Extra files: path on disk and entry name in the archive.
     public var extraFiles: [(source: String, entry: String)]
     public var labels: [String: String]
@@ -25,8 +28,10 @@ public struct SnapshotBuildRequest: Sendable {
         modelPath: String, name: String, version: Int = 0, pipeline: String? = nil,
         extraFiles: [(source: String, entry: String)] = [], labels: [String: String] = [:],
         createdAt: Date = Date(), memoryBytes: UInt64? = nil, accelerator: SnapshotManifest.Requirements.Accelerator = .none,
-        lineage: SnapshotManifest.Lineage = .init(), signingKey: PublisherPrivateKey? = nil
+        lineage: SnapshotManifest.Lineage = .init(), signingKey: PublisherPrivateKey? = nil,
+        signature: SnapshotManifest.ModelSignature? = nil
     ) {
+        self.signature = signature
         self.modelPath = modelPath
         self.name = name
         self.version = version
@@ -54,7 +59,8 @@ public enum SnapshotBuilder {
         guard request.version >= 0 else {
             throw SnapshotError(.invalidName, "version \(request.version) is negative; give a positive version or none")
         }
-        let signature = try ONNXSignatureReader.read(path: request.modelPath)
+        let graphSignature = try ONNXSignatureReader.read(path: request.modelPath)
+        let signature = request.signature ?? graphSignature
 
         var sources: [(source: String, file: SnapshotManifest.File)] = []
         let modelFile = try hashFile(request.modelPath, entry: modelEntryName, role: .model)

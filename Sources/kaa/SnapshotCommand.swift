@@ -224,12 +224,13 @@ struct BuildOptions: ParsableArguments {
             return (f, (f as NSString).lastPathComponent)
         }
         var pipelineText: String?
+        var servedSignature: SnapshotManifest.ModelSignature?
         if let pipeline {
             guard let t = try? String(contentsOfFile: pipeline, encoding: .utf8) else {
                 throw SnapshotError(.io, "cannot read pipeline file `\(pipeline)` as UTF-8 text")
             }
             pipelineText = t
-            try Self.checkPipeline(t, file: pipeline, model: model)
+            servedSignature = try Self.checkPipeline(t, file: pipeline, model: model)
         }
         var created = Date()
         if let createdAt {
@@ -245,7 +246,7 @@ struct BuildOptions: ParsableArguments {
             labels: labelMap, createdAt: created, memoryBytes: memory,
             accelerator: accelerator == "gpu" ? .gpu : .none,
             lineage: .init(parentVersion: parent, trainingData: trainingData, publisher: publisher),
-            signingKey: key)
+            signingKey: key, signature: servedSignature)
         return try SnapshotBuilder.build(request, to: path)
     }
 }

@@ -52,13 +52,13 @@ public struct InferRequest: Sendable {
 public enum InferenceCodec {
     /// Parses a request body. `headerLength` is `Inference-Header-Content-Length` when the body
     /// carries binary tensor data after its JSON header.
-    public static func parseRequest(body: [UInt8], headerLength: Int?, model: Model) throws(InferenceInputError) -> InferRequest {
+    public static func parseRequest(body: [UInt8], headerLength: Int?, model: Scorer) throws(InferenceInputError) -> InferRequest {
         if headerLength == nil, let request = InferenceFastPath.parse(body, model: model) { return request }
         return try parseGeneral(body: body, headerLength: headerLength, model: model)
     }
 
     /// Parses any request body through a JSON tree; names what is wrong with a bad one.
-    static func parseGeneral(body: [UInt8], headerLength: Int?, model: Model) throws(InferenceInputError) -> InferRequest {
+    static func parseGeneral(body: [UInt8], headerLength: Int?, model: Scorer) throws(InferenceInputError) -> InferRequest {
         let jsonEnd: Int
         if let headerLength {
             guard headerLength >= 0, headerLength <= body.count else {
@@ -88,7 +88,7 @@ public enum InferenceCodec {
         if headerLength != nil && binaryOffset != body.count {
             throw InferenceInputError("the body has \(body.count - binaryOffset) bytes of binary data that no input claims (check binary_data_size)")
         }
-        for signature in model.inputs where inputs[signature.name] == nil {
+        for signature in model.inputs where inputs[signature.name] == nil && model.defaults[signature.name] == nil {
             throw InferenceInputError("input `\(signature.name)` is missing; the model needs \(describe(model.inputs))")
         }
         let (outputs, binaryByDefault) = try requestedOutputs(json, model: model)
@@ -103,7 +103,7 @@ public enum InferenceCodec {
     }
 
     /// The `outputs` asked for (each with its binary flag) and `binary_data_output`.
-    static func requestedOutputs(_ json: JSON, model: Model) throws(InferenceInputError) -> ([(name: String, binary: Bool)], Bool) {
+    static func requestedOutputs(_ json: JSON, model: Scorer) throws(InferenceInputError) -> ([(name: String, binary: Bool)], Bool) {
         var outputs: [(name: String, binary: Bool)] = []
         var binaryByDefault = false
         if let parameters = json["parameters"], let b = parameters["binary_data_output"]?.bool { binaryByDefault = b }
@@ -127,7 +127,7 @@ public enum InferenceCodec {
     }
 
     private static func parseInput(_ input: JSON, index: Int, body: [UInt8], binaryOffset: inout Int,
-                                   model: Model) throws(InferenceInputError) -> (name: String, tensor: Tensor) {
+                                   model: Scorer) throws(InferenceInputError) -> (name: String, tensor: Tensor) {
         guard let name = input["name"]?.string else { throw InferenceInputError("inputs[\(index)] has no `name`") }
         guard let signature = model.inputs.first(where: { $0.name == name }) else {
             throw InferenceInputError("input `\(name)` does not exist; the model needs \(describe(model.inputs))")

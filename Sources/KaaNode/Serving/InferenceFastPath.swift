@@ -12,7 +12,7 @@ import KaaEngine
 /// are read with the same rules as `KaaCore.JSON` (exact `Double` for up to 19 digits and
 /// exponents within 22, else it returns nil), then narrowed the same way.
 enum InferenceFastPath {
-    static func parse(_ body: [UInt8], model: Model) -> InferRequest? {
+    static func parse(_ body: [UInt8], model: Scorer) -> InferRequest? {
         body.withUnsafeBufferPointer { buffer in
             var scanner = Scanner(bytes: buffer)
             return scanner.request(model: model)
@@ -28,7 +28,7 @@ enum InferenceFastPath {
 
         init(bytes: UnsafeBufferPointer<UInt8>) { self.bytes = bytes }
 
-        mutating func request(model: Model) -> InferRequest? {
+        mutating func request(model: Scorer) -> InferRequest? {
             guard consume(UInt8(ascii: "{")) else { return nil }
             var inputs: [String: Tensor] = [:]
             var sawInputs = false
@@ -60,7 +60,7 @@ enum InferenceFastPath {
             }
             skipSpace()
             guard i == bytes.count, sawInputs else { return nil }
-            for signature in model.inputs where inputs[signature.name] == nil { return nil }
+            for signature in model.inputs where inputs[signature.name] == nil && model.defaults[signature.name] == nil { return nil }
             let json = JSON.object(others)
             let id: String?
             let outputs: [(name: String, binary: Bool)], binaryByDefault: Bool
@@ -75,7 +75,7 @@ enum InferenceFastPath {
 
         /// One input object, fully validated against the model; nil for anything the general
         /// path must handle or refuse.
-        mutating func input(model: Model) -> (String, Tensor)? {
+        mutating func input(model: Scorer) -> (String, Tensor)? {
             guard consume(UInt8(ascii: "{")) else { return nil }
             var name: String?, datatype: String?, shape: [Int]?, data: Range<Int>?
             var seen = Set<String>()

@@ -34,11 +34,12 @@ struct ServeError: Error {
 }
 
 /// One loaded model version.
-// SAFETY: `id`, `model`, `bytes` and `lease` are immutable (`Model` is thread-safe); every
+// SAFETY: `id`, `scorer`, `bytes` and `lease` are immutable (`Scorer` is thread-safe); every
 // `var` is read and written only on the node's loop. Workers touch only the immutable part.
 final class LoadedModel: @unchecked Sendable {
     let id: SnapshotID
-    let model: Model
+    /// The model with its pipeline: what requests are checked against and run through.
+    let scorer: Scorer
     let bytes: Int
     let lease: SnapshotLease
     var lastUsed: UInt64 = 0
@@ -49,9 +50,9 @@ final class LoadedModel: @unchecked Sendable {
     var averageRunNanos: Double?
     var pinned = false
 
-    init(id: SnapshotID, model: Model, bytes: Int, lease: SnapshotLease) {
+    init(id: SnapshotID, scorer: Scorer, bytes: Int, lease: SnapshotLease) {
         self.id = id
-        self.model = model
+        self.scorer = scorer
         self.bytes = bytes
         self.lease = lease
     }
@@ -193,7 +194,7 @@ public final class ModelServer {
         loading[id] = [done]
         let store = self.store
         let started = DispatchTime.now().uptimeNanoseconds
-        loop.offload({ () -> Result<(Model, SnapshotLease), ServeError> in
+        loop.offload({ () -> Result<(Scorer, SnapshotLease), ServeError> in
             do {
                 guard let record = try store.record(id) else { return .failure(ServeError(.notFound, "\(id) is no longer stored")) }
                 let lease = try store.acquireLease(id)
@@ -204,21 +205,27 @@ public final class ModelServer {
                         store.releaseLease(lease)
                         return .failure(ServeError(.internalServerError, "\(id): the archive has no model file `\(archive.manifest.model)`"))
                     }
-                    return .success((try Model(onnx: Data(bytes)), lease))
+                    let model = try Model(onnx: Data(bytes))
+                    let pipeline = try archive.manifest.pipeline.map { text throws(PipelineError) in try Pipeline(yaml: text) }
+                    return .success((try Scorer(model: model, pipeline: pipeline), lease))
                 } catch {
                     store.releaseLease(lease)
                     throw error
                 }
             } catch let error as SnapshotError {
                 return .failure(ServeError(.internalServerError, "cannot load \(id): \(error.message)"))
+            } catch let error as EngineError {
+                return .failure(ServeError(.internalServerError, "cannot load \(id): \(error.message)"))
+            } catch let error as PipelineError {
+                return .failure(ServeError(.internalServerError, "cannot load \(id): its pipeline: \(error.message)"))
             } catch {
                 return .failure(ServeError(.internalServerError, "cannot load \(id): \(error)"))
             }
         }) { [self] result in
             let waiting = loading.removeValue(forKey: id) ?? []
             switch result {
-            case .success(let (model, lease)):
-                let m = LoadedModel(id: id, model: model, bytes: model.memoryBytes, lease: lease)
+            case .success(let (scorer, lease)):
+                let m = LoadedModel(id: id, scorer: scorer, bytes: scorer.model.memoryBytes, lease: lease)
                 m.pinned = isPinned(id)
                 clock += 1
                 m.lastUsed = clock
@@ -320,7 +327,7 @@ public final class ModelServer {
                     parsed = try InferenceCodec.parseRequest(
                         body: request.body,
                         headerLength: request.headers["inference-header-content-length"].flatMap(Int.init),
-                        model: m.model)
+                        model: m.scorer)
                 } catch {
                     metrics.record(model: name, status: .badRequest, seconds: 0)
                     return responder.respond(.error(.badRequest, "\(id): \(error)"))
@@ -400,15 +407,13 @@ public final class ModelServer {
     static func execute(_ call: PendingCall, on m: LoadedModel) -> (HTTPResponse, UInt64) {
         let t0 = DispatchTime.now().uptimeNanoseconds
         let outputs: [String: Tensor]
-        do { outputs = try m.model.run(call.request.inputs) } catch let error as EngineError {
+        do { outputs = try m.scorer.run(call.request.inputs) } catch {
             let status: HTTPStatus = error.code == .invalidInput ? .badRequest : .internalServerError
             return (.error(status, "\(m.id): \(error.message)"), DispatchTime.now().uptimeNanoseconds - t0)
-        } catch {
-            return (.error(.internalServerError, "\(m.id): \(error)"), DispatchTime.now().uptimeNanoseconds - t0)
         }
         let ran = DispatchTime.now().uptimeNanoseconds - t0
         let (body, headerLength) = InferenceCodec.encodeResponse(
-            modelName: m.id.name, modelVersion: m.id.version, request: call.request, outputs: outputs, order: m.model.outputs)
+            modelName: m.id.name, modelVersion: m.id.version, request: call.request, outputs: outputs, order: m.scorer.outputs)
         var response = HTTPResponse(status: .ok, body: body)
         if let headerLength {
             response.headers.add("content-type", "application/octet-stream")
