@@ -3,6 +3,8 @@
 Writes snapshots/<name>/model.onnx and Tests/KaaEngineTests/Fixtures/<name>/{inputs,outputs}.json.
 Run through tools/export-samples.sh, which creates the pinned virtual environment.
 Every data set comes with scikit-learn (no download); the text corpus is built in below.
+The pipelines (snapshots/<name>/pipeline.yaml, docs/pipeline.md) are written by hand; this
+script does not touch them.
 """
 import json
 import os
