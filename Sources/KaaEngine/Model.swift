@@ -292,6 +292,7 @@ struct Planner {
         order = Self.stableTopological(nodes: nodes, producerOf: producerOf)
 
         var steps: [(Plan.Step, [Int])] = []
+        var stepOps: [String] = []
         var ops = Set<String>()
         for n in order {
             let node = nodes[n]
@@ -320,6 +321,7 @@ struct Planner {
             }
             ops.insert("\(domain):\(node.opType)")
             steps.append((Plan.Step(kernel: kernel, inputs: inSlots, outputs: outSlots, release: [], owner: owner), inSlots))
+            stepOps.append("\(domain):\(node.opType)")
         }
 
         var outputs: [TensorSignature] = []
@@ -338,8 +340,10 @@ struct Planner {
         }
         if outputs.isEmpty { throw EngineError.invalid("the graph has no outputs") }
 
-        // Release each intermediate after its last reader.
         let keep = Set(outputSlots.map(\.1))
+        steps = Self.fuseEpilogues(zip(steps.map(\.0), stepOps).map { ($0, $1) }, template: template, keep: keep).map { ($0, $0.inputs) }
+
+        // Release each intermediate after its last reader.
         var lastUse: [Int: Int] = [:]
         for (i, (_, ins)) in steps.enumerated() { for s in ins where s >= 0 { lastUse[s] = i } }
         var finalSteps: [Plan.Step] = []
