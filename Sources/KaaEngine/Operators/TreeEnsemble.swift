@@ -39,7 +39,8 @@ struct TreeEnsemble: Sendable {
     /// to the true child.
     enum Comparison: Sendable { case leq, lt, notGT, notGE }
     /// A node for the branch-free walk: 16 bytes. A leaf reads feature 0 and has itself as
-    /// both children, so a walk may run past it for the rest of its tree's depth.
+    /// both children, so a walk may run past it for the rest of its tree's depth; its threshold
+    /// is free for its weight (see ``singleTarget``).
     struct WalkNode: Sendable {
         var feature: Int32
         var threshold: Float
@@ -51,6 +52,12 @@ struct TreeEnsemble: Sendable {
     var walk: [WalkNode] = []
     /// Longest root-to-leaf path of each tree, in edges.
     var depths: [Int] = []
+    /// Set when every weight is for this one target and no leaf has two: then a leaf's
+    /// ``WalkNode/threshold`` holds its weight (0 for none).
+    var singleTarget: Int?
+    /// The trees as a ``TreeProgram``, when there is a ``singleTarget`` and they are shallow
+    /// enough for it.
+    var program: TreeProgram?
 
     /// Reads the node arrays common to both operators; `prefix` is `class` or `target`.
     init(_ a: inout Attributes, _ ctx: BuildContext, prefix: String, outputs: Int) throws {
@@ -130,6 +137,16 @@ struct TreeEnsemble: Sendable {
                                weightStart: start, weightEnd: Int32(weightTarget.count)))
         }
         (comparison, walk) = Self.walkNodes(packed)
+        // One target for every weight, at most one weight per leaf (a regressor's, a binary
+        // classifier's): leaves carry their weight in the walk node's unused threshold.
+        let targets = Set(weightTarget)
+        if comparison != nil, targets.count == 1, packed.allSatisfy({ $0.mode != .leaf || $0.weightEnd - $0.weightStart <= 1 }) {
+            singleTarget = targets.first
+            for i in 0..<n where packed[i].mode == .leaf {
+                walk[i].threshold = packed[i].weightEnd > packed[i].weightStart ? weightValue[Int(packed[i].weightStart)] : 0
+            }
+            program = TreeProgram(walk: walk, roots: roots, depths: depths)
+        }
     }
 
     struct Pair: Hashable { let t: Int64, n: Int64; init(_ t: Int64, _ n: Int64) { self.t = t; self.n = n } }
@@ -207,8 +224,8 @@ struct TreeEnsemble: Sendable {
         return (common, walk)
     }
 
-    /// Rows walked through one tree together.
-    static let blockRows = 16
+    /// Walks in flight at once: (row, tree) pairs whose chains of dependent loads overlap.
+    static let lanes = 16
 
     /// Scores of every row: aggregate of the reached leaves' weights, plus base values.
     func scores(_ x: [Float], rows n: Int, cols c: Int, outputs k: Int, aggregate: Aggregate, base: [Float]) throws -> [Float] {
@@ -218,6 +235,17 @@ struct TreeEnsemble: Sendable {
         var has = aggregate == .min || aggregate == .max ? [Bool](repeating: false, count: n * k) : []
         x.withUnsafeBufferPointer { px in out.withUnsafeMutableBufferPointer { po in has.withUnsafeMutableBufferPointer { ph in
             let sink = Sink(out: po, has: ph, k: k, aggregate: aggregate)
+            if let program, let target = singleTarget, n >= TreeProgram.rows, aggregate == .sum || aggregate == .average {
+                let x = px.baseAddress!
+                switch comparison {
+                case .leq: program.run(Leq.self, x, rows: n, cols: c, into: po, k: k, target: target)
+                case .lt: program.run(Lt.self, x, rows: n, cols: c, into: po, k: k, target: target)
+                case .notGT: program.run(NotGT.self, x, rows: n, cols: c, into: po, k: k, target: target)
+                case .notGE: program.run(NotGE.self, x, rows: n, cols: c, into: po, k: k, target: target)
+                case nil: break
+                }
+                return
+            }
             switch comparison {
             case .leq: walkBlocks(Leq.self, px, n, c, sink)
             case .lt: walkBlocks(Lt.self, px, n, c, sink)
@@ -258,39 +286,65 @@ struct TreeEnsemble: Sendable {
         }
     }
 
-    /// The branch-free walk: each tree takes every row of a block down its full depth (or
-    /// until no row moves), then their leaves' weights are added in tree order.
+    /// The branch-free walk. Sixteen walks go at once, a block of rows by a group of trees (16
+    /// rows by one tree for large batches, one row by 16 trees for a single row), each level
+    /// advancing them all, to the group's depth or until none moves; then the leaves' weights
+    /// are added, each row's in tree order.
     func walkBlocks<C: BranchComparison>(_: C.Type, _ x: UnsafeBufferPointer<Float>, _ n: Int, _ c: Int, _ sink: Sink) {
         let x = x.baseAddress!
+        let treeCount = roots.count
+        let treesPerBlock = max(1, Self.lanes / max(1, min(n, Self.lanes)))
+        let rowsPerBlock = Self.lanes / treesPerBlock
         walk.withUnsafeBufferPointer { nodes in packed.withUnsafeBufferPointer { packed in
         weightTarget.withUnsafeBufferPointer { wt in weightValue.withUnsafeBufferPointer { wv in
-        withUnsafeTemporaryAllocation(of: Int32.self, capacity: Self.blockRows) { at in
+        withUnsafeTemporaryAllocation(of: Int32.self, capacity: Self.lanes) { at in
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: Self.lanes) { offset in
             var r0 = 0
             while r0 < n {
-                let rows = min(Self.blockRows, n - r0)
-                let block = x + r0 * c
-                for (tree, root) in roots.enumerated() {
-                    for r in 0..<rows { at[r] = Int32(root) }
-                    for _ in 0..<depths[tree] {
+                let rows = min(rowsPerBlock, n - r0)
+                var t0 = 0
+                while t0 < treeCount {
+                    let trees = min(treesPerBlock, treeCount - t0)
+                    var depth = 0
+                    for t in 0..<trees { depth = max(depth, depths[t0 + t]) }
+                    for r in 0..<rows {
+                        for t in 0..<trees {
+                            at[r * trees + t] = Int32(roots[t0 + t])
+                            offset[r * trees + t] = (r0 + r) * c
+                        }
+                    }
+                    let lanes = rows * trees
+                    for _ in 0..<depth {
                         var moved: Int32 = 0
-                        for r in 0..<rows {
-                            let i = at[r]
+                        for l in 0..<lanes {
+                            let i = at[l]
                             let node = nodes[Int(i)]
-                            let go = C.goesTrue(block[r &* c &+ Int(node.feature)], node.threshold)
+                            let go = C.goesTrue(x[offset[l] &+ Int(node.feature)], node.threshold)
                             // A select by mask, not `go ? t : f`, which compiles to a branch
                             // that mispredicts on half the rows.
                             let mask = 0 &- Int32(unsafeBitCast(go, to: UInt8.self))
                             let next = node.falseChild ^ ((node.trueChild ^ node.falseChild) & mask)
                             moved |= next ^ i
-                            at[r] = next
+                            at[l] = next
                         }
                         if moved == 0 { break }
                     }
-                    for r in 0..<rows { sink.add(packed[Int(at[r])], row: r0 + r, wt, wv) }
+                    if let target = singleTarget, sink.aggregate == .sum || sink.aggregate == .average {
+                        for r in 0..<rows {
+                            var score = sink.out[(r0 + r) * sink.k + target]
+                            for t in 0..<trees { score += nodes[Int(at[r * trees + t])].threshold }
+                            sink.out[(r0 + r) * sink.k + target] = score
+                        }
+                    } else {
+                        for r in 0..<rows {
+                            for t in 0..<trees { sink.add(packed[Int(at[r * trees + t])], row: r0 + r, wt, wv) }
+                        }
+                    }
+                    t0 += trees
                 }
                 r0 += rows
             }
-        } } } } }
+        } } } } } }
     }
 
     /// The walk for ensembles whose branches compare in different ways: row by row, reading
@@ -382,20 +436,26 @@ struct TreeEnsemble: Sendable {
 /// as a type so the walk is specialized for it.
 protocol BranchComparison {
     static func goesTrue(_ v: Float, _ threshold: Float) -> Bool
+    /// The same comparison lane by lane.
+    static func goesTrue(_ v: SIMD8<Float>, _ threshold: SIMD8<Float>) -> SIMDMask<SIMD8<Int32>>
 }
 
 enum Leq: BranchComparison {
     @inline(__always) static func goesTrue(_ v: Float, _ t: Float) -> Bool { v <= t }
+    @inline(__always) static func goesTrue(_ v: SIMD8<Float>, _ t: SIMD8<Float>) -> SIMDMask<SIMD8<Int32>> { v .<= t }
 }
 
 enum Lt: BranchComparison {
     @inline(__always) static func goesTrue(_ v: Float, _ t: Float) -> Bool { v < t }
+    @inline(__always) static func goesTrue(_ v: SIMD8<Float>, _ t: SIMD8<Float>) -> SIMDMask<SIMD8<Int32>> { v .< t }
 }
 
 enum NotGT: BranchComparison {
     @inline(__always) static func goesTrue(_ v: Float, _ t: Float) -> Bool { !(v > t) }
+    @inline(__always) static func goesTrue(_ v: SIMD8<Float>, _ t: SIMD8<Float>) -> SIMDMask<SIMD8<Int32>> { .!(v .> t) }
 }
 
 enum NotGE: BranchComparison {
     @inline(__always) static func goesTrue(_ v: Float, _ t: Float) -> Bool { !(v >= t) }
+    @inline(__always) static func goesTrue(_ v: SIMD8<Float>, _ t: SIMD8<Float>) -> SIMDMask<SIMD8<Int32>> { .!(v .>= t) }
 }
