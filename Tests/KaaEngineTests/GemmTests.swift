@@ -133,6 +133,8 @@ import Testing
             let packed = try Self.model([gemm], x: aShape.map(Int64.init), constants: constants, asInputs: false)
             let generic = try Self.model([gemm], x: aShape.map(Int64.init), constants: constants, asInputs: true)
             #expect(packed.plan.steps[0].kernel is PackedProductKernel)
+            // B (and a C folded into the bias) is held packed only, not also as an initializer.
+            #expect(packed.plan.template.allSatisfy { $0 == nil || ($0!.shape == cShape && cShape.first == 3 && beta != 0) })
             #expect(!(generic.plan.steps[0].kernel is PackedProductKernel))
             let feeds = ["x": Tensor(shape: aShape, floats: a)]
             let want = try #require(try generic.run(feeds.merging(constants.map { ($0.name, Tensor(shape: $0.dims.map(Int.init), floats: $0.floatData)) }) { $1 })["y"])

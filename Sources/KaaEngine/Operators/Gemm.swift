@@ -255,13 +255,19 @@ extension MathOps {
             let packed = bv.withUnsafeBufferPointer { PackedMatrix($0, k: k, n: n, transposed: transB, alpha: alpha) }
             var bias: [Float]?
             var runtimeCBeta: Float?
-            if ctx.inputTypes.count > 2, ctx.inputTypes[2] != nil, beta != 0 {
-                if let c = ctx.constants[2], c.rank <= 2, let row = PackedProductKernel.row(c, n: n, scale: beta) {
+            if ctx.inputTypes.count > 2, ctx.inputTypes[2] != nil {
+                let c = ctx.constants[2]
+                if c != nil, beta == 0 {
+                    ctx.absorbed.insert(2)
+                } else if let c, c.rank <= 2, let row = PackedProductKernel.row(c, n: n, scale: beta) {
                     bias = row
-                } else {
+                    ctx.absorbed.insert(2)
+                } else if beta != 0 {
                     runtimeCBeta = beta
                 }
             }
+            ctx.absorbed.insert(1)
+            ctx.kernelBytes += packed.byteCount + (bias?.count ?? 0) * 4
             return (PackedProductKernel(weights: packed, form: .gemm(transA: transA, runtimeCBeta: runtimeCBeta), bias: bias), [t])
         }
         // Pre-transpose a constant B once at load.
@@ -328,6 +334,8 @@ extension MathOps {
         guard try ctx.input(1) == t else { throw ctx.bad("A and B must have one type") }
         if t == .float32, let b = ctx.constants[1], b.rank == 2, let bv = b.floats {
             let packed = bv.withUnsafeBufferPointer { PackedMatrix($0, k: b.shape[0], n: b.shape[1], transposed: false) }
+            ctx.absorbed.insert(1)
+            ctx.kernelBytes += packed.byteCount
             return (PackedProductKernel(weights: packed, form: .matMul), [t])
         }
         return (ClosureKernel { inputs in
