@@ -177,4 +177,15 @@ import Testing
         let gw = try #require(try gp.run(["x": x2, "w": Tensor(shape: [4, 6], floats: constants[0].floatData)])["y"])
         #expect(SampleModelTests.compare(gy, gw).isEmpty)
     }
+
+    /// The digits MLP from skl2onnx (MatMul, Add, Relu twice, then MatMul, Add) runs as three
+    /// packed products with the Adds and Relus inside them.
+    @Test func sampleMLPFuses() throws {
+        let url = SampleModelTests.root.appendingPathComponent("snapshots/digits-mlp/model.onnx")
+        let model = try Model(onnx: Data(contentsOf: url))
+        let products = model.plan.steps.filter { $0.kernel is PackedProductKernel }
+        #expect(products.count == 3)
+        #expect(products.allSatisfy { $0.owner.contains("`Add`") })
+        #expect(products.filter { $0.owner.contains("`Relu`") }.count == 2)
+    }
 }
