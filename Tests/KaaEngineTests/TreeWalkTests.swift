@@ -92,16 +92,17 @@ import Testing
     @Test(arguments: ["BRANCH_LEQ", "BRANCH_LT", "BRANCH_GTE", "BRANCH_GT"])
     func fastWalksMatchTheRowByRowWalk(mode: String) throws {
         for missing in [0, 1] {
-            // Shallow trees with one target (the whole-tree program), with two targets and
-            // every leaf weighing both (the walk's general sink), and deep trees.
+            // Shallow trees (whole-tree programs from 8 rows) with one target, with two targets
+            // and every leaf weighing both, with three and one weight per leaf; deep trees (walks
+            // only). MIN and MAX take the walk's general sink.
             for (depth, targets, everyTarget) in [(3, 1, false), (4, 2, true), (4, 3, false), (12, 1, false)] {
                 var random = Random(state: UInt64(mode.count * 100 + missing * 10 + depth))
                 let forest = Self.forest(&random, trees: 37, depth: depth, features: 5, mode: mode, missing: missing,
                                          targets: targets, everyTarget: everyTarget)
                 let e = try Self.ensemble(forest, targets: targets)
                 #expect(e.comparison != nil)
-                if depth == 3 { #expect(e.program != nil) }
-                if depth == 12 { #expect(e.program == nil) }
+                #expect((e.singleTarget != nil) == (targets == 1) && (e.leafVectors != nil) == (targets > 1))
+                #expect((e.program != nil) == (depth < 12))
                 for n in [1, 3, 5, 8, 13, 64, 200] {
                     let x = (0..<n * 5).map { _ in Self.values[random.next(Self.values.count)] }
                     for aggregate in [TreeEnsemble.Aggregate.sum, .average, .min, .max] {

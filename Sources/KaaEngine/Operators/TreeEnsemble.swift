@@ -55,9 +55,13 @@ struct TreeEnsemble: Sendable {
     /// Set when every weight is for this one target and no leaf has two: then a leaf's
     /// ``WalkNode/threshold`` holds its weight (0 for none).
     var singleTarget: Int?
-    /// The trees as a ``TreeProgram``, when there is a ``singleTarget`` and they are shallow
-    /// enough for it.
+    /// The trees as a ``TreeProgram``, when there is a ``singleTarget`` or ``leafVectors``
+    /// and they are shallow enough for it.
     var program: TreeProgram?
+    /// Each leaf's weights as one vector, when there are at most 8 targets, no
+    /// ``singleTarget`` and no leaf has two weights for one target: then a leaf's
+    /// ``WalkNode/threshold`` holds its vector's index.
+    var leafVectors: [SIMD8<Float>]?
 
     /// Reads the node arrays common to both operators; `prefix` is `class` or `target`.
     init(_ a: inout Attributes, _ ctx: BuildContext, prefix: String, outputs: Int) throws {
@@ -145,6 +149,20 @@ struct TreeEnsemble: Sendable {
             for i in 0..<n where packed[i].mode == .leaf {
                 walk[i].threshold = packed[i].weightEnd > packed[i].weightStart ? weightValue[Int(packed[i].weightStart)] : 0
             }
+            program = TreeProgram(walk: walk, roots: roots, depths: depths)
+        } else if comparison != nil, outputs <= 8, packed.allSatisfy({ node in
+            node.mode != .leaf || Set(weightTarget[Int(node.weightStart)..<Int(node.weightEnd)]).count == Int(node.weightEnd - node.weightStart)
+        }) {
+            // At most one weight per target on each leaf (a random forest classifier's): the
+            // leaf's weights as one vector, numbered in the walk node's threshold.
+            var vectors: [SIMD8<Float>] = []
+            for i in 0..<n where packed[i].mode == .leaf {
+                var v = SIMD8<Float>(repeating: 0)
+                for e in Int(packed[i].weightStart)..<Int(packed[i].weightEnd) { v[weightTarget[e]] = weightValue[e] }
+                walk[i].threshold = Float(vectors.count)
+                vectors.append(v)
+            }
+            leafVectors = vectors
             program = TreeProgram(walk: walk, roots: roots, depths: depths)
         }
     }
@@ -235,14 +253,17 @@ struct TreeEnsemble: Sendable {
         var has = aggregate == .min || aggregate == .max ? [Bool](repeating: false, count: n * k) : []
         x.withUnsafeBufferPointer { px in out.withUnsafeMutableBufferPointer { po in has.withUnsafeMutableBufferPointer { ph in
             let sink = Sink(out: po, has: ph, k: k, aggregate: aggregate)
-            if let program, let target = singleTarget, n >= TreeProgram.rows, aggregate == .sum || aggregate == .average {
+            if let program, n >= TreeProgram.rows, aggregate == .sum || aggregate == .average {
                 let x = px.baseAddress!
-                switch comparison {
-                case .leq: program.run(Leq.self, x, rows: n, cols: c, into: po, k: k, target: target)
-                case .lt: program.run(Lt.self, x, rows: n, cols: c, into: po, k: k, target: target)
-                case .notGT: program.run(NotGT.self, x, rows: n, cols: c, into: po, k: k, target: target)
-                case .notGE: program.run(NotGE.self, x, rows: n, cols: c, into: po, k: k, target: target)
-                case nil: break
+                (leafVectors ?? []).withUnsafeBufferPointer { vectors in
+                    let leaves: TreeProgram.Leaves = singleTarget.map { .weights(target: $0) } ?? .vectors(vectors)
+                    switch comparison {
+                    case .leq: program.run(Leq.self, x, rows: n, cols: c, into: po, k: k, leaves: leaves)
+                    case .lt: program.run(Lt.self, x, rows: n, cols: c, into: po, k: k, leaves: leaves)
+                    case .notGT: program.run(NotGT.self, x, rows: n, cols: c, into: po, k: k, leaves: leaves)
+                    case .notGE: program.run(NotGE.self, x, rows: n, cols: c, into: po, k: k, leaves: leaves)
+                    case nil: break
+                    }
                 }
                 return
             }
@@ -295,8 +316,11 @@ struct TreeEnsemble: Sendable {
         let treeCount = roots.count
         let treesPerBlock = max(1, Self.lanes / max(1, min(n, Self.lanes)))
         let rowsPerBlock = Self.lanes / treesPerBlock
+        let leafVectors = self.leafVectors ?? []
         walk.withUnsafeBufferPointer { nodes in packed.withUnsafeBufferPointer { packed in
         weightTarget.withUnsafeBufferPointer { wt in weightValue.withUnsafeBufferPointer { wv in
+        leafVectors.withUnsafeBufferPointer { vectors in
+        let vectors: UnsafeBufferPointer<SIMD8<Float>>? = self.leafVectors == nil ? nil : vectors
         withUnsafeTemporaryAllocation(of: Int32.self, capacity: Self.lanes) { at in
         withUnsafeTemporaryAllocation(of: Int.self, capacity: Self.lanes) { offset in
             var r0 = 0
@@ -335,6 +359,15 @@ struct TreeEnsemble: Sendable {
                             for t in 0..<trees { score += nodes[Int(at[r * trees + t])].threshold }
                             sink.out[(r0 + r) * sink.k + target] = score
                         }
+                    } else if let leafVectors = vectors, sink.aggregate == .sum || sink.aggregate == .average {
+                        let k = sink.k
+                        for r in 0..<rows {
+                            let o = (r0 + r) * k
+                            var score = SIMD8<Float>(repeating: 0)
+                            for j in 0..<k { score[j] = sink.out[o + j] }
+                            for t in 0..<trees { score += leafVectors[Int(nodes[Int(at[r * trees + t])].threshold)] }
+                            for j in 0..<k { sink.out[o + j] = score[j] }
+                        }
                     } else {
                         for r in 0..<rows {
                             for t in 0..<trees { sink.add(packed[Int(at[r * trees + t])], row: r0 + r, wt, wv) }
@@ -344,7 +377,7 @@ struct TreeEnsemble: Sendable {
                 }
                 r0 += rows
             }
-        } } } } } }
+        } } } } } } }
     }
 
     /// The walk for ensembles whose branches compare in different ways: row by row, reading

@@ -1,5 +1,6 @@
-/// Small trees evaluated whole over eight rows at once, for single-target ensembles (a
-/// gradient-boosted regressor's, a binary classifier's).
+/// Small trees evaluated whole over eight rows at once, for ensembles whose leaves each hold
+/// one weight (a gradient-boosted regressor's) or one vector of weights (a random forest
+/// classifier's, see ``TreeEnsemble/leafVectors``).
 ///
 /// Every branch of a tree compares the eight rows' values of its feature (one vector) with its
 /// threshold and selects between its children's values, children before parents; the root's
@@ -31,7 +32,8 @@ struct TreeProgram: Sendable {
     /// Rows evaluated together: one 8-float vector.
     static let rows = 8
 
-    /// The program for trees of ``TreeEnsemble/WalkNode``s whose leaves hold their weight, or
+    /// The program for trees of ``TreeEnsemble/WalkNode``s whose leaves hold their weight or
+    /// their weight vector's index in the threshold, or
     /// `nil` when the trees have so many branches per level of depth that walking is cheaper:
     /// a walk costs each row about a dozen instructions per level, the program about two per
     /// branch (baseline SSE; fewer with wider vectors).
@@ -70,14 +72,23 @@ struct TreeProgram: Sendable {
         }
     }
 
-    /// Adds each tree's value, in tree order, to `out[row * k + target]` for the `n` rows of
-    /// `x` (`c` features each).
+    /// What the trees' leaf values are.
+    enum Leaves {
+        /// Weights for this one target.
+        case weights(target: Int)
+        /// Indices into these vectors of weights, one lane per target (at most 8 targets).
+        case vectors(UnsafeBufferPointer<SIMD8<Float>>)
+    }
+
+    /// Adds each tree's leaf weights, in tree order, to the `k` scores of each of the `n`
+    /// rows of `x` (`c` features each) in `out`.
     func run<C: BranchComparison>(_: C.Type, _ x: UnsafePointer<Float>, rows n: Int, cols c: Int,
-                                  into out: UnsafeMutableBufferPointer<Float>, k: Int, target: Int) {
+                                  into out: UnsafeMutableBufferPointer<Float>, k: Int, leaves: Leaves) {
         typealias V = SIMD8<Float>
         ops.withUnsafeBufferPointer { ops in leafValues.withUnsafeBufferPointer { leafValues in
         withUnsafeTemporaryAllocation(of: V.self, capacity: max(c, 1)) { columns in
         withUnsafeTemporaryAllocation(of: V.self, capacity: max(slots, 1)) { slot in
+        withUnsafeTemporaryAllocation(of: V.self, capacity: Self.rows) { rowScores in
             var r0 = 0
             while r0 < n {
                 let rows = min(Self.rows, n - r0)
@@ -87,8 +98,18 @@ struct TreeProgram: Sendable {
                     for r in 0..<rows { v[r] = x[(r0 + r) * c + f] }
                     columns[f] = v
                 }
+                // Scores so far: one lane per row for one target, or one vector per row.
                 var acc = V(repeating: 0)
-                for r in 0..<rows { acc[r] = out[(r0 + r) * k + target] }
+                switch leaves {
+                case .weights(let target):
+                    for r in 0..<rows { acc[r] = out[(r0 + r) * k + target] }
+                case .vectors:
+                    for r in 0..<rows {
+                        var v = V(repeating: 0)
+                        for j in 0..<k { v[j] = out[(r0 + r) * k + j] }
+                        rowScores[r] = v
+                    }
+                }
                 for tree in trees {
                     var s = 0
                     for l in tree.leaves { slot[s] = V(repeating: leafValues[l]); s += 1 }
@@ -98,11 +119,23 @@ struct TreeProgram: Sendable {
                         slot[s] = slot[Int(op.ifFalse)].replacing(with: slot[Int(op.ifTrue)], where: go)
                         s += 1
                     }
-                    acc += slot[tree.result]
+                    switch leaves {
+                    case .weights: acc += slot[tree.result]
+                    case .vectors(let table):
+                        let leaf = slot[tree.result]
+                        for r in 0..<rows { rowScores[r] += table[Int(leaf[r])] }
+                    }
                 }
-                for r in 0..<rows { out[(r0 + r) * k + target] = acc[r] }
+                switch leaves {
+                case .weights(let target):
+                    for r in 0..<rows { out[(r0 + r) * k + target] = acc[r] }
+                case .vectors:
+                    for r in 0..<rows {
+                        for j in 0..<k { out[(r0 + r) * k + j] = rowScores[r][j] }
+                    }
+                }
                 r0 += rows
             }
-        } } } }
+        } } } } }
     }
 }
