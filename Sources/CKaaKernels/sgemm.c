@@ -15,8 +15,8 @@
 #define MR 6
 // Deepest pass over a panel: up to KC × 16 floats of B (64 KiB) stay in L2 while every row
 // tile of the block goes past them. Deeper products are split into equal passes. (Passes of
-// 256, sized for L1, measured 5% slower at 64×784×256 on Zen 3: the C tile's reloads and the
-// short last pass cost more than the L1 misses, which the prefetcher hides.)
+// 256 or 392, sized for L1, measured 4-8% slower at 64×784×256 on Zen 3; prefetching the next
+// panel by hand gained nothing.)
 #define KC 1024
 // Rows of A per outer block: MC × KC floats of A (288 KiB) stay in L2 across the panels.
 #define MC 72
