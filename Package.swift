@@ -33,6 +33,9 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         // Only KaaEngine imports COpenBLAS (large matrix products).
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-serial-dev"])]),
+        // Kaa's own float kernels in C: one source compiled for the baseline CPU and, through a
+        // function target attribute, for AVX2+FMA, picked at run time. Only KaaEngine imports it.
+        .target(name: "CKaaKernels"),
 
         .target(name: "KaaCore", swiftSettings: strict),
         .target(
@@ -50,6 +53,7 @@ let package = Package(
             dependencies: [
                 "KaaCore",
                 "COpenBLAS",
+                "CKaaKernels",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 // Pipeline specs (YAML).
                 .product(name: "Yams", package: "Yams"),

@@ -292,6 +292,7 @@ struct Planner {
         order = Self.stableTopological(nodes: nodes, producerOf: producerOf)
 
         var steps: [(Plan.Step, [Int])] = []
+        var stepOps: [String] = []
         var ops = Set<String>()
         for n in order {
             let node = nodes[n]
@@ -305,6 +306,8 @@ struct Planner {
                 constants: inSlots.map { $0 < 0 ? nil : template[$0] },
                 outputCount: node.output.count)
             let (kernel, outTypes) = try spec.build(&ctx)
+            constantBytes += ctx.kernelBytes
+            let runSlots = inSlots.enumerated().map { ctx.absorbed.contains($0.offset) ? -1 : $0.element }
             // Kernels keep their attributes' values (weights, trees) in their own arrays.
             constantBytes += node.attribute.reduce(0) { sum, a in
                 sum + a.floats.count * 4 + a.ints.count * 8 + a.strings.reduce(0) { $0 + $1.count + 16 }
@@ -319,7 +322,8 @@ struct Planner {
                 outSlots.append(o.isEmpty ? -1 : try newSlot(o, outTypes[i], what: "an output of \(owner)"))
             }
             ops.insert("\(domain):\(node.opType)")
-            steps.append((Plan.Step(kernel: kernel, inputs: inSlots, outputs: outSlots, release: [], owner: owner), inSlots))
+            steps.append((Plan.Step(kernel: kernel, inputs: runSlots, outputs: outSlots, release: [], owner: owner), runSlots))
+            stepOps.append("\(domain):\(node.opType)")
         }
 
         var outputs: [TensorSignature] = []
@@ -338,8 +342,16 @@ struct Planner {
         }
         if outputs.isEmpty { throw EngineError.invalid("the graph has no outputs") }
 
-        // Release each intermediate after its last reader.
         let keep = Set(outputSlots.map(\.1))
+        steps = Self.fuseEpilogues(zip(steps.map(\.0), stepOps).map { ($0, $1) }, template: template, keep: keep).map { ($0, $0.inputs) }
+        // Initializers that kernels have taken in, and no step reads, are not kept twice.
+        let read = Set(steps.flatMap(\.1))
+        for s in template.indices where template[s] != nil && !read.contains(s) && !keep.contains(s) {
+            constantBytes -= template[s]!.byteCount
+            template[s] = nil
+        }
+
+        // Release each intermediate after its last reader.
         var lastUse: [Int: Int] = [:]
         for (i, (_, ins)) in steps.enumerated() { for s in ins where s >= 0 { lastUse[s] = i } }
         var finalSteps: [Plan.Step] = []

@@ -27,6 +27,12 @@ struct BuildContext {
     let constants: [Tensor?]
     /// How many outputs the node names.
     let outputCount: Int
+    /// Inputs whose constant value the kernel has taken in (packed weights, a folded bias) and
+    /// will not read at run time: the planner passes `nil` for them, and drops an initializer
+    /// no step reads any more.
+    var absorbed: Set<Int> = []
+    /// Bytes the kernel holds beyond the node's attributes (packed weights).
+    var kernelBytes = 0
 
     /// The type of required input `i`, which MUST be one of `allowed`.
     func input(_ i: Int, _ allowed: Set<DType>? = nil) throws -> DType {

@@ -1,5 +1,10 @@
 /// TreeEnsembleClassifier and TreeEnsembleRegressor (ai.onnx.ml), flattened at load into
-/// arrays of nodes that each row walks.
+/// arrays of nodes.
+///
+/// Rows are scored tree by tree over blocks of rows: one tree's nodes stay in cache while the
+/// block's walks, independent of each other, overlap in the CPU. When every branch compares the
+/// same way (after swapping children, see ``Comparison``), the walk is branch-free over
+/// ``walk``; otherwise each node's mode is read as it is reached.
 struct TreeEnsemble: Sendable {
     enum Mode: String, Sendable { case leq = "BRANCH_LEQ", lt = "BRANCH_LT", gte = "BRANCH_GTE", gt = "BRANCH_GT", eq = "BRANCH_EQ", neq = "BRANCH_NEQ", leaf = "LEAF" }
     enum Aggregate: String, Sendable { case sum = "SUM", average = "AVERAGE", min = "MIN", max = "MAX" }
@@ -28,6 +33,35 @@ struct TreeEnsemble: Sendable {
     var packed: [Node] = []
     var weightTarget: [Int] = []
     var weightValue: [Float] = []
+
+    /// How every branch of the ensemble compares, once GTE and GT nodes have their children
+    /// swapped: `v <= t`, `v < t`, or their negations `!(v > t)`, `!(v >= t)`, which send NaN
+    /// to the true child.
+    enum Comparison: Sendable { case leq, lt, notGT, notGE }
+    /// A node for the branch-free walk: 16 bytes. A leaf reads feature 0 and has itself as
+    /// both children, so a walk may run past it for the rest of its tree's depth; its threshold
+    /// is free for its weight (see ``singleTarget``).
+    struct WalkNode: Sendable {
+        var feature: Int32
+        var threshold: Float
+        var trueChild: Int32
+        var falseChild: Int32
+    }
+    /// Set when every branch compares the same way; `nil` sends walks through ``leaf``.
+    var comparison: Comparison?
+    var walk: [WalkNode] = []
+    /// Longest root-to-leaf path of each tree, in edges.
+    var depths: [Int] = []
+    /// Set when every weight is for this one target and no leaf has two: then a leaf's
+    /// ``WalkNode/threshold`` holds its weight (0 for none).
+    var singleTarget: Int?
+    /// The trees as a ``TreeProgram``, when there is a ``singleTarget`` or ``leafVectors``
+    /// and they are shallow enough for it.
+    var program: TreeProgram?
+    /// Each leaf's weights as one vector, when there are at most 8 targets, no
+    /// ``singleTarget`` and no leaf has two weights for one target: then a leaf's
+    /// ``WalkNode/threshold`` holds its vector's index.
+    var leafVectors: [SIMD8<Float>]?
 
     /// Reads the node arrays common to both operators; `prefix` is `class` or `target`.
     init(_ a: inout Attributes, _ ctx: BuildContext, prefix: String, outputs: Int) throws {
@@ -81,7 +115,7 @@ struct TreeEnsemble: Sendable {
         }
         // A walk must end: reject cycles by checking every path from each root is finite.
         var depthOK = [Bool](repeating: false, count: n)
-        for r in roots { try Self.checkAcyclic(r, trueChild, falseChild, &depthOK, ctx) }
+        for r in roots { depths.append(try Self.checkAcyclic(r, trueChild, falseChild, &depthOK, ctx)) }
         guard depthOK.allSatisfy({ $0 }) || roots.count > 0 else { throw ctx.bad("has no roots") }
 
         let wTrees = try a.int64s("\(prefix)_treeids") ?? []
@@ -106,17 +140,46 @@ struct TreeEnsemble: Sendable {
                                trueChild: Int32(trueChild[i]), falseChild: Int32(falseChild[i]),
                                weightStart: start, weightEnd: Int32(weightTarget.count)))
         }
+        (comparison, walk) = Self.walkNodes(packed)
+        // One target for every weight, at most one weight per leaf (a regressor's, a binary
+        // classifier's): leaves carry their weight in the walk node's unused threshold.
+        let targets = Set(weightTarget)
+        if comparison != nil, targets.count == 1, packed.allSatisfy({ $0.mode != .leaf || $0.weightEnd - $0.weightStart <= 1 }) {
+            singleTarget = targets.first
+            for i in 0..<n where packed[i].mode == .leaf {
+                walk[i].threshold = packed[i].weightEnd > packed[i].weightStart ? weightValue[Int(packed[i].weightStart)] : 0
+            }
+            program = TreeProgram(walk: walk, roots: roots, depths: depths)
+        } else if comparison != nil, outputs <= 8, packed.allSatisfy({ node in
+            node.mode != .leaf || Set(weightTarget[Int(node.weightStart)..<Int(node.weightEnd)]).count == Int(node.weightEnd - node.weightStart)
+        }) {
+            // At most one weight per target on each leaf (a random forest classifier's): the
+            // leaf's weights as one vector, numbered in the walk node's threshold.
+            var vectors: [SIMD8<Float>] = []
+            for i in 0..<n where packed[i].mode == .leaf {
+                var v = SIMD8<Float>(repeating: 0)
+                for e in Int(packed[i].weightStart)..<Int(packed[i].weightEnd) { v[weightTarget[e]] = weightValue[e] }
+                walk[i].threshold = Float(vectors.count)
+                vectors.append(v)
+            }
+            leafVectors = vectors
+            program = TreeProgram(walk: walk, roots: roots, depths: depths)
+        }
     }
 
     struct Pair: Hashable { let t: Int64, n: Int64; init(_ t: Int64, _ n: Int64) { self.t = t; self.n = n } }
 
-    static func checkAcyclic(_ root: Int, _ t: [Int], _ f: [Int], _ ok: inout [Bool], _ ctx: BuildContext) throws {
+    /// Throws when a path from `root` is cyclic or too deep; returns the longest path's length.
+    static func checkAcyclic(_ root: Int, _ t: [Int], _ f: [Int], _ ok: inout [Bool], _ ctx: BuildContext) throws -> Int {
         var stack = [(root, 0)]
+        var deepest = 0
         while let (node, depth) = stack.popLast() {
             guard depth < 10_000 else { throw ctx.bad("a tree is cyclic or deeper than 10000 levels") }
             ok[node] = true
+            deepest = max(deepest, depth)
             if t[node] >= 0 { stack.append((t[node], depth + 1)); stack.append((f[node], depth + 1)) }
         }
+        return deepest
     }
 
     /// The leaf a row reaches in the tree at `root`.
@@ -146,35 +209,187 @@ struct TreeEnsemble: Sendable {
         }
     }
 
+    /// The nodes for the branch-free walk, and the one comparison all branches make; `nil`
+    /// (and no nodes) when branches compare in different ways or by (in)equality.
+    static func walkNodes(_ nodes: [Node]) -> (Comparison?, [WalkNode]) {
+        var common: Comparison?
+        var walk: [WalkNode] = []
+        walk.reserveCapacity(nodes.count)
+        for (i, node) in nodes.enumerated() {
+            let c: Comparison
+            var swap = false
+            switch (node.mode, node.missingTrue) {
+            case (.leaf, _):
+                walk.append(WalkNode(feature: 0, threshold: 0, trueChild: Int32(i), falseChild: Int32(i)))
+                continue
+            case (.leq, false): c = .leq
+            case (.leq, true): c = .notGT
+            case (.lt, false): c = .lt
+            case (.lt, true): c = .notGE
+            // v >= t is !(v < t) but for NaN; NaN then goes to the swapped-in child it should.
+            case (.gte, false): c = .notGE; swap = true
+            case (.gte, true): c = .lt; swap = true
+            case (.gt, false): c = .notGT; swap = true
+            case (.gt, true): c = .leq; swap = true
+            case (.eq, _), (.neq, _): return (nil, [])
+            }
+            if let common, common != c { return (nil, []) }
+            common = c
+            walk.append(WalkNode(feature: node.feature, threshold: node.threshold,
+                                 trueChild: swap ? node.falseChild : node.trueChild,
+                                 falseChild: swap ? node.trueChild : node.falseChild))
+        }
+        return (common, walk)
+    }
+
+    /// Walks in flight at once: (row, tree) pairs whose chains of dependent loads overlap.
+    static let lanes = 16
+
     /// Scores of every row: aggregate of the reached leaves' weights, plus base values.
     func scores(_ x: [Float], rows n: Int, cols c: Int, outputs k: Int, aggregate: Aggregate, base: [Float]) throws -> [Float] {
         guard c >= featureCount else { throw EngineError.runtime("input has \(c) features; the trees read feature \(featureCount - 1)") }
         guard x.count >= n * c else { throw EngineError.runtime("input has \(x.count) values for \(n) rows of \(c)") }
         var out = [Float](repeating: 0, count: n * k)
-        var has = [Bool](repeating: false, count: k)
-        let treeCount = Float(roots.count)
-        x.withUnsafeBufferPointer { px in packed.withUnsafeBufferPointer { nodes in roots.withUnsafeBufferPointer { roots in
-        weightTarget.withUnsafeBufferPointer { wt in weightValue.withUnsafeBufferPointer { wv in out.withUnsafeMutableBufferPointer { po in
-            for r in 0..<n {
-                let row = px.baseAddress! + r * c
-                let o = r * k
-                if aggregate == .min || aggregate == .max { for j in 0..<k { has[j] = false } }
-                for root in roots {
-                    let node = nodes[TreeEnsemble.leaf(root, nodes, row)]
-                    for e in Int(node.weightStart)..<Int(node.weightEnd) {
-                        let t = wt[e], w = wv[e]
-                        switch aggregate {
-                        case .sum, .average: po[o + t] += w
-                        case .min: po[o + t] = has[t] ? min(po[o + t], w) : w; has[t] = true
-                        case .max: po[o + t] = has[t] ? max(po[o + t], w) : w; has[t] = true
-                        }
+        var has = aggregate == .min || aggregate == .max ? [Bool](repeating: false, count: n * k) : []
+        x.withUnsafeBufferPointer { px in out.withUnsafeMutableBufferPointer { po in has.withUnsafeMutableBufferPointer { ph in
+            let sink = Sink(out: po, has: ph, k: k, aggregate: aggregate)
+            if let program, n >= TreeProgram.rows, aggregate == .sum || aggregate == .average {
+                let x = px.baseAddress!
+                (leafVectors ?? []).withUnsafeBufferPointer { vectors in
+                    let leaves: TreeProgram.Leaves = singleTarget.map { .weights(target: $0) } ?? .vectors(vectors)
+                    switch comparison {
+                    case .leq: program.run(Leq.self, x, rows: n, cols: c, into: po, k: k, leaves: leaves)
+                    case .lt: program.run(Lt.self, x, rows: n, cols: c, into: po, k: k, leaves: leaves)
+                    case .notGT: program.run(NotGT.self, x, rows: n, cols: c, into: po, k: k, leaves: leaves)
+                    case .notGE: program.run(NotGE.self, x, rows: n, cols: c, into: po, k: k, leaves: leaves)
+                    case nil: break
                     }
                 }
-                if aggregate == .average { for j in 0..<k { po[o + j] /= treeCount } }
-                if !base.isEmpty { for j in 0..<k { po[o + j] += base[j] } }
+                return
             }
-        } } } } } }
+            switch comparison {
+            case .leq: walkBlocks(Leq.self, px, n, c, sink)
+            case .lt: walkBlocks(Lt.self, px, n, c, sink)
+            case .notGT: walkBlocks(NotGT.self, px, n, c, sink)
+            case .notGE: walkBlocks(NotGE.self, px, n, c, sink)
+            case nil: walkModes(px, n, c, sink)
+            }
+        } } }
+        if aggregate == .average {
+            let treeCount = Float(roots.count)
+            for i in out.indices { out[i] /= treeCount }
+        }
+        if !base.isEmpty {
+            for r in 0..<n { for j in 0..<k { out[r * k + j] += base[j] } }
+        }
         return out
+    }
+
+    /// Where reached leaves' weights go: the scores and, for MIN and MAX, which are set yet.
+    struct Sink {
+        let out: UnsafeMutableBufferPointer<Float>
+        let has: UnsafeMutableBufferPointer<Bool>
+        let k: Int
+        let aggregate: Aggregate
+
+        /// Adds (or takes the min or max of) the weights of leaf `node` to row `row`'s scores.
+        @inline(__always)
+        func add(_ node: Node, row: Int, _ targets: UnsafeBufferPointer<Int>, _ values: UnsafeBufferPointer<Float>) {
+            let o = row * k
+            for e in Int(node.weightStart)..<Int(node.weightEnd) {
+                let t = o + targets[e], w = values[e]
+                switch aggregate {
+                case .sum, .average: out[t] += w
+                case .min: out[t] = has[t] ? min(out[t], w) : w; has[t] = true
+                case .max: out[t] = has[t] ? max(out[t], w) : w; has[t] = true
+                }
+            }
+        }
+    }
+
+    /// The branch-free walk. Sixteen walks go at once, a block of rows by a group of trees (16
+    /// rows by one tree for large batches, one row by 16 trees for a single row), each level
+    /// advancing them all, to the group's depth or until none moves; then the leaves' weights
+    /// are added, each row's in tree order.
+    func walkBlocks<C: BranchComparison>(_: C.Type, _ x: UnsafeBufferPointer<Float>, _ n: Int, _ c: Int, _ sink: Sink) {
+        let x = x.baseAddress!
+        let treeCount = roots.count
+        let treesPerBlock = max(1, Self.lanes / max(1, min(n, Self.lanes)))
+        let rowsPerBlock = Self.lanes / treesPerBlock
+        let leafVectors = self.leafVectors ?? []
+        walk.withUnsafeBufferPointer { nodes in packed.withUnsafeBufferPointer { packed in
+        weightTarget.withUnsafeBufferPointer { wt in weightValue.withUnsafeBufferPointer { wv in
+        leafVectors.withUnsafeBufferPointer { vectors in
+        let vectors: UnsafeBufferPointer<SIMD8<Float>>? = self.leafVectors == nil ? nil : vectors
+        withUnsafeTemporaryAllocation(of: Int32.self, capacity: Self.lanes) { at in
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: Self.lanes) { offset in
+            var r0 = 0
+            while r0 < n {
+                let rows = min(rowsPerBlock, n - r0)
+                var t0 = 0
+                while t0 < treeCount {
+                    let trees = min(treesPerBlock, treeCount - t0)
+                    var depth = 0
+                    for t in 0..<trees { depth = max(depth, depths[t0 + t]) }
+                    for r in 0..<rows {
+                        for t in 0..<trees {
+                            at[r * trees + t] = Int32(roots[t0 + t])
+                            offset[r * trees + t] = (r0 + r) * c
+                        }
+                    }
+                    let lanes = rows * trees
+                    for _ in 0..<depth {
+                        var moved: Int32 = 0
+                        for l in 0..<lanes {
+                            let i = at[l]
+                            let node = nodes[Int(i)]
+                            let go = C.goesTrue(x[offset[l] &+ Int(node.feature)], node.threshold)
+                            // A select by mask, not `go ? t : f`, which compiles to a branch
+                            // that mispredicts on half the rows.
+                            let mask = 0 &- Int32(unsafeBitCast(go, to: UInt8.self))
+                            let next = node.falseChild ^ ((node.trueChild ^ node.falseChild) & mask)
+                            moved |= next ^ i
+                            at[l] = next
+                        }
+                        if moved == 0 { break }
+                    }
+                    if let target = singleTarget, sink.aggregate == .sum || sink.aggregate == .average {
+                        for r in 0..<rows {
+                            var score = sink.out[(r0 + r) * sink.k + target]
+                            for t in 0..<trees { score += nodes[Int(at[r * trees + t])].threshold }
+                            sink.out[(r0 + r) * sink.k + target] = score
+                        }
+                    } else if let leafVectors = vectors, sink.aggregate == .sum || sink.aggregate == .average {
+                        let k = sink.k
+                        for r in 0..<rows {
+                            let o = (r0 + r) * k
+                            var score = SIMD8<Float>(repeating: 0)
+                            for j in 0..<k { score[j] = sink.out[o + j] }
+                            for t in 0..<trees { score += leafVectors[Int(nodes[Int(at[r * trees + t])].threshold)] }
+                            for j in 0..<k { sink.out[o + j] = score[j] }
+                        }
+                    } else {
+                        for r in 0..<rows {
+                            for t in 0..<trees { sink.add(packed[Int(at[r * trees + t])], row: r0 + r, wt, wv) }
+                        }
+                    }
+                    t0 += trees
+                }
+                r0 += rows
+            }
+        } } } } } } }
+    }
+
+    /// The walk for ensembles whose branches compare in different ways: row by row, reading
+    /// each node's mode.
+    func walkModes(_ x: UnsafeBufferPointer<Float>, _ n: Int, _ c: Int, _ sink: Sink) {
+        packed.withUnsafeBufferPointer { nodes in
+        weightTarget.withUnsafeBufferPointer { wt in weightValue.withUnsafeBufferPointer { wv in
+            for r in 0..<n {
+                let row = x.baseAddress! + r * c
+                for root in roots { sink.add(nodes[TreeEnsemble.leaf(root, nodes, row)], row: r, wt, wv) }
+            }
+        } } }
     }
 
     static let regressor = OperatorSpec(name: "TreeEnsembleRegressor", domain: "ai.onnx.ml", opsets: 1...5) { ctx in
@@ -248,4 +463,32 @@ struct TreeEnsemble: Sendable {
             return [MLOps.labelTensor(labels, best), Tensor(shape: [n, k], floats: s)]
         }, [labelType, .float32])
     }
+}
+
+/// One way a branch compares a feature with its threshold (``TreeEnsemble/Comparison``),
+/// as a type so the walk is specialized for it.
+protocol BranchComparison {
+    static func goesTrue(_ v: Float, _ threshold: Float) -> Bool
+    /// The same comparison lane by lane.
+    static func goesTrue(_ v: SIMD8<Float>, _ threshold: SIMD8<Float>) -> SIMDMask<SIMD8<Int32>>
+}
+
+enum Leq: BranchComparison {
+    @inline(__always) static func goesTrue(_ v: Float, _ t: Float) -> Bool { v <= t }
+    @inline(__always) static func goesTrue(_ v: SIMD8<Float>, _ t: SIMD8<Float>) -> SIMDMask<SIMD8<Int32>> { v .<= t }
+}
+
+enum Lt: BranchComparison {
+    @inline(__always) static func goesTrue(_ v: Float, _ t: Float) -> Bool { v < t }
+    @inline(__always) static func goesTrue(_ v: SIMD8<Float>, _ t: SIMD8<Float>) -> SIMDMask<SIMD8<Int32>> { v .< t }
+}
+
+enum NotGT: BranchComparison {
+    @inline(__always) static func goesTrue(_ v: Float, _ t: Float) -> Bool { !(v > t) }
+    @inline(__always) static func goesTrue(_ v: SIMD8<Float>, _ t: SIMD8<Float>) -> SIMDMask<SIMD8<Int32>> { .!(v .> t) }
+}
+
+enum NotGE: BranchComparison {
+    @inline(__always) static func goesTrue(_ v: Float, _ t: Float) -> Bool { !(v >= t) }
+    @inline(__always) static func goesTrue(_ v: SIMD8<Float>, _ t: SIMD8<Float>) -> SIMDMask<SIMD8<Int32>> { .!(v .>= t) }
 }

@@ -1,0 +1,374 @@
+import CKaaKernels
+import COpenBLAS
+
+/// A constant float32 matrix B (k×n) packed once at load into the 16-column panels that
+/// `kaa_sgemm_packed` streams (CKaaKernels), with Gemm's `alpha` folded in.
+///
+/// `@unchecked Sendable`: the panels are written only in `init` and only read afterwards, so
+/// any number of threads may multiply by one matrix at once.
+final class PackedMatrix: @unchecked Sendable {
+    /// Rows of B: the inner dimension of a product.
+    let k: Int
+    /// Columns of B: the columns of a product.
+    let n: Int
+    private let panels: UnsafeMutablePointer<Float>
+    private let floatCount: Int
+
+    /// Packs `b`, row-major k×n, or n×k when `transposed` (Gemm's `transB`, PyTorch's Linear).
+    init(_ b: UnsafeBufferPointer<Float>, k: Int, n: Int, transposed: Bool, alpha: Float = 1) {
+        precondition(b.count == k * n, "\(b.count) floats for a \(k)×\(n) matrix")
+        self.k = k
+        self.n = n
+        floatCount = kaa_sgemm_packed_size(k, n)
+        panels = UnsafeMutableRawPointer.allocate(byteCount: max(floatCount, 1) * MemoryLayout<Float>.stride, alignment: 64)
+            .bindMemory(to: Float.self, capacity: max(floatCount, 1))
+        kaa_sgemm_pack_b(k, n, b.baseAddress, transposed ? 1 : 0, alpha, panels)
+    }
+
+    deinit { panels.deallocate() }
+
+    /// Bytes the panels take.
+    var byteCount: Int { floatCount * MemoryLayout<Float>.stride }
+
+    /// Which kernel ``multiply(_:rows:into:bias:accumulate:relu:kernel:)`` runs.
+    enum KernelChoice { case best, baseline }
+
+    /// `c` (m×n) = `a` (m×k) · B, plus `bias` (n floats) on every row when given; with
+    /// `accumulate`, `c` += a·B instead (bias ignored). With `relu`, negative results become 0.
+    /// `c` MUST hold m×n floats, `a` m×k.
+    func multiply(_ a: UnsafePointer<Float>, rows m: Int, into c: UnsafeMutablePointer<Float>,
+                  bias: UnsafePointer<Float>?, accumulate: Bool, relu: Bool, kernel: KernelChoice = .best) {
+        let flags = Int32((accumulate ? KAA_SGEMM_ACCUMULATE : 0) | (relu ? KAA_SGEMM_RELU : 0))
+        switch kernel {
+        case .best: kaa_sgemm_packed(m, n, k, a, k, panels, c, n, accumulate ? nil : bias, flags)
+        case .baseline: kaa_sgemm_packed_baseline(m, n, k, a, k, panels, c, n, accumulate ? nil : bias, flags)
+        }
+    }
+}
+
+/// What a kernel can apply to its output as it stores it, in place of the next node.
+enum Epilogue {
+    /// Adding a constant that broadcasts along rows: shape [n], [1, n], ... or a single value.
+    case add(Tensor)
+    /// Relu.
+    case relu
+}
+
+/// A kernel that can take over the elementwise node after it (see ``Planner`` fusion), saving
+/// a pass over its output and that node's allocation.
+protocol EpilogueFusable: Kernel {
+    /// This kernel followed by `epilogue`, or `nil` when it cannot apply it exactly.
+    func fusing(_ epilogue: Epilogue) -> (any Kernel)?
+}
+
+/// Gemm or MatMul of float32 A by a constant B packed at load:
+/// Y = A·(alpha·B) + beta·C (+ a fused constant row), then Relu when fused.
+struct PackedProductKernel: EpilogueFusable {
+    enum Form {
+        /// Gemm: A is 2-D (transposed first with transA); C, when not folded into `bias`, is
+        /// read at run time (`beta` times it, broadcast to [m, n]).
+        case gemm(transA: Bool, runtimeCBeta: Float?)
+        /// MatMul: A has any rank ≥ 1; its last dimension is k, the others are rows.
+        case matMul
+    }
+
+    let weights: PackedMatrix
+    let form: Form
+    /// A constant row added to every output row (Gemm's beta·C, a fused Add), or `nil`.
+    var bias: [Float]?
+    /// The rank of a fused Add's constant: when above the product's rank, the output gains
+    /// leading 1-dimensions, as broadcasting gives them.
+    var minRank = 0
+    var relu = false
+
+    /// `c` scaled by `scale` as one row of `n`, when it broadcasts along rows ([n], [1, n],
+    /// [1, 1, n], or one value); `nil` otherwise.
+    static func row(_ c: Tensor, n: Int, scale: Float = 1) -> [Float]? {
+        guard let v = c.floats else { return nil }
+        if v.count == 1 { return [Float](repeating: scale * v[0], count: n) }
+        guard v.count == n, c.shape.last == n else { return nil }
+        return v.map { scale * $0 }
+    }
+
+    func fusing(_ epilogue: Epilogue) -> (any Kernel)? {
+        var k = self
+        switch epilogue {
+        case .relu:
+            k.relu = true
+        case .add(let t):
+            // After a Relu the add no longer commutes with it; a runtime C is not a row.
+            guard !relu, let row = Self.row(t, n: weights.n) else { return nil }
+            if case .gemm(_, let c?) = form, c != 0 { return nil }
+            k.bias = bias.map { b in zip(b, row).map { $0 + $1 } } ?? row
+            k.minRank = max(minRank, t.rank)
+        }
+        return k
+    }
+
+    func run(_ inputs: [Tensor?]) throws -> [Tensor] {
+        let x = try K.arg(inputs, 0)
+        guard var a = x.floats else { throw EngineError.runtime("A is \(x.dtype), expected float32") }
+        if a.isEmpty { a = [0] }  // k = 0: never read, but the kernel takes a pointer
+        let k = weights.k, n = weights.n
+        var m: Int
+        var shape: [Int]
+        var runtimeC: (Tensor, Float)?
+        switch form {
+        case .gemm(let transA, let beta):
+            guard x.rank == 2 else { throw EngineError.runtime("A must be 2-D, got \(x.shape)") }
+            if transA { a = K.transpose(a, x.shape, [1, 0]).values }
+            let ak: Int
+            (m, ak) = transA ? (x.shape[1], x.shape[0]) : (x.shape[0], x.shape[1])
+            guard ak == k else { throw EngineError.runtime("A is \(x.shape) and B is \(k)×\(n): inner dimensions \(ak) and \(k) differ") }
+            shape = [m, n]
+            if let beta, inputs.count > 2, let c = inputs[2] {
+                guard c.rank <= 2, try K.broadcast(c.shape, [m, n]) == [m, n] else {
+                    throw EngineError.runtime("C has shape \(c.shape), which does not broadcast to [\(m), \(n)]")
+                }
+                runtimeC = (c, beta)
+            }
+        case .matMul:
+            guard x.rank >= 1, x.shape[x.rank - 1] == k else {
+                throw EngineError.runtime("shapes \(x.shape) and [\(k), \(n)] do not multiply")
+            }
+            m = x.shape.dropLast().reduce(1, *)
+            shape = x.rank == 1 ? [n] : Array(x.shape.dropLast()) + [n]
+        }
+        if minRank > shape.count { shape = [Int](repeating: 1, count: minRank - shape.count) + shape }
+        let count = m * n
+        var out: [Float]
+        if let (c, beta) = runtimeC {
+            guard let cv = c.floats else { throw EngineError.runtime("C is \(c.dtype), expected float32") }
+            out = K.expand(cv, c.shape, to: [m, n])
+            if beta != 1 { for i in out.indices { out[i] *= beta } }
+            if let bias { for i in out.indices { out[i] += bias[i % n] } }
+            out.withUnsafeMutableBufferPointer { pc in a.withUnsafeBufferPointer { pa in
+                weights.multiply(pa.baseAddress!, rows: m, into: pc.baseAddress!, bias: nil, accumulate: true, relu: relu)
+            } }
+        } else {
+            out = [Float](unsafeUninitializedCapacity: count) { pc, initialized in
+                if count > 0 {
+                    a.withUnsafeBufferPointer { pa in
+                        if let bias {
+                            bias.withUnsafeBufferPointer { pb in
+                                weights.multiply(pa.baseAddress!, rows: m, into: pc.baseAddress!, bias: pb.baseAddress, accumulate: false, relu: relu)
+                            }
+                        } else {
+                            weights.multiply(pa.baseAddress!, rows: m, into: pc.baseAddress!, bias: nil, accumulate: false, relu: relu)
+                        }
+                    }
+                }
+                initialized = count
+            }
+        }
+        return [Tensor(shape: shape, floats: out)]
+    }
+}
+
+/// Gemm and MatMul. A constant float32 B is packed at load for ``PackedProductKernel``; other
+/// products multiply as they come.
+extension MathOps {
+    /// C[m,n] (+)= sum_k A[m,k] * B[k,n], row-major, for contiguous A (m×k) and B (k×n).
+    /// Float goes to ``sgemmAccumulate``; other types run a plain loop.
+    @inline(__always)
+    static func matmulAccumulate<T: BinaryFloatingPoint>(
+        _ a: UnsafeBufferPointer<T>, _ b: UnsafeBufferPointer<T>, _ c: UnsafeMutableBufferPointer<T>,
+        m: Int, k: Int, n: Int, aOffset: Int = 0, bOffset: Int = 0, cOffset: Int = 0
+    ) {
+        if T.self == Float.self {
+            a.withMemoryRebound(to: Float.self) { fa in b.withMemoryRebound(to: Float.self) { fb in c.withMemoryRebound(to: Float.self) { fc in
+                sgemmAccumulate(fa.baseAddress! + aOffset, fb.baseAddress! + bOffset, fc.baseAddress! + cOffset, m: m, k: k, n: n)
+            } } }
+            return
+        }
+        for i in 0..<m {
+            let crow = cOffset + i * n
+            for p in 0..<k {
+                let av = a[aOffset + i * k + p]
+                if av == 0 { continue }
+                let brow = bOffset + p * n
+                for j in 0..<n { c[crow + j] += av * b[brow + j] }
+            }
+        }
+    }
+
+    /// C (+)= A × B for Float, with 8-wide SIMD over columns and four rows of B per pass, so
+    /// each pass loads and stores a row of C once for four multiply-adds. Uses only baseline
+    /// x86-64 / arm64 vector instructions (SIMD8 lowers to two SSE or NEON registers).
+    /// Products of at least this many multiply-adds go to OpenBLAS, whose kernels are chosen
+    /// for the CPU at run time (AVX2, AVX-512 where present); smaller ones stay here, where a
+    /// call costs less.
+    static let blasThreshold = 64 * 1024
+
+    static func sgemmAccumulate(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, m: Int, k: Int, n: Int) {
+        if m * n * k >= blasThreshold, m < Int(Int32.max), n < Int(Int32.max), k < Int(Int32.max) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k),
+                        1, a, Int32(k), b, Int32(n), 1, c, Int32(n))
+            return
+        }
+        let n8 = n & ~7
+        let k4 = k & ~3
+        for i in 0..<m {
+            let crow = c + i * n
+            let arow = a + i * k
+            var p = 0
+            while p < k4 {
+                let a0 = arow[p], a1 = arow[p + 1], a2 = arow[p + 2], a3 = arow[p + 3]
+                let b0 = b + p * n, b1 = b0 + n, b2 = b1 + n, b3 = b2 + n
+                let v0 = SIMD8<Float>(repeating: a0), v1 = SIMD8<Float>(repeating: a1)
+                let v2 = SIMD8<Float>(repeating: a2), v3 = SIMD8<Float>(repeating: a3)
+                var j = 0
+                while j < n8 {
+                    var acc = UnsafeRawPointer(crow + j).loadUnaligned(as: SIMD8<Float>.self)
+                    acc += v0 * UnsafeRawPointer(b0 + j).loadUnaligned(as: SIMD8<Float>.self)
+                    acc += v1 * UnsafeRawPointer(b1 + j).loadUnaligned(as: SIMD8<Float>.self)
+                    acc += v2 * UnsafeRawPointer(b2 + j).loadUnaligned(as: SIMD8<Float>.self)
+                    acc += v3 * UnsafeRawPointer(b3 + j).loadUnaligned(as: SIMD8<Float>.self)
+                    UnsafeMutableRawPointer(crow + j).storeBytes(of: acc, as: SIMD8<Float>.self)
+                    j += 8
+                }
+                while j < n {
+                    crow[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j]
+                    j += 1
+                }
+                p += 4
+            }
+            while p < k {
+                let av = arow[p]
+                let brow = b + p * n
+                for j in 0..<n { crow[j] += av * brow[j] }
+                p += 1
+            }
+        }
+    }
+
+    static let gemm = OperatorSpec(name: "Gemm", domain: "ai.onnx", opsets: 7...22) { ctx in
+        try ctx.inputs(2, 3)
+        let t = try ctx.input(0, .floats)
+        guard try ctx.input(1) == t, try ctx.optionalInput(2) ?? t == t else { throw ctx.bad("A, B and C must have one type") }
+        let alpha = try ctx.attributes.float("alpha", default: 1)
+        let beta = try ctx.attributes.float("beta", default: 1)
+        let transA = try ctx.attributes.int("transA", default: 0) != 0
+        let transB = try ctx.attributes.int("transB", default: 0) != 0
+        if t == .float32, let b = ctx.constants[1], b.rank == 2, let bv = b.floats {
+            let (k, n) = transB ? (b.shape[1], b.shape[0]) : (b.shape[0], b.shape[1])
+            let packed = bv.withUnsafeBufferPointer { PackedMatrix($0, k: k, n: n, transposed: transB, alpha: alpha) }
+            var bias: [Float]?
+            var runtimeCBeta: Float?
+            if ctx.inputTypes.count > 2, ctx.inputTypes[2] != nil {
+                let c = ctx.constants[2]
+                if c != nil, beta == 0 {
+                    ctx.absorbed.insert(2)
+                } else if let c, c.rank <= 2, let row = PackedProductKernel.row(c, n: n, scale: beta) {
+                    bias = row
+                    ctx.absorbed.insert(2)
+                } else if beta != 0 {
+                    runtimeCBeta = beta
+                }
+            }
+            ctx.absorbed.insert(1)
+            ctx.kernelBytes += packed.byteCount + (bias?.count ?? 0) * 4
+            return (PackedProductKernel(weights: packed, form: .gemm(transA: transA, runtimeCBeta: runtimeCBeta), bias: bias), [t])
+        }
+        // Pre-transpose a constant B once at load.
+        var bConst: Tensor?
+        if let b = ctx.constants[1], b.rank == 2 {
+            bConst = transB ? Tensor(shape: [b.shape[1], b.shape[0]], storage: {
+                switch b.storage {
+                case .float32(let v): .float32(K.transpose(v, b.shape, [1, 0]).values)
+                case .float64(let v): .float64(K.transpose(v, b.shape, [1, 0]).values)
+                default: b.storage
+                }
+            }()) : b
+        }
+        let preB = bConst
+        return (ClosureKernel { inputs in
+            let a = try K.arg(inputs, 0)
+            let b: Tensor
+            let bT: Bool
+            if let preB { b = preB; bT = false } else { b = try K.arg(inputs, 1); bT = transB }
+            guard a.rank == 2, b.rank == 2 else { throw EngineError.runtime("A and B must be 2-D, got \(a.shape) and \(b.shape)") }
+            let (m, k) = transA ? (a.shape[1], a.shape[0]) : (a.shape[0], a.shape[1])
+            let (kb, n) = bT ? (b.shape[1], b.shape[0]) : (b.shape[0], b.shape[1])
+            guard k == kb else { throw EngineError.runtime("A is \(a.shape) and B is \(b.shape): inner dimensions \(k) and \(kb) differ") }
+            let c = inputs.count > 2 ? inputs[2] : nil
+            func run<T: BinaryFloatingPoint>(_ av: [T], _ bv: [T], _ cv: [T]?) throws -> [T] {
+                let av = transA ? K.transpose(av, a.shape, [1, 0]).values : av
+                let bv = bT ? K.transpose(bv, b.shape, [1, 0]).values : bv
+                var out: [T]
+                if let cv, let c, beta != 0 {
+                    _ = try K.broadcast(c.shape, [m, n])
+                    guard c.rank <= 2 else { throw EngineError.runtime("C has shape \(c.shape)") }
+                    out = K.expand(cv, c.shape, to: [m, n])
+                    if beta != 1 { let bt = T(beta); for i in out.indices { out[i] *= bt } }
+                } else {
+                    out = [T](repeating: 0, count: m * n)
+                }
+                if alpha == 1 {
+                    av.withUnsafeBufferPointer { pa in bv.withUnsafeBufferPointer { pb in out.withUnsafeMutableBufferPointer { pc in
+                        matmulAccumulate(pa, pb, pc, m: m, k: k, n: n)
+                    } } }
+                } else {
+                    var tmp = [T](repeating: 0, count: m * n)
+                    av.withUnsafeBufferPointer { pa in bv.withUnsafeBufferPointer { pb in tmp.withUnsafeMutableBufferPointer { pc in
+                        matmulAccumulate(pa, pb, pc, m: m, k: k, n: n)
+                    } } }
+                    let al = T(alpha)
+                    for i in out.indices { out[i] += al * tmp[i] }
+                }
+                return out
+            }
+            switch (a.storage, b.storage) {
+            case (.float32(let x), .float32(let y)):
+                return [Tensor(shape: [m, n], floats: try run(x, y, c?.floats))]
+            case (.float64(let x), .float64(let y)):
+                return [Tensor(shape: [m, n], doubles: try run(x, y, c?.doubles))]
+            default: throw EngineError.runtime("A is \(a.dtype), B is \(b.dtype)")
+            }
+        }, [t])
+    }
+
+    static let matMul = OperatorSpec(name: "MatMul", domain: "ai.onnx", opsets: 1...22) { ctx in
+        try ctx.inputs(2, 2)
+        let t = try ctx.input(0, .floats)
+        guard try ctx.input(1) == t else { throw ctx.bad("A and B must have one type") }
+        if t == .float32, let b = ctx.constants[1], b.rank == 2, let bv = b.floats {
+            let packed = bv.withUnsafeBufferPointer { PackedMatrix($0, k: b.shape[0], n: b.shape[1], transposed: false) }
+            ctx.absorbed.insert(1)
+            ctx.kernelBytes += packed.byteCount
+            return (PackedProductKernel(weights: packed, form: .matMul), [t])
+        }
+        return (ClosureKernel { inputs in
+            let a = try K.arg(inputs, 0), b = try K.arg(inputs, 1)
+            guard a.rank >= 1, b.rank >= 1 else { throw EngineError.runtime("MatMul of scalars") }
+            let aS = a.rank == 1 ? [1, a.shape[0]] : a.shape
+            let bS = b.rank == 1 ? [b.shape[0], 1] : b.shape
+            let m = aS[aS.count - 2], k = aS[aS.count - 1], kb = bS[bS.count - 2], n = bS[bS.count - 1]
+            guard k == kb else { throw EngineError.runtime("shapes \(a.shape) and \(b.shape) do not multiply") }
+            let batch = try K.broadcast(Array(aS.dropLast(2)), Array(bS.dropLast(2)))
+            let nb = batch.reduce(1, *)
+            // Batch offsets of A and B for each output batch.
+            let aBatchIdx = K.expand(Array(0..<aS.dropLast(2).reduce(1, *)), Array(aS.dropLast(2)), to: batch)
+            let bBatchIdx = K.expand(Array(0..<bS.dropLast(2).reduce(1, *)), Array(bS.dropLast(2)), to: batch)
+            var outShape = batch + [m, n]
+            if a.rank == 1 { outShape.remove(at: outShape.count - 2) }
+            if b.rank == 1 { outShape.removeLast() }
+            func run<T: BinaryFloatingPoint>(_ av: [T], _ bv: [T]) -> [T] {
+                var out = [T](repeating: 0, count: nb * m * n)
+                av.withUnsafeBufferPointer { pa in bv.withUnsafeBufferPointer { pb in out.withUnsafeMutableBufferPointer { pc in
+                    for i in 0..<nb {
+                        matmulAccumulate(pa, pb, pc, m: m, k: k, n: n,
+                                         aOffset: aBatchIdx[i] * m * k, bOffset: bBatchIdx[i] * k * n, cOffset: i * m * n)
+                    }
+                } } }
+                return out
+            }
+            switch (a.storage, b.storage) {
+            case (.float32(let x), .float32(let y)): return [Tensor(shape: outShape, floats: run(x, y))]
+            case (.float64(let x), .float64(let y)): return [Tensor(shape: outShape, doubles: run(x, y))]
+            default: throw EngineError.runtime("A is \(a.dtype), B is \(b.dtype)")
+            }
+        }, [t])
+    }
+
+}
