@@ -5,12 +5,14 @@ import Testing
 
 /// The request fast path against the general parser, and the response encoder's exact text.
 @Suite struct InferenceCodecTests {
-    static func model(_ sample: String) throws -> Model {
-        try Model(onnx: Data(contentsOf: URL(fileURLWithPath: ServingTests.repo + "/snapshots/\(sample)/model.onnx")))
+    /// The sample's graph without its pipeline: the codec checks requests against what the
+    /// scorer takes, here the graph's own inputs.
+    static func model(_ sample: String) throws -> Scorer {
+        try Scorer(model: Model(onnx: Data(contentsOf: URL(fileURLWithPath: ServingTests.repo + "/snapshots/\(sample)/model.onnx"))), pipeline: nil)
     }
 
     /// Parses `body` both ways; they must agree exactly (same request, or the same error).
-    static func agree(_ body: String, _ model: Model, sourceLocation: SourceLocation = #_sourceLocation) -> InferRequest? {
+    static func agree(_ body: String, _ model: Scorer, sourceLocation: SourceLocation = #_sourceLocation) -> InferRequest? {
         let bytes = Array(body.utf8)
         let viaCodec = Result { () throws(InferenceInputError) in try InferenceCodec.parseRequest(body: bytes, headerLength: nil, model: model) }
         let general = Result { () throws(InferenceInputError) in try InferenceCodec.parseGeneral(body: bytes, headerLength: nil, model: model) }
@@ -28,7 +30,7 @@ import Testing
         return nil
     }
 
-    static func fast(_ body: String, _ model: Model) -> Bool { InferenceFastPath.parse(Array(body.utf8), model: model) != nil }
+    static func fast(_ body: String, _ model: Scorer) -> Bool { InferenceFastPath.parse(Array(body.utf8), model: model) != nil }
 
     @Test func fastPathTakesCommonRequestsAndAgreesWithTheGeneralParser() throws {
         let digits = try InferenceCodecTests.model("digits-mlp")
