@@ -13,6 +13,7 @@ packages=(
   wrk nginx-light     # tools/bench-http.sh: load generator and the nginx baseline
   curl procps         # README quick start, tests reading /proc
   libopenblas-serial-dev  # KaaEngine: single-threaded OpenBLAS for large matrix products
+  python3 python3-venv  # tools/python-env.sh: test clients (tritonclient) and benchmark baselines, never the node
   libonnx-testdata    # KaaEngine tests: the ONNX backend node tests (/usr/share/libonnx-testdata)
 )
 
