@@ -59,8 +59,8 @@ public enum SnapshotBuilder {
         guard request.version >= 0 else {
             throw SnapshotError(.invalidName, "version \(request.version) is negative; give a positive version or none")
         }
-        let graphSignature = try ONNXSignatureReader.read(path: request.modelPath)
-        let signature = request.signature ?? graphSignature
+        let signature: SnapshotManifest.ModelSignature
+        if let given = request.signature { signature = given } else { signature = try ONNXSignatureReader.read(path: request.modelPath) }
 
         var sources: [(source: String, file: SnapshotManifest.File)] = []
         let modelFile = try hashFile(request.modelPath, entry: modelEntryName, role: .model)

@@ -23,16 +23,16 @@ struct MembersCommand: AsyncParsableCommand {
         var rows = [["NAME", "ADDRESS", "STATUS", "INCARNATION", "ZONE", "CAPACITY", "AGE"]]
         for m in members {
             let capacity = m["capacity"] as? [String: Any] ?? [:]
-            var cap = "\(capacity["cores"] as? Int ?? 0) cores, \(formatBytes(capacity["memory_bytes"] as? Int ?? 0))"
+            var cap = "\(capacity["cores"] as? Int ?? 0) cores, \(ByteCount.format(UInt64(capacity["memory_bytes"] as? Int ?? 0)))"
             if let gpus = capacity["gpus"] as? Int, gpus > 0 {
-                cap += ", \(gpus) GPU (\(formatBytes(capacity["gpu_memory_bytes"] as? Int ?? 0)))"
+                cap += ", \(gpus) GPU (\(ByteCount.format(UInt64(capacity["gpu_memory_bytes"] as? Int ?? 0))))"
             }
             let name = (m["name"] as? String ?? "?") + ((m["self"] as? Bool ?? false) ? " *" : "")
             rows.append([name, m["peer_addr"] as? String ?? "?", m["status"] as? String ?? "?",
                          "\(m["incarnation"] as? Int ?? 0)", (m["zone"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? "-",
                          cap, formatAge(m["age_seconds"] as? Double ?? 0)])
         }
-        printTable(rows)
+        print(Table.rows(rows))
     }
 }
 

@@ -76,7 +76,7 @@ struct PredictCommand: AsyncParsableCommand {
                 print(String(decoding: w.bytes, as: UTF8.self))
             }
         } else {
-            printTable(Self.table(results))
+            print(Table.rows(Self.table(results)))
         }
     }
 

@@ -68,32 +68,11 @@ final class ProgressBar: @unchecked Sendable {
         let width = 30
         let filled = width * percent / 100
         let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
-        FileHandle.standardError.write(Data("\r\(label) [\(bar)] \(percent)% \(formatBytes(done))/\(formatBytes(total))".utf8))
+        FileHandle.standardError.write(Data("\r\(label) [\(bar)] \(percent)% \(ByteCount.format(UInt64(done)))/\(ByteCount.format(UInt64(total)))".utf8))
     }
 
     func finish() {
         guard enabled else { return }
         FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
-    }
-}
-
-func formatBytes(_ n: Int) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    var value = Double(n)
-    var unit = 0
-    while value >= 1024 && unit < units.count - 1 {
-        value /= 1024
-        unit += 1
-    }
-    return unit == 0 ? "\(n) B" : String(format: "%.1f %@", value, units[unit])
-}
-
-/// Prints rows as columns aligned on the widest cell.
-func printTable(_ rows: [[String]]) {
-    guard let header = rows.first else { return }
-    let widths = header.indices.map { c in rows.map { c < $0.count ? $0[c].count : 0 }.max()! }
-    for row in rows {
-        print(row.enumerated().map { c, cell in cell.padding(toLength: widths[c], withPad: " ", startingAt: 0) }
-            .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
     }
 }
