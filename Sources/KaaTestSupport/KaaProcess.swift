@@ -2,14 +2,15 @@ public import Foundation
 import Glibc
 
 /// A `kaa` process started by a test and stopped by it, by process id.
-// SAFETY: the collected output is guarded by `lock`; everything else is immutable after init.
+///
+/// The child's stdout and stderr go to files, not pipes: a pipe watched through a dispatch
+/// source can outlive its muxnote when a process spawned concurrently inherits the descriptor,
+/// which crashes libdispatch's event loop; a chatty child can also block on a full pipe.
+// SAFETY: every stored property is immutable after init; the output lives in files.
 public final class KaaProcess: @unchecked Sendable {
     public let process: Process
-    private let stderrPipe = Pipe()
-    private let stdoutPipe = Pipe()
-    private let lock = NSLock()
-    private var stderrText = ""
-    private var stdoutText = ""
+    private let stdoutPath: String
+    private let stderrPath: String
 
     /// The `kaa` binary next to the test bundle (`.build/<config>/kaa`).
     public static var binary: URL {
@@ -24,32 +25,34 @@ public final class KaaProcess: @unchecked Sendable {
         return build
     }
 
-    /// Starts `kaa` with `arguments`; stdout and stderr are collected.
-    public init(_ arguments: [String], environment: [String: String] = [:]) throws {
+    /// Starts `kaa` with `arguments` (in `directory` when given); stdout and stderr are collected.
+    public init(_ arguments: [String], environment: [String: String] = [:], directory: String? = nil) throws {
+        let stem = NSTemporaryDirectory() + "kaa-process-\(getpid())-\(UUID().uuidString.prefix(8))"
+        stdoutPath = stem + ".out"
+        stderrPath = stem + ".err"
+        FileManager.default.createFile(atPath: stdoutPath, contents: nil)
+        FileManager.default.createFile(atPath: stderrPath, contents: nil)
+        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: stdoutPath))
+        let err = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrPath))
+        defer {
+            try? out.close()
+            try? err.close()
+        }
         process = Process()
         process.executableURL = KaaProcess.binary
         process.arguments = arguments
+        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
         var env = ProcessInfo.processInfo.environment
         for (k, v) in environment { env[k] = v }
         process.environment = env
-        process.standardError = stderrPipe
-        process.standardOutput = stdoutPipe
-        stderrPipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            guard let self, !data.isEmpty else { return }
-            self.lock.withLock { self.stderrText += String(decoding: data, as: UTF8.self) }
-        }
-        stdoutPipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            guard let self, !data.isEmpty else { return }
-            self.lock.withLock { self.stdoutText += String(decoding: data, as: UTF8.self) }
-        }
+        process.standardOutput = out
+        process.standardError = err
         try process.run()
     }
 
     public var pid: Int32 { process.processIdentifier }
-    public var stderr: String { lock.withLock { stderrText } }
-    public var stdout: String { lock.withLock { stdoutText } }
+    public var stderr: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
+    public var stdout: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }
 
     /// Waits until stderr matches `pattern` (a regex); returns the first capture group.
     public func waitForLog(_ pattern: String, timeout: Double = 20) throws -> String {
@@ -77,9 +80,8 @@ public final class KaaProcess: @unchecked Sendable {
         while process.isRunning && Date() < deadline { usleep(20_000) }
         if process.isRunning {
             kill(pid, SIGKILL)
-            process.waitUntilExit()
         }
-        usleep(50_000) // let the pipes drain
+        process.waitUntilExit()
         return process.terminationStatus
     }
 
@@ -88,14 +90,18 @@ public final class KaaProcess: @unchecked Sendable {
             kill(pid, SIGKILL)
             process.waitUntilExit()
         }
-        stderrPipe.fileHandleForReading.readabilityHandler = nil
-        stdoutPipe.fileHandleForReading.readabilityHandler = nil
+        try? FileManager.default.removeItem(atPath: stdoutPath)
+        try? FileManager.default.removeItem(atPath: stderrPath)
     }
 
-    /// Runs `kaa` to completion and returns (status, stdout, stderr).
-    public static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (Int32, String, String) {
-        let p = try KaaProcess(arguments, environment: environment)
-        let status = p.wait()
+    /// What a finished `kaa` run left: its exit status and output.
+    public typealias Result = (status: Int32, stdout: String, stderr: String)
+
+    /// Runs `kaa` to completion (in `directory` when given) and returns its status and output.
+    public static func run(_ arguments: [String], environment: [String: String] = [:], in directory: String? = nil,
+                           timeout: Double = 120) throws -> Result {
+        let p = try KaaProcess(arguments, environment: environment, directory: directory)
+        let status = p.wait(timeout: timeout)
         return (status, p.stdout, p.stderr)
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import KaaEngine
+import KaaTestSupport
 import Testing
 
 /// `kaa snapshot build --pipeline` checks the pipeline; `kaa batch` scores files through the
@@ -282,10 +283,10 @@ import Testing
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 1, dir.file("stdout.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_addopen(&actions, 2, dir.file("stderr.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        let argv = ([KaaProcess.executable] + args).map { strdup($0) } + [nil]
+        let argv = ([KaaProcess.binary.path] + args).map { strdup($0) } + [nil]
         defer { for a in argv { free(a) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, KaaProcess.executable, &actions, nil, argv, environ)
+        let rc = posix_spawn(&pid, KaaProcess.binary.path, &actions, nil, argv, environ)
         guard rc == 0 else { throw POSIXError(POSIXErrorCode(rawValue: rc) ?? .EIO) }
         var status: Int32 = 0
         var usage = rusage()

@@ -2,44 +2,9 @@ import Foundation
 import KaaTestSupport
 import Testing
 
-/// Runs the built `kaa` executable (next to the test bundle in `.build/<config>/`).
-struct KaaProcess {
-    static var executable: String {
-        var candidates: [String] = []
-        let bundleDir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        candidates.append(bundleDir.appendingPathComponent("kaa").path)
-        candidates.append(bundleDir.deletingLastPathComponent().appendingPathComponent("kaa").path)
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        candidates.append(root.appendingPathComponent(".build/debug/kaa").path)
-        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) } ?? candidates.last!
-    }
-
-    struct Result {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
-
-    static func run(_ args: [String], in dir: String) throws -> Result {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = args
-        p.currentDirectoryURL = URL(fileURLWithPath: dir)
-        let out = Pipe()
-        let err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
-    }
-}
-
 @Suite struct CLITests {
     @Test func binaryIsBuilt() {
-        #expect(FileManager.default.isExecutableFile(atPath: KaaProcess.executable), "build `kaa` first: swift build")
+        #expect(FileManager.default.isExecutableFile(atPath: KaaProcess.binary.path), "build `kaa` first: swift build")
     }
 
     @Test func buildInspectVerifyWholeOutputs() throws {
