@@ -77,7 +77,9 @@ public final class Model: Sendable {
 
 /// The plan: value slots and the steps that fill them, in topological order.
 struct Plan: Sendable {
-    struct Step: Sendable {
+    /// A class, so that walking the steps retains one reference per step rather than copying
+    /// the kernel, three arrays and a string.
+    final class Step: Sendable {
         let kernel: any Kernel
         /// Slot of each input, -1 for an omitted optional one.
         let inputs: [Int]
@@ -86,6 +88,14 @@ struct Plan: Sendable {
         /// Slots whose last reader is this step: released after it, so their memory is reused.
         let release: [Int]
         let owner: String
+
+        init(kernel: any Kernel, inputs: [Int], outputs: [Int], release: [Int], owner: String) {
+            self.kernel = kernel
+            self.inputs = inputs
+            self.outputs = outputs
+            self.release = release
+            self.owner = owner
+        }
     }
 
     /// Slots with initializers filled in; a run copies it as its workspace.
@@ -110,9 +120,10 @@ struct Plan: Sendable {
             let extra = given.keys.filter { !known.contains($0) }.sorted()
             throw EngineError.input("unknown input\(extra.count > 1 ? "s" : "") \(extra.map { "`\($0)`" }.joined(separator: ", ")); the model takes \(inputSlots.map { "`\($0.signature.name)`" }.joined(separator: ", "))")
         }
+        var args: [Tensor?] = []
+        args.reserveCapacity(4)
         for step in steps {
-            var args: [Tensor?] = []
-            args.reserveCapacity(step.inputs.count)
+            args.removeAll(keepingCapacity: true)
             for s in step.inputs { args.append(s < 0 ? nil : slots[s]) }
             let results: [Tensor]
             do { results = try step.kernel.run(args) } catch let e as EngineError {

@@ -304,8 +304,8 @@ private let closeAndEndOfHead = Array("\r\nconnection: close\r\n\r\n".utf8)
 private func isFramingHeader(_ name: String) -> Bool {
     let n = name.utf8.count
     guard n == 14 || n == 10 || n == 17 else { return false }
-    let lower = name.lowercased()
-    return lower == "content-length" || lower == "connection" || lower == "transfer-encoding"
+    return HTTPHeaders.sameName(name, "content-length") || HTTPHeaders.sameName(name, "connection")
+        || HTTPHeaders.sameName(name, "transfer-encoding")
 }
 
 func appendDecimal(_ value: Int, to out: inout [UInt8]) {

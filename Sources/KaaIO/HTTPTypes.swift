@@ -25,10 +25,23 @@ public struct HTTPHeaders: Sendable, Sequence, ExpressibleByDictionaryLiteral {
 
     /// The first value of `name`, if present.
     public subscript(name: String) -> String? {
-        for field in fields where field.name.count == name.count && field.name.lowercased() == name.lowercased() {
-            return field.value
-        }
+        for field in fields where HTTPHeaders.sameName(field.name, name) { return field.value }
         return nil
+    }
+
+    /// Header names compare case-insensitively (ASCII), without making lowercased copies.
+    static func sameName(_ a: String, _ b: String) -> Bool {
+        var a = a, b = b
+        return a.withUTF8 { x in
+            b.withUTF8 { y in
+                guard x.count == y.count else { return false }
+                for i in 0..<x.count where x[i] != y[i] {
+                    let p = x[i] | 0x20, q = y[i] | 0x20
+                    guard p == q, p >= UInt8(ascii: "a"), p <= UInt8(ascii: "z") else { return false }
+                }
+                return true
+            }
+        }
     }
 
     public mutating func add(_ name: String, _ value: String) { fields.append((name, value)) }
@@ -40,8 +53,7 @@ public struct HTTPHeaders: Sendable, Sequence, ExpressibleByDictionaryLiteral {
     }
 
     public mutating func remove(_ name: String) {
-        let lower = name.lowercased()
-        fields.removeAll { $0.name.lowercased() == lower }
+        fields.removeAll { HTTPHeaders.sameName($0.name, name) }
     }
 
     public func makeIterator() -> IndexingIterator<[(name: String, value: String)]> { fields.makeIterator() }
@@ -169,7 +181,7 @@ public func jsonQuoted(_ text: String) -> String {
 
 /// Decodes `%XX` escapes; `nil` when an escape is malformed or the result is not UTF-8.
 public func percentDecode(_ text: Substring) -> String? {
-    guard text.contains("%") else { return String(text) }
+    guard text.utf8.contains(UInt8(ascii: "%")) else { return String(text) }
     var bytes: [UInt8] = []
     bytes.reserveCapacity(text.utf8.count)
     var iterator = text.utf8.makeIterator()

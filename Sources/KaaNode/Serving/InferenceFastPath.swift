@@ -78,17 +78,19 @@ enum InferenceFastPath {
         mutating func input(model: Scorer) -> (String, Tensor)? {
             guard consume(UInt8(ascii: "{")) else { return nil }
             var name: String?, datatype: String?, shape: [Int]?, data: Range<Int>?
-            var seen = Set<String>()
+            var others: [String] = []
             if !consume(UInt8(ascii: "}")) {
                 repeat {
-                    guard let key = plainString(), consume(UInt8(ascii: ":")), seen.insert(key).inserted else { return nil }
+                    guard let key = plainString(), consume(UInt8(ascii: ":")) else { return nil }
                     switch key {
-                    case "name": guard let s = plainString() else { return nil }; name = s
-                    case "datatype": guard let s = plainString() else { return nil }; datatype = s
-                    case "shape": guard let s = dimensions() else { return nil }; shape = s
-                    case "data": guard let r = skipValue() else { return nil }; data = r
+                    case "name": guard name == nil, let s = plainString() else { return nil }; name = s
+                    case "datatype": guard datatype == nil, let s = plainString() else { return nil }; datatype = s
+                    case "shape": guard shape == nil, let s = dimensions() else { return nil }; shape = s
+                    case "data": guard data == nil, let r = skipValue() else { return nil }; data = r
                     case "parameters": return nil
-                    default: guard skipValue() != nil else { return nil }
+                    default:
+                        guard !others.contains(key), skipValue() != nil else { return nil }
+                        others.append(key)
                     }
                 } while consume(UInt8(ascii: ","))
                 guard consume(UInt8(ascii: "}")) else { return nil }

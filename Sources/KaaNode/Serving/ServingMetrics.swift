@@ -18,9 +18,15 @@ public final class ServingMetrics: @unchecked Sendable {
     let registered: Gauge
     let queueDepth: Gauge
 
-    private struct ModelSeries {
-        var latency: DurationHistogram
-        var byStatus: [Int: Counter]
+    private final class ModelSeries {
+        let latency: DurationHistogram
+        /// The `code="200"` counter, made with the series: most calls touch only it.
+        let ok: Counter
+        var byStatus: [Int: Counter] = [:]
+        init(latency: DurationHistogram, ok: Counter) {
+            self.latency = latency
+            self.ok = ok
+        }
     }
     private var perModel: [String: ModelSeries] = [:]
     /// Past this many models, per-model series are not made (cardinality guard); the rest are
@@ -45,22 +51,34 @@ public final class ServingMetrics: @unchecked Sendable {
 
     /// Counts one finished call of `model` with its status and latency.
     func record(model: String, status: HTTPStatus, seconds: Double) {
-        var key = model
-        if perModel[key] == nil && perModel.count >= maxModelSeries { key = "_other" }
-        if perModel[key] == nil {
-            perModel[key] = ModelSeries(
-                latency: registry.makeDurationHistogram(name: "kaa_inference_duration_seconds", labels: [("model", key)],
-                                                        buckets: ServingMetrics.latencyBuckets,
-                                                        help: "Inference call latency, from parsed request to answer."),
-                byStatus: [:])
+        let series = self.series(model)
+        if status == .ok {
+            series.ok.increment()
+            series.latency.recordNanoseconds(Int64(seconds * 1e9))
+            return
         }
-        if perModel[key]!.byStatus[status.code] == nil {
-            perModel[key]!.byStatus[status.code] = registry.makeCounter(
-                name: "kaa_inference_requests_total", labels: [("model", key), ("code", String(status.code))],
-                help: "Inference calls by model and HTTP status.")
-        }
-        perModel[key]!.byStatus[status.code]!.increment()
-        if status == .ok { perModel[key]!.latency.recordNanoseconds(Int64(seconds * 1e9)) }
+        if let counter = series.byStatus[status.code] { return counter.increment() }
+        let counter = makeRequestCounter(series === perModel["_other"] ? "_other" : model, code: status.code)
+        series.byStatus[status.code] = counter
+        counter.increment()
+    }
+
+    private func series(_ model: String) -> ModelSeries {
+        if let series = perModel[model] { return series }
+        let key = perModel.count >= maxModelSeries ? "_other" : model
+        if let series = perModel[key] { return series }
+        let series = ModelSeries(
+            latency: registry.makeDurationHistogram(name: "kaa_inference_duration_seconds", labels: [("model", key)],
+                                                    buckets: ServingMetrics.latencyBuckets,
+                                                    help: "Inference call latency, from parsed request to answer."),
+            ok: makeRequestCounter(key, code: 200))
+        perModel[key] = series
+        return series
+    }
+
+    private func makeRequestCounter(_ model: String, code: Int) -> Counter {
+        registry.makeCounter(name: "kaa_inference_requests_total", labels: [("model", model), ("code", String(code))],
+                             help: "Inference calls by model and HTTP status.")
     }
 
     /// The Prometheus text exposition.
