@@ -13,11 +13,7 @@ cd "$(dirname "$0")/.."
 duration=${1:-10}; connections=${2:-32}; rounds=${3:-3}
 tools/install-deps.sh
 swift build -c release --product kaa >/dev/null
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
-  pin_client=(taskset -c 0); pin_server=(taskset -c 1); pinning="wrk on CPU 0, each server on CPU 1"
-else
-  pin_client=(); pin_server=(); pinning="not pinned (fewer than 2 CPUs or no taskset)"
-fi
+source tools/bench-wrk-common.sh
 
 work=$(mktemp -d /tmp/kaa-bench-http.XXXXXX)
 kaa_port=$((20000 + RANDOM % 10000)); nginx_port=$((kaa_port + 1)); peer_port=$((kaa_port + 2))
@@ -46,10 +42,6 @@ for port in $kaa_port $nginx_port; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/health/live" >/dev/null && break; sleep 0.1; done
 done
 
-# wrk's latency percentiles in microseconds.
-to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} }'; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user + system time of a process
-tck=$(getconf CLK_TCK)
 run() { # port server-pid -> "rps p50 p99 cpu-us-per-request"
   local before; before=$(cpu_ticks "$2")
   local out; out=$("${pin_client[@]}" wrk -t1 -c"$connections" -d"${duration}s" --latency "http://127.0.0.1:$1/v2/health/live")
@@ -75,7 +67,6 @@ for r in $(seq "$rounds"); do   # interleaved rounds, so both see the same machi
   echo "round $r: kaa ${kaa_rps[-1]} req/s, nginx ${nginx_rps[-1]} req/s, ratio ${ratios[-1]}"
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 k=$(median "${kaa_rps[@]}"); n=$(median "${nginx_rps[@]}")
 kc=$(median "${kaa_cpu[@]}"); nc=$(median "${nginx_cpu[@]}")
 printf '\n%-8s %12s %10s %10s %16s\n' server "req/s" "p50 (us)" "p99 (us)" "server CPU/req"

@@ -20,11 +20,7 @@ python=$(tools/python-env.sh bench)
 swift build -c release --product kaa >/dev/null
 kaa=$PWD/.build/release/kaa
 
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
-  pin_client=(taskset -c 0); pin_server=(taskset -c 1); pinning="wrk on CPU 0, each server on CPU 1"
-else
-  pin_client=(); pin_server=(); pinning="not pinned (fewer than 2 CPUs or no taskset)"
-fi
+source tools/bench-wrk-common.sh
 
 work=$(mktemp -d /tmp/kaa-bench-serving.XXXXXX)
 kaa_port=$((20000 + RANDOM % 10000)); peer_port=$((kaa_port + 1)); fastapi_port=$((kaa_port + 2))
@@ -87,11 +83,7 @@ for name, port in (("kaa", sys.argv[2]), ("fastapi", sys.argv[3])):
 print(f"both servers answer label {want_l}, probabilities within 1e-5 of onnxruntime's reference")
 PY
 
-# wrk's latency percentiles in microseconds.
-to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} }'; }
 bad_responses=0
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user + system time of a process
-tck=$(getconf CLK_TCK)
 run() { # server-pid url [lua script] -> "rps p50 p99 non2xx socketerrors cpu-us-per-request"
   local pid=$1 url=$2; shift 2
   local before; before=$(cpu_ticks "$pid")
@@ -128,7 +120,6 @@ for r in $(seq "$rounds"); do
   echo "round $r: kaa infer $(awk '{print $NF}' <<<"${rps[kaa-infer]}") req/s, kaa health $(awk '{print $NF}' <<<"${rps[kaa-health]}") req/s, fastapi infer $(awk '{print $NF}' <<<"${rps[fastapi-infer]}") req/s"
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-median() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 printf '\n%-14s %12s %10s %10s %16s\n' "" "req/s" "p50 (us)" "p99 (us)" "server CPU/req"
 for case in kaa-infer kaa-health fastapi-infer; do
   printf '%-14s %12.0f %10s %10s %13s us\n' "$case" "$(median "${rps[$case]}")" "$(median "${p50[$case]}")" "$(median "${p99[$case]}")" "$(median "${cpu[$case]}")"

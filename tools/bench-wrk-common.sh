@@ -1,0 +1,19 @@
+# Shared by the wrk benchmarks (tools/bench-http.sh, tools/bench-serving.sh); sourced, not run.
+#
+# Pinning on a machine with 2 or more CPUs: wrk runs on CPU 0, each server on CPU 1 (every
+# thread of the process), so the load generator never competes with the server it measures.
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  pin_client=(taskset -c 0); pin_server=(taskset -c 1); pinning="wrk on CPU 0, each server on CPU 1"
+else
+  pin_client=(); pin_server=(); pinning="not pinned (fewer than 2 CPUs or no taskset)"
+fi
+
+# wrk's latency figures ("812.00us", "2.71ms", "1.02s") in microseconds.
+to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} }'; }
+
+# User + system CPU time of process $1, in clock ticks (`tck` per second).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+tck=$(getconf CLK_TCK)
+
+# The median of the numbers given as arguments (words).
+median() { printf '%s\n' $* | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
