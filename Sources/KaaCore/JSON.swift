@@ -282,25 +282,51 @@ struct JSONReader {
     /// fast path for short mantissas and the C library for the rest.
     mutating func number() throws(JSONError) -> JSON {
         let start = position
+        switch JSONNumberText.scan(bytes, at: &position) {
+        case .integer(let i): return .integer(i)
+        case .double(let d): return .number(d)
+        case .invalid(let message): throw error(message)
+        case .long:
+            let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<position]), as: UTF8.self)
+            guard let d = Double(text), d.isFinite else { throw JSONError("number `\(text)` is out of range", offset: start) }
+            return .number(d)
+        }
+    }
+}
+
+/// One JSON number's text, read by the rules of ``JSON``'s reader. The node's one-pass request
+/// parser reads numbers with it too, so both give the same value for the same text.
+public enum JSONNumberText: Equatable, Sendable {
+    /// An integral number (no fraction, no exponent) within `Int64`.
+    case integer(Int64)
+    /// A number read exactly by Clinger's fast path (up to 19 digits, exponent within 22).
+    case double(Double)
+    /// A valid number whose value needs the C library's conversion (a long mantissa or a
+    /// large exponent); the scanned text is the number.
+    case long
+    /// Not a valid number: what is wrong, where the scan stopped.
+    case invalid(String)
+
+    /// Scans the number that starts at `position` and moves `position` past its text (or to
+    /// where it went wrong).
+    @inlinable
+    public static func scan(_ bytes: UnsafeRawBufferPointer, at position: inout Int) -> JSONNumberText {
+        @inline(__always) func isDigit(_ at: Int) -> Bool { at < bytes.count && bytes[at] >= 0x30 && bytes[at] <= 0x39 }
         var negative = false
-        if bytes[position] == UInt8(ascii: "-") {
+        if position < bytes.count, bytes[position] == UInt8(ascii: "-") {
             negative = true
             position += 1
         }
-        guard position < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[position]) else {
-            throw error("expected a digit")
-        }
+        guard isDigit(position) else { return .invalid("expected a digit") }
         var mantissa: UInt64 = 0
         var digits = 0
         var overflow = false
         if bytes[position] == UInt8(ascii: "0") {
             position += 1
-            if position < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[position]) {
-                throw error("leading zeros are not allowed in numbers")
-            }
+            if isDigit(position) { return .invalid("leading zeros are not allowed in numbers") }
         } else {
-            while position < bytes.count, case let c = bytes[position], c >= 0x30, c <= 0x39 {
-                if digits < 19 { mantissa = mantissa &* 10 &+ UInt64(c - 0x30) } else { overflow = true }
+            while isDigit(position) {
+                if digits < 19 { mantissa = mantissa &* 10 &+ UInt64(bytes[position] - 0x30) } else { overflow = true }
                 digits += 1
                 position += 1
             }
@@ -310,12 +336,10 @@ struct JSONReader {
         if position < bytes.count, bytes[position] == UInt8(ascii: ".") {
             isInteger = false
             position += 1
-            guard position < bytes.count, bytes[position] >= 0x30, bytes[position] <= 0x39 else {
-                throw error("expected a digit after the decimal point")
-            }
-            while position < bytes.count, case let c = bytes[position], c >= 0x30, c <= 0x39 {
+            guard isDigit(position) else { return .invalid("expected a digit after the decimal point") }
+            while isDigit(position) {
                 if digits < 19 {
-                    mantissa = mantissa &* 10 &+ UInt64(c - 0x30)
+                    mantissa = mantissa &* 10 &+ UInt64(bytes[position] - 0x30)
                     exponent -= 1
                 } else { overflow = true }
                 digits += 1
@@ -330,12 +354,10 @@ struct JSONReader {
                 expNegative = bytes[position] == UInt8(ascii: "-")
                 position += 1
             }
-            guard position < bytes.count, bytes[position] >= 0x30, bytes[position] <= 0x39 else {
-                throw error("expected a digit in the exponent")
-            }
+            guard isDigit(position) else { return .invalid("expected a digit in the exponent") }
             var e = 0
-            while position < bytes.count, case let c = bytes[position], c >= 0x30, c <= 0x39 {
-                if e < 100_000 { e = e * 10 + Int(c - 0x30) }
+            while isDigit(position) {
+                if e < 100_000 { e = e * 10 + Int(bytes[position] - 0x30) }
                 position += 1
             }
             exponent += expNegative ? -e : e
@@ -347,72 +369,109 @@ struct JSONReader {
                 return .integer(Int64(mantissa))
             }
         }
-        if !overflow && mantissa < (1 << 53) && exponent >= -22 && exponent <= 22 {
-            var d = Double(mantissa)
-            if exponent < 0 { d /= JSONReader.powersOf10[-exponent] } else { d *= JSONReader.powersOf10[exponent] }
-            return .number(negative ? -d : d)
-        }
-        // Rare: long mantissas or large exponents.
-        let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<position]), as: UTF8.self)
-        guard let d = Double(text), d.isFinite else { throw JSONError("number `\(text)` is out of range", offset: start) }
-        return .number(d)
+        guard !overflow, mantissa < (1 << 53), exponent >= -22, exponent <= 22 else { return .long }
+        var d = Double(mantissa)
+        if exponent < 0 { d /= powersOf10[-exponent] } else { d *= powersOf10[exponent] }
+        return .double(negative ? -d : d)
     }
 
-    static let powersOf10: [Double] = (0...22).map { p in (0..<p).reduce(1.0) { r, _ in r * 10 } }
+    /// The powers of ten that `Double` holds exactly.
+    @usableFromInline static let powersOf10: [Double] = (0...22).map { p in (0..<p).reduce(1.0) { r, _ in r * 10 } }
 }
 
-/// Writes JSON text.
+/// Writes JSON text: the one writer of every Kaa JSON answer (the node's responses, `kaa
+/// predict`, `kaa batch` output rows), so all of them use the same escapes and number forms.
+///
+/// It is on the serving path and writes millions of batch rows, so it appends in place: a
+/// string without escapes is copied whole and integers are formatted without a `String`.
 public struct JSONWriter {
-    public private(set) var bytes: [UInt8] = []
+    /// The text written so far. (Stored under another name so the small writers below can be
+    /// inlined into callers in other modules: the serving path calls them per number.)
+    public var bytes: [UInt8] { storage }
+    @usableFromInline var storage: [UInt8] = []
 
-    public init(capacity: Int = 256) { bytes.reserveCapacity(capacity) }
+    public init(capacity: Int = 256) { storage.reserveCapacity(capacity) }
 
+    @inlinable
     public mutating func raw(_ text: StaticString) {
-        text.withUTF8Buffer { bytes.append(contentsOf: $0) }
+        text.withUTF8Buffer { storage.append(contentsOf: $0) }
     }
+
+    /// Appends bytes that are already JSON text (a key written once and reused, say).
+    public mutating func append(_ text: [UInt8]) { storage.append(contentsOf: text) }
 
     public mutating func string(_ s: String) {
-        bytes.append(UInt8(ascii: "\""))
-        for b in s.utf8 {
-            switch b {
-            case UInt8(ascii: "\""): bytes += [0x5C, 0x22]
-            case UInt8(ascii: "\\"): bytes += [0x5C, 0x5C]
-            case 0x0A: bytes += [0x5C, UInt8(ascii: "n")]
-            case 0x0D: bytes += [0x5C, UInt8(ascii: "r")]
-            case 0x09: bytes += [0x5C, UInt8(ascii: "t")]
-            case 0..<0x20:
-                bytes += Array("\\u00".utf8)
-                let hex = Array("0123456789abcdef".utf8)
-                bytes.append(hex[Int(b >> 4)])
-                bytes.append(hex[Int(b & 15)])
-            default: bytes.append(b)
+        storage.append(0x22)
+        var s = s
+        s.withUTF8 { utf8 in
+            var run = 0
+            for i in 0..<utf8.count {
+                let b = utf8[i]
+                guard b == 0x22 || b == 0x5C || b < 0x20 else { continue }
+                storage.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[run..<i]))
+                storage.append(0x5C)
+                switch b {
+                case 0x22: storage.append(0x22)
+                case 0x5C: storage.append(0x5C)
+                case 0x0A: storage.append(UInt8(ascii: "n"))
+                case 0x0D: storage.append(UInt8(ascii: "r"))
+                case 0x09: storage.append(UInt8(ascii: "t"))
+                default:
+                    raw("u00")
+                    storage.append(JSONWriter.hexDigits[Int(b >> 4)])
+                    storage.append(JSONWriter.hexDigits[Int(b & 15)])
+                }
+                run = i + 1
             }
+            storage.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[run..<utf8.count]))
         }
-        bytes.append(UInt8(ascii: "\""))
+        storage.append(0x22)
     }
 
-    public mutating func integer<T: BinaryInteger>(_ v: T) { bytes.append(contentsOf: String(v).utf8) }
+    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
+    @inlinable
+    public mutating func integer(_ v: Int64) {
+        if v < 0 { storage.append(UInt8(ascii: "-")) }
+        var m = v.magnitude
+        let start = storage.count
+        repeat {
+            storage.append(UInt8(truncatingIfNeeded: 0x30 &+ m % 10))
+            m /= 10
+        } while m > 0
+        storage[start...].reverse()
+    }
+
+    public mutating func integer<T: BinaryInteger>(_ v: T) {
+        if let small = Int64(exactly: v) { integer(small) } else { storage.append(contentsOf: String(v).utf8) }
+    }
 
     /// Shortest text that reads back as the same value; non-finite values become `null`.
+    @inlinable
     public mutating func number(_ v: Double) {
-        guard v.isFinite else { return raw("null") }
+        guard v.isFinite else { return null() }
         if v == v.rounded(), abs(v) < 1e15 { return integer(Int64(v)) }
-        bytes.append(contentsOf: v.description.utf8)
+        storage.append(contentsOf: v.description.utf8)
     }
 
+    @inlinable
     public mutating func number(_ v: Float) {
-        guard v.isFinite else { return raw("null") }
+        guard v.isFinite else { return null() }
         if v == v.rounded(), abs(v) < 1e7 { return integer(Int64(v)) }
-        bytes.append(contentsOf: v.description.utf8)
+        storage.append(contentsOf: v.description.utf8)
     }
 
     public mutating func bool(_ v: Bool) { v ? raw("true") : raw("false") }
 
-    public mutating func byte(_ b: UInt8) { bytes.append(b) }
+    @inlinable
+    public mutating func null() { raw("null") }
+
+    @inlinable
+    public mutating func byte(_ b: UInt8) { storage.append(b) }
 
     public mutating func value(_ json: JSON) {
         switch json {
-        case .null: raw("null")
+        case .null: null()
         case .bool(let b): bool(b)
         case .integer(let i): integer(i)
         case .number(let d): number(d)

@@ -359,7 +359,7 @@ final class BatchJob: @unchecked Sendable {
             }
             do throws(PipelineError) {
                 let outputs = try scorer.run(decoded.inputs)
-                var w = RowWriter(capacity: decoded.records.count * 160)
+                var w = JSONWriter(capacity: decoded.records.count * 160)
                 RowEncoder.encode(outputs, order: scorer.outputs, rows: decoded.records.count, into: &w)
                 result.bytes = w.bytes
                 result.rows = decoded.records.count

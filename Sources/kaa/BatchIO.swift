@@ -433,10 +433,10 @@ struct RowDecoder: Sendable {
 
 /// Writes output rows as JSONL: one object per row, output name to that row's value.
 enum RowEncoder {
-    static func encode(_ outputs: [String: Tensor], order: [TensorSignature], rows: Int, into w: inout RowWriter) {
+    static func encode(_ outputs: [String: Tensor], order: [TensorSignature], rows: Int, into w: inout JSONWriter) {
         // Per chunk, not per row: each output's `"name":` and its map keys' `"key":` as bytes.
         func key(_ s: String) -> [UInt8] {
-            var k = RowWriter(capacity: s.utf8.count + 3)
+            var k = JSONWriter(capacity: s.utf8.count + 3)
             k.string(s)
             k.byte(UInt8(ascii: ":"))
             return k.bytes
@@ -462,7 +462,7 @@ enum RowEncoder {
         }
     }
 
-    static func value(_ t: Tensor, keys: [[UInt8]]?, row r: Int, rows: Int, into w: inout RowWriter) {
+    static func value(_ t: Tensor, keys: [[UInt8]]?, row r: Int, rows: Int, into w: inout JSONWriter) {
         guard t.rank >= 1, t.shape[0] == rows else {
             // Not per row (a scalar or another batch size): the whole value on every row.
             nested(t, shape: t.shape, offset: 0, into: &w)
@@ -482,7 +482,7 @@ enum RowEncoder {
         nested(t, shape: Array(t.shape.dropFirst()), offset: r * per, into: &w)
     }
 
-    static func nested(_ t: Tensor, shape: [Int], offset: Int, into w: inout RowWriter) {
+    static func nested(_ t: Tensor, shape: [Int], offset: Int, into w: inout JSONWriter) {
         guard let first = shape.first else { return element(t.storage, offset, into: &w) }
         let inner = Array(shape.dropFirst())
         let step = inner.reduce(1, *)
@@ -494,7 +494,7 @@ enum RowEncoder {
         w.byte(UInt8(ascii: "]"))
     }
 
-    static func element(_ s: Tensor.Storage, _ i: Int, into w: inout RowWriter) {
+    static func element(_ s: Tensor.Storage, _ i: Int, into w: inout JSONWriter) {
         switch s {
         case .float32(let v): w.number(v[i])
         case .float64(let v): w.number(v[i])
@@ -504,75 +504,4 @@ enum RowEncoder {
         case .string(let v): w.string(v[i])
         }
     }
-}
-
-/// JSON text for output rows: what `JSONWriter` writes, byte for byte, with the bulk paths a
-/// million rows want (a string without escapes is copied whole; small integers without a
-/// `String`).
-struct RowWriter {
-    private(set) var bytes: [UInt8] = []
-
-    init(capacity: Int) { bytes.reserveCapacity(capacity) }
-
-    mutating func byte(_ b: UInt8) { bytes.append(b) }
-
-    mutating func append(_ b: [UInt8]) { bytes.append(contentsOf: b) }
-
-    mutating func string(_ s: String) {
-        bytes.append(0x22)
-        var s = s
-        s.withUTF8 { utf8 in
-            var run = 0
-            for i in 0..<utf8.count {
-                let b = utf8[i]
-                guard b == 0x22 || b == 0x5C || b < 0x20 else { continue }
-                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[run..<i]))
-                switch b {
-                case 0x22: bytes += [0x5C, 0x22]
-                case 0x5C: bytes += [0x5C, 0x5C]
-                case 0x0A: bytes += [0x5C, UInt8(ascii: "n")]
-                case 0x0D: bytes += [0x5C, UInt8(ascii: "r")]
-                case 0x09: bytes += [0x5C, UInt8(ascii: "t")]
-                default:
-                    let hex = Array("0123456789abcdef".utf8)
-                    bytes += [0x5C, UInt8(ascii: "u"), 0x30, 0x30, hex[Int(b >> 4)], hex[Int(b & 15)]]
-                }
-                run = i + 1
-            }
-            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[run..<utf8.count]))
-        }
-        bytes.append(0x22)
-    }
-
-    mutating func integer<T: BinaryInteger>(_ v: T) {
-        guard let small = Int(exactly: v), small >= 0, small < 1_000_000 else {
-            bytes.append(contentsOf: String(v).utf8)
-            return
-        }
-        if small < 10 { bytes.append(0x30 + UInt8(small)); return }
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0)
-        var n = small
-        var count = 0
-        withUnsafeMutableBytes(of: &digits) { d in
-            while n > 0 { d[count] = 0x30 + UInt8(n % 10); n /= 10; count += 1 }
-            for i in stride(from: count - 1, through: 0, by: -1) { bytes.append(d[i]) }
-        }
-    }
-
-    /// Shortest text that reads back as the same value; non-finite values become `null`.
-    mutating func number(_ v: Double) {
-        guard v.isFinite else { return null() }
-        if v == v.rounded(), abs(v) < 1e15 { return integer(Int64(v)) }
-        bytes.append(contentsOf: v.description.utf8)
-    }
-
-    mutating func number(_ v: Float) {
-        guard v.isFinite else { return null() }
-        if v == v.rounded(), abs(v) < 1e7 { return integer(Int64(v)) }
-        bytes.append(contentsOf: v.description.utf8)
-    }
-
-    mutating func bool(_ v: Bool) { bytes.append(contentsOf: v ? [0x74, 0x72, 0x75, 0x65] : [0x66, 0x61, 0x6C, 0x73, 0x65]) }
-
-    mutating func null() { bytes.append(contentsOf: [0x6E, 0x75, 0x6C, 0x6C]) }
 }

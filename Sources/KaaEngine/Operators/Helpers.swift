@@ -132,8 +132,22 @@ enum K {
     /// Gathers elements of `values` (shape `shape`) into the broadcast `outShape`.
     static func expand<T>(_ values: [T], _ shape: [Int], to outShape: [Int]) -> [T] {
         if shape == outShape { return values }
+        return gather(values, strides: broadcastStrides(shape, outShape: outShape), outShape: outShape)
+    }
+
+    /// Reorders `values` of `shape` by permutation `perm`.
+    static func transpose<T>(_ values: [T], _ shape: [Int], _ perm: [Int]) -> (shape: [Int], values: [T]) {
+        let r = shape.count
+        let outShape = perm.map { shape[$0] }
+        var inStrides = [Int](repeating: 1, count: r)
+        if r > 1 { for i in stride(from: r - 2, through: 0, by: -1) { inStrides[i] = inStrides[i + 1] * shape[i + 1] } }
+        return (outShape, gather(values, strides: perm.map { inStrides[$0] }, outShape: outShape))
+    }
+
+    /// The elements of an `outShape` walk in row-major order, where a step along output axis
+    /// `d` moves `strides[d]` elements in `values` (0 for a broadcast axis).
+    private static func gather<T>(_ values: [T], strides s: [Int], outShape: [Int]) -> [T] {
         let n = outShape.reduce(1, *)
-        let s = broadcastStrides(shape, outShape: outShape)
         let r = outShape.count
         var idx = [Int](repeating: 0, count: r)
         var out = [T]()
@@ -152,33 +166,6 @@ enum K {
             }
         }
         return out
-    }
-
-    /// Reorders `values` of `shape` by permutation `perm`.
-    static func transpose<T>(_ values: [T], _ shape: [Int], _ perm: [Int]) -> (shape: [Int], values: [T]) {
-        let r = shape.count
-        let outShape = perm.map { shape[$0] }
-        var inStrides = [Int](repeating: 1, count: r)
-        if r > 1 { for i in stride(from: r - 2, through: 0, by: -1) { inStrides[i] = inStrides[i + 1] * shape[i + 1] } }
-        let s = perm.map { inStrides[$0] }
-        let n = values.count
-        var out = [T]()
-        out.reserveCapacity(n)
-        var idx = [Int](repeating: 0, count: r)
-        var p = 0
-        for _ in 0..<n {
-            out.append(values[p])
-            var d = r - 1
-            while d >= 0 {
-                idx[d] += 1
-                p += s[d]
-                if idx[d] < outShape[d] { break }
-                p -= s[d] * outShape[d]
-                idx[d] = 0
-                d -= 1
-            }
-        }
-        return (outShape, out)
     }
 
     /// Splits a shape around `axis` into (outer, axis size, inner).

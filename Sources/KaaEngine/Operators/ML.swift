@@ -65,25 +65,15 @@ enum MLOps {
             let x = try K.arg(inputs, 0)
             let (n, cx) = try rows(x)
             guard cx == c else { throw EngineError.runtime("input has \(cx) features; the model has \(c)") }
-            let v = try K.floats(x)
-            var scores = [Float](repeating: 0, count: n * classCount)
-            for i in 0..<n {
-                for k in 0..<classCount {
-                    var s: Float = intercepts.isEmpty ? 0 : intercepts[k]
-                    for j in 0..<c { s += v[i * c + j] * coef[k * c + j] }
-                    scores[i * classCount + k] = s
-                }
-            }
+            var scores = linearScores(try K.floats(x), rows: n, features: c, coef, intercepts, outputs: classCount)
             var best = [Int](repeating: 0, count: n)
             if binary {
                 var out = [Float](repeating: 0, count: n * 2)
                 for i in 0..<n {
                     let s = scores[i]
                     best[i] = s > 0 ? 1 : 0
-                    switch post {
-                    case .none, .probit: out[2 * i] = -s; out[2 * i + 1] = s
-                    default: out[2 * i] = -s; out[2 * i + 1] = s
-                    }
+                    out[2 * i] = -s
+                    out[2 * i + 1] = s
                 }
                 if post == .logistic {
                     for i in 0..<n { out[2 * i + 1] = PostTransform.logistic(scores[i]); out[2 * i] = 1 - out[2 * i + 1] }
@@ -98,6 +88,21 @@ enum MLOps {
             post.apply(&scores, rowLength: classCount)
             return [labelTensor(labels, best), Tensor(shape: [n, classCount], floats: scores)]
         }, [labelType, .float32])
+    }
+
+    /// `rows × outputs` scores: each output's intercept (0 without intercepts) plus the dot
+    /// product of a row's `features` values with that output's coefficients.
+    private static func linearScores(_ v: [Float], rows n: Int, features c: Int, _ coef: [Float], _ intercepts: [Float],
+                                     outputs: Int) -> [Float] {
+        var out = [Float](repeating: 0, count: n * outputs)
+        for i in 0..<n {
+            for k in 0..<outputs {
+                var s: Float = intercepts.isEmpty ? 0 : intercepts[k]
+                for j in 0..<c { s += v[i * c + j] * coef[k * c + j] }
+                out[i * outputs + k] = s
+            }
+        }
+        return out
     }
 
     static let linearRegressor = OperatorSpec(name: "LinearRegressor", domain: ml, opsets: 1...5) { ctx in
@@ -115,15 +120,7 @@ enum MLOps {
             let x = try K.arg(inputs, 0)
             let (n, cx) = try rows(x)
             guard cx == c else { throw EngineError.runtime("input has \(cx) features; the model has \(c)") }
-            let v = try K.floats(x)
-            var out = [Float](repeating: 0, count: n * targets)
-            for i in 0..<n {
-                for k in 0..<targets {
-                    var s: Float = intercepts.isEmpty ? 0 : intercepts[k]
-                    for j in 0..<c { s += v[i * c + j] * coef[k * c + j] }
-                    out[i * targets + k] = s
-                }
-            }
+            var out = linearScores(try K.floats(x), rows: n, features: c, coef, intercepts, outputs: targets)
             post.apply(&out, rowLength: targets)
             return [Tensor(shape: [n, targets], floats: out)]
         }, [.float32])

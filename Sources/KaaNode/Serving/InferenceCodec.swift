@@ -312,7 +312,7 @@ public enum InferenceCodec {
     /// JSON header's length for `Inference-Header-Content-Length`.
     public static func encodeResponse(modelName: String, modelVersion: Int, request: InferRequest,
                                       outputs: [String: Tensor], order: [TensorSignature]) -> (body: [UInt8], headerLength: Int?) {
-        var w = ResponseWriter(capacity: 256)
+        var w = JSONWriter(capacity: 256)
         w.raw("{\"model_name\":")
         w.string(modelName)
         w.raw(",\"model_version\":\"")
@@ -379,7 +379,7 @@ public enum InferenceCodec {
         w.raw("]}")
         if binary.isEmpty { return (w.bytes, nil) }
         let headerLength = w.bytes.count
-        w.bytes.append(contentsOf: binary)
+        w.append(binary)
         return (w.bytes, headerLength)
     }
 
@@ -394,13 +394,13 @@ public enum InferenceCodec {
         }
     }
 
-    private static func appendJSONData(_ storage: Tensor.Storage, to w: inout ResponseWriter) {
+    private static func appendJSONData(_ storage: Tensor.Storage, to w: inout JSONWriter) {
         switch storage {
         case .float32(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.number(x) }
         case .float64(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.number(x) }
         case .int64(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.integer(x) }
         case .int32(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.integer(Int64(x)) }
-        case .bool(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; x ? w.raw("true") : w.raw("false") }
+        case .bool(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.bool(x) }
         case .string(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.string(x) }
         }
     }
@@ -418,64 +418,5 @@ public enum InferenceCodec {
                 out.append(contentsOf: s.utf8)
             }
         }
-    }
-}
-
-/// Writes a response's JSON text the way `KaaCore.JSONWriter` does (same escapes, same number
-/// forms), specialised for the serving path: integers and floats are formatted in place, with
-/// no generic dispatch.
-struct ResponseWriter {
-    var bytes: [UInt8] = []
-
-    init(capacity: Int) { bytes.reserveCapacity(capacity) }
-
-    @inline(__always) mutating func raw(_ text: StaticString) {
-        text.withUTF8Buffer { bytes.append(contentsOf: $0) }
-    }
-
-    @inline(__always) mutating func byte(_ b: UInt8) { bytes.append(b) }
-
-    mutating func integer(_ v: Int64) {
-        if v < 0 { bytes.append(UInt8(ascii: "-")) }
-        var m = v.magnitude
-        let start = bytes.count
-        repeat {
-            bytes.append(UInt8(truncatingIfNeeded: 0x30 &+ m % 10))
-            m /= 10
-        } while m > 0
-        bytes[start...].reverse()
-    }
-
-    /// Shortest text that reads back as the same value; non-finite values become `null`.
-    mutating func number(_ v: Float) {
-        guard v.isFinite else { return raw("null") }
-        if v == v.rounded(), abs(v) < 1e7 { return integer(Int64(v)) }
-        bytes.append(contentsOf: v.description.utf8)
-    }
-
-    mutating func number(_ v: Double) {
-        guard v.isFinite else { return raw("null") }
-        if v == v.rounded(), abs(v) < 1e15 { return integer(Int64(v)) }
-        bytes.append(contentsOf: v.description.utf8)
-    }
-
-    mutating func string(_ s: String) {
-        bytes.append(UInt8(ascii: "\""))
-        for b in s.utf8 {
-            switch b {
-            case UInt8(ascii: "\""): bytes.append(0x5C); bytes.append(0x22)
-            case UInt8(ascii: "\\"): bytes.append(0x5C); bytes.append(0x5C)
-            case 0x0A: bytes.append(0x5C); bytes.append(UInt8(ascii: "n"))
-            case 0x0D: bytes.append(0x5C); bytes.append(UInt8(ascii: "r"))
-            case 0x09: bytes.append(0x5C); bytes.append(UInt8(ascii: "t"))
-            case 0..<0x20:
-                raw("\\u00")
-                let hex: StaticString = "0123456789abcdef"
-                bytes.append(hex.utf8Start[Int(b >> 4)])
-                bytes.append(hex.utf8Start[Int(b & 15)])
-            default: bytes.append(b)
-            }
-        }
-        bytes.append(UInt8(ascii: "\""))
     }
 }

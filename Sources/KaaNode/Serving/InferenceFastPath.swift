@@ -9,8 +9,8 @@ import KaaEngine
 /// other form (binary data, nested or non-float data, escaped strings, repeated keys, ...) and
 /// for anything invalid, and the general path then parses the body and names what is wrong.
 /// Every request it accepts yields exactly the ``InferRequest`` the general path would: numbers
-/// are read with the same rules as `KaaCore.JSON` (exact `Double` for up to 19 digits and
-/// exponents within 22, else it returns nil), then narrowed the same way.
+/// are read by `KaaCore.JSONNumberText`, the scanner of `KaaCore.JSON` (a number that needs the
+/// C library makes it return nil), then narrowed the same way.
 enum InferenceFastPath {
     static func parse(_ body: [UInt8], model: Scorer) -> InferRequest? {
         body.withUnsafeBufferPointer { buffer in
@@ -18,9 +18,6 @@ enum InferenceFastPath {
             return scanner.request(model: model)
         }
     }
-
-    /// The exact powers of ten that `KaaCore.JSON`'s number reader uses.
-    static let powersOf10: [Double] = (0...22).map { p in (0..<p).reduce(1.0) { r, _ in r * 10 } }
 
     struct Scanner {
         let bytes: UnsafeBufferPointer<UInt8>
@@ -164,68 +161,11 @@ enum InferenceFastPath {
         /// A JSON number as `KaaCore.JSON` reads it and `JSON.double` converts it; nil where
         /// that reader would need the C library (or would refuse the text).
         mutating func number() -> Double? {
-            var negative = false
-            if i < bytes.count, bytes[i] == UInt8(ascii: "-") {
-                negative = true
-                i += 1
+            switch JSONNumberText.scan(UnsafeRawBufferPointer(bytes), at: &i) {
+            case .integer(let v): Double(v)
+            case .double(let d): d
+            case .long, .invalid: nil
             }
-            guard i < bytes.count, bytes[i] >= 0x30, bytes[i] <= 0x39 else { return nil }
-            var mantissa: UInt64 = 0
-            var digits = 0
-            var overflow = false
-            if bytes[i] == UInt8(ascii: "0") {
-                i += 1
-                if i < bytes.count, bytes[i] >= 0x30, bytes[i] <= 0x39 { return nil }
-            } else {
-                while i < bytes.count, case let c = bytes[i], c >= 0x30, c <= 0x39 {
-                    if digits < 19 { mantissa = mantissa &* 10 &+ UInt64(c - 0x30) } else { overflow = true }
-                    digits += 1
-                    i += 1
-                }
-            }
-            var exponent = 0
-            var isInteger = true
-            if i < bytes.count, bytes[i] == UInt8(ascii: ".") {
-                isInteger = false
-                i += 1
-                guard i < bytes.count, bytes[i] >= 0x30, bytes[i] <= 0x39 else { return nil }
-                while i < bytes.count, case let c = bytes[i], c >= 0x30, c <= 0x39 {
-                    if digits < 19 {
-                        mantissa = mantissa &* 10 &+ UInt64(c - 0x30)
-                        exponent -= 1
-                    } else { overflow = true }
-                    digits += 1
-                    i += 1
-                }
-            }
-            if i < bytes.count, bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E") {
-                isInteger = false
-                i += 1
-                var expNegative = false
-                if i < bytes.count, bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-") {
-                    expNegative = bytes[i] == UInt8(ascii: "-")
-                    i += 1
-                }
-                guard i < bytes.count, bytes[i] >= 0x30, bytes[i] <= 0x39 else { return nil }
-                var e = 0
-                while i < bytes.count, case let c = bytes[i], c >= 0x30, c <= 0x39 {
-                    if e < 100_000 { e = e * 10 + Int(c - 0x30) }
-                    i += 1
-                }
-                exponent += expNegative ? -e : e
-            }
-            if isInteger && !overflow {
-                // JSON.integer(Int64) then Double(Int64): the same rounding as from the magnitude.
-                if negative {
-                    if mantissa <= UInt64(Int64.max) + 1 { return -Double(mantissa) }
-                } else if mantissa <= UInt64(Int64.max) {
-                    return Double(mantissa)
-                }
-            }
-            guard !overflow, mantissa < (1 << 53), exponent >= -22, exponent <= 22 else { return nil }
-            var d = Double(mantissa)
-            if exponent < 0 { d /= InferenceFastPath.powersOf10[-exponent] } else { d *= InferenceFastPath.powersOf10[exponent] }
-            return negative ? -d : d
         }
 
         mutating func skipSpace() {

@@ -19,11 +19,14 @@ public final class ServingMetrics: @unchecked Sendable {
     let queueDepth: Gauge
 
     private final class ModelSeries {
+        /// The `model` label: the model's name, or `_other` past the cardinality guard.
+        let label: String
         let latency: DurationHistogram
         /// The `code="200"` counter, made with the series: most calls touch only it.
         let ok: Counter
         var byStatus: [Int: Counter] = [:]
-        init(latency: DurationHistogram, ok: Counter) {
+        init(label: String, latency: DurationHistogram, ok: Counter) {
+            self.label = label
             self.latency = latency
             self.ok = ok
         }
@@ -58,7 +61,7 @@ public final class ServingMetrics: @unchecked Sendable {
             return
         }
         if let counter = series.byStatus[status.code] { return counter.increment() }
-        let counter = makeRequestCounter(series === perModel["_other"] ? "_other" : model, code: status.code)
+        let counter = makeRequestCounter(series.label, code: status.code)
         series.byStatus[status.code] = counter
         counter.increment()
     }
@@ -68,6 +71,7 @@ public final class ServingMetrics: @unchecked Sendable {
         let key = perModel.count >= maxModelSeries ? "_other" : model
         if let series = perModel[key] { return series }
         let series = ModelSeries(
+            label: key,
             latency: registry.makeDurationHistogram(name: "kaa_inference_duration_seconds", labels: [("model", key)],
                                                     buckets: ServingMetrics.latencyBuckets,
                                                     help: "Inference call latency, from parsed request to answer."),
