@@ -128,6 +128,12 @@ final class PosixFile {
         return stat(path, &st) == 0
     }
 
+    /// The size of the file at `path`, or nil when there is none (one `stat`).
+    static func size(_ path: String) -> UInt64? {
+        var st = stat()
+        return stat(path, &st) == 0 ? UInt64(st.st_size) : nil
+    }
+
     /// Creates a directory and its parents (mode 0755); existing ones are fine.
     static func makeDirectories(_ path: String) throws(SnapshotError) {
         var current = path.hasPrefix("/") ? "" : "."

@@ -35,14 +35,16 @@ extension SnapshotStore {
             logger.info("removed temporary file of an interrupted write", metadata: ["file": "snapshots/.tmp/\(name)"])
         }
 
+        var known = Set<String>()
         for r in try list() {
             let rel = "snapshots/\(r.id.name)/\(r.id.version).kaa"
             var problem: String?
-            if !PosixFile.exists(r.path) {
+            if let size = PosixFile.size(r.path) {
+                if size != r.size { problem = "its size is \(size) bytes, the catalog says \(r.size)" }
+            } else {
                 problem = "missing"
-            } else if let size = (try? fm.attributesOfItem(atPath: r.path))?[.size] as? NSNumber, size.uint64Value != r.size {
-                problem = "its size is \(size.uint64Value) bytes, the catalog says \(r.size)"
-            } else if configuration.verifyAllOnStart {
+            }
+            if problem == nil, configuration.verifyAllOnStart {
                 do {
                     let v = try SnapshotArchive.verify(path: r.path, policy: .init(trustedKeys: configuration.trustedKeys, expectedDigest: r.digest, allowDraft: false))
                     if v.manifest.name != r.id.name || v.manifest.version != r.id.version {
@@ -52,7 +54,10 @@ extension SnapshotStore {
                     problem = error.message
                 }
             }
-            guard let problem else { continue }
+            guard let problem else {
+                known.insert("\(r.id.name)/\(r.id.version).kaa")
+                continue
+            }
             if problem != "missing" {
                 let reason = "archive of cataloged \(r.id) is damaged: \(problem)"
                 try quarantine(r.path, relative: rel, reason: reason, into: &report)
@@ -62,7 +67,6 @@ extension SnapshotStore {
             logger.info("dropped catalog row without a usable archive", metadata: ["snapshot": "\(r.id)", "reason": "\(problem)"])
         }
 
-        let known = Set(try list().map { "\($0.id.name)/\($0.id.version).kaa" })
         for name in ((try? fm.contentsOfDirectory(atPath: snapshotsDirectory)) ?? []).sorted() where !name.hasPrefix(".") {
             let dir = snapshotsDirectory + "/" + name
             var isDir: ObjCBool = false
