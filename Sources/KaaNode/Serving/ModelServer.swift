@@ -48,7 +48,7 @@ final class LoadedModel: @unchecked Sendable {
     var queueHead = 0
     /// Run time, exponentially averaged, in nanoseconds; nil until measured.
     var averageRunNanos: Double?
-    /// Calls admitted so far; every ``ModelServer/timingInterval``-th one is timed.
+    /// Calls started so far; every ``ModelServer/timingInterval``-th one is timed.
     var calls: UInt64 = 0
     var pinned = false
 
@@ -370,9 +370,9 @@ public final class ModelServer {
         finish(call, m, response)
     }
 
-    /// Reading a thread's CPU clock is a system call, so one call in this many is timed; that
-    /// keeps the average current (a model whose inputs grow moves to the pool within a few
-    /// dozen calls) at a sixteenth of the cost.
+    /// Reading a thread's CPU clock is a system call, so one call in this many is timed. The
+    /// average still follows a model whose calls grow: one timed call ten times over the
+    /// threshold moves it to the pool, within 16 calls.
     static let timingInterval: UInt64 = 16
 
     private func shouldTime(_ m: LoadedModel) -> Bool {
