@@ -58,7 +58,9 @@ let package = Package(
                 // Pipeline specs (YAML).
                 .product(name: "Yams", package: "Yams"),
             ],
-            swiftSettings: strict),
+            // Optimized in debug builds too: the tests check that a run allocates nothing,
+            // which holds for optimized code only (unoptimized generic code boxes values).
+            swiftSettings: strict + [.unsafeFlags(["-O"], .when(configuration: .debug))]),
         .target(
             name: "KaaCluster",
             dependencies: [
@@ -103,12 +105,16 @@ let package = Package(
 
         // Test support: raw sockets, process control. Never linked into the product.
         .target(name: "KaaTestSupport", dependencies: ["KaaCore"], swiftSettings: strict),
+        // Counts the calling thread's heap allocations by interposing glibc's malloc family,
+        // for the tests that check a path allocates nothing. Never linked into the product.
+        .target(name: "KaaAllocationCounter"),
 
         .testTarget(name: "KaaCoreTests", dependencies: ["KaaCore"], swiftSettings: strict),
         .testTarget(
             name: "KaaEngineTests",
             dependencies: [
                 "KaaEngine",
+                "KaaAllocationCounter",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             exclude: ["Fixtures"],

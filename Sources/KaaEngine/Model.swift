@@ -71,8 +71,24 @@ public final class Model: Sendable {
     /// in ``outputs`` by name. Throws ``EngineError`` with code `invalidInput` for inputs that
     /// do not match, `runtime` when a kernel cannot compute with the values given.
     public func run(_ inputs: [String: Tensor]) throws -> [String: Tensor] {
-        try plan.run(inputs)
+        var out: [String: Tensor] = [:]
+        try plan.run(inputs, into: &out)
+        return out
     }
+
+    /// Runs the model on one batch, as ``run(_:)``, writing the outputs into `outputs`.
+    ///
+    /// Whatever `outputs` holds when called is handed back to the model: a caller that keeps
+    /// no other copy of the previous call's outputs lets their memory serve this call. Called
+    /// that way with inputs of a batch size the model has seen, a run of a numeric model
+    /// allocates nothing: every intermediate and output reuses memory from earlier runs.
+    public func run(_ inputs: [String: Tensor], into outputs: inout [String: Tensor]) throws {
+        try plan.run(inputs, into: &outputs)
+    }
+
+    /// Bytes the model keeps between calls for reuse (intermediate values of the last batch
+    /// sizes it ran), on top of ``memoryBytes``.
+    public var workspaceBytes: Int { plan.pool.keptBytes }
 }
 
 /// The plan: value slots and the steps that fill them, in topological order.
@@ -98,21 +114,55 @@ struct Plan: Sendable {
         }
     }
 
-    /// Slots with initializers filled in; a run copies it as its workspace.
+    /// Slots with initializers filled in; a run starts from it.
     let template: [Tensor?]
     let inputSlots: [(signature: TensorSignature, slot: Int)]
     let outputSlots: [(name: String, slot: Int)]
     let steps: [Step]
+    /// The slots that hold an initializer.
+    let constantSlots: [Int]
+    /// Per slot: whether it is read or written by a kernel whose output may share an input's
+    /// elements, so that another live slot may hold the same array.
+    let mayShare: [Bool]
+    let pool: WorkspacePool
 
-    func run(_ given: [String: Tensor]) throws -> [String: Tensor] {
-        var slots = template
+    init(template: [Tensor?], inputSlots: [(signature: TensorSignature, slot: Int)], outputSlots: [(name: String, slot: Int)], steps: [Step]) {
+        self.template = template
+        self.inputSlots = inputSlots
+        self.outputSlots = outputSlots
+        self.steps = steps
+        constantSlots = template.indices.filter { template[$0] != nil }
+        var share = [Bool](repeating: false, count: template.count)
+        for step in steps where step.kernel.aliasesInputs {
+            for s in step.inputs + step.outputs where s >= 0 { share[s] = true }
+        }
+        mayShare = share
+        pool = WorkspacePool(limit: 4)
+    }
+
+    func run(_ given: [String: Tensor], into out: inout [String: Tensor]) throws {
+        let ws = pool.take()
+        defer {
+            for i in ws.slots.indices { ws.slots[i] = nil }
+            ws.args.removeAll(keepingCapacity: true)
+            pool.give(ws)
+        }
+        if ws.slots.count != template.count {
+            ws.slots = [Tensor?](repeating: nil, count: template.count)
+            ws.foreign.removeAll()
+            for s in constantSlots { if let a = template[s]!.storage.address { ws.foreign.append(a) } }
+            ws.constantCount = ws.foreign.count
+        }
+        ws.foreign.removeSubrange(ws.constantCount...)
+        for s in constantSlots { ws.slots[s] = template[s] }
         var used = 0
         for (sig, slot) in inputSlots {
             guard let t = given[sig.name] else {
                 throw EngineError.input("missing input `\(sig.name)`; the model takes \(inputSlots.map { "`\($0.signature.name)`" }.joined(separator: ", "))")
             }
             try Self.check(t, against: sig)
-            slots[slot] = t
+            ws.slots[slot] = t
+            if let a = t.storage.address { ws.foreign.append(a) }
             used += 1
         }
         if used != given.count {
@@ -120,27 +170,36 @@ struct Plan: Sendable {
             let extra = given.keys.filter { !known.contains($0) }.sorted()
             throw EngineError.input("unknown input\(extra.count > 1 ? "s" : "") \(extra.map { "`\($0)`" }.joined(separator: ", ")); the model takes \(inputSlots.map { "`\($0.signature.name)`" }.joined(separator: ", "))")
         }
-        var args: [Tensor?] = []
-        args.reserveCapacity(4)
+        // The caller hands back the previous call's outputs: their arrays serve this call.
+        for (_, t) in out { ws.keep(t) }
+        out.removeAll(keepingCapacity: true)
+
         for step in steps {
-            args.removeAll(keepingCapacity: true)
-            for s in step.inputs { args.append(s < 0 ? nil : slots[s]) }
-            let results: [Tensor]
-            do { results = try step.kernel.run(args) } catch let e as EngineError {
+            ws.args.removeAll(keepingCapacity: true)
+            for s in step.inputs { ws.args.append(s < 0 ? nil : ws.slots[s]) }
+            let results: Outputs
+            do { results = try step.kernel.run(ws.args, ws) } catch let e as EngineError {
                 throw EngineError(e.code, "\(step.owner): \(e.message)")
             }
+            ws.args.removeAll(keepingCapacity: true)
             guard results.count >= step.outputs.count else {
                 throw EngineError.runtime("\(step.owner) produced \(results.count) outputs, expected \(step.outputs.count)")
             }
-            for (i, s) in step.outputs.enumerated() where s >= 0 { slots[s] = results[i] }
-            for s in step.release { slots[s] = nil }
+            for (i, s) in step.outputs.enumerated() where s >= 0 { ws.slots[s] = results[i] }
+            for s in step.release {
+                guard let t = ws.slots[s] else { continue }
+                ws.slots[s] = nil
+                if mayShare[s], let a = t.storage.address,
+                   ws.slots.indices.contains(where: { mayShare[$0] && ws.slots[$0]?.storage.address == a }) {
+                    continue
+                }
+                ws.keep(t)
+            }
         }
-        var out: [String: Tensor] = [:]
         for (name, slot) in outputSlots {
-            guard let t = slots[slot] else { throw EngineError.runtime("output `\(name)` was not computed") }
+            guard let t = ws.slots[slot] else { throw EngineError.runtime("output `\(name)` was not computed") }
             out[name] = t
         }
-        return out
     }
 
     static func check(_ t: Tensor, against sig: TensorSignature) throws {

@@ -2,15 +2,24 @@
 ///
 /// Kernels are immutable and `Sendable`: concurrent runs share them.
 protocol Kernel: Sendable {
-    /// Computes the node's outputs from its inputs (`nil` for an omitted optional input).
-    /// Returns at least as many tensors as the node names outputs.
-    func run(_ inputs: [Tensor?]) throws -> [Tensor]
+    /// Computes the node's outputs from its inputs (`nil` for an omitted optional input),
+    /// taking the memory for them from `ws` (see ``Workspace``). Returns at least as many
+    /// tensors as the node names outputs.
+    func run(_ inputs: [Tensor?], _ ws: Workspace) throws -> Outputs
+    /// Whether an output may share its elements with an input (Reshape, Identity): the plan
+    /// then checks, before reusing a released array, that no live value still holds it.
+    var aliasesInputs: Bool { get }
+}
+
+extension Kernel {
+    var aliasesInputs: Bool { false }
 }
 
 /// A kernel made from a closure, for the operators whose computation is one function.
 struct ClosureKernel: Kernel {
-    let body: @Sendable ([Tensor?]) throws -> [Tensor]
-    func run(_ inputs: [Tensor?]) throws -> [Tensor] { try body(inputs) }
+    var aliasesInputs = false
+    let body: @Sendable ([Tensor?], Workspace) throws -> Outputs
+    func run(_ inputs: [Tensor?], _ ws: Workspace) throws -> Outputs { try body(inputs, ws) }
 }
 
 /// What an operator's builder sees of a node at load time.

@@ -106,7 +106,7 @@ import Testing
                 for n in [1, 3, 5, 8, 13, 64, 200] {
                     let x = (0..<n * 5).map { _ in Self.values[random.next(Self.values.count)] }
                     for aggregate in [TreeEnsemble.Aggregate.sum, .average, .min, .max] {
-                        let got = try e.scores(x, rows: n, cols: 5, outputs: targets, aggregate: aggregate, base: [])
+                        let got = try e.scores(x, rows: n, cols: 5, outputs: targets, aggregate: aggregate, base: [], Workspace())
                         let want = Self.reference(e, x, rows: n, cols: 5, k: targets, aggregate)
                         #expect(got == want, "\(mode) missing=\(missing) depth=\(depth) targets=\(targets) rows=\(n) \(aggregate)")
                     }

@@ -105,22 +105,22 @@ struct PackedProductKernel: EpilogueFusable {
         return k
     }
 
-    func run(_ inputs: [Tensor?]) throws -> [Tensor] {
+    func run(_ inputs: [Tensor?], _ ws: Workspace) throws -> Outputs {
         let x = try K.arg(inputs, 0)
-        guard var a = x.floats else { throw EngineError.runtime("A is \(x.dtype), expected float32") }
-        if a.isEmpty { a = [0] }  // k = 0: never read, but the kernel takes a pointer
+        guard case .float32(let a) = x.storage else { throw EngineError.runtime("A is \(x.dtype), expected float32") }
         let k = weights.k, n = weights.n
         var m: Int
         var shape: [Int]
         var runtimeC: (Tensor, Float)?
+        var transposeA = false
         switch form {
         case .gemm(let transA, let beta):
             guard x.rank == 2 else { throw EngineError.runtime("A must be 2-D, got \(x.shape)") }
-            if transA { a = K.transpose(a, x.shape, [1, 0]).values }
+            transposeA = transA
             let ak: Int
             (m, ak) = transA ? (x.shape[1], x.shape[0]) : (x.shape[0], x.shape[1])
             guard ak == k else { throw EngineError.runtime("A is \(x.shape) and B is \(k)×\(n): inner dimensions \(ak) and \(k) differ") }
-            shape = [m, n]
+            shape = ws.shape(m, n)
             if let beta, inputs.count > 2, let c = inputs[2] {
                 guard c.rank <= 2, try K.broadcast(c.shape, [m, n]) == [m, n] else {
                     throw EngineError.runtime("C has shape \(c.shape), which does not broadcast to [\(m), \(n)]")
@@ -132,36 +132,51 @@ struct PackedProductKernel: EpilogueFusable {
                 throw EngineError.runtime("shapes \(x.shape) and [\(k), \(n)] do not multiply")
             }
             m = x.shape.dropLast().reduce(1, *)
-            shape = x.rank == 1 ? [n] : Array(x.shape.dropLast()) + [n]
+            shape = x.shape
         }
-        if minRank > shape.count { shape = [Int](repeating: 1, count: minRank - shape.count) + shape }
-        let count = m * n
-        var out: [Float]
+        if case .matMul = form {
+            // The input's shape with its last dimension n, after any leading 1s a fused Add adds.
+            let pad = max(minRank - x.rank, 0)
+            shape = ws.shape(rank: pad + x.rank) { d in
+                for i in 0..<pad { d[i] = 1 }
+                for i in 0..<x.rank { d[pad + i] = x.shape[i] }
+                d[pad + x.rank - 1] = n
+            }
+        } else if minRank > shape.count {
+            shape = [Int](repeating: 1, count: minRank - shape.count) + shape
+        }
+        // Constants for the closures below: a captured `var` would be boxed on the heap.
+        let rows = m, count = m * n
         if let (c, beta) = runtimeC {
             guard let cv = c.floats else { throw EngineError.runtime("C is \(c.dtype), expected float32") }
-            out = K.expand(cv, c.shape, to: [m, n])
+            var out = K.expand(cv, c.shape, to: [m, n])
             if beta != 1 { for i in out.indices { out[i] *= beta } }
             if let bias { for i in out.indices { out[i] += bias[i % n] } }
-            out.withUnsafeMutableBufferPointer { pc in a.withUnsafeBufferPointer { pa in
-                weights.multiply(pa.baseAddress!, rows: m, into: pc.baseAddress!, bias: nil, accumulate: true, relu: relu)
+            let at = transposeA ? K.transpose(a, x.shape, [1, 0]).values : a
+            out.withUnsafeMutableBufferPointer { pc in at.withUnsafeBufferPointer { pa in
+                if count > 0 { weights.multiply(pa.baseAddress ?? UnsafePointer(pc.baseAddress!), rows: rows, into: pc.baseAddress!, bias: nil, accumulate: true, relu: relu) }
             } }
-        } else {
-            out = [Float](unsafeUninitializedCapacity: count) { pc, initialized in
-                if count > 0 {
-                    a.withUnsafeBufferPointer { pa in
-                        if let bias {
-                            bias.withUnsafeBufferPointer { pb in
-                                weights.multiply(pa.baseAddress!, rows: m, into: pc.baseAddress!, bias: pb.baseAddress, accumulate: false, relu: relu)
-                            }
-                        } else {
-                            weights.multiply(pa.baseAddress!, rows: m, into: pc.baseAddress!, bias: nil, accumulate: false, relu: relu)
-                        }
+            return Outputs(Tensor(shape: shape, floats: out))
+        }
+        let out = ws.floats(count) { pc in
+            guard count > 0 else { return }
+            func multiply(_ pa: UnsafePointer<Float>) {
+                if let bias {
+                    bias.withUnsafeBufferPointer { pb in
+                        weights.multiply(pa, rows: rows, into: pc.baseAddress!, bias: pb.baseAddress, accumulate: false, relu: relu)
                     }
+                } else {
+                    weights.multiply(pa, rows: rows, into: pc.baseAddress!, bias: nil, accumulate: false, relu: relu)
                 }
-                initialized = count
+            }
+            if transposeA {
+                K.transpose(a, x.shape, [1, 0]).values.withUnsafeBufferPointer { multiply($0.baseAddress ?? UnsafePointer(pc.baseAddress!)) }
+            } else {
+                // k = 0: A is empty and never read, but the kernel takes a pointer.
+                a.withUnsafeBufferPointer { multiply($0.baseAddress ?? UnsafePointer(pc.baseAddress!)) }
             }
         }
-        return [Tensor(shape: shape, floats: out)]
+        return Outputs(Tensor(shape: shape, floats: out))
     }
 }
 
@@ -282,7 +297,7 @@ extension MathOps {
             }()) : b
         }
         let preB = bConst
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let a = try K.arg(inputs, 0)
             let b: Tensor
             let bT: Bool
@@ -291,38 +306,46 @@ extension MathOps {
             let (m, k) = transA ? (a.shape[1], a.shape[0]) : (a.shape[0], a.shape[1])
             let (kb, n) = bT ? (b.shape[1], b.shape[0]) : (b.shape[0], b.shape[1])
             guard k == kb else { throw EngineError.runtime("A is \(a.shape) and B is \(b.shape): inner dimensions \(k) and \(kb) differ") }
-            let c = inputs.count > 2 ? inputs[2] : nil
-            func run<T: BinaryFloatingPoint>(_ av: [T], _ bv: [T], _ cv: [T]?) throws -> [T] {
-                let av = transA ? K.transpose(av, a.shape, [1, 0]).values : av
-                let bv = bT ? K.transpose(bv, b.shape, [1, 0]).values : bv
-                var out: [T]
-                if let cv, let c, beta != 0 {
-                    _ = try K.broadcast(c.shape, [m, n])
-                    guard c.rank <= 2 else { throw EngineError.runtime("C has shape \(c.shape)") }
-                    out = K.expand(cv, c.shape, to: [m, n])
-                    if beta != 1 { let bt = T(beta); for i in out.indices { out[i] *= bt } }
-                } else {
-                    out = [T](repeating: 0, count: m * n)
+            let c = inputs.count > 2 && beta != 0 ? inputs[2] : nil
+            if let c {
+                let fits = c.rank <= 2 && c.shape.reversed().enumerated().allSatisfy { i, d in d == 1 || d == (i == 0 ? n : m) }
+                guard fits else { throw EngineError.runtime("C has shape \(c.shape), which does not broadcast to [\(m), \(n)]") }
+            }
+            let shape = ws.shape(m, n)
+            func run<T: BinaryFloatingPoint & Reusable>(_ av: [T], _ bv: [T], _ cv: [T]?) throws -> [T] {
+                // Contiguous A (m×k) and B (k×n), transposed into scratch arrays when stored the other way.
+                let at: [T] = transA ? ws.array(m * k) { o in for i in 0..<m { for p in 0..<k { o[i * k + p] = av[p * m + i] } } } : av
+                let bt: [T] = bT ? ws.array(k * n) { o in for p in 0..<k { for j in 0..<n { o[p * n + j] = bv[j * k + p] } } } : bv
+                var out: [T] = ws.array(m * n) { o in
+                    if let cv, let c {
+                        let scale = T(beta)
+                        K.withBroadcastStrides(c.shape[...], shape) { st in K.walk(shape, strides: st) { i, p in o[i] = scale * cv[p] } }
+                    } else {
+                        o.initialize(repeating: 0)
+                    }
                 }
                 if alpha == 1 {
-                    av.withUnsafeBufferPointer { pa in bv.withUnsafeBufferPointer { pb in out.withUnsafeMutableBufferPointer { pc in
+                    at.withUnsafeBufferPointer { pa in bt.withUnsafeBufferPointer { pb in out.withUnsafeMutableBufferPointer { pc in
                         matmulAccumulate(pa, pb, pc, m: m, k: k, n: n)
                     } } }
                 } else {
-                    var tmp = [T](repeating: 0, count: m * n)
-                    av.withUnsafeBufferPointer { pa in bv.withUnsafeBufferPointer { pb in tmp.withUnsafeMutableBufferPointer { pc in
+                    var tmp: [T] = ws.array(m * n, repeating: 0)
+                    at.withUnsafeBufferPointer { pa in bt.withUnsafeBufferPointer { pb in tmp.withUnsafeMutableBufferPointer { pc in
                         matmulAccumulate(pa, pb, pc, m: m, k: k, n: n)
                     } } }
                     let al = T(alpha)
                     for i in out.indices { out[i] += al * tmp[i] }
+                    ws.giveBack(tmp)
                 }
+                if transA { ws.giveBack(at) }
+                if bT { ws.giveBack(bt) }
                 return out
             }
             switch (a.storage, b.storage) {
             case (.float32(let x), .float32(let y)):
-                return [Tensor(shape: [m, n], floats: try run(x, y, c?.floats))]
+                return Outputs(Tensor(shape: shape, floats: try run(x, y, c?.floats)))
             case (.float64(let x), .float64(let y)):
-                return [Tensor(shape: [m, n], doubles: try run(x, y, c?.doubles))]
+                return Outputs(Tensor(shape: shape, doubles: try run(x, y, c?.doubles)))
             default: throw EngineError.runtime("A is \(a.dtype), B is \(b.dtype)")
             }
         }, [t])
@@ -338,34 +361,50 @@ extension MathOps {
             ctx.kernelBytes += packed.byteCount
             return (PackedProductKernel(weights: packed, form: .matMul), [t])
         }
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let a = try K.arg(inputs, 0), b = try K.arg(inputs, 1)
             guard a.rank >= 1, b.rank >= 1 else { throw EngineError.runtime("MatMul of scalars") }
-            let aS = a.rank == 1 ? [1, a.shape[0]] : a.shape
-            let bS = b.rank == 1 ? [b.shape[0], 1] : b.shape
-            let m = aS[aS.count - 2], k = aS[aS.count - 1], kb = bS[bS.count - 2], n = bS[bS.count - 1]
+            let ra = a.rank, rb = b.rank
+            let m = ra == 1 ? 1 : a.shape[ra - 2], k = a.shape[ra - 1]
+            let kb = rb == 1 ? b.shape[0] : b.shape[rb - 2], n = rb == 1 ? 1 : b.shape[rb - 1]
             guard k == kb else { throw EngineError.runtime("shapes \(a.shape) and \(b.shape) do not multiply") }
-            let batch = try K.broadcast(Array(aS.dropLast(2)), Array(bS.dropLast(2)))
+            // The stacked (batch) dimensions before the last two, broadcast.
+            let aBatch = a.shape.prefix(max(ra - 2, 0)), bBatch = b.shape.prefix(max(rb - 2, 0))
+            let br = max(aBatch.count, bBatch.count)
+            var fits = true
+            let batch = ws.shape(rank: br) { d in
+                for i in 0..<br {
+                    let da = i < br - aBatch.count ? 1 : aBatch[i - (br - aBatch.count)]
+                    let db = i < br - bBatch.count ? 1 : bBatch[i - (br - bBatch.count)]
+                    if da == db || db == 1 { d[i] = da } else if da == 1 { d[i] = db } else { fits = false; d[i] = 0 }
+                }
+            }
+            guard fits else { throw EngineError.runtime("shapes \(a.shape) and \(b.shape) do not broadcast") }
             let nb = batch.reduce(1, *)
-            // Batch offsets of A and B for each output batch.
-            let aBatchIdx = K.expand(Array(0..<aS.dropLast(2).reduce(1, *)), Array(aS.dropLast(2)), to: batch)
-            let bBatchIdx = K.expand(Array(0..<bS.dropLast(2).reduce(1, *)), Array(bS.dropLast(2)), to: batch)
-            var outShape = batch + [m, n]
-            if a.rank == 1 { outShape.remove(at: outShape.count - 2) }
-            if b.rank == 1 { outShape.removeLast() }
-            func run<T: BinaryFloatingPoint>(_ av: [T], _ bv: [T]) -> [T] {
-                var out = [T](repeating: 0, count: nb * m * n)
-                av.withUnsafeBufferPointer { pa in bv.withUnsafeBufferPointer { pb in out.withUnsafeMutableBufferPointer { pc in
-                    for i in 0..<nb {
-                        matmulAccumulate(pa, pb, pc, m: m, k: k, n: n,
-                                         aOffset: aBatchIdx[i] * m * k, bOffset: bBatchIdx[i] * k * n, cOffset: i * m * n)
-                    }
-                } } }
+            let outShape = ws.shape(rank: br + (ra == 1 ? 0 : 1) + (rb == 1 ? 0 : 1)) { d in
+                for i in 0..<br { d[i] = batch[i] }
+                var j = br
+                if ra != 1 { d[j] = m; j += 1 }
+                if rb != 1 { d[j] = n }
+            }
+            func run<T: BinaryFloatingPoint & Reusable>(_ av: [T], _ bv: [T]) -> [T] {
+                var out: [T] = ws.array(nb * m * n, repeating: 0)
+                ws.withScratch(2 * nb) { at in
+                    // Which matrix of A and of B each output matrix multiplies.
+                    K.withBroadcastStrides(aBatch, batch) { st in K.walk(batch, strides: st) { i, p in at[2 * i] = p } }
+                    K.withBroadcastStrides(bBatch, batch) { st in K.walk(batch, strides: st) { i, p in at[2 * i + 1] = p } }
+                    av.withUnsafeBufferPointer { pa in bv.withUnsafeBufferPointer { pb in out.withUnsafeMutableBufferPointer { pc in
+                        for i in 0..<nb {
+                            matmulAccumulate(pa, pb, pc, m: m, k: k, n: n,
+                                             aOffset: at[2 * i] * m * k, bOffset: at[2 * i + 1] * k * n, cOffset: i * m * n)
+                        }
+                    } } }
+                }
                 return out
             }
             switch (a.storage, b.storage) {
-            case (.float32(let x), .float32(let y)): return [Tensor(shape: outShape, floats: run(x, y))]
-            case (.float64(let x), .float64(let y)): return [Tensor(shape: outShape, doubles: run(x, y))]
+            case (.float32(let x), .float32(let y)): return Outputs(Tensor(shape: outShape, floats: run(x, y)))
+            case (.float64(let x), .float64(let y)): return Outputs(Tensor(shape: outShape, doubles: run(x, y)))
             default: throw EngineError.runtime("A is \(a.dtype), B is \(b.dtype)")
             }
         }, [t])

@@ -64,37 +64,33 @@ enum K {
         return strides
     }
 
-    /// Applies `f` elementwise with broadcasting.
+    /// Applies `f` elementwise with broadcasting, into memory from `ws`.
     @inline(__always)
-    static func binary<A, B, R>(_ a: [A], _ aShape: [Int], _ b: [B], _ bShape: [Int], _ f: (A, B) -> R) throws -> (shape: [Int], values: [R]) {
-        let shape = try broadcast(aShape, bShape)
-        let n = shape.reduce(1, *)
+    static func binary<A, B, R: Reusable>(_ ws: Workspace, _ a: [A], _ aShape: [Int], _ b: [B], _ bShape: [Int], _ f: (A, B) -> R) throws -> (shape: [Int], values: [R]) {
         if aShape == bShape {
-            return (shape, [R](unsafeUninitializedCapacity: n) { buf, c in
+            let n = a.count
+            return (aShape, ws.array(n) { buf in
                 a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in
                     for i in 0..<n { buf[i] = f(pa[i], pb[i]) }
                 } }
-                c = n
             })
         }
-        if b.count == 1 {
-            let y = b[0]
-            return (shape, [R](unsafeUninitializedCapacity: n) { buf, c in
+        if b.count == 1, bShape.count <= aShape.count {
+            let y = b[0], n = a.count
+            return (aShape, ws.array(n) { buf in
                 a.withUnsafeBufferPointer { pa in for i in 0..<n { buf[i] = f(pa[i], y) } }
-                c = n
             })
         }
-        if a.count == 1 {
-            let x = a[0]
-            return (shape, [R](unsafeUninitializedCapacity: n) { buf, c in
+        if a.count == 1, aShape.count <= bShape.count {
+            let x = a[0], n = b.count
+            return (bShape, ws.array(n) { buf in
                 b.withUnsafeBufferPointer { pb in for i in 0..<n { buf[i] = f(x, pb[i]) } }
-                c = n
             })
         }
         // Trailing-row broadcast: b is the last dimensions of a ([N, K] op [K]).
-        if a.count == n, b.count > 0, bShape.count <= aShape.count, Array(aShape.suffix(bShape.count)) == bShape {
-            let k = b.count
-            return (shape, [R](unsafeUninitializedCapacity: n) { buf, c in
+        if b.count > 0, bShape.count <= aShape.count, aShape.suffix(bShape.count).elementsEqual(bShape) {
+            let k = b.count, n = a.count
+            return (aShape, ws.array(n) { buf in
                 a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in
                     var i = 0
                     while i < n {
@@ -102,31 +98,45 @@ enum K {
                         i += k
                     }
                 } }
-                c = n
             })
         }
+        let shape = try broadcast(aShape, bShape)
+        let n = shape.reduce(1, *)
         let sa = broadcastStrides(aShape, outShape: shape)
         let sb = broadcastStrides(bShape, outShape: shape)
         let r = shape.count
         var idx = [Int](repeating: 0, count: r)
-        var out = [R]()
-        out.reserveCapacity(n)
         var ia = 0, ib = 0
-        for _ in 0..<n {
-            out.append(f(a[ia], b[ib]))
-            var d = r - 1
-            while d >= 0 {
-                idx[d] += 1
-                ia += sa[d]
-                ib += sb[d]
-                if idx[d] < shape[d] { break }
-                ia -= sa[d] * shape[d]
-                ib -= sb[d] * shape[d]
-                idx[d] = 0
-                d -= 1
+        return (shape, ws.array(n) { out in
+            for e in 0..<n {
+                out[e] = f(a[ia], b[ib])
+                var d = r - 1
+                while d >= 0 {
+                    idx[d] += 1
+                    ia += sa[d]
+                    ib += sb[d]
+                    if idx[d] < shape[d] { break }
+                    ia -= sa[d] * shape[d]
+                    ib -= sb[d] * shape[d]
+                    idx[d] = 0
+                    d -= 1
+                }
             }
+        })
+    }
+
+    /// The elements of a numeric tensor as Float, in memory from `ws` when they need
+    /// converting; `converted` says whether they did (then hand them back with
+    /// ``Workspace/giveBack(_:)`` when done).
+    static func floats(_ t: Tensor, _ ws: Workspace) throws -> (values: [Float], converted: Bool) {
+        switch t.storage {
+        case .float32(let v): return (v, false)
+        case .float64(let v): return (ws.floats(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
+        case .int64(let v): return (ws.floats(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
+        case .int32(let v): return (ws.floats(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
+        case .bool(let v): return (ws.floats(v.count) { o in for i in v.indices { o[i] = v[i] ? 1 : 0 } }, true)
+        case .string: throw EngineError.runtime("expected a numeric tensor, got strings")
         }
-        return (shape, out)
     }
 
     /// Gathers elements of `values` (shape `shape`) into the broadcast `outShape`.
@@ -166,6 +176,62 @@ enum K {
             }
         }
         return out
+    }
+
+    /// Visits an `outShape` walk in row-major order, calling `body(i, p)` for output element
+    /// `i` and source position `p`, where a step along output axis `d` moves `strides[d]`
+    /// (0 for a broadcast axis). Allocates nothing.
+    @inline(__always)
+    static func walk(_ outShape: [Int], strides s: UnsafeBufferPointer<Int>, _ body: (Int, Int) -> Void) {
+        let n = outShape.reduce(1, *)
+        let r = outShape.count
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: max(r, 1)) { idx in
+            idx.initialize(repeating: 0)
+            var p = 0
+            for i in 0..<n {
+                body(i, p)
+                var d = r - 1
+                while d >= 0 {
+                    idx[d] += 1
+                    p += s[d]
+                    if idx[d] < outShape[d] { break }
+                    p -= s[d] * outShape[d]
+                    idx[d] = 0
+                    d -= 1
+                }
+            }
+        }
+    }
+
+    /// Row-major strides of `shape` as seen from `outShape` (0 on broadcast axes), in
+    /// temporary memory for the duration of `body`.
+    @inline(__always)
+    static func withBroadcastStrides<R>(_ shape: ArraySlice<Int>, _ outShape: [Int], _ body: (UnsafeBufferPointer<Int>) throws -> R) rethrows -> R {
+        let r = outShape.count
+        return try withUnsafeTemporaryAllocation(of: Int.self, capacity: max(r, 1)) { st in
+            st.initialize(repeating: 0)
+            var s = 1
+            for i in stride(from: shape.count - 1, through: 0, by: -1) {
+                let dim = shape[shape.startIndex + i]
+                let o = i + (r - shape.count)
+                st[o] = dim == 1 && outShape[o] != 1 ? 0 : s
+                s *= dim
+            }
+            return try body(UnsafeBufferPointer(st))
+        }
+    }
+
+    /// A bit set of axes (rank is at most ``Limits/maxRank``), from possibly negative axes.
+    static func axisMask(_ axes: [Int64], rank: Int) throws -> UInt64 {
+        guard rank <= 64 else { throw EngineError.runtime("rank \(rank) is above 64") }
+        var mask: UInt64 = 0
+        for a64 in axes {
+            let a = Int(a64)
+            let r = try axis(a, rank: rank)
+            guard mask & (1 << UInt64(r)) == 0 else { throw EngineError.runtime("axis \(a) is given twice") }
+            mask |= 1 << UInt64(r)
+        }
+        return mask
     }
 
     /// Splits a shape around `axis` into (outer, axis size, inner).

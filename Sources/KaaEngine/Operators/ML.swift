@@ -16,19 +16,27 @@ enum MLOps {
         _ = try ctx.input(0, .numeric)
         let offset = try ctx.attributes.floats("offset") ?? []
         let scale = try ctx.attributes.floats("scale") ?? []
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
-            let v = try K.floats(x)
+            let (v, converted) = try K.floats(x, ws)
             let c = x.shape.last ?? 1
-            for a in [offset, scale] where a.count != 1 && a.count != c && !a.isEmpty {
-                throw EngineError.runtime("offset/scale have \(a.count) values for \(c) columns")
+            for a in [offset.count, scale.count] where a != 1 && a != c && a != 0 {
+                throw EngineError.runtime("offset/scale have \(a) values for \(c) columns")
             }
-            let off = offset.isEmpty ? [Float](repeating: 0, count: c) : offset.count == 1 ? [Float](repeating: offset[0], count: c) : offset
-            let sc = scale.isEmpty ? [Float](repeating: 1, count: c) : scale.count == 1 ? [Float](repeating: scale[0], count: c) : scale
-            var out = v
-            var i = 0
-            while i < out.count { for j in 0..<c { out[i + j] = (v[i + j] - off[j]) * sc[j] }; i += c }
-            return [Tensor(shape: x.shape, floats: out)]
+            let out = ws.floats(v.count) { out in
+                guard c > 0 else { return }
+                var i = 0
+                while i < out.count {
+                    for j in 0..<c {
+                        let o = offset.isEmpty ? 0 : offset[offset.count == 1 ? 0 : j]
+                        let m = scale.isEmpty ? 1 : scale[scale.count == 1 ? 0 : j]
+                        out[i + j] = (v[i + j] - o) * m
+                    }
+                    i += c
+                }
+            }
+            if converted { ws.giveBack(v) }
+            return Outputs(Tensor(shape: x.shape, floats: out))
         }, [.float32])
     }
 
@@ -39,10 +47,10 @@ enum MLOps {
         return nil
     }
 
-    static func labelTensor(_ keys: Tensor.MapKeys, _ idx: [Int]) -> Tensor {
+    static func labelTensor(_ keys: Tensor.MapKeys, _ idx: UnsafeMutableBufferPointer<Int>, _ ws: Workspace) -> Tensor {
         switch keys {
-        case .int64(let k): Tensor(shape: [idx.count], int64s: idx.map { k[$0] })
-        case .string(let k): Tensor(shape: [idx.count], strings: idx.map { k[$0] })
+        case .int64(let k): Tensor(shape: ws.shape(idx.count), int64s: ws.int64s(idx.count) { o in for i in idx.indices { o[i] = k[idx[i]] } })
+        case .string(let k): Tensor(shape: ws.shape(idx.count), strings: ws.strings(idx.count) { o in for i in idx.indices { o[i] = k[idx[i]] } })
         }
     }
 
@@ -61,48 +69,53 @@ enum MLOps {
         guard binary || labels.count == classCount else { throw ctx.bad("\(labels.count) labels for \(classCount) score columns") }
         let c = coef.count / classCount
         let labelType: DType = if case .string = labels { .string } else { .int64 }
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             let (n, cx) = try rows(x)
             guard cx == c else { throw EngineError.runtime("input has \(cx) features; the model has \(c)") }
-            var scores = linearScores(try K.floats(x), rows: n, features: c, coef, intercepts, outputs: classCount)
-            var best = [Int](repeating: 0, count: n)
-            if binary {
-                var out = [Float](repeating: 0, count: n * 2)
-                for i in 0..<n {
-                    let s = scores[i]
-                    best[i] = s > 0 ? 1 : 0
-                    out[2 * i] = -s
-                    out[2 * i + 1] = s
+            let (v, converted) = try K.floats(x, ws)
+            var scores = linearScores(v, rows: n, features: c, coef, intercepts, outputs: classCount, ws)
+            if converted { ws.giveBack(v) }
+            return ws.withScratch(n) { best in
+                if binary {
+                    var out = ws.floats(n * 2) { out in
+                        for i in 0..<n {
+                            let s = scores[i]
+                            best[i] = s > 0 ? 1 : 0
+                            out[2 * i] = -s
+                            out[2 * i + 1] = s
+                        }
+                    }
+                    if post == .logistic {
+                        for i in 0..<n { out[2 * i + 1] = PostTransform.logistic(scores[i]); out[2 * i] = 1 - out[2 * i + 1] }
+                    } else { post.apply(&out, rowLength: 2) }
+                    ws.giveBack(scores)
+                    return Outputs(labelTensor(labels, best, ws), Tensor(shape: ws.shape(n, 2), floats: out))
                 }
-                if post == .logistic {
-                    for i in 0..<n { out[2 * i + 1] = PostTransform.logistic(scores[i]); out[2 * i] = 1 - out[2 * i + 1] }
-                } else { post.apply(&out, rowLength: 2) }
-                return [labelTensor(labels, best), Tensor(shape: [n, 2], floats: out)]
+                for i in 0..<n {
+                    var b = 0
+                    for k in 1..<max(classCount, 1) where scores[i * classCount + k] > scores[i * classCount + b] { b = k }
+                    best[i] = b
+                }
+                post.apply(&scores, rowLength: classCount)
+                return Outputs(labelTensor(labels, best, ws), Tensor(shape: ws.shape(n, classCount), floats: scores))
             }
-            for i in 0..<n {
-                var b = 0
-                for k in 1..<max(classCount, 1) where scores[i * classCount + k] > scores[i * classCount + b] { b = k }
-                best[i] = b
-            }
-            post.apply(&scores, rowLength: classCount)
-            return [labelTensor(labels, best), Tensor(shape: [n, classCount], floats: scores)]
         }, [labelType, .float32])
     }
 
     /// `rows × outputs` scores: each output's intercept (0 without intercepts) plus the dot
     /// product of a row's `features` values with that output's coefficients.
     private static func linearScores(_ v: [Float], rows n: Int, features c: Int, _ coef: [Float], _ intercepts: [Float],
-                                     outputs: Int) -> [Float] {
-        var out = [Float](repeating: 0, count: n * outputs)
-        for i in 0..<n {
-            for k in 0..<outputs {
-                var s: Float = intercepts.isEmpty ? 0 : intercepts[k]
-                for j in 0..<c { s += v[i * c + j] * coef[k * c + j] }
-                out[i * outputs + k] = s
+                                     outputs: Int, _ ws: Workspace) -> [Float] {
+        ws.floats(n * outputs) { out in
+            for i in 0..<n {
+                for k in 0..<outputs {
+                    var s: Float = intercepts.isEmpty ? 0 : intercepts[k]
+                    for j in 0..<c { s += v[i * c + j] * coef[k * c + j] }
+                    out[i * outputs + k] = s
+                }
             }
         }
-        return out
     }
 
     static let linearRegressor = OperatorSpec(name: "LinearRegressor", domain: ml, opsets: 1...5) { ctx in
@@ -116,13 +129,15 @@ enum MLOps {
             throw ctx.bad("\(coef.count) coefficients and \(intercepts.count) intercepts for \(targets) targets")
         }
         let c = coef.count / targets
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             let (n, cx) = try rows(x)
             guard cx == c else { throw EngineError.runtime("input has \(cx) features; the model has \(c)") }
-            var out = linearScores(try K.floats(x), rows: n, features: c, coef, intercepts, outputs: targets)
+            let (v, converted) = try K.floats(x, ws)
+            var out = linearScores(v, rows: n, features: c, coef, intercepts, outputs: targets, ws)
+            if converted { ws.giveBack(v) }
             post.apply(&out, rowLength: targets)
-            return [Tensor(shape: [n, targets], floats: out)]
+            return Outputs(Tensor(shape: ws.shape(n, targets), floats: out))
         }, [.float32])
     }
 
@@ -130,22 +145,32 @@ enum MLOps {
         try ctx.inputs(1, 1)
         _ = try ctx.input(0, .numeric)
         let norm = try ctx.attributes.string("norm", default: "MAX")
-        guard ["MAX", "L1", "L2"].contains(norm) else { throw ctx.bad("norm `\(norm)` is not MAX, L1 or L2") }
-        return (ClosureKernel { inputs in
+        enum Norm { case max, l1, l2 }
+        let kind: Norm
+        switch norm {
+        case "MAX": kind = .max
+        case "L1": kind = .l1
+        case "L2": kind = .l2
+        default: throw ctx.bad("norm `\(norm)` is not MAX, L1 or L2")
+        }
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             let (n, c) = try rows(x)
-            var v = try K.floats(x)
-            for i in 0..<n {
-                let r = i * c..<(i + 1) * c
-                let d: Float
-                switch norm {
-                case "MAX": d = v[r].max() ?? 1
-                case "L1": d = v[r].reduce(0) { $0 + abs($1) }
-                default: d = v[r].reduce(0) { $0 + $1 * $1 }.squareRoot()
+            let (input, converted) = try K.floats(x, ws)
+            let v = ws.floats(input.count) { v in
+                for i in 0..<n {
+                    let r = i * c..<(i + 1) * c
+                    let d: Float
+                    switch kind {
+                    case .max: d = input[r].max() ?? 1
+                    case .l1: d = input[r].reduce(0) { $0 + abs($1) }
+                    case .l2: d = input[r].reduce(0) { $0 + $1 * $1 }.squareRoot()
+                    }
+                    for j in r { v[j] = d != 0 ? input[j] / d : input[j] }
                 }
-                if d != 0 { for j in r { v[j] /= d } }
             }
-            return [Tensor(shape: x.shape, floats: v)]
+            if converted { ws.giveBack(input) }
+            return Outputs(Tensor(shape: x.shape, floats: v))
         }, [.float32])
     }
 
@@ -153,13 +178,13 @@ enum MLOps {
         try ctx.inputs(1, 1)
         _ = try ctx.input(0, [.float32])
         guard let keys = try labels(&ctx.attributes, ctx) else { throw ctx.bad("needs classlabels_int64s or classlabels_strings") }
-        return (ClosureKernel { inputs in
+        return (ClosureKernel(aliasesInputs: true) { inputs, ws in
             var x = try K.arg(inputs, 0)
             let (n, c) = try rows(x)
             guard c == keys.count else { throw EngineError.runtime("\(c) columns for \(keys.count) keys") }
-            x.shape = [n, c]
+            x.shape = ws.shape(n, c)
             x.mapKeys = keys
-            return [x]
+            return Outputs(x)
         }, [.float32])
     }
 
@@ -167,18 +192,21 @@ enum MLOps {
         try ctx.inputs(2, 2)
         let t = try ctx.input(0)
         _ = try ctx.input(1, [.int64])
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
-            let idx = try K.ints(try K.arg(inputs, 1))
+            let indices = try K.arg(inputs, 1)
+            guard case .int64(let idx) = indices.storage else { throw EngineError.runtime("indices are \(indices.dtype), expected int64") }
             guard x.rank >= 1 else { throw EngineError.runtime("input is a scalar") }
             let c = x.shape[x.rank - 1]
-            for i in idx where i < 0 || i >= c { throw EngineError.runtime("index \(i) is out of range for \(c) columns") }
+            for i in idx where i < 0 || i >= Int64(c) { throw EngineError.runtime("index \(i) is out of range for \(c) columns") }
             let rowsN = x.count / max(c, 1)
-            var sel: [Int] = []
-            sel.reserveCapacity(rowsN * idx.count)
-            for r in 0..<rowsN { for i in idx { sel.append(r * c + i) } }
-            let shape = x.rank == 1 ? [1, idx.count] : Array(x.shape.dropLast()) + [idx.count]
-            return [Tensor(shape: shape, storage: x.storage.gather(sel))]
+            let width = idx.count
+            let shape = x.rank == 1 ? ws.shape(1, width) : ws.shape(rank: x.rank) { d in
+                for i in 0..<x.rank - 1 { d[i] = x.shape[i] }
+                d[x.rank - 1] = width
+            }
+            let storage = ws.gather(x.storage, rowsN * width) { e in (e / width) * c + Int(idx[e % width]) }
+            return Outputs(Tensor(shape: shape, storage: storage))
         }, [t])
     }
 
@@ -186,10 +214,10 @@ enum MLOps {
         try ctx.inputs(1, 1)
         let t = try ctx.input(0, .numeric)
         let th = Double(try ctx.attributes.float("threshold", default: 0))
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             let d = x.asDoubles()!.map { $0 > th ? 1.0 : 0.0 }
-            return [try Cast.convert(Tensor(shape: x.shape, doubles: d), to: x.dtype)]
+            return Outputs(try Cast.convert(Tensor(shape: x.shape, doubles: d), to: x.dtype))
         }, [t])
     }
 
@@ -201,18 +229,18 @@ enum MLOps {
         let rf = try ctx.attributes.float("replaced_value_float", default: .nan)
         let ri = Int64(try ctx.attributes.int("replaced_value_int64", default: 0))
         guard fv.isEmpty != iv.isEmpty else { throw ctx.bad("needs exactly one of imputed_value_floats, imputed_value_int64s") }
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             let c = x.shape.last ?? 1
             switch x.storage {
             case .float32(let v):
                 guard fv.count == 1 || fv.count == c else { throw EngineError.runtime("\(fv.count) imputed values for \(c) columns") }
                 let out = v.enumerated().map { i, e in (e == rf || (rf.isNaN && e.isNaN)) ? fv[fv.count == 1 ? 0 : i % c] : e }
-                return [Tensor(shape: x.shape, floats: out)]
+                return Outputs(Tensor(shape: x.shape, floats: out))
             case .int64(let v):
                 guard iv.count == 1 || iv.count == c else { throw EngineError.runtime("\(iv.count) imputed values for \(c) columns") }
                 let out = v.enumerated().map { i, e in e == ri ? iv[iv.count == 1 ? 0 : i % c] : e }
-                return [Tensor(shape: x.shape, int64s: out)]
+                return Outputs(Tensor(shape: x.shape, int64s: out))
             default: throw EngineError.runtime("input is \(x.dtype); Imputer takes float or int64")
             }
         }, [t == .int64 ? .int64 : .float32])
@@ -228,7 +256,7 @@ enum MLOps {
         let si = Dictionary((cs ?? []).enumerated().map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
         let ii = Dictionary((ci ?? []).enumerated().map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
         let k = cs?.count ?? ci?.count ?? 0
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             var out = [Float](repeating: 0, count: x.count * k)
             func set(_ e: Int, _ pos: Int?, _ what: String) throws {
@@ -239,7 +267,7 @@ enum MLOps {
             } else {
                 for (e, v) in x.asDoubles()!.enumerated() { try set(e, ii[Int64(v)], "\(v)") }
             }
-            return [Tensor(shape: x.shape + [k], floats: out)]
+            return Outputs(Tensor(shape: x.shape + [k], floats: out))
         }, [.float32])
     }
 
@@ -252,11 +280,11 @@ enum MLOps {
             let ds = try ctx.attributes.string("default_string", default: "_Unused")
             let di = Int64(try ctx.attributes.int("default_int64", default: -1))
             let index = Dictionary(classes.enumerated().map { ($1, Int64($0)) }, uniquingKeysWith: { a, _ in a })
-            return (ClosureKernel { inputs in
+            return (ClosureKernel { inputs, ws in
                 let x = try K.arg(inputs, 0)
-                if let s = x.strings { return [Tensor(shape: x.shape, int64s: s.map { index[$0] ?? di })] }
+                if let s = x.strings { return Outputs(Tensor(shape: x.shape, int64s: s.map { index[$0] ?? di })) }
                 let v = try K.ints(x)
-                return [Tensor(shape: x.shape, strings: v.map { $0 >= 0 && $0 < classes.count ? classes[$0] : ds })]
+                return Outputs(Tensor(shape: x.shape, strings: v.map { $0 >= 0 && $0 < classes.count ? classes[$0] : ds }))
             }, [t == .string ? .int64 : .string])
         }
         enum Key: Hashable { case s(String), i(Int64), f(Float) }
@@ -276,7 +304,7 @@ enum MLOps {
         let di = Int64(try ctx.attributes.int("default_int64", default: -1))
         let df = try ctx.attributes.float("default_float", default: -0.0)
         let map = Dictionary(keys.enumerated().map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             let k: [Key] = switch x.storage {
             case .string(let s): s.map { .s($0) }
@@ -286,9 +314,9 @@ enum MLOps {
             }
             let pos = k.map { map[$0] }
             switch values {
-            case .string(let v): return [Tensor(shape: x.shape, strings: pos.map { $0.map { v[$0] } ?? ds })]
-            case .int64(let v): return [Tensor(shape: x.shape, int64s: pos.map { $0.map { v[$0] } ?? di })]
-            case .float32(let v): return [Tensor(shape: x.shape, floats: pos.map { $0.map { v[$0] } ?? df })]
+            case .string(let v): return Outputs(Tensor(shape: x.shape, strings: pos.map { $0.map { v[$0] } ?? ds }))
+            case .int64(let v): return Outputs(Tensor(shape: x.shape, int64s: pos.map { $0.map { v[$0] } ?? di }))
+            case .float32(let v): return Outputs(Tensor(shape: x.shape, floats: pos.map { $0.map { v[$0] } ?? df }))
             default: throw EngineError.runtime("unsupported value type")
             }
         }, [values.dtype])

@@ -17,23 +17,23 @@ enum MathOps {
             _ = try ctx.attributes.int("axis")
             let t = try ctx.input(0, .numeric)
             guard try ctx.input(1) == t else { throw ctx.bad("inputs are \(t) and \(ctx.inputTypes[1]!); they must have one type") }
-            return (ClosureKernel { inputs in
+            return (ClosureKernel { inputs, ws in
                 let a = try K.arg(inputs, 0), b = try K.arg(inputs, 1)
                 switch (a.storage, b.storage) {
                 case (.float32(let x), .float32(let y)):
-                    let r = try K.binary(x, a.shape, y, b.shape, f32)
-                    return [Tensor(shape: r.shape, floats: r.values)]
+                    let r = try K.binary(ws, x, a.shape, y, b.shape, f32)
+                    return Outputs(Tensor(shape: r.shape, floats: r.values))
                 case (.float64(let x), .float64(let y)):
-                    let r = try K.binary(x, a.shape, y, b.shape, f64)
-                    return [Tensor(shape: r.shape, doubles: r.values)]
+                    let r = try K.binary(ws, x, a.shape, y, b.shape, f64)
+                    return Outputs(Tensor(shape: r.shape, doubles: r.values))
                 case (.int64(let x), .int64(let y)):
                     if intDivision, y.contains(0) { throw EngineError.runtime("integer division by zero") }
-                    let r = try K.binary(x, a.shape, y, b.shape, i64)
-                    return [Tensor(shape: r.shape, int64s: r.values)]
+                    let r = try K.binary(ws, x, a.shape, y, b.shape, i64)
+                    return Outputs(Tensor(shape: r.shape, int64s: r.values))
                 case (.int32(let x), .int32(let y)):
                     if intDivision, y.contains(0) { throw EngineError.runtime("integer division by zero") }
-                    let r = try K.binary(x, a.shape, y, b.shape, i32)
-                    return [Tensor(shape: r.shape, int32s: r.values)]
+                    let r = try K.binary(ws, x, a.shape, y, b.shape, i32)
+                    return Outputs(Tensor(shape: r.shape, int32s: r.values))
                 default:
                     throw EngineError.runtime("inputs are \(a.dtype) and \(b.dtype)")
                 }
@@ -51,17 +51,17 @@ enum MathOps {
             _ = try ctx.attributes.ints("consumed_inputs")  // opset 1 legacy
             let t = try ctx.input(0, .floats)
             let (f, d) = try make(&ctx)
-            return (ClosureKernel { inputs in
+            return (ClosureKernel { inputs, ws in
                 let x = try K.arg(inputs, 0)
                 switch x.storage {
                 case .float32(let v):
                     let n = v.count
-                    let out = [Float](unsafeUninitializedCapacity: n) { buf, c in
+                    let out = ws.floats(n) { buf in
                         v.withUnsafeBufferPointer { p in for i in 0..<n { buf[i] = f(p[i]) } }
-                        c = n
                     }
-                    return [Tensor(shape: x.shape, floats: out)]
-                case .float64(let v): return [Tensor(shape: x.shape, doubles: v.map(d))]
+                    return Outputs(Tensor(shape: x.shape, floats: out))
+                case .float64(let v):
+                    return Outputs(Tensor(shape: x.shape, doubles: ws.doubles(v.count) { o in for i in v.indices { o[i] = d(v[i]) } }))
                 default: throw EngineError.runtime("input is \(x.dtype)")
                 }
             }, [t])
@@ -99,23 +99,36 @@ enum MathOps {
             }
         }
         let (fixedLo, fixedHi) = (lo, hi)
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
-            func bound(_ i: Int) -> Double? { i < inputs.count ? inputs[i]?.asDoubles()?.first : nil }
+            func bound(_ i: Int) -> Double? {
+                guard i < inputs.count, let t = inputs[i], t.count > 0 else { return nil }
+                switch t.storage {
+                case .float32(let v): return Double(v[0])
+                case .float64(let v): return v[0]
+                case .int64(let v): return Double(v[0])
+                case .int32(let v): return Double(v[0])
+                case .bool(let v): return v[0] ? 1 : 0
+                case .string: return nil
+                }
+            }
+            func clip<T: Comparable & Reusable>(_ v: [T], _ a: T, _ b: T) -> [T] {
+                ws.array(v.count) { o in for i in v.indices { o[i] = min(max(v[i], a), b) } }
+            }
             let l = bound(1), h = bound(2)
             switch x.storage {
             case .float32(let v):
                 let a = l.map(Float.init) ?? fixedLo, b = h.map(Float.init) ?? fixedHi
-                return [Tensor(shape: x.shape, floats: v.map { min(max($0, a), b) })]
+                return Outputs(Tensor(shape: x.shape, floats: clip(v, a, b)))
             case .float64(let v):
                 let a = l ?? Double(fixedLo), b = h ?? Double(fixedHi)
-                return [Tensor(shape: x.shape, doubles: v.map { min(max($0, a), b) })]
+                return Outputs(Tensor(shape: x.shape, doubles: clip(v, a, b)))
             case .int64(let v):
                 let a = l.map { Int64($0) } ?? .min, b = h.map { Int64($0) } ?? .max
-                return [Tensor(shape: x.shape, int64s: v.map { min(max($0, a), b) })]
+                return Outputs(Tensor(shape: x.shape, int64s: clip(v, a, b)))
             case .int32(let v):
                 let a = l.map { Int32($0) } ?? .min, b = h.map { Int32($0) } ?? .max
-                return [Tensor(shape: x.shape, int32s: v.map { min(max($0, a), b) })]
+                return Outputs(Tensor(shape: x.shape, int32s: clip(v, a, b)))
             default: throw EngineError.runtime("input is \(x.dtype)")
             }
         }, [t])
@@ -127,7 +140,7 @@ enum MathOps {
             let t = try ctx.input(0, .floats)
             let legacy = ctx.opset < 13
             let axisAttr = try ctx.attributes.int("axis", default: legacy ? 1 : -1)
-            return (ClosureKernel { inputs in
+            return (ClosureKernel { inputs, ws in
                 let x = try K.arg(inputs, 0)
                 let axis = try K.axis(axisAttr, rank: x.rank)
                 let (outer, n, inner): (Int, Int, Int)
@@ -136,8 +149,8 @@ enum MathOps {
                 } else {
                     (outer, n, inner) = K.split(x.shape, axis)
                 }
-                func run<T: BinaryFloatingPoint>(_ v: [T], _ e: (T) -> T, _ lg: (T) -> T) -> [T] {
-                    var out = v
+                func run<T: BinaryFloatingPoint & Reusable>(_ v: [T], _ e: (T) -> T, _ lg: (T) -> T) -> [T] {
+                    ws.array(v.count) { out in
                     for o in 0..<outer {
                         for i in 0..<inner {
                             let base = o * n * inner + i
@@ -153,11 +166,11 @@ enum MathOps {
                             }
                         }
                     }
-                    return out
+                    }
                 }
                 switch x.storage {
-                case .float32(let v): return [Tensor(shape: x.shape, floats: run(v, expf, logf))]
-                case .float64(let v): return [Tensor(shape: x.shape, doubles: run(v, exp, Foundation.log))]
+                case .float32(let v): return Outputs(Tensor(shape: x.shape, floats: run(v, expf, logf)))
+                case .float64(let v): return Outputs(Tensor(shape: x.shape, doubles: run(v, exp, Foundation.log)))
                 default: throw EngineError.runtime("input is \(x.dtype)")
                 }
             }, [t])
@@ -173,23 +186,40 @@ enum MathOps {
         if ctx.opset < 9 { guard try ctx.attributes.int("spatial", default: 1) == 1 else { throw ctx.bad("spatial=0 is not supported") } }
         if try ctx.attributes.int("training_mode", default: 0) != 0 { throw EngineError.unsupported("\(ctx.owner): training_mode=1 is not supported; export the model in inference mode") }
         guard ctx.outputCount == 1 else { throw EngineError.unsupported("\(ctx.owner): only the inference form (one output) is supported") }
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             guard x.rank >= 2 else { throw EngineError.runtime("X must have rank >= 2, got \(x.shape)") }
             let c = x.shape[1]
-            let p = try (1...4).map { try K.arg(inputs, $0).asDoubles() ?? [] }
-            guard p.allSatisfy({ $0.count == c }) else { throw EngineError.runtime("scale, B, mean and var must have \(c) elements") }
+            for i in 1...4 {
+                let t = try K.arg(inputs, i)
+                guard t.count == c, t.dtype == .float32 || t.dtype == .float64 else {
+                    throw EngineError.runtime("scale, B, mean and var must have \(c) float elements")
+                }
+            }
+            func at(_ i: Int, _ ch: Int) -> Double {
+                switch inputs[i]!.storage {
+                case .float32(let v): Double(v[ch])
+                case .float64(let v): v[ch]
+                default: 0
+                }
+            }
             let inner = x.shape[2...].reduce(1, *)
-            let mul = (0..<c).map { p[0][$0] / (p[3][$0] + Double(eps)).squareRoot() }
-            let add = (0..<c).map { p[1][$0] - p[2][$0] * mul[$0] }
-            func run<T: BinaryFloatingPoint>(_ v: [T]) -> [T] {
-                var out = v
-                for i in out.indices { let ch = (i / inner) % c; out[i] = T(Double(v[i]) * mul[ch] + add[ch]) }
-                return out
+            func run<T: BinaryFloatingPoint & Reusable>(_ v: [T]) -> [T] {
+                ws.array(v.count) { out in
+                    guard inner > 0, c > 0 else { return }
+                    var i = 0
+                    while i < v.count {
+                        let ch = (i / inner) % c
+                        let mul = at(1, ch) / (at(4, ch) + Double(eps)).squareRoot()
+                        let add = at(2, ch) - at(3, ch) * mul
+                        for j in i..<i + inner { out[j] = T(Double(v[j]) * mul + add) }
+                        i += inner
+                    }
+                }
             }
             switch x.storage {
-            case .float32(let v): return [Tensor(shape: x.shape, floats: run(v))]
-            case .float64(let v): return [Tensor(shape: x.shape, doubles: run(v))]
+            case .float32(let v): return Outputs(Tensor(shape: x.shape, floats: run(v)))
+            case .float64(let v): return Outputs(Tensor(shape: x.shape, doubles: run(v)))
             default: throw EngineError.runtime("X is \(x.dtype)")
             }
         }, [t])

@@ -1,13 +1,14 @@
 /// Operators that move elements without arithmetic, plus Cast, ArgMax and reductions.
 enum ShapeOps {
-    static func axesInput(_ inputs: [Tensor?], _ i: Int) throws -> [Int]? {
+    static func axesInput(_ inputs: [Tensor?], _ i: Int) throws -> [Int64]? {
         guard i < inputs.count, let t = inputs[i] else { return nil }
-        return try K.ints(t)
+        guard case .int64(let v) = t.storage else { throw EngineError.runtime("axes are \(t.dtype), expected int64") }
+        return v
     }
 
     static let identity = OperatorSpec(name: "Identity", domain: "ai.onnx", opsets: 1...22) { ctx in
         try ctx.inputs(1, 1)
-        return (ClosureKernel { [try K.arg($0, 0)] }, [try ctx.input(0)])
+        return (ClosureKernel(aliasesInputs: true) { inputs, _ in Outputs(try K.arg(inputs, 0)) }, [try ctx.input(0)])
     }
 
     static let reshape = OperatorSpec(name: "Reshape", domain: "ai.onnx", opsets: 5...22) { ctx in
@@ -15,40 +16,48 @@ enum ShapeOps {
         let t = try ctx.input(0)
         _ = try ctx.input(1, [.int64])
         let allowZero = try ctx.attributes.int("allowzero", default: 0) != 0
-        return (ClosureKernel { inputs in
+        return (ClosureKernel(aliasesInputs: true) { inputs, ws in
             let x = try K.arg(inputs, 0)
-            var shape = try K.ints(try K.arg(inputs, 1))
-            var infer = -1
-            for (i, d) in shape.enumerated() {
-                if d == 0 && !allowZero {
-                    guard i < x.rank else { throw EngineError.runtime("shape \(shape) copies dimension \(i) of \(x.shape)") }
-                    shape[i] = x.shape[i]
-                } else if d == -1 {
-                    guard infer < 0 else { throw EngineError.runtime("shape \(shape) has two -1") }
-                    infer = i
-                } else if d < 0 { throw EngineError.runtime("shape \(shape) has a negative dimension") }
+            let target = try K.arg(inputs, 1)
+            guard case .int64(let given) = target.storage else { throw EngineError.runtime("shape is \(target.dtype), expected int64") }
+            var problem: String?
+            let shape = ws.shape(rank: given.count) { shape in
+                var infer = -1
+                for (i, d64) in given.enumerated() {
+                    let d = Int(d64)
+                    shape[i] = d
+                    if d == 0 && !allowZero {
+                        guard i < x.rank else { problem = "shape \(given) copies dimension \(i) of \(x.shape)"; return }
+                        shape[i] = x.shape[i]
+                    } else if d == -1 {
+                        guard infer < 0 else { problem = "shape \(given) has two -1"; return }
+                        infer = i
+                    } else if d < 0 { problem = "shape \(given) has a negative dimension"; return }
+                }
+                if infer >= 0 {
+                    var known = 1
+                    for i in shape.indices where i != infer { known *= shape[i] }
+                    guard known > 0, x.count % known == 0 else { problem = "cannot reshape \(x.shape) to \(given)"; return }
+                    shape[infer] = x.count / known
+                }
+                guard shape.reduce(1, *) == x.count else { problem = "cannot reshape \(x.shape) (\(x.count) elements) to \(given)"; return }
             }
-            if infer >= 0 {
-                let known = shape.enumerated().filter { $0.offset != infer }.reduce(1) { $0 * $1.element }
-                guard known > 0, x.count % known == 0 else { throw EngineError.runtime("cannot reshape \(x.shape) to \(shape)") }
-                shape[infer] = x.count / known
-            }
-            guard shape.reduce(1, *) == x.count else { throw EngineError.runtime("cannot reshape \(x.shape) (\(x.count) elements) to \(shape)") }
+            if let problem { throw EngineError.runtime(problem) }
             var y = x
             y.shape = shape
-            return [y]
+            return Outputs(y)
         }, [t])
     }
 
     static let flatten = OperatorSpec(name: "Flatten", domain: "ai.onnx", opsets: 1...22) { ctx in
         try ctx.inputs(1, 1)
         let axisAttr = try ctx.attributes.int("axis", default: 1)
-        return (ClosureKernel { inputs in
+        return (ClosureKernel(aliasesInputs: true) { inputs, ws in
             var x = try K.arg(inputs, 0)
             let axis = axisAttr < 0 ? axisAttr + x.rank : axisAttr
             guard axis >= 0, axis <= x.rank else { throw EngineError.runtime("axis \(axisAttr) out of range for \(x.shape)") }
-            x.shape = [x.shape[..<axis].reduce(1, *), x.shape[axis...].reduce(1, *)]
-            return [x]
+            x.shape = ws.shape(x.shape[..<axis].reduce(1, *), x.shape[axis...].reduce(1, *))
+            return Outputs(x)
         }, [try ctx.input(0)])
     }
 
@@ -57,26 +66,36 @@ enum ShapeOps {
             try ctx.inputs(1, 2)
             let fixed = ctx.opset < 13 ? try ctx.attributes.ints("axes") : nil
             if unsqueeze, ctx.opset < 13, fixed == nil { throw ctx.bad("needs attribute `axes`") }
-            return (ClosureKernel { inputs in
+            let fixedAxes = fixed?.map { Int64($0) }
+            return (ClosureKernel(aliasesInputs: true) { inputs, ws in
                 var x = try K.arg(inputs, 0)
-                let axes = try fixed ?? axesInput(inputs, 1)
+                let axes = try fixedAxes ?? axesInput(inputs, 1)
                 if unsqueeze {
                     guard let axes else { throw EngineError.runtime("needs axes") }
                     let r = x.rank + axes.count
-                    let norm = Set(try axes.map { try K.axis($0, rank: r) })
-                    guard norm.count == axes.count else { throw EngineError.runtime("axes \(axes) repeat") }
-                    var shape: [Int] = []
-                    var it = x.shape.makeIterator()
-                    for i in 0..<r { shape.append(norm.contains(i) ? 1 : it.next()!) }
-                    x.shape = shape
+                    let mask = try K.axisMask(axes, rank: r)
+                    x.shape = ws.shape(rank: r) { d in
+                        var j = 0
+                        for i in 0..<r {
+                            if mask & (1 << UInt64(i)) != 0 { d[i] = 1 } else { d[i] = x.shape[j]; j += 1 }
+                        }
+                    }
                 } else if let axes {
-                    let norm = Set(try axes.map { try K.axis($0, rank: x.rank) })
-                    for a in norm where x.shape[a] != 1 { throw EngineError.runtime("cannot squeeze dimension \(a) of \(x.shape)") }
-                    x.shape = x.shape.enumerated().filter { !norm.contains($0.offset) }.map(\.element)
+                    let mask = try K.axisMask(axes, rank: x.rank)
+                    for a in 0..<x.rank where mask & (1 << UInt64(a)) != 0 && x.shape[a] != 1 {
+                        throw EngineError.runtime("cannot squeeze dimension \(a) of \(x.shape)")
+                    }
+                    x.shape = ws.shape(rank: x.rank - mask.nonzeroBitCount) { d in
+                        var j = 0
+                        for i in 0..<x.rank where mask & (1 << UInt64(i)) == 0 { d[j] = x.shape[i]; j += 1 }
+                    }
                 } else {
-                    x.shape = x.shape.filter { $0 != 1 }
+                    x.shape = ws.shape(rank: x.shape.lazy.filter { $0 != 1 }.count) { d in
+                        var j = 0
+                        for e in x.shape where e != 1 { d[j] = e; j += 1 }
+                    }
                 }
-                return [x]
+                return Outputs(x)
             }, [try ctx.input(0)])
         }
     }
@@ -86,46 +105,77 @@ enum ShapeOps {
         let t = try ctx.input(0)
         for i in ctx.inputTypes.indices { guard try ctx.input(i) == t else { throw ctx.bad("inputs must share one type") } }
         guard let axisAttr = try ctx.attributes.int("axis") else { throw ctx.bad("needs attribute `axis`") }
-        return (ClosureKernel { inputs in
-            let xs = try inputs.indices.map { try K.arg(inputs, $0) }
-            let rank = xs[0].rank
+        return (ClosureKernel { inputs, ws in
+            let first = try K.arg(inputs, 0)
+            let rank = first.rank
             let axis = try K.axis(axisAttr, rank: rank)
-            var outShape = xs[0].shape
-            outShape[axis] = 0
-            for x in xs {
-                guard x.rank == rank, x.shape.enumerated().allSatisfy({ $0.offset == axis || $0.element == xs[0].shape[$0.offset] }) else {
-                    throw EngineError.runtime("cannot concatenate shapes \(xs.map(\.shape)) on axis \(axis)")
-                }
-                outShape[axis] += x.shape[axis]
-            }
-            let outer = outShape[..<axis].reduce(1, *)
-            var idx: [Int] = []
-            // Build the output as a gather over the concatenation of all inputs.
-            var bases: [Int] = []
             var total = 0
-            for x in xs { bases.append(total); total += x.count }
-            idx.reserveCapacity(total)
-            for o in 0..<outer {
-                for (j, x) in xs.enumerated() {
-                    let chunk = x.shape[axis...].reduce(1, *)
-                    let start = bases[j] + o * chunk
-                    idx.append(contentsOf: start..<start + chunk)
+            for i in inputs.indices {
+                let x = try K.arg(inputs, i)
+                guard x.rank == rank, (0..<rank).allSatisfy({ $0 == axis || x.shape[$0] == first.shape[$0] }) else {
+                    throw EngineError.runtime("cannot concatenate shapes \(inputs.map { $0?.shape ?? [] }) on axis \(axis)")
+                }
+                guard x.dtype == first.dtype else { throw EngineError.runtime("inputs are \(first.dtype) and \(x.dtype)") }
+                total += x.shape[axis]
+            }
+            let outShape = ws.shape(rank: rank) { d in
+                for i in 0..<rank { d[i] = i == axis ? total : first.shape[i] }
+            }
+            let outer = first.shape[..<axis].reduce(1, *)
+            let count = outShape.reduce(1, *)
+            // Output element e: row o of the outer dimensions, then each input's chunk in turn.
+            func fill<T>(_ o: UnsafeMutableBufferPointer<T>, _ elements: (Tensor) -> [T]) {
+                var e = 0
+                for r in 0..<outer {
+                    for i in inputs.indices {
+                        let x = inputs[i]!
+                        let chunk = x.shape[axis...].reduce(1, *)
+                        let v = elements(x)
+                        for j in 0..<chunk { o[e + j] = v[r * chunk + j] }
+                        e += chunk
+                    }
                 }
             }
-            let all = Tensor.Storage.concat(xs.map(\.storage))
-            return [Tensor(shape: outShape, storage: all.gather(idx))]
+            let storage: Tensor.Storage = switch first.storage {
+            case .float32: .float32(ws.floats(count) { fill($0) { $0.floats! } })
+            case .float64: .float64(ws.doubles(count) { fill($0) { $0.doubles! } })
+            case .int64: .int64(ws.int64s(count) { fill($0) { $0.int64s! } })
+            case .int32: .int32(ws.int32s(count) { fill($0) { $0.int32s! } })
+            case .bool: .bool(ws.bools(count) { fill($0) { $0.bools! } })
+            case .string: .string(ws.strings(count) { fill($0) { $0.strings! } })
+            }
+            return Outputs(Tensor(shape: outShape, storage: storage))
         }, [t])
     }
 
     static let transpose = OperatorSpec(name: "Transpose", domain: "ai.onnx", opsets: 1...22) { ctx in
         try ctx.inputs(1, 1)
         let permAttr = try ctx.attributes.ints("perm")
-        return (ClosureKernel { inputs in
+        let permMask = permAttr.map { p in (try? K.axisMask(p.map { Int64($0) }, rank: p.count)) }
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
-            let perm = permAttr ?? Array((0..<x.rank).reversed())
-            guard perm.count == x.rank, Set(perm) == Set(0..<x.rank) else { throw EngineError.runtime("perm \(perm) does not fit \(x.shape)") }
-            let r = K.transpose(Array(0..<x.count), x.shape, perm)
-            return [Tensor(shape: r.shape, storage: x.storage.gather(r.values))]
+            let r = x.rank
+            if let permAttr {
+                guard permAttr.count == r, r <= 64, permMask ?? nil == (r == 64 ? ~0 : (1 << UInt64(r)) - 1) else {
+                    throw EngineError.runtime("perm \(permAttr) does not fit \(x.shape)")
+                }
+            }
+            func perm(_ i: Int) -> Int { permAttr?[i] ?? r - 1 - i }
+            let outShape = ws.shape(rank: r) { d in for i in 0..<r { d[i] = x.shape[perm(i)] } }
+            let n = x.count
+            let storage = withUnsafeTemporaryAllocation(of: Int.self, capacity: max(r, 1)) { st in
+                // Source strides, permuted: a step along output axis i moves inStride[perm(i)].
+                var s = 1
+                withUnsafeTemporaryAllocation(of: Int.self, capacity: max(r, 1)) { inStride in
+                    for i in stride(from: r - 1, through: 0, by: -1) { inStride[i] = s; s *= x.shape[i] }
+                    for i in 0..<r { st[i] = inStride[perm(i)] }
+                }
+                return ws.withScratch(n) { src in
+                    K.walk(outShape, strides: UnsafeBufferPointer(st)) { i, p in src[i] = p }
+                    return ws.gather(x.storage, n) { src[$0] }
+                }
+            }
+            return Outputs(Tensor(shape: outShape, storage: storage))
         }, [try ctx.input(0)])
     }
 
@@ -133,20 +183,35 @@ enum ShapeOps {
         try ctx.inputs(2, 2)
         _ = try ctx.input(1, [.int64, .int32])
         let axisAttr = try ctx.attributes.int("axis", default: 0)
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0), ind = try K.arg(inputs, 1)
             let axis = try K.axis(axisAttr, rank: x.rank)
             let (outer, n, inner) = K.split(x.shape, axis)
-            let idx = try K.ints(ind).map { i in
-                let j = i < 0 ? i + n : i
-                guard j >= 0, j < n else { throw EngineError.runtime("index \(i) is out of range for dimension of size \(n)") }
-                return j
+            let count = ind.count
+            return try ws.withScratch(count) { idx in
+                for i in 0..<count {
+                    let v: Int = switch ind.storage {
+                    case .int64(let a): Int(a[i])
+                    case .int32(let a): Int(a[i])
+                    default: throw EngineError.runtime("indices are \(ind.dtype)")
+                    }
+                    let j = v < 0 ? v + n : v
+                    guard j >= 0, j < n else { throw EngineError.runtime("index \(v) is out of range for dimension of size \(n)") }
+                    idx[i] = j
+                }
+                let shape = ws.shape(rank: x.rank - 1 + ind.rank) { d in
+                    var k = 0
+                    for i in 0..<axis { d[k] = x.shape[i]; k += 1 }
+                    for e in ind.shape { d[k] = e; k += 1 }
+                    for i in (axis + 1)..<max(x.rank, axis + 1) { d[k] = x.shape[i]; k += 1 }
+                }
+                // Output element e: outer row o, index j, inner position r.
+                let storage = ws.gather(x.storage, outer * count * inner) { e in
+                    let r = e % inner, q = e / inner
+                    return ((q / count) * n + idx[q % count]) * inner + r
+                }
+                return Outputs(Tensor(shape: shape, storage: storage))
             }
-            var sel: [Int] = []
-            sel.reserveCapacity(outer * idx.count * inner)
-            for o in 0..<outer { for j in idx { let s = (o * n + j) * inner; sel.append(contentsOf: s..<s + inner) } }
-            let shape = Array(x.shape[..<axis]) + ind.shape + Array(x.shape[(axis + 1)...])
-            return [Tensor(shape: shape, storage: x.storage.gather(sel))]
         }, [try ctx.input(0)])
     }
 
@@ -158,9 +223,9 @@ enum ShapeOps {
         guard let target = DType(rawValue: to) else {
             throw EngineError.unsupported("\(ctx.owner): casting to \(DType.onnxName(to)) is not supported")
         }
-        return (ClosureKernel { inputs in
+        return (ClosureKernel(aliasesInputs: true) { inputs, ws in
             let x = try K.arg(inputs, 0)
-            return [try Cast.convert(x, to: target)]
+            return Outputs(try Cast.convert(x, to: target, ws))
         }, [target])
     }
 
@@ -170,12 +235,12 @@ enum ShapeOps {
         let axisAttr = try ctx.attributes.int("axis", default: 0)
         let keep = try ctx.attributes.int("keepdims", default: 1) != 0
         let last = try ctx.attributes.int("select_last_index", default: 0) != 0
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             let axis = try K.axis(axisAttr, rank: x.rank)
             let (outer, n, inner) = K.split(x.shape, axis)
             guard n > 0 else { throw EngineError.runtime("ArgMax over an empty axis") }
-            var out = [Int64](repeating: 0, count: outer * inner)
+            var out = ws.int64s(outer * inner) { _ in }
             func run<T: Comparable>(_ v: [T]) {
                 for o in 0..<outer {
                     for i in 0..<inner {
@@ -196,9 +261,13 @@ enum ShapeOps {
             case .int32(let v): run(v)
             default: throw EngineError.runtime("input is \(x.dtype)")
             }
-            var shape = x.shape
-            if keep { shape[axis] = 1 } else { shape.remove(at: axis) }
-            return [Tensor(shape: shape, int64s: out)]
+            let shape = ws.shape(rank: keep ? x.rank : x.rank - 1) { d in
+                var j = 0
+                for i in 0..<x.rank {
+                    if i == axis { if keep { d[j] = 1; j += 1 } } else { d[j] = x.shape[i]; j += 1 }
+                }
+            }
+            return Outputs(Tensor(shape: shape, int64s: out))
         }, [.int64])
     }
 
@@ -210,53 +279,41 @@ enum ShapeOps {
             let fixed = axesFromInput ? nil : try ctx.attributes.ints("axes")
             let keep = try ctx.attributes.int("keepdims", default: 1) != 0
             let noopEmpty = axesFromInput ? try ctx.attributes.int("noop_with_empty_axes", default: 0) != 0 : false
-            return (ClosureKernel { inputs in
+            let fixedAxes = fixed?.map { Int64($0) }
+            return (ClosureKernel(aliasesInputs: true) { inputs, ws in
                 let x = try K.arg(inputs, 0)
-                var axes = try fixed ?? axesInput(inputs, 1) ?? []
-                if axes.isEmpty {
-                    if noopEmpty { return [x] }
-                    axes = Array(0..<x.rank)
-                }
-                let set = Set(try axes.map { try K.axis($0, rank: x.rank) })
-                let keptShape = x.shape.enumerated().map { set.contains($0.offset) ? 1 : $0.element }
+                let given = try fixedAxes ?? axesInput(inputs, 1) ?? []
+                if given.isEmpty, noopEmpty { return Outputs(x) }
+                let rank = x.rank
+                let mask = given.isEmpty ? (rank == 64 ? ~0 : (1 << UInt64(rank)) - 1) : try K.axisMask(given, rank: rank)
+                func reduced(_ i: Int) -> Bool { mask & (1 << UInt64(i)) != 0 }
+                let keptShape = ws.shape(rank: rank) { d in for i in 0..<rank { d[i] = reduced(i) ? 1 : x.shape[i] } }
                 let outCount = keptShape.reduce(1, *)
-                let strides = K.broadcastStrides(keptShape, outShape: x.shape)
-                let counted = x.shape.enumerated().filter { set.contains($0.offset) }.reduce(1) { $0 * $1.element }
-                // Output index of each input element.
-                var target = [Int](repeating: 0, count: x.count)
-                var idx = [Int](repeating: 0, count: x.rank)
-                var p = 0
-                for e in 0..<x.count {
-                    target[e] = p
-                    var d = x.rank - 1
-                    while d >= 0 {
-                        idx[d] += 1; p += strides[d]
-                        if idx[d] < x.shape[d] { break }
-                        p -= strides[d] * x.shape[d]; idx[d] = 0; d -= 1
+                var counted = 1
+                for i in 0..<rank where reduced(i) { counted *= x.shape[i] }
+                let shape = keep ? keptShape : ws.shape(rank: rank - mask.nonzeroBitCount) { d in
+                    var j = 0
+                    for i in 0..<rank where !reduced(i) { d[j] = x.shape[i]; j += 1 }
+                }
+                // Walks the input in order; `p` is the output element each input element adds to.
+                func sum<T: Reusable>(_ v: [T], _ zero: T, _ add: (T, T) -> T, _ finish: (T) -> T) -> [T] {
+                    ws.array(outCount) { acc in
+                        acc.initialize(repeating: zero)
+                        K.withBroadcastStrides(keptShape[...], x.shape) { st in
+                            K.walk(x.shape, strides: st) { e, p in acc[p] = add(acc[p], v[e]) }
+                        }
+                        for i in acc.indices { acc[i] = finish(acc[i]) }
                     }
                 }
-                let shape = keep ? keptShape : x.shape.enumerated().filter { !set.contains($0.offset) }.map(\.element)
                 switch x.storage {
                 case .float32(let v):
-                    var acc = [Float](repeating: 0, count: outCount)
-                    for e in 0..<v.count { acc[target[e]] += v[e] }
-                    if mean { for i in acc.indices { acc[i] /= Float(counted) } }
-                    return [Tensor(shape: shape, floats: acc)]
+                    return Outputs(Tensor(shape: shape, floats: sum(v, 0, +) { mean ? $0 / Float(counted) : $0 }))
                 case .float64(let v):
-                    var acc = [Double](repeating: 0, count: outCount)
-                    for e in 0..<v.count { acc[target[e]] += v[e] }
-                    if mean { for i in acc.indices { acc[i] /= Double(counted) } }
-                    return [Tensor(shape: shape, doubles: acc)]
+                    return Outputs(Tensor(shape: shape, doubles: sum(v, 0, +) { mean ? $0 / Double(counted) : $0 }))
                 case .int64(let v):
-                    var acc = [Int64](repeating: 0, count: outCount)
-                    for e in 0..<v.count { acc[target[e]] &+= v[e] }
-                    if mean, counted > 0 { for i in acc.indices { acc[i] /= Int64(counted) } }
-                    return [Tensor(shape: shape, int64s: acc)]
+                    return Outputs(Tensor(shape: shape, int64s: sum(v, 0, &+) { mean && counted > 0 ? $0 / Int64(counted) : $0 }))
                 case .int32(let v):
-                    var acc = [Int32](repeating: 0, count: outCount)
-                    for e in 0..<v.count { acc[target[e]] &+= v[e] }
-                    if mean, counted > 0 { for i in acc.indices { acc[i] /= Int32(counted) } }
-                    return [Tensor(shape: shape, int32s: acc)]
+                    return Outputs(Tensor(shape: shape, int32s: sum(v, 0, &+) { mean && counted > 0 ? $0 / Int32(counted) : $0 }))
                 default: throw EngineError.runtime("input is \(x.dtype)")
                 }
             }, [t])
@@ -271,8 +328,9 @@ enum ShapeOps {
 
 /// Element type conversion, shared by Cast and the ML operators.
 enum Cast {
-    static func convert(_ x: Tensor, to target: DType) throws -> Tensor {
+    static func convert(_ x: Tensor, to target: DType, _ ws: Workspace? = nil) throws -> Tensor {
         if x.dtype == target { return x }
+        if let ws, let s = numeric(x.storage, to: target, ws) { return Tensor(shape: x.shape, storage: s) }
         let s: Tensor.Storage
         switch (x.storage, target) {
         case (.string(let v), _):
@@ -308,6 +366,33 @@ enum Cast {
             }
         }
         return Tensor(shape: x.shape, storage: s)
+    }
+
+    /// Numeric-to-numeric conversion into memory from `ws`; `nil` for strings.
+    private static func numeric(_ x: Tensor.Storage, to target: DType, _ ws: Workspace) -> Tensor.Storage? {
+        func each<S, T: Reusable>(_ v: [S], _ f: (S) -> T) -> [T] { ws.array(v.count) { o in for i in v.indices { o[i] = f(v[i]) } } }
+        func from<S>(_ v: [S], _ d: (S) -> Double) -> Tensor.Storage? {
+            switch target {
+            case .float32: .float32(each(v) { Float(d($0)) })
+            case .float64: .float64(each(v, d))
+            case .int64: .int64(each(v) { toInt(d($0)) })
+            case .int32: .int32(each(v) { Int32(truncatingIfNeeded: toInt(d($0))) })
+            case .bool: .bool(each(v) { d($0) != 0 })
+            case .string: nil
+            }
+        }
+        switch x {
+        case .float32(let v): return from(v) { Double($0) }
+        case .float64(let v): return from(v) { $0 }
+        case .int64(let v):
+            if target == .float32 { return .float32(each(v) { Float($0) }) }
+            return from(v) { Double($0) }
+        case .int32(let v):
+            if target == .int64 { return .int64(each(v) { Int64($0) }) }
+            return from(v) { Double($0) }
+        case .bool(let v): return from(v) { $0 ? 1 : 0 }
+        case .string: return nil
+        }
     }
 
     static func toInt(_ d: Double) -> Int64 {

@@ -19,7 +19,7 @@ enum TextOps {
                 return b
             }, as: UTF8.self)
         }
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             guard let v = x.strings else { throw EngineError.runtime("input is \(x.dtype)") }
             guard x.rank == 1 || (x.rank == 2 && x.shape[0] == 1) else {
@@ -32,7 +32,7 @@ enum TextOps {
             default: break
             }
             if out.isEmpty { out = [""] }
-            return [Tensor(shape: x.rank == 1 ? [out.count] : [1, out.count], strings: out)]
+            return Outputs(Tensor(shape: x.rank == 1 ? [out.count] : [1, out.count], strings: out))
         }, [.string])
     }
 
@@ -58,7 +58,7 @@ enum TextOps {
         }
         let exp = try tokenexp.map(compile)
         let seps = try (separators ?? []).map(compile)
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             guard let v = x.strings, x.rank == 1 || x.rank == 2 else { throw EngineError.runtime("input must be 1-D or 2-D strings, got \(x.dtype) \(x.shape)") }
             var tokens: [[String]] = []
@@ -86,7 +86,7 @@ enum TextOps {
             var out: [String] = []
             out.reserveCapacity(v.count * width)
             for t in tokens { out += t; out += [String](repeating: pad, count: width - t.count) }
-            return [Tensor(shape: x.shape + [width], strings: out)]
+            return Outputs(Tensor(shape: x.shape + [width], strings: out))
         }, [.string])
     }
 
@@ -142,7 +142,7 @@ enum TextOps {
         _ = poolCount
         let sPool = try strPool.map { try pool($0) }
         let iPool = try intPool.map { try pool($0) }
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             guard x.rank == 1 || x.rank == 2 else { throw EngineError.runtime("input must be 1-D or 2-D, got \(x.shape)") }
             let rows = x.rank == 1 ? 1 : x.shape[0]
@@ -180,7 +180,7 @@ enum TextOps {
                     out[i] = mode == "IDF" ? (out[i] > 0 ? w[col] : 0) : out[i] * w[col]
                 }
             }
-            return [Tensor(shape: x.rank == 1 ? [width] : [rows, width], floats: out)]
+            return Outputs(Tensor(shape: x.rank == 1 ? [width] : [rows, width], floats: out))
         }, [.float32])
     }
 

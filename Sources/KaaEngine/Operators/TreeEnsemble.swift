@@ -246,11 +246,12 @@ struct TreeEnsemble: Sendable {
     static let lanes = 16
 
     /// Scores of every row: aggregate of the reached leaves' weights, plus base values.
-    func scores(_ x: [Float], rows n: Int, cols c: Int, outputs k: Int, aggregate: Aggregate, base: [Float]) throws -> [Float] {
+    func scores(_ x: [Float], rows n: Int, cols c: Int, outputs k: Int, aggregate: Aggregate, base: [Float], _ ws: Workspace) throws -> [Float] {
         guard c >= featureCount else { throw EngineError.runtime("input has \(c) features; the trees read feature \(featureCount - 1)") }
         guard x.count >= n * c else { throw EngineError.runtime("input has \(x.count) values for \(n) rows of \(c)") }
-        var out = [Float](repeating: 0, count: n * k)
-        var has = aggregate == .min || aggregate == .max ? [Bool](repeating: false, count: n * k) : []
+        var out = ws.array(n * k, repeating: Float(0))
+        var has = aggregate == .min || aggregate == .max ? ws.array(n * k, repeating: false) : []
+        defer { ws.giveBack(has) }
         x.withUnsafeBufferPointer { px in out.withUnsafeMutableBufferPointer { po in has.withUnsafeMutableBufferPointer { ph in
             let sink = Sink(out: po, has: ph, k: k, aggregate: aggregate)
             if let program, n >= TreeProgram.rows, aggregate == .sum || aggregate == .average {
@@ -405,12 +406,14 @@ struct TreeEnsemble: Sendable {
         let post = try PostTransform.read(&ctx.attributes, ctx)
         let trees = try TreeEnsemble(&ctx.attributes, ctx, prefix: "target", outputs: k)
         let baseValues = base
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             let (n, c) = try MLOps.rows(x)
-            var s = try trees.scores(try K.floats(x), rows: n, cols: c, outputs: k, aggregate: agg, base: baseValues)
+            let (v, converted) = try K.floats(x, ws)
+            var s = try trees.scores(v, rows: n, cols: c, outputs: k, aggregate: agg, base: baseValues, ws)
+            if converted { ws.giveBack(v) }
             post.apply(&s, rowLength: k)
-            return [Tensor(shape: [n, k], floats: s)]
+            return Outputs(Tensor(shape: ws.shape(n, k), floats: s))
         }, [.float32])
     }
 
@@ -430,12 +433,14 @@ struct TreeEnsemble: Sendable {
         guard base.isEmpty || base.count == k || (binary && base.count == 1) else { throw ctx.bad("\(base.count) base_values for \(k) classes") }
         let labelType: DType = if case .string = labels { .string } else { .int64 }
         let baseValues = base
-        return (ClosureKernel { inputs in
+        return (ClosureKernel { inputs, ws in
             let base = baseValues
             let x = try K.arg(inputs, 0)
             let (n, c) = try MLOps.rows(x)
-            var s = try trees.scores(try K.floats(x), rows: n, cols: c, outputs: k, aggregate: .sum, base: base.count == k ? base : [])
-            var best = [Int](repeating: 0, count: n)
+            let (v, converted) = try K.floats(x, ws)
+            var s = try trees.scores(v, rows: n, cols: c, outputs: k, aggregate: .sum, base: base.count == k ? base : [], ws)
+            if converted { ws.giveBack(v) }
+            return ws.withScratch(n) { best in
             if binary {
                 // Two labels, weights for one class only: the label is that class's score
                 // against 0.5 (weights all positive) or 0. As onnxruntime does, a score in
@@ -460,7 +465,8 @@ struct TreeEnsemble: Sendable {
                 }
                 post.apply(&s, rowLength: k)
             }
-            return [MLOps.labelTensor(labels, best), Tensor(shape: [n, k], floats: s)]
+            return Outputs(MLOps.labelTensor(labels, best, ws), Tensor(shape: ws.shape(n, k), floats: s))
+            }
         }, [labelType, .float32])
     }
 }

@@ -1,0 +1,280 @@
+import Synchronization
+
+/// What one kernel call produces: one tensor, or two (a classifier's labels and scores).
+///
+/// Held inline rather than in an array, so that returning it allocates nothing.
+struct Outputs {
+    var first: Tensor
+    var second: Tensor?
+
+    init(_ first: Tensor) { self.first = first }
+    init(_ first: Tensor, _ second: Tensor) {
+        self.first = first
+        self.second = second
+    }
+
+    var count: Int { second == nil ? 1 : 2 }
+
+    subscript(i: Int) -> Tensor { i == 0 ? first : second! }
+}
+
+/// The memory one run of a plan works in: its value slots, and the element arrays and
+/// shapes of earlier runs, handed back to kernels for their outputs.
+///
+/// A plan's steps ask for the same sizes in the same order whenever the batch size is the
+/// same, so from the second run with a given batch size on, every output a kernel asks for is
+/// an array that an earlier run released: the run allocates nothing. Arrays that outlive the
+/// run (the outputs the caller receives) return when the caller hands them back (see
+/// ``Model/run(_:into:)``).
+///
+/// A workspace is used by one run at a time; ``WorkspacePool`` hands it out.
+final class Workspace: @unchecked Sendable {
+    /// The run's value slots (the plan's template, then inputs and step outputs).
+    var slots: [Tensor?] = []
+    /// The argument list handed to each step.
+    var args: [Tensor?] = []
+    /// Addresses of element arrays this workspace must never reuse: the caller's inputs and the
+    /// model's constants, which others still hold.
+    var foreign: [UnsafeRawPointer] = []
+    /// How many of `foreign` are the model's constants (the rest are this run's inputs).
+    var constantCount = 0
+
+    fileprivate var float32: [[Float]] = []
+    fileprivate var float64: [[Double]] = []
+    fileprivate var int64: [[Int64]] = []
+    fileprivate var int32: [[Int32]] = []
+    fileprivate var bool: [[Bool]] = []
+    private var string: [[String]] = []
+    private var scratchInts: [Int] = []
+    private var shapeScratch: [Int] = []
+    /// Shapes handed out before, shared by every tensor of that shape (a shape array is
+    /// never mutated once in a tensor; if it were, it would be copied first).
+    private var shapes: [[Int]] = []
+
+    /// Bytes of element arrays kept for reuse.
+    private(set) var keptBytes = 0
+    /// At most this many bytes of element arrays are kept between runs; larger batches
+    /// allocate what does not fit.
+    static let keptBytesLimit = 4 << 20
+    static let shapeLimit = 64
+
+    // MARK: Outputs for kernels
+
+    /// `n` elements, filled by `fill`, which MUST write every one (the memory may hold an
+    /// earlier run's values).
+    @inline(__always)
+    func array<T: Reusable>(_ n: Int, _ fill: (UnsafeMutableBufferPointer<T>) throws -> Void) rethrows -> [T] {
+        var a = T.take(n, self)
+        try a.withUnsafeMutableBufferPointer { try fill($0) }
+        return a
+    }
+
+    /// `n` elements, all `value`.
+    @inline(__always)
+    func array<T: Reusable>(_ n: Int, repeating value: T) -> [T] {
+        array(n) { $0.initialize(repeating: value) }
+    }
+
+    @inline(__always)
+    func floats(_ n: Int, _ fill: (UnsafeMutableBufferPointer<Float>) throws -> Void) rethrows -> [Float] {
+        try array(n, fill)
+    }
+
+    @inline(__always)
+    func doubles(_ n: Int, _ fill: (UnsafeMutableBufferPointer<Double>) throws -> Void) rethrows -> [Double] {
+        try array(n, fill)
+    }
+
+    @inline(__always)
+    func int64s(_ n: Int, _ fill: (UnsafeMutableBufferPointer<Int64>) throws -> Void) rethrows -> [Int64] {
+        try array(n, fill)
+    }
+
+    @inline(__always)
+    func int32s(_ n: Int, _ fill: (UnsafeMutableBufferPointer<Int32>) throws -> Void) rethrows -> [Int32] {
+        try array(n, fill)
+    }
+
+    @inline(__always)
+    func bools(_ n: Int, _ fill: (UnsafeMutableBufferPointer<Bool>) throws -> Void) rethrows -> [Bool] {
+        try array(n, fill)
+    }
+
+    /// Takes back a scratch array a kernel got from ``array(_:_:)`` and no longer needs. The
+    /// caller MUST keep no other copy of it.
+    func giveBack<T: Reusable>(_ a: [T]) {
+        guard !a.isEmpty else { return }
+        let bytes = a.count * MemoryLayout<T>.stride
+        guard keptBytes + bytes <= Self.keptBytesLimit else { return }
+        T.put(a, self)
+        keptBytes += bytes
+    }
+
+    /// `n` strings (initialized, possibly to an earlier run's values), set by `fill`.
+    func strings(_ n: Int, _ fill: (UnsafeMutableBufferPointer<String>) throws -> Void) rethrows -> [String] {
+        var a: [String]
+        if let i = string.firstIndex(where: { $0.count == n }) {
+            string.swapAt(i, string.count - 1)
+            a = string.removeLast()
+        } else {
+            a = [String](repeating: "", count: n)
+        }
+        try a.withUnsafeMutableBufferPointer { try fill($0) }
+        return a
+    }
+
+    /// A tensor of `x`'s element type and `n` elements, each copied from `x` at the index
+    /// `index(i)` gives for output element `i`.
+    func gather(_ x: Tensor.Storage, _ n: Int, _ index: (Int) -> Int) -> Tensor.Storage {
+        switch x {
+        case .float32(let v): .float32(floats(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .float64(let v): .float64(doubles(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .int64(let v): .int64(int64s(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .int32(let v): .int32(int32s(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .bool(let v): .bool(bools(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .string(let v): .string(strings(n) { o in for i in 0..<n { o[i] = v[index(i)] } })
+        }
+    }
+
+    /// Scratch integers for the duration of `body` (not kept by any tensor).
+    func withScratch<R>(_ n: Int, _ body: (UnsafeMutableBufferPointer<Int>) throws -> R) rethrows -> R {
+        if scratchInts.count < n { scratchInts = [Int](repeating: 0, count: n) }
+        return try scratchInts.withUnsafeMutableBufferPointer { try body(UnsafeMutableBufferPointer(rebasing: $0[0..<n])) }
+    }
+
+    // MARK: Shapes
+
+    /// The shape `[a]`.
+    func shape(_ a: Int) -> [Int] {
+        for s in shapes where s.count == 1 && s[0] == a { return s }
+        return remember([a])
+    }
+
+    /// The shape `[a, b]`.
+    func shape(_ a: Int, _ b: Int) -> [Int] {
+        for s in shapes where s.count == 2 && s[0] == a && s[1] == b { return s }
+        return remember([a, b])
+    }
+
+    /// The shape of `rank` dimensions that `fill` writes.
+    func shape(rank: Int, _ fill: (UnsafeMutableBufferPointer<Int>) -> Void) -> [Int] {
+        if shapeScratch.count < rank { shapeScratch = [Int](repeating: 0, count: rank) }
+        return shapeScratch.withUnsafeMutableBufferPointer { all in
+            let dims = UnsafeMutableBufferPointer(rebasing: all[0..<rank])
+            fill(dims)
+            for s in shapes where s.count == rank && s.elementsEqual(dims) { return s }
+            return remember(Array(dims))
+        }
+    }
+
+    private func remember(_ s: [Int]) -> [Int] {
+        if shapes.count >= Self.shapeLimit { shapes.removeAll(keepingCapacity: true) }
+        shapes.append(s)
+        return s
+    }
+
+    // MARK: Reuse
+
+    @inline(__always)
+    fileprivate func take<T>(_ n: Int, _ list: inout [[T]]) -> [T] {
+        var i = list.count - 1
+        while i >= 0 {
+            if list[i].count == n {
+                list.swapAt(i, list.count - 1)
+                let a = list.removeLast()
+                keptBytes -= n * MemoryLayout<T>.stride
+                return a
+            }
+            i -= 1
+        }
+        return [T](unsafeUninitializedCapacity: n) { _, c in c = n }
+    }
+
+    /// Keeps `t`'s element array for a later output, unless it is foreign, empty, already
+    /// kept, or over the limit. The caller MUST hold no other reference to it that it will
+    /// read again (a live slot sharing it is checked by ``Plan``).
+    func keep(_ t: Tensor) {
+        guard let address = t.storage.address, !foreign.contains(address) else { return }
+        let bytes = t.count * t.dtype.byteWidth
+        guard keptBytes + bytes <= Self.keptBytesLimit else { return }
+        func put<T>(_ a: [T], _ list: inout [[T]]) {
+            for k in list where k.withUnsafeBufferPointer({ UnsafeRawPointer($0.baseAddress) == address }) { return }
+            list.append(a)
+            keptBytes += bytes
+        }
+        switch t.storage {
+        case .float32(let v): put(v, &float32)
+        case .float64(let v): put(v, &float64)
+        case .int64(let v): put(v, &int64)
+        case .int32(let v): put(v, &int32)
+        case .bool(let v): put(v, &bool)
+        case .string(let v): put(v, &string)
+        }
+    }
+}
+
+/// An element type whose arrays a ``Workspace`` keeps for reuse.
+protocol Reusable {
+    static func take(_ n: Int, _ ws: Workspace) -> [Self]
+    static func put(_ a: [Self], _ ws: Workspace)
+}
+
+extension Float: Reusable {
+    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Float] { ws.take(n, &ws.float32) }
+    static func put(_ a: [Float], _ ws: Workspace) { ws.float32.append(a) }
+}
+
+extension Double: Reusable {
+    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Double] { ws.take(n, &ws.float64) }
+    static func put(_ a: [Double], _ ws: Workspace) { ws.float64.append(a) }
+}
+
+extension Int64: Reusable {
+    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Int64] { ws.take(n, &ws.int64) }
+    static func put(_ a: [Int64], _ ws: Workspace) { ws.int64.append(a) }
+}
+
+extension Int32: Reusable {
+    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Int32] { ws.take(n, &ws.int32) }
+    static func put(_ a: [Int32], _ ws: Workspace) { ws.int32.append(a) }
+}
+
+extension Bool: Reusable {
+    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Bool] { ws.take(n, &ws.bool) }
+    static func put(_ a: [Bool], _ ws: Workspace) { ws.bool.append(a) }
+}
+
+extension Tensor.Storage {
+    /// Where the elements live, for telling whether two tensors share them; `nil` when empty.
+    var address: UnsafeRawPointer? {
+        switch self {
+        case .float32(let v): v.isEmpty ? nil : v.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress) }
+        case .float64(let v): v.isEmpty ? nil : v.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress) }
+        case .int64(let v): v.isEmpty ? nil : v.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress) }
+        case .int32(let v): v.isEmpty ? nil : v.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress) }
+        case .bool(let v): v.isEmpty ? nil : v.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress) }
+        case .string(let v): v.isEmpty ? nil : v.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress) }
+        }
+    }
+}
+
+/// The idle workspaces of one plan. A run takes one (or makes one when none is idle) and
+/// gives it back; at most ``limit`` stay idle, so a burst of concurrent calls leaves no more
+/// memory behind than a few runs need.
+final class WorkspacePool: Sendable {
+    private let idle = Mutex<[Workspace]>([])
+    let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    func take() -> Workspace {
+        idle.withLock { $0.popLast() } ?? Workspace()
+    }
+
+    func give(_ ws: Workspace) {
+        idle.withLock { if $0.count < limit { $0.append(ws) } }
+    }
+
+    /// Bytes the idle workspaces keep for reuse.
+    var keptBytes: Int { idle.withLock { $0.reduce(0) { $0 + $1.keptBytes } } }
+}
