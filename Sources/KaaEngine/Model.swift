@@ -137,7 +137,7 @@ struct Plan: Sendable {
             for s in step.inputs + step.outputs where s >= 0 { share[s] = true }
         }
         mayShare = share
-        pool = WorkspacePool(limit: 4)
+        pool = WorkspacePool(limit: 2)
     }
 
     func run(_ given: [String: Tensor], into out: inout [String: Tensor]) throws {

@@ -55,7 +55,7 @@ final class Workspace: @unchecked Sendable {
     private(set) var keptBytes = 0
     /// At most this many bytes of element arrays are kept between runs; larger batches
     /// allocate what does not fit.
-    static let keptBytesLimit = 4 << 20
+    static let keptBytesLimit = 1 << 20
     static let shapeLimit = 64
 
     // MARK: Outputs for kernels
