@@ -157,24 +157,9 @@ enum K {
     /// The elements of an `outShape` walk in row-major order, where a step along output axis
     /// `d` moves `strides[d]` elements in `values` (0 for a broadcast axis).
     private static func gather<T>(_ values: [T], strides s: [Int], outShape: [Int]) -> [T] {
-        let n = outShape.reduce(1, *)
-        let r = outShape.count
-        var idx = [Int](repeating: 0, count: r)
         var out = [T]()
-        out.reserveCapacity(n)
-        var p = 0
-        for _ in 0..<n {
-            out.append(values[p])
-            var d = r - 1
-            while d >= 0 {
-                idx[d] += 1
-                p += s[d]
-                if idx[d] < outShape[d] { break }
-                p -= s[d] * outShape[d]
-                idx[d] = 0
-                d -= 1
-            }
-        }
+        out.reserveCapacity(outShape.reduce(1, *))
+        s.withUnsafeBufferPointer { st in walk(outShape, strides: st) { _, p in out.append(values[p]) } }
         return out
     }
 
