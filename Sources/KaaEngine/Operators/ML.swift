@@ -216,8 +216,17 @@ enum MLOps {
         let th = Double(try ctx.attributes.float("threshold", default: 0))
         return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
-            let d = x.asDoubles()!.map { $0 > th ? 1.0 : 0.0 }
-            return Outputs(try Cast.convert(Tensor(shape: x.shape, doubles: d), to: x.dtype))
+            func binarize<T: Reusable & Numeric>(_ v: [T], _ d: (T) -> Double) -> [T] {
+                ws.array(v.count) { o in for i in v.indices { o[i] = d(v[i]) > th ? 1 : 0 } }
+            }
+            let storage: Tensor.Storage = switch x.storage {
+            case .float32(let v): .float32(binarize(v) { Double($0) })
+            case .float64(let v): .float64(binarize(v) { $0 })
+            case .int64(let v): .int64(binarize(v) { Double($0) })
+            case .int32(let v): .int32(binarize(v) { Double($0) })
+            default: throw EngineError.runtime("input is \(x.dtype)")
+            }
+            return Outputs(Tensor(shape: x.shape, storage: storage))
         }, [t])
     }
 
@@ -235,11 +244,15 @@ enum MLOps {
             switch x.storage {
             case .float32(let v):
                 guard fv.count == 1 || fv.count == c else { throw EngineError.runtime("\(fv.count) imputed values for \(c) columns") }
-                let out = v.enumerated().map { i, e in (e == rf || (rf.isNaN && e.isNaN)) ? fv[fv.count == 1 ? 0 : i % c] : e }
+                let out = ws.floats(v.count) { o in
+                    for (i, e) in v.enumerated() { o[i] = (e == rf || (rf.isNaN && e.isNaN)) ? fv[fv.count == 1 ? 0 : i % c] : e }
+                }
                 return Outputs(Tensor(shape: x.shape, floats: out))
             case .int64(let v):
                 guard iv.count == 1 || iv.count == c else { throw EngineError.runtime("\(iv.count) imputed values for \(c) columns") }
-                let out = v.enumerated().map { i, e in e == ri ? iv[iv.count == 1 ? 0 : i % c] : e }
+                let out = ws.int64s(v.count) { o in
+                    for (i, e) in v.enumerated() { o[i] = e == ri ? iv[iv.count == 1 ? 0 : i % c] : e }
+                }
                 return Outputs(Tensor(shape: x.shape, int64s: out))
             default: throw EngineError.runtime("input is \(x.dtype); Imputer takes float or int64")
             }
@@ -258,16 +271,29 @@ enum MLOps {
         let k = cs?.count ?? ci?.count ?? 0
         return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
-            var out = [Float](repeating: 0, count: x.count * k)
-            func set(_ e: Int, _ pos: Int?, _ what: String) throws {
-                if let pos { out[e * k + pos] = 1 } else if !zeros { throw EngineError.runtime("category \(what) is unknown and zeros=0") }
+            // The category's position for element e, or nil when unknown.
+            func position(_ e: Int) -> Int? {
+                switch x.storage {
+                case .string(let v): si[v[e]]
+                case .int64(let v): ii[v[e]]
+                case .int32(let v): ii[Int64(v[e])]
+                case .float32(let v): Int64(exactly: v[e].rounded(.towardZero)).flatMap { ii[$0] }
+                case .float64(let v): Int64(exactly: v[e].rounded(.towardZero)).flatMap { ii[$0] }
+                case .bool(let v): ii[v[e] ? 1 : 0]
+                }
             }
-            if let s = x.strings {
-                for (e, v) in s.enumerated() { try set(e, si[v], "`\(v)`") }
-            } else {
-                for (e, v) in x.asDoubles()!.enumerated() { try set(e, ii[Int64(v)], "\(v)") }
+            for e in 0..<x.count where !zeros && position(e) == nil {
+                throw EngineError.runtime("category \(x.strings.map { "`\($0[e])`" } ?? "\(x.asDoubles()![e])") is unknown and zeros=0")
             }
-            return Outputs(Tensor(shape: x.shape + [k], floats: out))
+            let out = ws.floats(x.count * k) { o in
+                o.initialize(repeating: 0)
+                for e in 0..<x.count { if let p = position(e) { o[e * k + p] = 1 } }
+            }
+            let shape = ws.shape(rank: x.rank + 1) { d in
+                for i in 0..<x.rank { d[i] = x.shape[i] }
+                d[x.rank] = k
+            }
+            return Outputs(Tensor(shape: shape, floats: out))
         }, [.float32])
     }
 
@@ -306,17 +332,20 @@ enum MLOps {
         let map = Dictionary(keys.enumerated().map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
         return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
-            let k: [Key] = switch x.storage {
-            case .string(let s): s.map { .s($0) }
-            case .int64(let i): i.map { .i($0) }
-            case .float32(let f): f.map { .f($0) }
-            default: []
+            // The position of element e's key among the keys, or nil when it has none.
+            func position(_ e: Int) -> Int? {
+                switch x.storage {
+                case .string(let s): map[.s(s[e])]
+                case .int64(let i): map[.i(i[e])]
+                case .float32(let f): map[.f(f[e])]
+                default: nil
+                }
             }
-            let pos = k.map { map[$0] }
+            let n = x.count
             switch values {
-            case .string(let v): return Outputs(Tensor(shape: x.shape, strings: pos.map { $0.map { v[$0] } ?? ds }))
-            case .int64(let v): return Outputs(Tensor(shape: x.shape, int64s: pos.map { $0.map { v[$0] } ?? di }))
-            case .float32(let v): return Outputs(Tensor(shape: x.shape, floats: pos.map { $0.map { v[$0] } ?? df }))
+            case .string(let v): return Outputs(Tensor(shape: x.shape, strings: ws.strings(n) { o in for e in 0..<n { o[e] = position(e).map { v[$0] } ?? ds } }))
+            case .int64(let v): return Outputs(Tensor(shape: x.shape, int64s: ws.int64s(n) { o in for e in 0..<n { o[e] = position(e).map { v[$0] } ?? di } }))
+            case .float32(let v): return Outputs(Tensor(shape: x.shape, floats: ws.floats(n) { o in for e in 0..<n { o[e] = position(e).map { v[$0] } ?? df } }))
             default: throw EngineError.runtime("unsupported value type")
             }
         }, [values.dtype])
