@@ -75,31 +75,6 @@ final class Workspace: @unchecked Sendable {
         array(n) { $0.initialize(repeating: value) }
     }
 
-    @inline(__always)
-    func floats(_ n: Int, _ fill: (UnsafeMutableBufferPointer<Float>) throws -> Void) rethrows -> [Float] {
-        try array(n, fill)
-    }
-
-    @inline(__always)
-    func doubles(_ n: Int, _ fill: (UnsafeMutableBufferPointer<Double>) throws -> Void) rethrows -> [Double] {
-        try array(n, fill)
-    }
-
-    @inline(__always)
-    func int64s(_ n: Int, _ fill: (UnsafeMutableBufferPointer<Int64>) throws -> Void) rethrows -> [Int64] {
-        try array(n, fill)
-    }
-
-    @inline(__always)
-    func int32s(_ n: Int, _ fill: (UnsafeMutableBufferPointer<Int32>) throws -> Void) rethrows -> [Int32] {
-        try array(n, fill)
-    }
-
-    @inline(__always)
-    func bools(_ n: Int, _ fill: (UnsafeMutableBufferPointer<Bool>) throws -> Void) rethrows -> [Bool] {
-        try array(n, fill)
-    }
-
     /// Takes back a scratch array a kernel got from ``array(_:_:)`` and no longer needs. The
     /// caller MUST keep no other copy of it.
     func giveBack<T: Reusable>(_ a: [T]) {
@@ -127,11 +102,11 @@ final class Workspace: @unchecked Sendable {
     /// `index(i)` gives for output element `i`.
     func gather(_ x: Tensor.Storage, _ n: Int, _ index: (Int) -> Int) -> Tensor.Storage {
         switch x {
-        case .float32(let v): .float32(floats(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
-        case .float64(let v): .float64(doubles(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
-        case .int64(let v): .int64(int64s(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
-        case .int32(let v): .int32(int32s(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
-        case .bool(let v): .bool(bools(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .float32(let v): .float32(array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .float64(let v): .float64(array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .int64(let v): .int64(array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .int32(let v): .int32(array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .bool(let v): .bool(array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
         case .string(let v): .string(strings(n) { o in for i in 0..<n { o[i] = v[index(i)] } })
         }
     }

@@ -42,19 +42,7 @@ import Testing
                 prev = "r\(i)"
             }
         }
-        var x = LoaderErrorTests.valueInfo("x", .float32, [1, Int64(sizes[0])])
-        x.type.tensorType.shape.dim[0].dimParam = "batch"
-        var m = Onnx_ModelProto()
-        m.irVersion = 8
-        var o = Onnx_OperatorSetIdProto()
-        o.version = 17
-        m.opsetImport = [o]
-        m.graph.node = nodes
-        m.graph.input = [x]
-        m.graph.output = [LoaderErrorTests.valueInfo("y", .float32, [1, Int64(sizes.last!)])]
-        m.graph.output[0].type.tensorType.shape.dim[0].dimParam = "batch"
-        m.graph.initializer = constants
-        return try Model(onnx: m.serializedData())
+        return try GemmTests.model(nodes, x: [1, Int64(sizes[0])], batch: "batch", constants: constants, asInputs: false)
     }
 
     @Test func counterSeesAllocations() throws {

@@ -96,8 +96,12 @@ import Testing
 
     /// A model of `nodes` reading `x` ([N, k]) and writing `y`, with `constants` as
     /// initializers, or as extra graph inputs when `asInputs` (so nothing is packed or fused).
-    static func model(_ nodes: [Onnx_NodeProto], x: [Int64], constants: [Onnx_TensorProto], asInputs: Bool) throws -> Model {
-        var inputs = [LoaderErrorTests.valueInfo("x", .float32, x)]
+    /// A model from `nodes`, input `x` of shape `x` (its first dimension named `batch` when
+    /// given, so any batch size runs) and output `y`.
+    static func model(_ nodes: [Onnx_NodeProto], x: [Int64], batch: String? = nil, constants: [Onnx_TensorProto], asInputs: Bool) throws -> Model {
+        var input = LoaderErrorTests.valueInfo("x", .float32, x)
+        if let batch { input.type.tensorType.shape.dim[0].dimParam = batch }
+        var inputs = [input]
         if asInputs { inputs += constants.map { LoaderErrorTests.valueInfo($0.name, .float32, $0.dims) } }
         var m = Onnx_ModelProto()
         m.irVersion = 8

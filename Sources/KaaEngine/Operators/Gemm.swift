@@ -158,7 +158,7 @@ struct PackedProductKernel: EpilogueFusable {
             } }
             return Outputs(Tensor(shape: shape, floats: out))
         }
-        let out = ws.floats(count) { pc in
+        let out = ws.array(count) { pc in
             guard count > 0 else { return }
             func multiply(_ pa: UnsafePointer<Float>) {
                 if let bias {

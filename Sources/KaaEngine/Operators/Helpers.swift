@@ -131,10 +131,10 @@ enum K {
     static func floats(_ t: Tensor, _ ws: Workspace) throws -> (values: [Float], converted: Bool) {
         switch t.storage {
         case .float32(let v): return (v, false)
-        case .float64(let v): return (ws.floats(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
-        case .int64(let v): return (ws.floats(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
-        case .int32(let v): return (ws.floats(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
-        case .bool(let v): return (ws.floats(v.count) { o in for i in v.indices { o[i] = v[i] ? 1 : 0 } }, true)
+        case .float64(let v): return (ws.array(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
+        case .int64(let v): return (ws.array(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
+        case .int32(let v): return (ws.array(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
+        case .bool(let v): return (ws.array(v.count) { o in for i in v.indices { o[i] = v[i] ? 1 : 0 } }, true)
         case .string: throw EngineError.runtime("expected a numeric tensor, got strings")
         }
     }

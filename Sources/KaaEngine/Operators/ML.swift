@@ -23,7 +23,7 @@ enum MLOps {
             for a in [offset.count, scale.count] where a != 1 && a != c && a != 0 {
                 throw EngineError.runtime("offset/scale have \(a) values for \(c) columns")
             }
-            let out = ws.floats(v.count) { out in
+            let out: [Float] = ws.array(v.count) { out in
                 guard c > 0 else { return }
                 var i = 0
                 while i < out.count {
@@ -49,7 +49,7 @@ enum MLOps {
 
     static func labelTensor(_ keys: Tensor.MapKeys, _ idx: UnsafeMutableBufferPointer<Int>, _ ws: Workspace) -> Tensor {
         switch keys {
-        case .int64(let k): Tensor(shape: ws.shape(idx.count), int64s: ws.int64s(idx.count) { o in for i in idx.indices { o[i] = k[idx[i]] } })
+        case .int64(let k): Tensor(shape: ws.shape(idx.count), int64s: ws.array(idx.count) { o in for i in idx.indices { o[i] = k[idx[i]] } })
         case .string(let k): Tensor(shape: ws.shape(idx.count), strings: ws.strings(idx.count) { o in for i in idx.indices { o[i] = k[idx[i]] } })
         }
     }
@@ -78,7 +78,7 @@ enum MLOps {
             if converted { ws.giveBack(v) }
             return ws.withScratch(n) { best in
                 if binary {
-                    var out = ws.floats(n * 2) { out in
+                    var out = ws.array(n * 2) { out in
                         for i in 0..<n {
                             let s = scores[i]
                             best[i] = s > 0 ? 1 : 0
@@ -107,7 +107,7 @@ enum MLOps {
     /// product of a row's `features` values with that output's coefficients.
     private static func linearScores(_ v: [Float], rows n: Int, features c: Int, _ coef: [Float], _ intercepts: [Float],
                                      outputs: Int, _ ws: Workspace) -> [Float] {
-        ws.floats(n * outputs) { out in
+        ws.array(n * outputs) { out in
             for i in 0..<n {
                 for k in 0..<outputs {
                     var s: Float = intercepts.isEmpty ? 0 : intercepts[k]
@@ -157,7 +157,7 @@ enum MLOps {
             let x = try K.arg(inputs, 0)
             let (n, c) = try rows(x)
             let (input, converted) = try K.floats(x, ws)
-            let v = ws.floats(input.count) { v in
+            let v = ws.array(input.count) { v in
                 for i in 0..<n {
                     let r = i * c..<(i + 1) * c
                     let d: Float
@@ -244,13 +244,13 @@ enum MLOps {
             switch x.storage {
             case .float32(let v):
                 guard fv.count == 1 || fv.count == c else { throw EngineError.runtime("\(fv.count) imputed values for \(c) columns") }
-                let out = ws.floats(v.count) { o in
+                let out = ws.array(v.count) { o in
                     for (i, e) in v.enumerated() { o[i] = (e == rf || (rf.isNaN && e.isNaN)) ? fv[fv.count == 1 ? 0 : i % c] : e }
                 }
                 return Outputs(Tensor(shape: x.shape, floats: out))
             case .int64(let v):
                 guard iv.count == 1 || iv.count == c else { throw EngineError.runtime("\(iv.count) imputed values for \(c) columns") }
-                let out = ws.int64s(v.count) { o in
+                let out = ws.array(v.count) { o in
                     for (i, e) in v.enumerated() { o[i] = e == ri ? iv[iv.count == 1 ? 0 : i % c] : e }
                 }
                 return Outputs(Tensor(shape: x.shape, int64s: out))
@@ -285,7 +285,7 @@ enum MLOps {
             for e in 0..<x.count where !zeros && position(e) == nil {
                 throw EngineError.runtime("category \(x.strings.map { "`\($0[e])`" } ?? "\(x.asDoubles()![e])") is unknown and zeros=0")
             }
-            let out = ws.floats(x.count * k) { o in
+            let out: [Float] = ws.array(x.count * k) { o in
                 o.initialize(repeating: 0)
                 for e in 0..<x.count { if let p = position(e) { o[e * k + p] = 1 } }
             }
@@ -344,8 +344,8 @@ enum MLOps {
             let n = x.count
             switch values {
             case .string(let v): return Outputs(Tensor(shape: x.shape, strings: ws.strings(n) { o in for e in 0..<n { o[e] = position(e).map { v[$0] } ?? ds } }))
-            case .int64(let v): return Outputs(Tensor(shape: x.shape, int64s: ws.int64s(n) { o in for e in 0..<n { o[e] = position(e).map { v[$0] } ?? di } }))
-            case .float32(let v): return Outputs(Tensor(shape: x.shape, floats: ws.floats(n) { o in for e in 0..<n { o[e] = position(e).map { v[$0] } ?? df } }))
+            case .int64(let v): return Outputs(Tensor(shape: x.shape, int64s: ws.array(n) { o in for e in 0..<n { o[e] = position(e).map { v[$0] } ?? di } }))
+            case .float32(let v): return Outputs(Tensor(shape: x.shape, floats: ws.array(n) { o in for e in 0..<n { o[e] = position(e).map { v[$0] } ?? df } }))
             default: throw EngineError.runtime("unsupported value type")
             }
         }, [values.dtype])

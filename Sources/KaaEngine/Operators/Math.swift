@@ -56,12 +56,12 @@ enum MathOps {
                 switch x.storage {
                 case .float32(let v):
                     let n = v.count
-                    let out = ws.floats(n) { buf in
+                    let out = ws.array(n) { buf in
                         v.withUnsafeBufferPointer { p in for i in 0..<n { buf[i] = f(p[i]) } }
                     }
                     return Outputs(Tensor(shape: x.shape, floats: out))
                 case .float64(let v):
-                    return Outputs(Tensor(shape: x.shape, doubles: ws.doubles(v.count) { o in for i in v.indices { o[i] = d(v[i]) } }))
+                    return Outputs(Tensor(shape: x.shape, doubles: ws.array(v.count) { o in for i in v.indices { o[i] = d(v[i]) } }))
                 default: throw EngineError.runtime("input is \(x.dtype)")
                 }
             }, [t])

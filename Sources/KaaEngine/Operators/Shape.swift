@@ -137,11 +137,11 @@ enum ShapeOps {
                 }
             }
             let storage: Tensor.Storage = switch first.storage {
-            case .float32: .float32(ws.floats(count) { fill($0) { $0.floats! } })
-            case .float64: .float64(ws.doubles(count) { fill($0) { $0.doubles! } })
-            case .int64: .int64(ws.int64s(count) { fill($0) { $0.int64s! } })
-            case .int32: .int32(ws.int32s(count) { fill($0) { $0.int32s! } })
-            case .bool: .bool(ws.bools(count) { fill($0) { $0.bools! } })
+            case .float32: .float32(ws.array(count) { fill($0) { $0.floats! } })
+            case .float64: .float64(ws.array(count) { fill($0) { $0.doubles! } })
+            case .int64: .int64(ws.array(count) { fill($0) { $0.int64s! } })
+            case .int32: .int32(ws.array(count) { fill($0) { $0.int32s! } })
+            case .bool: .bool(ws.array(count) { fill($0) { $0.bools! } })
             case .string: .string(ws.strings(count) { fill($0) { $0.strings! } })
             }
             return Outputs(Tensor(shape: outShape, storage: storage))
@@ -240,7 +240,7 @@ enum ShapeOps {
             let axis = try K.axis(axisAttr, rank: x.rank)
             let (outer, n, inner) = K.split(x.shape, axis)
             guard n > 0 else { throw EngineError.runtime("ArgMax over an empty axis") }
-            var out = ws.int64s(outer * inner) { _ in }
+            var out: [Int64] = ws.array(outer * inner) { _ in }
             func run<T: Comparable>(_ v: [T]) {
                 for o in 0..<outer {
                     for i in 0..<inner {
