@@ -175,7 +175,7 @@ struct Plan: Sendable {
         out.removeAll(keepingCapacity: true)
 
         for step in steps {
-            ws.args.removeAll(keepingCapacity: true)
+            // `ws.args` is empty here: it is emptied after each step and when a run ends.
             for s in step.inputs { ws.args.append(s < 0 ? nil : ws.slots[s]) }
             let results: Outputs
             do { results = try step.kernel.run(ws.args, ws) } catch let e as EngineError {

@@ -21,15 +21,6 @@ enum K {
         }
     }
 
-    /// The elements of an integer tensor as Int.
-    static func ints(_ t: Tensor) throws -> [Int] {
-        switch t.storage {
-        case .int64(let v): return v.map { Int($0) }
-        case .int32(let v): return v.map { Int($0) }
-        default: throw EngineError.runtime("expected an int64 or int32 tensor, got \(t.dtype)")
-        }
-    }
-
     /// Normalizes a possibly negative axis against `rank`.
     static func axis(_ a: Int, rank: Int, what: String = "axis") throws -> Int {
         let r = a < 0 ? a + rank : a

@@ -308,9 +308,12 @@ enum MLOps {
             let index = Dictionary(classes.enumerated().map { ($1, Int64($0)) }, uniquingKeysWith: { a, _ in a })
             return (ClosureKernel { inputs, ws in
                 let x = try K.arg(inputs, 0)
-                if let s = x.strings { return Outputs(Tensor(shape: x.shape, int64s: s.map { index[$0] ?? di })) }
-                let v = try K.ints(x)
-                return Outputs(Tensor(shape: x.shape, strings: v.map { $0 >= 0 && $0 < classes.count ? classes[$0] : ds }))
+                let n = x.count
+                if let s = x.strings { return Outputs(Tensor(shape: x.shape, int64s: ws.array(n) { o in for e in 0..<n { o[e] = index[s[e]] ?? di } })) }
+                guard case .int64(let v) = x.storage else { throw EngineError.runtime("input is \(x.dtype); expected strings or int64") }
+                return Outputs(Tensor(shape: x.shape, strings: ws.strings(n) { o in
+                    for e in 0..<n { o[e] = v[e] >= 0 && v[e] < classes.count ? classes[Int(v[e])] : ds }
+                }))
             }, [t == .string ? .int64 : .string])
         }
         enum Key: Hashable { case s(String), i(Int64), f(Float) }

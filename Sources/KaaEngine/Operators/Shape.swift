@@ -328,9 +328,10 @@ enum ShapeOps {
 
 /// Element type conversion, shared by Cast and the ML operators.
 enum Cast {
-    static func convert(_ x: Tensor, to target: DType, _ ws: Workspace? = nil) throws -> Tensor {
+    /// `x` as `target`: numbers into memory from `ws`; strings parsed or formatted (new strings).
+    static func convert(_ x: Tensor, to target: DType, _ ws: Workspace) throws -> Tensor {
         if x.dtype == target { return x }
-        if let ws, let s = numeric(x.storage, to: target, ws) { return Tensor(shape: x.shape, storage: s) }
+        if let s = numeric(x.storage, to: target, ws) { return Tensor(shape: x.shape, storage: s) }
         let s: Tensor.Storage
         switch (x.storage, target) {
         case (.string(let v), _):
@@ -353,17 +354,7 @@ enum Cast {
             case .string: s = x.storage
             }
         default:
-            guard let d = x.asDoubles() else { throw EngineError.runtime("cannot cast \(x.dtype)") }
-            switch target {
-            case .float32:
-                if case .int64(let v) = x.storage { s = .float32(v.map { Float($0) }) } else { s = .float32(d.map { Float($0) }) }
-            case .float64: s = .float64(d)
-            case .int64:
-                if case .int32(let v) = x.storage { s = .int64(v.map { Int64($0) }) } else { s = .int64(d.map { Self.toInt($0) }) }
-            case .int32: s = .int32(d.map { Int32(truncatingIfNeeded: Self.toInt($0)) })
-            case .bool: s = .bool(d.map { $0 != 0 })
-            case .string: s = x.storage
-            }
+            throw EngineError.runtime("cannot cast \(x.dtype) to \(target)")
         }
         return Tensor(shape: x.shape, storage: s)
     }
