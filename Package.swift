@@ -60,7 +60,12 @@ let package = Package(
             ],
             // Optimized in debug builds too: the tests check that a run allocates nothing,
             // which holds for optimized code only (unoptimized generic code boxes values).
-            swiftSettings: strict + [.unsafeFlags(["-O"], .when(configuration: .debug))]),
+            // A workspace is used by one run at a time, on one thread; in release builds the
+            // dynamic exclusivity checks on its arrays cost more than the arithmetic of a small model.
+            swiftSettings: strict + [
+                .unsafeFlags(["-O"], .when(configuration: .debug)),
+                .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+            ]),
         .target(
             name: "KaaCluster",
             dependencies: [

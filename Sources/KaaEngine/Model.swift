@@ -104,6 +104,10 @@ struct Plan: Sendable {
         /// Slots whose last reader is this step: released after it, so their memory is reused.
         let release: [Int]
         let owner: String
+        /// Per input: the position of an earlier input that reads the same slot, or -1. A run
+        /// moves each slot's tensor into the argument list and back, rather than copying it
+        /// (which costs a reference count per array), and copies only for the repeats.
+        let earlier: [Int]
 
         init(kernel: any Kernel, inputs: [Int], outputs: [Int], release: [Int], owner: String) {
             self.kernel = kernel
@@ -111,6 +115,9 @@ struct Plan: Sendable {
             self.outputs = outputs
             self.release = release
             self.owner = owner
+            earlier = inputs.indices.map { j in
+                inputs[j] < 0 ? -1 : (inputs[..<j].firstIndex(of: inputs[j]) ?? -1)
+            }
         }
     }
 
@@ -121,9 +128,11 @@ struct Plan: Sendable {
     let steps: [Step]
     /// The slots that hold an initializer.
     let constantSlots: [Int]
-    /// Per slot: whether it is read or written by a kernel whose output may share an input's
-    /// elements, so that another live slot may hold the same array.
-    let mayShare: [Bool]
+    /// The slots read or written by a kernel whose output may share an input's elements, so
+    /// that another live slot may hold the same array.
+    let shareSlots: [Int]
+    /// Per slot: its index in ``shareSlots``, or -1.
+    let shareIndex: [Int]
     let pool: WorkspacePool
 
     init(template: [Tensor?], inputSlots: [(signature: TensorSignature, slot: Int)], outputSlots: [(name: String, slot: Int)], steps: [Step]) {
@@ -132,37 +141,45 @@ struct Plan: Sendable {
         self.outputSlots = outputSlots
         self.steps = steps
         constantSlots = template.indices.filter { template[$0] != nil }
-        var share = [Bool](repeating: false, count: template.count)
+        var index = [Int](repeating: -1, count: template.count)
+        var share: [Int] = []
         for step in steps where step.kernel.aliasesInputs {
-            for s in step.inputs + step.outputs where s >= 0 { share[s] = true }
+            for s in step.inputs + step.outputs where s >= 0 && index[s] < 0 {
+                index[s] = share.count
+                share.append(s)
+            }
         }
-        mayShare = share
+        shareSlots = share
+        shareIndex = index
         pool = WorkspacePool(limit: 2)
     }
 
     func run(_ given: [String: Tensor], into out: inout [String: Tensor]) throws {
         let ws = pool.take()
+        let m = ws.m
         defer {
-            for i in ws.slots.indices { ws.slots[i] = nil }
-            ws.args.removeAll(keepingCapacity: true)
+            for i in m.pointee.slots.indices { m.pointee.slots[i] = nil }
+            for i in m.pointee.shared.indices { m.pointee.shared[i] = nil }
+            m.pointee.args.removeAll(keepingCapacity: true)
             pool.give(ws)
         }
-        if ws.slots.count != template.count {
-            ws.slots = [Tensor?](repeating: nil, count: template.count)
-            ws.foreign.removeAll()
-            for s in constantSlots { if let a = template[s]!.storage.address { ws.foreign.append(a) } }
-            ws.constantCount = ws.foreign.count
+        if m.pointee.slots.count != template.count {
+            m.pointee.slots = [Tensor?](repeating: nil, count: template.count)
+            m.pointee.shared = [UnsafeRawPointer?](repeating: nil, count: shareSlots.count)
+            m.pointee.foreign.removeAll()
+            for s in constantSlots { if let a = template[s]!.storage.address { m.pointee.foreign.append(a) } }
+            m.pointee.constantCount = m.pointee.foreign.count
         }
-        ws.foreign.removeSubrange(ws.constantCount...)
-        for s in constantSlots { ws.slots[s] = template[s] }
+        m.pointee.foreign.removeSubrange(m.pointee.constantCount...)
+        for s in constantSlots { m.pointee.slots[s] = template[s] }
         var used = 0
         for (sig, slot) in inputSlots {
             guard let t = given[sig.name] else {
                 throw EngineError.input("missing input `\(sig.name)`; the model takes \(inputSlots.map { "`\($0.signature.name)`" }.joined(separator: ", "))")
             }
             try Self.check(t, against: sig)
-            ws.slots[slot] = t
-            if let a = t.storage.address { ws.foreign.append(a) }
+            if let a = t.storage.address { m.pointee.foreign.append(a) }
+            m.pointee.slots[slot] = consume t
             used += 1
         }
         if used != given.count {
@@ -173,31 +190,45 @@ struct Plan: Sendable {
         // The caller hands back the previous call's outputs: their arrays serve this call.
         for (_, t) in out { ws.keep(t) }
         out.removeAll(keepingCapacity: true)
+        // Slots that may share elements hold their address in `shared`, so that a sharing slot
+        // that is still live is found without copying tensors out of the slots.
+        for (k, s) in shareSlots.enumerated() { m.pointee.shared[k] = m.pointee.slots[s]?.storage.address }
 
         for step in steps {
-            // `ws.args` is empty here: it is emptied after each step and when a run ends.
-            for s in step.inputs { ws.args.append(s < 0 ? nil : ws.slots[s]) }
+            // `args` is empty here: it is emptied after each step and when a run ends.
+            for (j, s) in step.inputs.enumerated() {
+                let e = step.earlier[j]
+                m.pointee.args.append(s < 0 ? nil : e >= 0 ? m.pointee.args[e] : m.pointee.slots[s].take())
+            }
             let results: Outputs
-            do { results = try step.kernel.run(ws.args, ws) } catch let e as EngineError {
+            do { results = try step.kernel.run(m.pointee.args, ws) } catch let e as EngineError {
                 throw EngineError(e.code, "\(step.owner): \(e.message)")
             }
-            ws.args.removeAll(keepingCapacity: true)
+            for (j, s) in step.inputs.enumerated() where s >= 0 && step.earlier[j] < 0 {
+                m.pointee.slots[s] = m.pointee.args[j].take()
+            }
+            m.pointee.args.removeAll(keepingCapacity: true)
             guard results.count >= step.outputs.count else {
                 throw EngineError.runtime("\(step.owner) produced \(results.count) outputs, expected \(step.outputs.count)")
             }
-            for (i, s) in step.outputs.enumerated() where s >= 0 { ws.slots[s] = results[i] }
+            for (i, s) in step.outputs.enumerated() where s >= 0 {
+                let k = shareIndex[s]
+                if k >= 0 { m.pointee.shared[k] = results[i].storage.address }
+                m.pointee.slots[s] = results[i]
+            }
             for s in step.release {
-                guard let t = ws.slots[s] else { continue }
-                ws.slots[s] = nil
-                if mayShare[s], let a = t.storage.address,
-                   ws.slots.indices.contains(where: { mayShare[$0] && ws.slots[$0]?.storage.address == a }) {
-                    continue
+                guard let t = m.pointee.slots[s].take() else { continue }
+                let k = shareIndex[s]
+                if k >= 0 {
+                    let a = m.pointee.shared[k]
+                    m.pointee.shared[k] = nil
+                    if a != nil && m.pointee.shared.contains(a) { continue }
                 }
                 ws.keep(t)
             }
         }
         for (name, slot) in outputSlots {
-            guard let t = ws.slots[slot] else { throw EngineError.runtime("output `\(name)` was not computed") }
+            guard let t = m.pointee.slots[slot] else { throw EngineError.runtime("output `\(name)` was not computed") }
             out[name] = t
         }
     }

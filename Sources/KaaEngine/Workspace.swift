@@ -29,30 +29,52 @@ struct Outputs {
 ///
 /// A workspace is used by one run at a time; ``WorkspacePool`` hands it out.
 final class Workspace: @unchecked Sendable {
-    /// The run's value slots (the plan's template, then inputs and step outputs).
-    var slots: [Tensor?] = []
-    /// The argument list handed to each step.
-    var args: [Tensor?] = []
-    /// Addresses of element arrays this workspace must never reuse: the caller's inputs and the
-    /// model's constants, which others still hold.
-    var foreign: [UnsafeRawPointer] = []
-    /// How many of `foreign` are the model's constants (the rest are this run's inputs).
-    var constantCount = 0
+    /// What a run changes. It lives behind a pointer rather than in stored `var`s: a workspace
+    /// serves one run at a time on one thread, and each access to a class's stored `var` pays
+    /// a dynamic exclusivity check, which for a small model costs more than its arithmetic.
+    struct Memory {
+        /// The run's value slots (the plan's template, then inputs and step outputs).
+        var slots: [Tensor?] = []
+        /// Per slot that may share its elements (``Plan/shareSlots``): the address of the
+        /// elements it holds, so a release can tell whether another live slot still holds them.
+        var shared: [UnsafeRawPointer?] = []
+        /// The argument list handed to each step.
+        var args: [Tensor?] = []
+        /// Addresses of element arrays this workspace must never reuse: the caller's inputs and
+        /// the model's constants, which others still hold.
+        var foreign: [UnsafeRawPointer] = []
+        /// How many of `foreign` are the model's constants (the rest are this run's inputs).
+        var constantCount = 0
 
-    fileprivate var float32: [[Float]] = []
-    fileprivate var float64: [[Double]] = []
-    fileprivate var int64: [[Int64]] = []
-    fileprivate var int32: [[Int32]] = []
-    fileprivate var bool: [[Bool]] = []
-    private var string: [[String]] = []
-    private var scratchInts: [Int] = []
-    private var shapeScratch: [Int] = []
-    /// Shapes handed out before, shared by every tensor of that shape (a shape array is
-    /// never mutated once in a tensor; if it were, it would be copied first).
-    private var shapes: [[Int]] = []
+        var float32: [[Float]] = []
+        var float64: [[Double]] = []
+        var int64: [[Int64]] = []
+        var int32: [[Int32]] = []
+        var bool: [[Bool]] = []
+        var string: [[String]] = []
+        var scratchInts: [Int] = []
+        var shapeScratch: [Int] = []
+        /// Shapes handed out before, shared by every tensor of that shape (a shape array is
+        /// never mutated once in a tensor; if it were, it would be copied first).
+        var shapes: [[Int]] = []
+        /// Bytes of element arrays kept for reuse.
+        var keptBytes = 0
+    }
+
+    let m: UnsafeMutablePointer<Memory>
+
+    init() {
+        m = .allocate(capacity: 1)
+        m.initialize(to: Memory())
+    }
+
+    deinit {
+        m.deinitialize(count: 1)
+        m.deallocate()
+    }
 
     /// Bytes of element arrays kept for reuse.
-    private(set) var keptBytes = 0
+    var keptBytes: Int { m.pointee.keptBytes }
     /// At most this many bytes of element arrays are kept between runs; larger batches
     /// allocate what does not fit.
     static let keptBytesLimit = 1 << 20
@@ -80,17 +102,17 @@ final class Workspace: @unchecked Sendable {
     func giveBack<T: Reusable>(_ a: [T]) {
         guard !a.isEmpty else { return }
         let bytes = a.count * MemoryLayout<T>.stride
-        guard keptBytes + bytes <= Self.keptBytesLimit else { return }
+        guard m.pointee.keptBytes + bytes <= Self.keptBytesLimit else { return }
         T.put(a, self)
-        keptBytes += bytes
+        m.pointee.keptBytes += bytes
     }
 
     /// `n` strings (initialized, possibly to an earlier run's values), set by `fill`.
     func strings(_ n: Int, _ fill: (UnsafeMutableBufferPointer<String>) throws -> Void) rethrows -> [String] {
         var a: [String]
-        if let i = string.firstIndex(where: { $0.count == n }) {
-            string.swapAt(i, string.count - 1)
-            a = string.removeLast()
+        if let i = m.pointee.string.firstIndex(where: { $0.count == n }) {
+            m.pointee.string.swapAt(i, m.pointee.string.count - 1)
+            a = m.pointee.string.removeLast()
         } else {
             a = [String](repeating: "", count: n)
         }
@@ -113,38 +135,38 @@ final class Workspace: @unchecked Sendable {
 
     /// Scratch integers for the duration of `body` (not kept by any tensor).
     func withScratch<R>(_ n: Int, _ body: (UnsafeMutableBufferPointer<Int>) throws -> R) rethrows -> R {
-        if scratchInts.count < n { scratchInts = [Int](repeating: 0, count: n) }
-        return try scratchInts.withUnsafeMutableBufferPointer { try body(UnsafeMutableBufferPointer(rebasing: $0[0..<n])) }
+        if m.pointee.scratchInts.count < n { m.pointee.scratchInts = [Int](repeating: 0, count: n) }
+        return try m.pointee.scratchInts.withUnsafeMutableBufferPointer { try body(UnsafeMutableBufferPointer(rebasing: $0[0..<n])) }
     }
 
     // MARK: Shapes
 
     /// The shape `[a]`.
     func shape(_ a: Int) -> [Int] {
-        for s in shapes where s.count == 1 && s[0] == a { return s }
+        for s in m.pointee.shapes where s.count == 1 && s[0] == a { return s }
         return remember([a])
     }
 
     /// The shape `[a, b]`.
     func shape(_ a: Int, _ b: Int) -> [Int] {
-        for s in shapes where s.count == 2 && s[0] == a && s[1] == b { return s }
+        for s in m.pointee.shapes where s.count == 2 && s[0] == a && s[1] == b { return s }
         return remember([a, b])
     }
 
     /// The shape of `rank` dimensions that `fill` writes.
     func shape(rank: Int, _ fill: (UnsafeMutableBufferPointer<Int>) -> Void) -> [Int] {
-        if shapeScratch.count < rank { shapeScratch = [Int](repeating: 0, count: rank) }
-        return shapeScratch.withUnsafeMutableBufferPointer { all in
+        if m.pointee.shapeScratch.count < rank { m.pointee.shapeScratch = [Int](repeating: 0, count: rank) }
+        return m.pointee.shapeScratch.withUnsafeMutableBufferPointer { all in
             let dims = UnsafeMutableBufferPointer(rebasing: all[0..<rank])
             fill(dims)
-            for s in shapes where s.count == rank && s.elementsEqual(dims) { return s }
+            for s in m.pointee.shapes where s.count == rank && s.elementsEqual(dims) { return s }
             return remember(Array(dims))
         }
     }
 
     private func remember(_ s: [Int]) -> [Int] {
-        if shapes.count >= Self.shapeLimit { shapes.removeAll(keepingCapacity: true) }
-        shapes.append(s)
+        if m.pointee.shapes.count >= Self.shapeLimit { m.pointee.shapes.removeAll(keepingCapacity: true) }
+        m.pointee.shapes.append(s)
         return s
     }
 
@@ -157,7 +179,7 @@ final class Workspace: @unchecked Sendable {
             if list[i].count == n {
                 list.swapAt(i, list.count - 1)
                 let a = list.removeLast()
-                keptBytes -= n * MemoryLayout<T>.stride
+                m.pointee.keptBytes -= n * MemoryLayout<T>.stride
                 return a
             }
             i -= 1
@@ -169,21 +191,21 @@ final class Workspace: @unchecked Sendable {
     /// kept, or over the limit. The caller MUST hold no other reference to it that it will
     /// read again (a live slot sharing it is checked by ``Plan``).
     func keep(_ t: Tensor) {
-        guard let address = t.storage.address, !foreign.contains(address) else { return }
+        guard let address = t.storage.address, !m.pointee.foreign.contains(address) else { return }
         let bytes = t.count * t.dtype.byteWidth
-        guard keptBytes + bytes <= Self.keptBytesLimit else { return }
+        guard m.pointee.keptBytes + bytes <= Self.keptBytesLimit else { return }
         func put<T>(_ a: [T], _ list: inout [[T]]) {
             for k in list where k.withUnsafeBufferPointer({ UnsafeRawPointer($0.baseAddress) == address }) { return }
             list.append(a)
-            keptBytes += bytes
+            m.pointee.keptBytes += bytes
         }
         switch t.storage {
-        case .float32(let v): put(v, &float32)
-        case .float64(let v): put(v, &float64)
-        case .int64(let v): put(v, &int64)
-        case .int32(let v): put(v, &int32)
-        case .bool(let v): put(v, &bool)
-        case .string(let v): put(v, &string)
+        case .float32(let v): put(v, &m.pointee.float32)
+        case .float64(let v): put(v, &m.pointee.float64)
+        case .int64(let v): put(v, &m.pointee.int64)
+        case .int32(let v): put(v, &m.pointee.int32)
+        case .bool(let v): put(v, &m.pointee.bool)
+        case .string(let v): put(v, &m.pointee.string)
         }
     }
 }
@@ -195,28 +217,28 @@ protocol Reusable {
 }
 
 extension Float: Reusable {
-    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Float] { ws.take(n, &ws.float32) }
-    static func put(_ a: [Float], _ ws: Workspace) { ws.float32.append(a) }
+    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Float] { ws.take(n, &ws.m.pointee.float32) }
+    static func put(_ a: [Float], _ ws: Workspace) { ws.m.pointee.float32.append(a) }
 }
 
 extension Double: Reusable {
-    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Double] { ws.take(n, &ws.float64) }
-    static func put(_ a: [Double], _ ws: Workspace) { ws.float64.append(a) }
+    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Double] { ws.take(n, &ws.m.pointee.float64) }
+    static func put(_ a: [Double], _ ws: Workspace) { ws.m.pointee.float64.append(a) }
 }
 
 extension Int64: Reusable {
-    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Int64] { ws.take(n, &ws.int64) }
-    static func put(_ a: [Int64], _ ws: Workspace) { ws.int64.append(a) }
+    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Int64] { ws.take(n, &ws.m.pointee.int64) }
+    static func put(_ a: [Int64], _ ws: Workspace) { ws.m.pointee.int64.append(a) }
 }
 
 extension Int32: Reusable {
-    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Int32] { ws.take(n, &ws.int32) }
-    static func put(_ a: [Int32], _ ws: Workspace) { ws.int32.append(a) }
+    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Int32] { ws.take(n, &ws.m.pointee.int32) }
+    static func put(_ a: [Int32], _ ws: Workspace) { ws.m.pointee.int32.append(a) }
 }
 
 extension Bool: Reusable {
-    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Bool] { ws.take(n, &ws.bool) }
-    static func put(_ a: [Bool], _ ws: Workspace) { ws.bool.append(a) }
+    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Bool] { ws.take(n, &ws.m.pointee.bool) }
+    static func put(_ a: [Bool], _ ws: Workspace) { ws.m.pointee.bool.append(a) }
 }
 
 extension Tensor.Storage {

@@ -57,6 +57,13 @@ public struct SnapshotID: Hashable, Sendable, Comparable, CustomStringConvertibl
         self.version = version
     }
 
+    /// An identity whose name and version were checked before (read back from the catalog),
+    /// without checking them again.
+    public init(validName name: String, version: Int) {
+        self.name = name
+        self.version = version
+    }
+
     /// Parses `name@version`.
     public init(parsing text: String) throws(SnapshotError) {
         guard let at = text.lastIndex(of: "@"), let v = Int(text[text.index(after: at)...]) else {

@@ -112,6 +112,43 @@ import Testing
         for (k, w) in want { #expect(SampleModelTests.compare(kept[k]!, w).isEmpty, "\(name) kept output `\(k)`") }
     }
 
+    /// A scorer without a pipeline hands its outputs back to the model, as the node's serving
+    /// loop does: the repeated call allocates nothing and each answer is still exact.
+    @Test(arguments: ["iris-logreg", "digits-mlp"])
+    func scorerRunsIntoHandedBackOutputs(name: String) throws {
+        let (model, inputs, want) = try Self.sample(name)
+        let scorer = try Scorer(model: model, pipeline: nil)
+        let rows = inputs.values.first!.shape[0]
+        var out: [String: Tensor] = [:]
+        for r in [0, rows / 2, rows - 1, 0] {
+            try scorer.run(inputs.mapValues { SampleModelTests.rowSlice($0, r) }, into: &out)
+            for (k, w) in want {
+                let problems = SampleModelTests.compare(try #require(out[k]), SampleModelTests.rowSlice(w, r))
+                #expect(problems.isEmpty, "\(name) row \(r) output `\(k)`: \(problems.joined(separator: "; "))")
+            }
+        }
+        try #require(kaa_allocations_available() == 1, "the allocation counter needs glibc")
+        let one = inputs.mapValues { SampleModelTests.rowSlice($0, 1) }
+        try scorer.run(one, into: &out)
+        let n = try Self.allocations { for _ in 0..<20 { try scorer.run(one, into: &out) } }
+        #expect(n == 0, "\(name): \(n) allocations in 20 calls")
+    }
+
+    /// A step that reads one value twice (`x * x`, then `y + y`) gets it in both places: the
+    /// run moves a slot's tensor into the argument list once and copies it for the repeat.
+    @Test func stepReadingOneValueTwice() throws {
+        let model = try GemmTests.model([
+            LoaderErrorTests.node("Mul", ["x", "x"], ["sq"]),
+            LoaderErrorTests.node("Add", ["sq", "sq"], ["y"]),
+        ], x: [1, 3], batch: "batch", constants: [], asInputs: false)
+        var out: [String: Tensor] = [:]
+        for round in 0..<3 {
+            let v = (0..<6).map { Float($0 + round) - 2.5 }
+            try model.run(["x": Tensor(shape: [2, 3], floats: v)], into: &out)
+            #expect(out["y"]?.floats == v.map { 2 * $0 * $0 }, "round \(round)")
+        }
+    }
+
     /// Idle workspaces keep only a bounded amount of memory, however large a batch was.
     @Test func keptMemoryIsBounded() throws {
         let model = try Self.torchMLP([784, 256, 128, 10])

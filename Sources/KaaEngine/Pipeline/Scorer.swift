@@ -281,9 +281,24 @@ public final class Scorer: Sendable {
         return out
     }
 
+    /// Scores one batch as ``run(_:)``, writing the outputs into `outputs`.
+    ///
+    /// Whatever `outputs` holds when called is handed back: a caller that keeps no other copy of
+    /// the previous call's outputs lets their memory serve this call (see
+    /// ``Model/run(_:into:)``). Without a pipeline, such a call allocates no tensor memory.
+    public func run(_ given: [String: Tensor], into outputs: inout [String: Tensor]) throws(PipelineError) {
+        if bound == nil { try runGraph(given, into: &outputs) } else { outputs = try run(given) }
+    }
+
     private func runGraph(_ inputs: [String: Tensor]) throws(PipelineError) -> [String: Tensor] {
+        var out: [String: Tensor] = [:]
+        try runGraph(inputs, into: &out)
+        return out
+    }
+
+    private func runGraph(_ inputs: [String: Tensor], into out: inout [String: Tensor]) throws(PipelineError) {
         do {
-            return try model.run(inputs)
+            try model.run(inputs, into: &out)
         } catch let e as EngineError {
             throw PipelineError(e.code == .invalidInput ? .invalidInput : .runtime, e.message)
         } catch {

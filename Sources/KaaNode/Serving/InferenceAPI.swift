@@ -40,7 +40,7 @@ struct InferenceAPI: Sendable {
             var first = true
             for (name, versions) in server.allModels {
                 for v in versions {
-                    let id = SnapshotID(uncheckedName: name, version: v)
+                    let id = SnapshotID(validName: name, version: v)
                     if !first { w.raw(",") }
                     first = false
                     w.raw("{\"name\":")
@@ -75,7 +75,7 @@ struct InferenceAPI: Sendable {
         router.add(.post, "/v2/repository/models/{name}/unload") { request, responder in
             let server = api.server.value
             let name = request.pathParameters["name"]!
-            for v in server.versions(of: name) { server.unload(SnapshotID(uncheckedName: name, version: v)) }
+            for v in server.versions(of: name) { server.unload(SnapshotID(validName: name, version: v)) }
             if server.versions(of: name).isEmpty {
                 return responder.respond(.error(.notFound, "model `\(name)` does not exist"))
             }

@@ -51,6 +51,9 @@ final class LoadedModel: @unchecked Sendable {
     /// Calls started so far; every ``ModelServer/timingInterval``-th one is timed.
     var calls: UInt64 = 0
     var pinned = false
+    /// The outputs of the last call run on the loop, once encoded: handed back to the model by
+    /// the next such call, so that their memory serves it (see `Model.run(_:into:)`).
+    var spareOutputs: [String: Tensor] = [:]
 
     init(id: SnapshotID, scorer: Scorer, bytes: Int, lease: SnapshotLease) {
         self.id = id
@@ -88,7 +91,7 @@ public final class ModelServer {
     private var loaded: [SnapshotID: LoadedModel] = [:]
     private var loading: [SnapshotID: [(Result<LoadedModel, ServeError>) -> Void]] = [:]
     /// Versions an operator unloaded through the repository API: not served until loaded again.
-    private var unloaded: Set<String> = []
+    private var unloaded: Set<SnapshotID> = []
     private var loadedBytes = 0
     private var clock: UInt64 = 0
 
@@ -167,13 +170,13 @@ public final class ModelServer {
         } else {
             chosen = known.aliases["stable"] ?? known.versions.last!
         }
-        return SnapshotID(uncheckedName: name, version: chosen)
+        return SnapshotID(validName: name, version: chosen)
     }
 
     func versions(of name: String) -> [Int] { models[name]?.versions ?? [] }
     var allModels: [(String, [Int])] { models.keys.sorted().map { ($0, models[$0]!.versions) } }
     func isLoaded(_ id: SnapshotID) -> Bool { loaded[id] != nil }
-    func isUnloaded(_ id: SnapshotID) -> Bool { unloaded.contains(id.description) }
+    func isUnloaded(_ id: SnapshotID) -> Bool { !unloaded.isEmpty && unloaded.contains(id) }
 
     private func isPinned(_ id: SnapshotID) -> Bool {
         config.pinned.contains(id.name) || config.pinned.contains(id.description)
@@ -273,13 +276,13 @@ public final class ModelServer {
 
     /// Repository API: load now (and serve again after an unload).
     func load(_ id: SnapshotID, _ done: @escaping (Result<LoadedModel, ServeError>) -> Void) {
-        unloaded.remove(id.description)
+        unloaded.remove(id)
         ensureLoaded(id, done)
     }
 
     /// Repository API: evict and stop serving until loaded again.
     func unload(_ id: SnapshotID) {
-        unloaded.insert(id.description)
+        unloaded.insert(id)
         if let m = loaded[id] {
             if m.running == 0 && m.queued == 0 { evict(m, reason: "unloaded") } else { m.pinned = false }
         }
@@ -289,7 +292,7 @@ public final class ModelServer {
     func loadPinned() {
         for (name, known) in models {
             for v in known.versions {
-                let id = SnapshotID(uncheckedName: name, version: v)
+                let id = SnapshotID(validName: name, version: v)
                 if isPinned(id) { ensureLoaded(id) { _ in } }
             }
         }
@@ -365,7 +368,10 @@ public final class ModelServer {
     private func totalQueued() -> Int { loaded.values.reduce(0) { $0 + $1.queued } }
 
     private func runInline(_ call: PendingCall, on m: LoadedModel) {
-        let (response, runNanos) = ModelServer.execute(call, on: m, timed: shouldTime(m))
+        var outputs = m.spareOutputs
+        m.spareOutputs = [:]
+        let (response, runNanos) = ModelServer.execute(call, on: m, timed: shouldTime(m), outputs: &outputs)
+        m.spareOutputs = outputs
         note(runNanos, on: m)
         finish(call, m, response)
     }
@@ -388,7 +394,10 @@ public final class ModelServer {
         }
         m.running += 1
         let timed = shouldTime(m)
-        loop.offload({ ModelServer.execute(call, on: m, timed: timed) }) { [self] response, runNanos in
+        loop.offload({ () -> (HTTPResponse, UInt64?) in
+            var outputs: [String: Tensor] = [:]
+            return ModelServer.execute(call, on: m, timed: timed, outputs: &outputs)
+        }) { [self] response, runNanos in
             m.running -= 1
             note(runNanos, on: m)
             finish(call, m, response)
@@ -420,10 +429,11 @@ public final class ModelServer {
     /// When `timed`, it also returns the run time: the calling thread's CPU time, not wall time,
     /// since on a busy host preemption would otherwise make a tiny model look slow and push it
     /// off the loop.
-    static func execute(_ call: PendingCall, on m: LoadedModel, timed: Bool) -> (HTTPResponse, UInt64?) {
+    /// `outputs` hands back an earlier call's outputs (see `Scorer.run(_:into:)`) and holds this
+    /// call's when it returns.
+    static func execute(_ call: PendingCall, on m: LoadedModel, timed: Bool, outputs: inout [String: Tensor]) -> (HTTPResponse, UInt64?) {
         let t0 = timed ? threadCPUNanoseconds() : 0
-        let outputs: [String: Tensor]
-        do { outputs = try m.scorer.run(call.request.inputs) } catch {
+        do { try m.scorer.run(call.request.inputs, into: &outputs) } catch {
             let status: HTTPStatus = error.code == .invalidInput ? .badRequest : .internalServerError
             return (.error(status, "\(m.id): \(error.message)"), timed ? threadCPUNanoseconds() &- t0 : nil)
         }
@@ -441,12 +451,6 @@ public final class ModelServer {
     }
 }
 
-extension SnapshotID {
-    /// For names and versions that came from the catalog, already valid.
-    init(uncheckedName name: String, version: Int) {
-        self = try! SnapshotID(name: name, version: version)
-    }
-}
 
 /// CPU time the calling thread has used, in nanoseconds.
 func threadCPUNanoseconds() -> UInt64 {
