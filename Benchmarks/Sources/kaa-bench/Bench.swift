@@ -2,6 +2,8 @@
 //
 // Each input file is raw little-endian float32 rows of one input, named NAME=PATH:COLS.
 // Prints one line per batch size: `batch=B median_ns=N calls=C`.
+// With KAA_BENCH_PROFILE set, it runs batch 1 only, 200,000 calls: long enough to profile
+// (`perf record -g`) the per-call cost of a small model.
 import Foundation
 import KaaEngine
 
@@ -22,7 +24,7 @@ struct Bench {
             let floats = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
             columns.append((name, floats, Int(parts[1])!))
         }
-        for (batch, calls) in (ProcessInfo.processInfo.environment["BATCH1"] != nil ? [(1, 200_000)] : [(1, 20_000), (64, 2_000)]) {
+        for (batch, calls) in (ProcessInfo.processInfo.environment["KAA_BENCH_PROFILE"] != nil ? [(1, 200_000)] : [(1, 20_000), (64, 2_000)]) {
             var inputs: [String: Tensor] = [:]
             for (name, values, cols) in columns {
                 inputs[name] = Tensor(shape: [batch, cols], floats: Array(values.prefix(batch * cols)))
