@@ -451,7 +451,6 @@ public final class ModelServer {
     }
 }
 
-
 /// CPU time the calling thread has used, in nanoseconds.
 func threadCPUNanoseconds() -> UInt64 {
     var ts = timespec()
