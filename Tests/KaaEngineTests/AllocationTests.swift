@@ -16,6 +16,13 @@ import Testing
         return kaa_allocations_stop()
     }
 
+    /// Allocations of 20 calls of `run`, after two that fill the workspace.
+    static func allocationsOfRepeats(_ run: () throws -> Void) rethrows -> Int {
+        try run()
+        try run()
+        return try allocations { for _ in 0..<20 { try run() } }
+    }
+
     static func sample(_ name: String) throws -> (Model, [String: Tensor], [String: Tensor]) {
         let bytes = try Data(contentsOf: SampleModelTests.root.appendingPathComponent("snapshots/\(name)/model.onnx"))
         return (try Model(onnx: bytes), try SampleModelTests.load(name, "inputs.json"), try SampleModelTests.load(name, "outputs.json"))
@@ -58,11 +65,7 @@ import Testing
         let one = inputs.mapValues { SampleModelTests.rowSlice($0, 0) }
         for batch in [inputs, one] {
             var out: [String: Tensor] = [:]
-            try model.run(batch, into: &out)
-            try model.run(batch, into: &out)
-            let n = try Self.allocations {
-                for _ in 0..<20 { try model.run(batch, into: &out) }
-            }
+            let n = try Self.allocationsOfRepeats { try model.run(batch, into: &out) }
             #expect(n == 0, "\(name), batch \(batch.values.first!.shape[0]): \(n) allocations in 20 calls")
         }
         _ = want
@@ -75,11 +78,7 @@ import Testing
         for rows in [1, 64] {
             let x = ["x": Tensor(shape: [rows, 784], floats: values.array(rows * 784))]
             var out: [String: Tensor] = [:]
-            try model.run(x, into: &out)
-            try model.run(x, into: &out)
-            let n = try Self.allocations {
-                for _ in 0..<20 { try model.run(x, into: &out) }
-            }
+            let n = try Self.allocationsOfRepeats { try model.run(x, into: &out) }
             #expect(n == 0, "batch \(rows): \(n) allocations in 20 calls")
         }
     }
@@ -129,8 +128,7 @@ import Testing
         }
         try #require(kaa_allocations_available() == 1, "the allocation counter needs glibc")
         let one = inputs.mapValues { SampleModelTests.rowSlice($0, 1) }
-        try scorer.run(one, into: &out)
-        let n = try Self.allocations { for _ in 0..<20 { try scorer.run(one, into: &out) } }
+        let n = try Self.allocationsOfRepeats { try scorer.run(one, into: &out) }
         #expect(n == 0, "\(name): \(n) allocations in 20 calls")
     }
 
