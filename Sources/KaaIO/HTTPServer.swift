@@ -163,8 +163,8 @@ final class ServerCore {
     let headerTimeoutMs: UInt64
     let bodyTimeoutMs: UInt64
     let idleTimeoutMs: UInt64
-    /// Answers being gathered for one connection; empty whenever control returns to the loop.
-    var outbound: [UInt8] = []
+    /// Writes the connections' answers once per loop cycle.
+    let cycleEnd: CycleEndQueue
 
     init(loop: EventLoop, address: SocketAddress, configuration: HTTPServer.Configuration,
          streamer: HTTPServer.Streamer?, handler: @escaping HTTPServer.Handler) throws {
@@ -175,6 +175,7 @@ final class ServerCore {
         headerTimeoutMs = configuration.headerTimeout.millisecondsRoundedUp
         bodyTimeoutMs = configuration.bodyTimeout.millisecondsRoundedUp
         idleTimeoutMs = configuration.idleTimeout.millisecondsRoundedUp
+        cycleEnd = CycleEndQueue(loop: loop)
         var accept: ((TCPConnection) -> Void)?
         listener = try TCPListener(loop: loop, address: address) { accept?($0) }
         accept = { [weak self] tcp in
@@ -224,6 +225,7 @@ final class ServerCore {
     }
 
     private func finishDrain() {
+        cycleEnd.close()
         drainTimer?.cancel()
         sweeper?.cancel()
         sweeper = nil

@@ -3,7 +3,7 @@ import KaaCore
 
 /// One client connection of an ``HTTPServer``: parses requests with http_parser, dispatches
 /// them, and writes the answers in order. Loop-confined.
-final class HTTPServerConnection: TCPConnectionDelegate {
+final class HTTPServerConnection: TCPConnectionDelegate, CycleEndFlushable {
     private enum Phase { case idle, head, body, waiting }
     private enum Failure { case headersTooLarge, bodyTooLarge, expectation(String), version(Int, Int), parse(String) }
     private struct Outstanding {
@@ -39,6 +39,10 @@ final class HTTPServerConnection: TCPConnectionDelegate {
     private var outstanding: [Outstanding] = []
     private var firstSequence: UInt64 = 0
     private var stash: [UInt8] = []
+    /// Answers made and not yet handed to the socket; written at the end of the loop's cycle
+    /// (``CycleEndQueue``) or at once where order or closing needs it.
+    private var out: [UInt8] = []
+    private var flushQueued = false
     private var pausedForPipeline = false
     private var inReadCycle = false
     /// No more requests are read; close once the outstanding answers are written.
@@ -225,8 +229,8 @@ final class HTTPServerConnection: TCPConnectionDelegate {
             }
             // Ask for the body only when no earlier answer is still owed (ordering).
             if server.configuration.sendContinue && outstanding.isEmpty {
-                server.loop.assertInLoop()
-                tcp.write(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+                out.append(contentsOf: continueLine)
+                flush()
             }
         }
         return 0
@@ -287,7 +291,7 @@ final class HTTPServerConnection: TCPConnectionDelegate {
         if closing {
             http_parser_pause(parser, 1)
         } else if outstanding.count >= server.configuration.maxPipelinedRequests || !tcp.isWritable
-                    || tcp.pendingWriteBytes + server.outbound.count > tcp.highWatermark {
+                    || tcp.pendingWriteBytes + out.count > tcp.highWatermark {
             // Answers not yet written count too: one read of pipelined requests must not
             // produce unbounded output.
             pausedForPipeline = true
@@ -313,7 +317,7 @@ final class HTTPServerConnection: TCPConnectionDelegate {
             firstSequence += 1
             let last = !first.keepAlive || draining || (closing && outstanding.isEmpty)
             appendResponse(response, keepAlive: !last, dateCache: server.dateCache,
-                           headOnly: first.headOnly, to: &server.outbound)
+                           headOnly: first.headOnly, to: &out)
             if last {
                 closing = true
                 outstanding.removeAll()
@@ -325,7 +329,7 @@ final class HTTPServerConnection: TCPConnectionDelegate {
             deadline = server.loop.nowMilliseconds + server.idleTimeoutMs
         }
         if closing && outstanding.isEmpty {
-            flush()
+            flushNow()
             tcp.closeAfterFlush()
             return
         }
@@ -333,10 +337,22 @@ final class HTTPServerConnection: TCPConnectionDelegate {
         resumeIfPossible()
     }
 
+    /// Writes `out` at the end of this loop cycle, together with the other connections' answers.
     private func flush() {
-        guard !server.outbound.isEmpty else { return }
-        tcp.write(server.outbound)
-        server.outbound.removeAll(keepingCapacity: true)
+        guard !out.isEmpty, !flushQueued else { return }
+        flushQueued = true
+        server.cycleEnd.enqueue(self)
+    }
+
+    func flushAtCycleEnd() {
+        flushQueued = false
+        flushNow()
+    }
+
+    private func flushNow() {
+        guard !out.isEmpty else { return }
+        tcp.write(out)
+        if out.capacity > 64 << 10 { out = [] } else { out.removeAll(keepingCapacity: true) }
     }
 
     /// Resumes parsing and reading once the pipeline and the socket have room again.
@@ -357,7 +373,7 @@ final class HTTPServerConnection: TCPConnectionDelegate {
             inReadCycle = true
             pending.withUnsafeBytes { feed($0) }
             inReadCycle = false
-            flush()
+            flushNow() // counts toward isWritable before the next round
         }
     }
 
@@ -399,6 +415,8 @@ final class HTTPServerConnection: TCPConnectionDelegate {
         code < methods.count ? methods[Int(code)] : HTTPMethod(rawValue: "UNKNOWN")
     }
 }
+
+private let continueLine = Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
 
 private func connection(_ parser: UnsafeMutablePointer<http_parser>?) -> HTTPServerConnection {
     Unmanaged<HTTPServerConnection>.fromOpaque(parser!.pointee.data).takeUnretainedValue()
