@@ -443,8 +443,9 @@ struct Planner {
         }
         if outputs.isEmpty { throw EngineError.invalid("the graph has no outputs") }
 
+        let direct = Self.elideIdentities(zip(steps.map(\.0), stepOps).map { ($0, $1) }, outputSlots: &outputSlots)
         let keep = Set(outputSlots.map(\.1))
-        steps = Self.fuseEpilogues(zip(steps.map(\.0), stepOps).map { ($0, $1) }, template: template, keep: keep).map { ($0, $0.inputs) }
+        steps = Self.fuseEpilogues(direct, template: template, keep: keep).map { ($0, $0.inputs) }
         // Initializers that kernels have taken in, and no step reads, are not kept twice.
         let read = Set(steps.flatMap(\.1))
         for s in template.indices where template[s] != nil && !read.contains(s) && !keep.contains(s) {
@@ -463,6 +464,27 @@ struct Planner {
         return Result(
             plan: Plan(template: template, inputSlots: inputs.map { ($0.0, $0.1) }, outputSlots: outputSlots, steps: finalSteps),
             inputs: inputs.map(\.0), outputs: outputs, operators: ops.sorted(), constantBytes: constantBytes)
+    }
+
+    /// Drops the steps that return their input unchanged (``IdentityKernel``): each later
+    /// reader of such a step's output, and a graph output it computes, reads the step's input
+    /// slot instead. skl2onnx writes such Casts into most classifiers.
+    static func elideIdentities(_ steps: [(step: Plan.Step, op: String)],
+                                outputSlots: inout [(String, Int)]) -> [(step: Plan.Step, op: String)] {
+        var source: [Int: Int] = [:]
+        func resolve(_ s: Int) -> Int { s >= 0 ? source[s] ?? s : s }
+        var kept: [(step: Plan.Step, op: String)] = []
+        for (step, op) in steps {
+            let inputs = step.inputs.map(resolve)
+            if step.kernel is IdentityKernel, inputs.count == 1, inputs[0] >= 0, step.outputs.count == 1, step.outputs[0] >= 0 {
+                source[step.outputs[0]] = inputs[0]
+                continue
+            }
+            kept.append((inputs == step.inputs ? step
+                         : Plan.Step(kernel: step.kernel, inputs: inputs, outputs: step.outputs, release: step.release, owner: step.owner), op))
+        }
+        outputSlots = outputSlots.map { ($0.0, resolve($0.1)) }
+        return kept
     }
 
     /// A topological order that keeps the file's order among nodes whose inputs are ready:

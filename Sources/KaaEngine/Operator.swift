@@ -15,6 +15,13 @@ extension Kernel {
     var aliasesInputs: Bool { false }
 }
 
+/// A kernel that returns its one input unchanged: Identity, or a Cast to the type the value
+/// already has. The planner drops its steps (``Planner/elideIdentities(_:outputSlots:)``).
+struct IdentityKernel: Kernel {
+    var aliasesInputs: Bool { true }
+    func run(_ inputs: [Tensor?], _ ws: Workspace) throws -> Outputs { Outputs(try K.arg(inputs, 0)) }
+}
+
 /// A kernel made from a closure, for the operators whose computation is one function.
 struct ClosureKernel: Kernel {
     var aliasesInputs = false

@@ -182,6 +182,45 @@ import Testing
         #expect(SampleModelTests.compare(gy, gw).isEmpty)
     }
 
+    /// Identity and a Cast to the type a value already has are not run: their readers read the
+    /// input's value. A Cast that changes the type stays, and results do not change.
+    @Test func identityStepsAreDropped() throws {
+        var values = Values(state: 9)
+        let constants = [Self.tensor("w", [4, 3], values.array(12))]
+        var toFloat = LoaderErrorTests.node("Cast", ["x"], ["c"])
+        toFloat.attribute = [Self.attribute("to", int: 1)]
+        var toDouble = LoaderErrorTests.node("Cast", ["r"], ["d"])
+        toDouble.attribute = [Self.attribute("to", int: 11)]
+        var back = LoaderErrorTests.node("Cast", ["d"], ["y"])
+        back.attribute = [Self.attribute("to", int: 1)]
+        let nodes = [toFloat, LoaderErrorTests.node("MatMul", ["c", "w"], ["p"]),
+                     LoaderErrorTests.node("Identity", ["p"], ["q"]), LoaderErrorTests.node("Relu", ["q"], ["r"]),
+                     toDouble, back]
+        let model = try Self.model(nodes, x: [2, 4], constants: constants, asInputs: false)
+        // MatMul with Relu fused, then the two Casts that change the type.
+        #expect(model.plan.steps.count == 3)
+        #expect(!model.plan.steps.contains { $0.kernel is IdentityKernel })
+        let x = values.array(8)
+        let got = try #require(try model.run(["x": Tensor(shape: [2, 4], floats: x)])["y"])
+        guard case .float32(let y) = got.storage else { Issue.record("y is \(got.dtype)"); return }
+        let w = constants[0].floatData
+        var want = [Float](repeating: 0, count: 6)
+        for i in 0..<2 {
+            for j in 0..<3 {
+                var sum: Float = 0
+                for k in 0..<4 { sum += x[i * 4 + k] * w[k * 3 + j] }
+                want[i * 3 + j] = max(0, sum)
+            }
+        }
+        #expect(got.shape == [2, 3])
+        #expect(zip(y, want).allSatisfy { abs($0 - $1) <= 1e-5 * max(1, abs($1)) }, "\(y) vs \(want)")
+
+        // A graph output computed by an Identity of the input is the input's value.
+        let passThrough = try Self.model([LoaderErrorTests.node("Identity", ["x"], ["y"])], x: [2, 4], constants: [], asInputs: false)
+        #expect(passThrough.plan.steps.isEmpty)
+        #expect(try passThrough.run(["x": Tensor(shape: [2, 4], floats: x)])["y"] == Tensor(shape: [2, 4], floats: x))
+    }
+
     /// The digits MLP from skl2onnx (MatMul, Add, Relu twice, then MatMul, Add) runs as three
     /// packed products with the Adds and Relus inside them.
     @Test func sampleMLPFuses() throws {

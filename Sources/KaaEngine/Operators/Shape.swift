@@ -8,7 +8,7 @@ enum ShapeOps {
 
     static let identity = OperatorSpec(name: "Identity", domain: "ai.onnx", opsets: 1...22) { ctx in
         try ctx.inputs(1, 1)
-        return (ClosureKernel(aliasesInputs: true) { inputs, _ in Outputs(try K.arg(inputs, 0)) }, [try ctx.input(0)])
+        return (IdentityKernel(), [try ctx.input(0)])
     }
 
     static let reshape = OperatorSpec(name: "Reshape", domain: "ai.onnx", opsets: 5...22) { ctx in
@@ -217,12 +217,13 @@ enum ShapeOps {
 
     static let cast = OperatorSpec(name: "Cast", domain: "ai.onnx", opsets: 6...22) { ctx in
         try ctx.inputs(1, 1)
-        _ = try ctx.input(0)
+        let from = try ctx.input(0)
         guard let to = try ctx.attributes.int("to") else { throw ctx.bad("needs attribute `to`") }
         _ = try ctx.attributes.int("saturate")
         guard let target = DType(rawValue: to) else {
             throw EngineError.unsupported("\(ctx.owner): casting to \(DType.onnxName(to)) is not supported")
         }
+        if from == target { return (IdentityKernel(), [target]) }
         return (ClosureKernel(aliasesInputs: true) { inputs, ws in
             let x = try K.arg(inputs, 0)
             return Outputs(try Cast.convert(x, to: target, ws))
