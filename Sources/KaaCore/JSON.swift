@@ -375,8 +375,12 @@ public enum JSONNumberText: Equatable, Sendable {
         return .double(negative ? -d : d)
     }
 
-    /// The powers of ten that `Double` holds exactly.
-    @usableFromInline static let powersOf10: [Double] = (0...22).map { p in (0..<p).reduce(1.0) { r, _ in r * 10 } }
+    /// The powers of ten that `Double` holds exactly. A literal, so the compiler lays it out
+    /// statically and a scan pays no lazy-initialization check per number.
+    @usableFromInline static let powersOf10: [Double] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+        1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ]
 }
 
 /// Writes JSON text: the one writer of every Kaa JSON answer (the node's responses, `kaa

@@ -7,6 +7,7 @@ public struct HTTPRouter: Sendable {
         var method: HTTPMethod
         var segments: [Segment]
         var handler: HTTPServer.Handler
+        var hasParameters: Bool { segments.contains { if case .parameter = $0 { true } else { false } } }
     }
 
     private enum Segment: Sendable, Equatable {
@@ -28,7 +29,7 @@ public struct HTTPRouter: Sendable {
             return .literal(Array(part.utf8))
         }
         routes.append(Route(method: method, segments: segments, handler: handler))
-        if !segments.contains(where: { if case .parameter = $0 { true } else { false } }) {
+        if !routes[routes.count - 1].hasParameters {
             let key = "/" + segments.map { if case .literal(let l) = $0 { String(decoding: l, as: UTF8.self) } else { "" } }
                 .joined(separator: "/")
             exact[key, default: []].append(routes.count - 1)
@@ -49,44 +50,33 @@ public struct HTTPRouter: Sendable {
                 allowed.append(route.method)
             }
         }
-        let utf8 = Array(path.utf8)
-        var parts: [Range<Int>] = []
-        var i = 0
-        while i < utf8.count {
-            if utf8[i] == UInt8(ascii: "/") { i += 1; continue }
-            let start = i
-            while i < utf8.count && utf8[i] != UInt8(ascii: "/") { i += 1 }
-            parts.append(start..<i)
-        }
-        for route in routes where route.segments.count == parts.count {
-            guard case .parameter = route.segments.first(where: { if case .parameter = $0 { true } else { false } }) else {
-                continue // exact routes were tried above
-            }
-            var parameters: [String: String] = [:]
-            var matched = true
-            for (segment, range) in zip(route.segments, parts) {
-                switch segment {
-                case .literal(let literal):
-                    if !literal.elementsEqual(utf8[range]) { matched = false }
-                case .parameter(let name):
-                    let raw = String(decoding: utf8[range], as: UTF8.self)
-                    guard let decoded = percentDecode(Substring(raw)) else {
-                        responder.respond(.error(.badRequest, "path segment `\(raw)` has a malformed %-escape"))
-                        return
-                    }
-                    parameters[name] = decoded
+        var target = request.target
+        let matched: (route: Route, parameters: [String: String])?? = target.withUTF8 { whole in
+            let bytes = UnsafeBufferPointer(rebasing: whole[..<path.utf8.count])
+            let count = Self.segmentCount(bytes)
+            for route in routes where route.segments.count == count && route.hasParameters {
+                guard let parameters = Self.match(route.segments, bytes) else { continue }
+                guard route.method == request.method || (request.method == .head && route.method == .get) else {
+                    allowed.append(route.method)
+                    continue
                 }
-                if !matched { break }
+                // A malformed %-escape in a parameter: the route matched, the request is bad.
+                guard let parameters else { return .some(nil) }
+                return (route, parameters)
             }
-            guard matched else { continue }
-            guard route.method == request.method || (request.method == .head && route.method == .get) else {
-                allowed.append(route.method)
-                continue
-            }
+            return nil
+        }
+        switch matched {
+        case .some(.some(let (route, parameters))):
             var routed = request
             routed.pathParameters = parameters
             route.handler(routed, responder)
             return
+        case .some(.none):
+            responder.respond(.error(.badRequest, "path `\(path)` has a malformed %-escape in a parameter"))
+            return
+        case .none:
+            break
         }
         if allowed.isEmpty {
             responder.respond(.error(.notFound, "no route for \(request.method) \(path)"))
@@ -96,5 +86,36 @@ public struct HTTPRouter: Sendable {
             response.headers.add("allow", list)
             responder.respond(response)
         }
+    }
+
+    /// The number of non-empty `/`-separated segments of `path`.
+    private static func segmentCount(_ path: UnsafeBufferPointer<UInt8>) -> Int {
+        var count = 0, inSegment = false
+        for byte in path {
+            if byte == UInt8(ascii: "/") { inSegment = false } else if !inSegment { inSegment = true; count += 1 }
+        }
+        return count
+    }
+
+    /// Matches `path` against `segments` (of the same count): nil when a literal differs;
+    /// `.some(nil)` when it matches but a parameter has a malformed %-escape; else the
+    /// parameters, percent-decoded.
+    private static func match(_ segments: [Segment], _ path: UnsafeBufferPointer<UInt8>) -> [String: String]?? {
+        var parameters: [String: String] = [:]
+        var malformed = false
+        var i = 0
+        for segment in segments {
+            while i < path.count && path[i] == UInt8(ascii: "/") { i += 1 }
+            let start = i
+            while i < path.count && path[i] != UInt8(ascii: "/") { i += 1 }
+            let part = UnsafeBufferPointer(rebasing: path[start..<i])
+            switch segment {
+            case .literal(let literal):
+                guard literal.elementsEqual(part) else { return nil }
+            case .parameter(let name):
+                if let decoded = percentDecode(part) { parameters[name] = decoded } else { malformed = true }
+            }
+        }
+        return malformed ? .some(nil) : parameters
     }
 }

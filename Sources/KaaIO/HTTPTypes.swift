@@ -179,22 +179,30 @@ public func jsonQuoted(_ text: String) -> String {
     return out + "\""
 }
 
-/// Decodes `%XX` escapes; `nil` when an escape is malformed or the result is not UTF-8.
-public func percentDecode(_ text: Substring) -> String? {
-    guard text.utf8.contains(UInt8(ascii: "%")) else { return String(text) }
-    var bytes: [UInt8] = []
-    bytes.reserveCapacity(text.utf8.count)
-    var iterator = text.utf8.makeIterator()
-    while let byte = iterator.next() {
-        if byte == UInt8(ascii: "%") {
-            guard let h = iterator.next(), let l = iterator.next(),
-                  let hv = hexValue(h), let lv = hexValue(l) else { return nil }
-            bytes.append(hv << 4 | lv)
+/// Decodes `%XX` escapes in UTF-8 `bytes`; `nil` when an escape is malformed or the result is
+/// not UTF-8.
+func percentDecode(_ bytes: UnsafeBufferPointer<UInt8>) -> String? {
+    guard bytes.contains(UInt8(ascii: "%")) else { return String(validating: bytes, as: UTF8.self) }
+    var decoded: [UInt8] = []
+    decoded.reserveCapacity(bytes.count)
+    var i = 0
+    while i < bytes.count {
+        if bytes[i] == UInt8(ascii: "%") {
+            guard i + 2 < bytes.count, let h = hexValue(bytes[i + 1]), let l = hexValue(bytes[i + 2]) else { return nil }
+            decoded.append(h << 4 | l)
+            i += 3
         } else {
-            bytes.append(byte)
+            decoded.append(bytes[i])
+            i += 1
         }
     }
-    return String(validating: bytes, as: UTF8.self)
+    return String(validating: decoded, as: UTF8.self)
+}
+
+/// Decodes `%XX` escapes; `nil` when an escape is malformed or the result is not UTF-8.
+public func percentDecode(_ text: Substring) -> String? {
+    var text = text
+    return text.withUTF8 { percentDecode($0) }
 }
 
 private func hexValue(_ c: UInt8) -> UInt8? {

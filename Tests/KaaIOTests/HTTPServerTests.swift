@@ -244,7 +244,19 @@ final class TestServer: Sendable {
         #expect(wrong.status == 405)
         #expect(wrong.headers["allow"] == "GET")
         try c.send("GET /items/%zz/versions/1 HTTP/1.1\r\nHost: x\r\n\r\n")
-        #expect(try c.readResponse().status == 400)
+        let malformed = try c.readResponse()
+        #expect(malformed.status == 400)
+        #expect(malformed.text.contains("malformed %-escape"))
+        // The query is not part of the path; repeated slashes separate nothing.
+        try c.send("GET //items/a%2Fb//versions/2?x=/y HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(try c.readResponse().text == "a/b@2")
+        // Same number of segments, another literal.
+        try c.send("GET /items/a/revisions/2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(try c.readResponse().status == 404)
+        try c.send("POST /items/a/versions/2 HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n")
+        let post = try c.readResponse()
+        #expect(post.status == 405)
+        #expect(post.headers["allow"] == "GET")
     }
 
     @Test func gracefulShutdownFinishesInFlightRequests() throws {

@@ -59,6 +59,8 @@ import Testing
             #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row.replacingOccurrences(of: "0.1", with: "0.12345678901234567890123"))]}]}"#,
             #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row.replacingOccurrences(of: "1e2", with: "1e40"))]}]}"#,
             #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row)]}],"inputs":[]}"#, // repeated key
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row)],"data":[\#(row)]}]}"#, // read in place, then again
+            #"{"inputs":[{"data":[\#(row)],"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row)]}]}"#, // skipped, then read in place
         ]
         for body in declined {
             #expect(!InferenceCodecTests.fast(body, digits), "\(body)")
@@ -82,6 +84,8 @@ import Testing
             #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row.replacingOccurrences(of: "0.0", with: "0."))]}]}"#,
             #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row)]}],"outputs":[{"name":"nope"}]}"#,
             #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row)]}],"outputs":{}}"#,
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row)] 7}]}"#,          // read in place, junk after
+            #"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row), 1]}]}"#,         // one number too many
         ]
         for body in bad {
             #expect(!InferenceCodecTests.fast(body, digits), "\(body)")

@@ -75,6 +75,7 @@ enum InferenceFastPath {
         mutating func input(model: Scorer) -> (String, Tensor)? {
             guard consume(UInt8(ascii: "{")) else { return nil }
             var name: String?, datatype: String?, shape: [Int]?, data: Range<Int>?
+            var storage: Tensor.Storage?
             var others: [String] = []
             if !consume(UInt8(ascii: "}")) {
                 repeat {
@@ -83,7 +84,17 @@ enum InferenceFastPath {
                     case "name": guard name == nil, let s = plainString() else { return nil }; name = s
                     case "datatype": guard datatype == nil, let s = plainString() else { return nil }; datatype = s
                     case "shape": guard shape == nil, let s = dimensions() else { return nil }; shape = s
-                    case "data": guard data == nil, let r = skipValue() else { return nil }; data = r
+                    case "data":
+                        guard data == nil, storage == nil else { return nil }
+                        // Read in place when the members it depends on came first (the usual
+                        // order); else find its end now and read it once they are known.
+                        if let name, let datatype, let shape, let (count, dtype) = Self.expect(name, datatype, shape, model) {
+                            guard let s = numbers(count: count, dtype: dtype) else { return nil }
+                            storage = s
+                        } else {
+                            guard let r = skipValue() else { return nil }
+                            data = r
+                        }
                     case "parameters": return nil
                     default:
                         guard !others.contains(key), skipValue() != nil else { return nil }
@@ -92,8 +103,20 @@ enum InferenceFastPath {
                 } while consume(UInt8(ascii: ","))
                 guard consume(UInt8(ascii: "}")) else { return nil }
             }
-            guard let name, let datatype, let shape, let data,
-                  let signature = model.inputs.first(where: { $0.name == name }),
+            guard let name, let datatype, let shape, let (count, dtype) = Self.expect(name, datatype, shape, model) else { return nil }
+            if storage == nil {
+                guard let data else { return nil }
+                var values = Scanner(bytes: UnsafeBufferPointer(rebasing: bytes[data]))
+                guard let s = values.numbers(count: count, dtype: dtype), values.atEnd() else { return nil }
+                storage = s
+            }
+            return (name, Tensor(shape: shape, storage: storage!))
+        }
+
+        /// The element count and dtype of an input named `name` with this datatype and shape, when
+        /// the model takes it as a float tensor of that shape; nil otherwise.
+        static func expect(_ name: String, _ datatype: String, _ shape: [Int], _ model: Scorer) -> (Int, DType)? {
+            guard let signature = model.inputs.first(where: { $0.name == name }),
                   let dtype = OIPDatatype.dtype(datatype), dtype == .float32 || dtype == .float64,
                   signature.dtype == nil || signature.dtype == dtype else { return nil }
             var count = 1
@@ -109,16 +132,23 @@ enum InferenceFastPath {
                     if case .fixed(let want) = d, want != got { return nil }
                 }
             }
-            var values = Scanner(bytes: UnsafeBufferPointer(rebasing: bytes[data]))
-            let storage: Tensor.Storage
+            return (count, dtype)
+        }
+
+        /// A flat array of exactly `count` numbers, as `dtype` elements.
+        mutating func numbers(count: Int, dtype: DType) -> Tensor.Storage? {
             if dtype == .float32 {
-                guard let v = values.flatNumbers(count: count, as: Float.self, { Float($0) }) else { return nil }
-                storage = .float32(v)
-            } else {
-                guard let v = values.flatNumbers(count: count, as: Double.self, { $0 }) else { return nil }
-                storage = .float64(v)
+                guard let v = flatNumbers(count: count, as: Float.self, { Float($0) }) else { return nil }
+                return .float32(v)
             }
-            return (name, Tensor(shape: shape, storage: storage))
+            guard let v = flatNumbers(count: count, as: Double.self, { $0 }) else { return nil }
+            return .float64(v)
+        }
+
+        /// Only white space is left.
+        mutating func atEnd() -> Bool {
+            skipSpace()
+            return i == bytes.count
         }
 
         /// `[n, ...]` of plain non-negative integers below 2^31.
@@ -141,7 +171,7 @@ enum InferenceFastPath {
             return consume(UInt8(ascii: "]")) ? out : nil
         }
 
-        /// A flat array of exactly `count` numbers and nothing after it.
+        /// A flat array of exactly `count` numbers.
         mutating func flatNumbers<T>(count: Int, as: T.Type, _ convert: (Double) -> T) -> [T]? {
             guard consume(UInt8(ascii: "[")) else { return nil }
             var out: [T] = []
@@ -154,8 +184,7 @@ enum InferenceFastPath {
                 } while consume(UInt8(ascii: ","))
                 guard consume(UInt8(ascii: "]")) else { return nil }
             }
-            skipSpace()
-            return out.count == count && i == bytes.count ? out : nil
+            return out.count == count ? out : nil
         }
 
         /// A JSON number as `KaaCore.JSON` reads it and `JSON.double` converts it; nil where
