@@ -369,6 +369,8 @@ public enum JSONNumberText: Equatable, Sendable {
                 return .integer(Int64(mantissa))
             }
         }
+        // Zero needs no scaling (and `0.0` is a common feature value): skip the division.
+        if mantissa == 0 && !overflow { return .double(negative ? -0.0 : 0.0) }
         guard !overflow, mantissa < (1 << 53), exponent >= -22, exponent <= 22 else { return .long }
         var d = Double(mantissa)
         if exponent < 0 { d /= powersOf10[-exponent] } else { d *= powersOf10[exponent] }

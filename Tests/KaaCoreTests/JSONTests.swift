@@ -30,6 +30,10 @@ import Testing
         for text in ["0.1", "1e-7", "2.2250738585072014e-308", "1.7976931348623157e308", "5e-324", "0.30000000000000004"] {
             #expect(try JSON(parsing: text).double == Double(text)!, "\(text)")
         }
+        // Zeros, with their sign: the scanner returns them without scaling.
+        for text in ["0.0", "-0.0", "0e999", "-0.000e-5", "0.000000000000000000000000", "-0.0000000000000000000000000e3"] {
+            #expect(try JSON(parsing: text).double?.bitPattern == Double(text)!.bitPattern, "\(text)")
+        }
     }
 
     @Test(arguments: [
