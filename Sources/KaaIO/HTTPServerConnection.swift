@@ -352,7 +352,8 @@ final class HTTPServerConnection: TCPConnectionDelegate, CycleEndFlushable {
     private func flushNow() {
         guard !out.isEmpty else { return }
         tcp.write(out)
-        if out.capacity > 64 << 10 { out = [] } else { out.removeAll(keepingCapacity: true) }
+        // Keep a small buffer for the next answer; a large one is not held by an idle connection.
+        if out.capacity > 4 << 10 { out = [] } else { out.removeAll(keepingCapacity: true) }
     }
 
     /// Resumes parsing and reading once the pipeline and the socket have room again.
