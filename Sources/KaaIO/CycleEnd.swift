@@ -24,7 +24,13 @@ final class CycleEndQueue {
         check = PhaseHandle(loop: loop, type: UV_CHECK) { flush?() }
         idle = PhaseHandle(loop: loop, type: UV_IDLE) { flush?() }
         check.start()
-        flush = { [unowned self] in self.flushAll() }
+        flush = { [weak self] in self?.flushAll() }
+    }
+
+    /// A queue dropped without ``close()`` (its owner failed to start) still frees its handles.
+    deinit {
+        check.close()
+        idle.close()
     }
 
     /// Queues `item`; it is flushed once at the end of this cycle (or, once closed, now).

@@ -175,9 +175,9 @@ final class ServerCore {
         headerTimeoutMs = configuration.headerTimeout.millisecondsRoundedUp
         bodyTimeoutMs = configuration.bodyTimeout.millisecondsRoundedUp
         idleTimeoutMs = configuration.idleTimeout.millisecondsRoundedUp
-        cycleEnd = CycleEndQueue(loop: loop)
         var accept: ((TCPConnection) -> Void)?
         listener = try TCPListener(loop: loop, address: address) { accept?($0) }
+        cycleEnd = CycleEndQueue(loop: loop)
         accept = { [weak self] tcp in
             if let self { self.accept(tcp) } else { tcp.close() }
         }

@@ -87,4 +87,18 @@ private final class Recorder: CycleEndFlushable {
         let after = loop.runBlocking { loop.openHandleCount }
         #expect(after == handles)
     }
+
+    /// A queue dropped without `close()` (a server whose listener failed to bind) frees its
+    /// handles, and the loop goes on turning.
+    @Test func aDroppedQueueFreesItsHandles() throws {
+        let loop = EventLoop.start(name: "cycle-end-dropped")
+        defer { loop.shutdown() }
+        let before = loop.runBlocking { loop.openHandleCount }
+        loop.runBlocking { _ = CycleEndQueue(loop: loop) }
+        // Later turns run the check phase again; a leaked handle would still be counted.
+        let ran = DispatchSemaphore(value: 0)
+        loop.execute { loop.schedule(after: .milliseconds(5)) { ran.signal() } }
+        #expect(ran.wait(timeout: .now() + 10) == .success)
+        #expect(loop.runBlocking { loop.openHandleCount } == before)
+    }
 }
