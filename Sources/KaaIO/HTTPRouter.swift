@@ -40,7 +40,8 @@ public struct HTTPRouter: Sendable {
     public func handle(_ request: HTTPRequest, _ responder: HTTPResponder) {
         let path = request.path
         var allowed: [HTTPMethod] = []
-        if let candidates = exact[String(path)] {
+        // A target without a query is its own path: look it up without copying it.
+        if let candidates = exact[path.endIndex == request.target.endIndex ? request.target : String(path)] {
             for index in candidates {
                 let route = routes[index]
                 if route.method == request.method || (request.method == .head && route.method == .get) {

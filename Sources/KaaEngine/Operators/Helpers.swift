@@ -44,15 +44,7 @@ enum K {
 
     /// Row-major strides of `shape`, aligned to `outRank`, with 0 for broadcast dimensions.
     static func broadcastStrides(_ shape: [Int], outShape: [Int]) -> [Int] {
-        let r = outShape.count
-        var strides = [Int](repeating: 0, count: r)
-        var s = 1
-        for i in stride(from: shape.count - 1, through: 0, by: -1) {
-            let o = i + (r - shape.count)
-            strides[o] = shape[i] == 1 && outShape[o] != 1 ? 0 : s
-            s *= shape[i]
-        }
-        return strides
+        withBroadcastStrides(shape[...], outShape) { Array($0) }
     }
 
     /// Applies `f` elementwise with broadcasting, into memory from `ws`.

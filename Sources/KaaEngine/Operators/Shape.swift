@@ -224,7 +224,7 @@ enum ShapeOps {
             throw EngineError.unsupported("\(ctx.owner): casting to \(DType.onnxName(to)) is not supported")
         }
         if from == target { return (IdentityKernel(), [target]) }
-        return (ClosureKernel(aliasesInputs: true) { inputs, ws in
+        return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             return Outputs(try Cast.convert(x, to: target, ws))
         }, [target])
@@ -327,11 +327,10 @@ enum ShapeOps {
     ]
 }
 
-/// Element type conversion, shared by Cast and the ML operators.
+/// Element type conversion for Cast (a Cast to the type a value has is an ``IdentityKernel``).
 enum Cast {
     /// `x` as `target`: numbers into memory from `ws`; strings parsed or formatted (new strings).
     static func convert(_ x: Tensor, to target: DType, _ ws: Workspace) throws -> Tensor {
-        if x.dtype == target { return x }
         if let s = numeric(x.storage, to: target, ws) { return Tensor(shape: x.shape, storage: s) }
         let s: Tensor.Storage
         switch (x.storage, target) {
