@@ -113,6 +113,7 @@ final class Workspace: @unchecked Sendable {
         if let i = m.pointee.string.firstIndex(where: { $0.count == n }) {
             m.pointee.string.swapAt(i, m.pointee.string.count - 1)
             a = m.pointee.string.removeLast()
+            m.pointee.keptBytes -= n * MemoryLayout<String>.stride
         } else {
             a = [String](repeating: "", count: n)
         }

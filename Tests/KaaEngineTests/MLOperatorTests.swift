@@ -77,4 +77,18 @@ import Testing
                                                 Self.attribute("values_int64s", ints: [10, 20])], .string, width: 1, mlOpset: 2)
         try Self.check(m, Tensor(shape: [2, 1], strings: ["b", "z"]), Tensor(shape: [2, 1], int64s: [20, -1]))
     }
+
+    /// String outputs reused run after run keep the workspace's byte count steady: taking a
+    /// kept string array back counts it out again.
+    @Test func reusedStringOutputsDoNotInflateKeptBytes() throws {
+        let m = try Self.model("LabelEncoder", [Self.attribute("keys_int64s", ints: [1, 2]),
+                                                Self.attribute("values_strings", strings: ["one", "two"])], .int64, width: 1, mlOpset: 2)
+        let given = ["x": Tensor(shape: [2, 1], int64s: [2, 7])]
+        var out: [String: Tensor] = [:]
+        for _ in 0..<3 { try m.run(given, into: &out) }
+        let settled = m.workspaceBytes
+        for _ in 0..<200 { try m.run(given, into: &out) }
+        #expect(out["y"] == Tensor(shape: [2, 1], strings: ["two", "_Unused"]))
+        #expect(m.workspaceBytes == settled)
+    }
 }
