@@ -200,21 +200,25 @@ struct Plan: Sendable {
                 let e = step.earlier[j]
                 m.pointee.args.append(s < 0 ? nil : e >= 0 ? m.pointee.args[e] : m.pointee.slots[s].take())
             }
-            let results: Outputs
+            var results: Outputs
             do { results = try step.kernel.run(m.pointee.args, ws) } catch let e as EngineError {
                 throw EngineError(e.code, "\(step.owner): \(e.message)")
             }
-            for (j, s) in step.inputs.enumerated() where s >= 0 && step.earlier[j] < 0 {
-                m.pointee.slots[s] = m.pointee.args[j].take()
+            // Back into their slots, last first, which also empties `args`.
+            var j = step.inputs.count
+            while j > 0 {
+                j -= 1
+                let t = m.pointee.args.removeLast()
+                if step.earlier[j] < 0, case let s = step.inputs[j], s >= 0 { m.pointee.slots[s] = t }
             }
-            m.pointee.args.removeAll(keepingCapacity: true)
             guard results.count >= step.outputs.count else {
                 throw EngineError.runtime("\(step.owner) produced \(results.count) outputs, expected \(step.outputs.count)")
             }
             for (i, s) in step.outputs.enumerated() where s >= 0 {
+                let t = results.take(i)
                 let k = shareIndex[s]
-                if k >= 0 { m.pointee.shared[k] = results[i].storage.address }
-                m.pointee.slots[s] = results[i]
+                if k >= 0 { m.pointee.shared[k] = t?.storage.address }
+                m.pointee.slots[s] = t
             }
             for s in step.release {
                 guard let t = m.pointee.slots[s].take() else { continue }

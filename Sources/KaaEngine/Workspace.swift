@@ -4,8 +4,10 @@ import Synchronization
 ///
 /// Held inline rather than in an array, so that returning it allocates nothing.
 struct Outputs {
-    var first: Tensor
-    var second: Tensor?
+    /// Optional only so that the plan can move a result out (``take(_:)``) without copying
+    /// it; a kernel always sets it.
+    private var first: Tensor?
+    private var second: Tensor?
 
     init(_ first: Tensor) { self.first = first }
     init(_ first: Tensor, _ second: Tensor) {
@@ -15,7 +17,8 @@ struct Outputs {
 
     var count: Int { second == nil ? 1 : 2 }
 
-    subscript(i: Int) -> Tensor { i == 0 ? first : second! }
+    /// Moves output `i` (0 or 1, under ``count``) out; it is nil afterwards.
+    mutating func take(_ i: Int) -> Tensor? { i == 0 ? first.take() : second.take() }
 }
 
 /// The memory one run of a plan works in: its value slots, and the element arrays and
