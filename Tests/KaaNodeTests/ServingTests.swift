@@ -206,16 +206,47 @@ import Testing
                 #expect(r.status == 200, "round \(round) m\(i): \(r.text)")
             }
         }
-        try c.send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        let metrics = try c.readResponse().text
-        func value(_ name: String) -> Double? {
-            metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ")[1]) }
-        }
+        let metrics = try ServingTests.metrics(c)
+        func value(_ name: String) -> Double? { ServingTests.value(name, in: metrics) }
         // Every call but the pinned model's loads again: 1 + 5 * 2 loads, 5 * 2 - ... evictions.
         #expect(value("kaa_model_loads_total") == 11)
         #expect((value("kaa_model_evictions_total") ?? 0) >= 9)
         #expect(value("kaa_models_loaded") == 2) // the pinned one and the last one used
         #expect(node.stderr.contains("model evicted"))
+    }
+
+    static func metrics(_ c: RawSocket) throws -> String {
+        try c.send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        return try c.readResponse().text
+    }
+
+    /// The value of an unlabelled series in a Prometheus exposition.
+    static func value(_ name: String, in metrics: String) -> Double? {
+        metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ")[1]) }
+    }
+
+    @Test func theBudgetCountsTheMemoryCallsKeep() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let (node, port) = try NodeProcessTests.startNode(dir)
+        defer { node.signal(SIGTERM); node.wait() }
+        try ServingTests.publish("digits-mlp", as: "digits", version: 1, port: port, dir: dir)
+        let row = "[" + (0..<64).map { String($0 % 16) }.joined(separator: ",") + "]"
+        func body(rows: Int) -> String {
+            #"{"inputs":[{"name":"input","shape":[\#(rows),64],"datatype":"FP32","data":[\#(Array(repeating: row, count: rows).joined(separator: ","))]}]}"#
+        }
+        let c = try RawSocket(port: port)
+        #expect(try ServingTests.post(c, "/v2/models/digits/infer", body(rows: 1)).status == 200)
+        let modelBytes = try #require(Double(try node.waitForLog(#"model loaded .*model\.bytes=(\d+)"#)))
+        // The first call is measured: its workspace and the outputs kept for the next call count.
+        let afterFirst = try #require(ServingTests.value("kaa_model_loaded_bytes", in: try ServingTests.metrics(c)))
+        #expect(afterFirst > modelBytes)
+        // A batch of 64 leaves its intermediates (the scaled 64 x 64 input alone is 16 KiB) in
+        // the workspace; the next measured call (the 16th) counts them.
+        #expect(try ServingTests.post(c, "/v2/models/digits/infer", body(rows: 64)).status == 200)
+        for _ in 3...16 { #expect(try ServingTests.post(c, "/v2/models/digits/infer", body(rows: 1)).status == 200) }
+        let afterBatch = try #require(ServingTests.value("kaa_model_loaded_bytes", in: try ServingTests.metrics(c)))
+        #expect(afterBatch - afterFirst >= Double(64 * 64 * MemoryLayout<Float>.size), "\(afterFirst) -> \(afterBatch)")
     }
 
     @Test func anAliasSwitchUnderLoadFailsNoRequest() throws {

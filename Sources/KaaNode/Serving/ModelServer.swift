@@ -34,13 +34,18 @@ struct ServeError: Error {
 }
 
 /// One loaded model version.
-// SAFETY: `id`, `scorer`, `bytes` and `lease` are immutable (`Scorer` is thread-safe); every
-// `var` is read and written only on the node's loop. Workers touch only the immutable part.
+// SAFETY: `id`, `scorer`, `modelBytes` and `lease` are immutable (`Scorer` is thread-safe);
+// every `var` is read and written only on the node's loop. Workers touch only the immutable part.
 final class LoadedModel: @unchecked Sendable {
     let id: SnapshotID
     /// The model with its pipeline: what requests are checked against and run through.
     let scorer: Scorer
-    let bytes: Int
+    /// What the loaded model holds before any call: its weights and plan.
+    let modelBytes: Int
+    /// What it holds now, as counted against the memory budget: ``modelBytes``, the memory
+    /// its calls keep for reuse (workspaces) and the outputs kept for the next call. Measured
+    /// again after calls (``ModelServer/remeasure(_:)``).
+    var bytes: Int
     let lease: SnapshotLease
     var lastUsed: UInt64 = 0
     var running = 0
@@ -58,11 +63,17 @@ final class LoadedModel: @unchecked Sendable {
     init(id: SnapshotID, scorer: Scorer, bytes: Int, lease: SnapshotLease) {
         self.id = id
         self.scorer = scorer
+        modelBytes = bytes
         self.bytes = bytes
         self.lease = lease
     }
 
     var queued: Int { queue.count - queueHead }
+
+    /// What the model holds now: see ``bytes``.
+    var heldBytes: Int {
+        modelBytes + scorer.model.workspaceBytes + spareOutputs.values.reduce(0) { $0 + $1.byteCount }
+    }
 }
 
 /// A call admitted but not yet started.
@@ -321,25 +332,36 @@ public final class ModelServer {
         if isUnloaded(id) {
             return responder.respond(.error(.serviceUnavailable, "\(id) was unloaded; POST /v2/repository/models/\(name)/load to serve it again"))
         }
+        if let m = loaded[id] {
+            // Loaded: served at once, without the closure a load would wait in.
+            clock += 1
+            m.lastUsed = clock
+            return serve(request, on: m, deadline: deadline, started: start, responder: responder)
+        }
         ensureLoaded(id) { [self] result in
             switch result {
             case .failure(let error):
                 metrics.record(model: name, status: error.status, seconds: 0)
                 responder.respond(.error(error.status, error.message))
             case .success(let m):
-                let parsed: InferRequest
-                do {
-                    parsed = try InferenceCodec.parseRequest(
-                        body: request.body,
-                        headerLength: request.headers["inference-header-content-length"].flatMap(Int.init),
-                        model: m.scorer)
-                } catch {
-                    metrics.record(model: name, status: .badRequest, seconds: 0)
-                    return responder.respond(.error(.badRequest, "\(id): \(error)"))
-                }
-                admit(PendingCall(request: parsed, deadline: deadline, started: start, responder: responder), to: m)
+                serve(request, on: m, deadline: deadline, started: start, responder: responder)
             }
         }
+    }
+
+    /// Parses `request` against the loaded model `m` and admits the call.
+    private func serve(_ request: HTTPRequest, on m: LoadedModel, deadline: UInt64, started: UInt64, responder: HTTPResponder) {
+        let parsed: InferRequest
+        do {
+            parsed = try InferenceCodec.parseRequest(
+                body: request.body,
+                headerLength: request.headers["inference-header-content-length"].flatMap(Int.init),
+                model: m.scorer)
+        } catch {
+            metrics.record(model: m.id.name, status: .badRequest, seconds: 0)
+            return responder.respond(.error(.badRequest, "\(m.id): \(error)"))
+        }
+        admit(PendingCall(request: parsed, deadline: deadline, started: started, responder: responder), to: m)
     }
 
     private func admit(_ call: PendingCall, to m: LoadedModel) {
@@ -414,10 +436,25 @@ public final class ModelServer {
         }
     }
 
+    /// Notes a call's run time (timed calls only) and, with it, measures again what the model
+    /// holds: a model's workspaces grow with the batch sizes it has run, so one timed call in
+    /// ``timingInterval`` keeps its share of the budget true without a lock taken per call.
     private func note(_ runNanos: UInt64?, on m: LoadedModel) {
         guard let runNanos else { return }
         let x = Double(runNanos)
         m.averageRunNanos = m.averageRunNanos.map { $0 * 0.9 + x * 0.1 } ?? x
+        remeasure(m)
+    }
+
+    /// Counts what `m` holds now against the budget, evicting others when it went over.
+    func remeasure(_ m: LoadedModel) {
+        guard loaded[m.id] === m else { return }
+        let held = m.heldBytes
+        guard held != m.bytes else { return }
+        loadedBytes += held - m.bytes
+        m.bytes = held
+        metrics.loadedBytes.set(Double(loadedBytes))
+        evictOverBudget(keeping: m.id)
     }
 
     private func finish(_ call: PendingCall, _ m: LoadedModel, _ response: HTTPResponse) {
