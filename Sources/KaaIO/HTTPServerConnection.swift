@@ -25,7 +25,12 @@ final class HTTPServerConnection: TCPConnectionDelegate, CycleEndFlushable {
     private var field: [UInt8] = []
     private var value: [UInt8] = []
     private var inValue = false
+    /// The request's headers, parsed over the previous request's (see `HTTPHeaders.setField`);
+    /// the first `headerCount` are this request's.
     private var headers = HTTPHeaders()
+    private var headerCount = 0
+    /// The previous request's target, reused when the next one asks for the same.
+    private var target = ""
     private var body: [UInt8] = []
     private var headerBytes = 0
     private var expectsContinue = false
@@ -152,8 +157,9 @@ final class HTTPServerConnection: TCPConnectionDelegate, CycleEndFlushable {
         url.removeAll(keepingCapacity: true)
         field.removeAll(keepingCapacity: true)
         value.removeAll(keepingCapacity: true)
-        headers = HTTPHeaders()
-        body = []
+        headerCount = 0
+        // A small body buffer is reused when the previous request no longer holds it.
+        body.removeAll(keepingCapacity: true)
         headerBytes = 0
         inValue = false
         expectsContinue = false
@@ -187,7 +193,8 @@ final class HTTPServerConnection: TCPConnectionDelegate, CycleEndFlushable {
     }
 
     private func commitHeader() {
-        headers.add(String(decoding: field, as: UTF8.self), String(decoding: value, as: UTF8.self))
+        headers.setField(headerCount, name: field, value: value)
+        headerCount += 1
         field.removeAll(keepingCapacity: true)
         value.removeAll(keepingCapacity: true)
         inValue = false
@@ -195,6 +202,8 @@ final class HTTPServerConnection: TCPConnectionDelegate, CycleEndFlushable {
 
     fileprivate func headersComplete() -> Int32 {
         if inValue || !field.isEmpty { commitHeader() }
+        headers.truncate(to: headerCount)
+        if !HTTPHeaders.holds(target, url) { target = String(decoding: url, as: UTF8.self) }
         let major = Int(parser.pointee.http_major), minor = Int(parser.pointee.http_minor)
         if major != 1 {
             failure = .version(major, minor)
@@ -209,7 +218,7 @@ final class HTTPServerConnection: TCPConnectionDelegate, CycleEndFlushable {
         let length = parser.pointee.content_length
         let method = HTTPServerConnection.method(kaa_http_method(parser))
         if let streamer = server.streamer, method != .get, method != .head {
-            var head = HTTPRequest(method: method, target: String(decoding: url, as: UTF8.self), headers: headers)
+            var head = HTTPRequest(method: method, target: target, headers: headers)
             head.remoteAddress = tcp.remoteAddress
             sink = streamer(head)
             sinkBytes = 0
@@ -270,11 +279,10 @@ final class HTTPServerConnection: TCPConnectionDelegate, CycleEndFlushable {
 
     fileprivate func messageComplete() -> Int32 {
         let method = HTTPServerConnection.method(kaa_http_method(parser))
-        var request = HTTPRequest(method: method, target: String(decoding: url, as: UTF8.self),
-                                  headers: headers, body: body)
+        var request = HTTPRequest(method: method, target: target, headers: headers, body: body)
         request.remoteAddress = tcp.remoteAddress
-        headers = HTTPHeaders()
-        body = []
+        // Only a small body buffer stays with the connection for the next request (as with `out`).
+        if body.capacity > 4 << 10 { body = [] }
         let keepAlive = http_should_keep_alive(parser) != 0 && !draining
         let sequence = firstSequence + UInt64(outstanding.count)
         outstanding.append(Outstanding(keepAlive: keepAlive, headOnly: method == .head, response: nil))

@@ -46,6 +46,30 @@ public struct HTTPHeaders: Sendable, Sequence, ExpressibleByDictionaryLiteral {
 
     public mutating func add(_ name: String, _ value: String) { fields.append((name, value)) }
 
+    /// Makes field `index` (at most ``count``) the UTF-8 `name` and `value`, keeping the
+    /// strings already there when they hold the same bytes: a connection parses each request's
+    /// headers over the previous request's, and a client's repeated headers then cost no new
+    /// strings.
+    mutating func setField(_ index: Int, name: [UInt8], value: [UInt8]) {
+        guard index < fields.count else {
+            fields.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
+            return
+        }
+        if !HTTPHeaders.holds(fields[index].name, name) { fields[index].name = String(decoding: name, as: UTF8.self) }
+        if !HTTPHeaders.holds(fields[index].value, value) { fields[index].value = String(decoding: value, as: UTF8.self) }
+    }
+
+    /// Drops the fields from `count` on.
+    mutating func truncate(to count: Int) {
+        if count < fields.count { fields.removeSubrange(count...) }
+    }
+
+    /// Whether `text` is exactly the UTF-8 `bytes`.
+    static func holds(_ text: String, _ bytes: [UInt8]) -> Bool {
+        text.utf8.withContiguousStorageIfAvailable { $0.elementsEqual(bytes) }
+            ?? text.utf8.elementsEqual(bytes)
+    }
+
     /// Replaces every value of `name` with `value`.
     public mutating func set(_ name: String, _ value: String) {
         remove(name)

@@ -30,6 +30,15 @@ final class TestServer: Sendable {
             let ms = Int64(request.pathParameters["ms"]!)!
             loop.schedule(after: .milliseconds(ms)) { r.respond(HTTPResponse(body: Array("slept \(ms)".utf8))) }
         }
+        // Echoes the target, headers and body, at once or after `ms` milliseconds (the request
+        // outlives the parsing of the next one on its connection).
+        router.add(.post, "/describe/{ms}") { request, r in
+            let text = "\(request.target)\n" + request.headers.map { "\($0.name)=\($0.value)\n" }.joined()
+                + String(decoding: request.body, as: UTF8.self)
+            let ms = Int64(request.pathParameters["ms"]!)!
+            if ms == 0 { return r.respond(HTTPResponse(body: Array(text.utf8))) }
+            loop.schedule(after: .milliseconds(ms)) { r.respond(HTTPResponse(body: Array(text.utf8))) }
+        }
         // Answers from another thread.
         router.add(.get, "/thread") { _, r in
             Thread.detachNewThread { r.respond(HTTPResponse(body: Array("from a thread".utf8))) }
@@ -57,6 +66,30 @@ final class TestServer: Sendable {
             #expect(r.headers["connection"] == nil)
         }
         #expect(s.server.openConnections == 1)
+    }
+
+    /// A connection parses each request over the previous one's header strings and body
+    /// buffer; each request must still see exactly its own, also one still held by a handler.
+    @Test func eachRequestSeesOnlyItsOwnHeadersAndBody() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try RawSocket(port: s.port)
+        func request(_ target: String, _ headers: [String], _ body: String) -> String {
+            "POST \(target) HTTP/1.1\r\n" + headers.map { $0 + "\r\n" }.joined() + "Content-Length: \(body.utf8.count)\r\n\r\n" + body
+        }
+        // The first is answered after the second and third were parsed over its buffers.
+        try c.send(request("/describe/30", ["Host: a", "X-One: 1", "X-Two: 2"], "first body")
+            + request("/describe/0", ["Host: a", "X-One: changed"], "2nd")
+            + request("/describe/0?q=1", ["Host: b"], ""))
+        let first = try c.readResponse(), second = try c.readResponse(), third = try c.readResponse()
+        #expect(first.text == "/describe/30\nHost=a\nX-One=1\nX-Two=2\nContent-Length=10\nfirst body")
+        #expect(second.text == "/describe/0\nHost=a\nX-One=changed\nContent-Length=3\n2nd")
+        #expect(third.text == "/describe/0?q=1\nHost=b\nContent-Length=0\n")
+        // The same request twice in a row reads the same.
+        for _ in 0..<2 {
+            try c.send(request("/describe/0", ["Host: a", "X-One: 1"], "again"))
+            #expect(try c.readResponse().text == "/describe/0\nHost=a\nX-One=1\nContent-Length=5\nagain")
+        }
     }
 
     @Test func pipelinedRequestsAreAnsweredInOrderEvenWhenHandlersFinishOutOfOrder() throws {
