@@ -46,10 +46,10 @@ public struct HTTPHeaders: Sendable, Sequence, ExpressibleByDictionaryLiteral {
 
     public mutating func add(_ name: String, _ value: String) { fields.append((name, value)) }
 
-    /// Makes field `index` (at most ``count``) the UTF-8 `name` and `value`, keeping the
-    /// strings already there when they hold the same bytes: a connection parses each request's
-    /// headers over the previous request's, and a client's repeated headers then cost no new
-    /// strings.
+    /// Makes field `index` (an existing one, or the next) the UTF-8 `name` and `value`,
+    /// keeping the strings already there when they hold the same bytes: a connection parses
+    /// each request's headers over the previous request's, and a client's repeated headers
+    /// then cost no new strings.
     mutating func setField(_ index: Int, name: [UInt8], value: [UInt8]) {
         guard index < fields.count else {
             fields.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))

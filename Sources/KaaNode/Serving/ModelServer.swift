@@ -44,7 +44,7 @@ final class LoadedModel: @unchecked Sendable {
     let modelBytes: Int
     /// What it holds now, as counted against the memory budget: ``modelBytes``, the memory
     /// its calls keep for reuse (workspaces) and the outputs kept for the next call. Measured
-    /// again after calls (``ModelServer/remeasure(_:)``).
+    /// again after timed calls (see `ModelServer.note`).
     var bytes: Int
     let lease: SnapshotLease
     var lastUsed: UInt64 = 0
@@ -447,7 +447,7 @@ public final class ModelServer {
     }
 
     /// Counts what `m` holds now against the budget, evicting others when it went over.
-    func remeasure(_ m: LoadedModel) {
+    private func remeasure(_ m: LoadedModel) {
         guard loaded[m.id] === m else { return }
         let held = m.heldBytes
         guard held != m.bytes else { return }
