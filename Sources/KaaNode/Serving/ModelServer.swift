@@ -60,11 +60,11 @@ final class LoadedModel: @unchecked Sendable {
     /// the next such call, so that their memory serves it (see `Model.run(_:into:)`).
     var spareOutputs: [String: Tensor] = [:]
 
-    init(id: SnapshotID, scorer: Scorer, bytes: Int, lease: SnapshotLease) {
+    init(id: SnapshotID, scorer: Scorer, lease: SnapshotLease) {
         self.id = id
         self.scorer = scorer
-        modelBytes = bytes
-        self.bytes = bytes
+        modelBytes = scorer.model.memoryBytes
+        bytes = modelBytes
         self.lease = lease
     }
 
@@ -199,8 +199,7 @@ public final class ModelServer {
     /// same version share one load.
     func ensureLoaded(_ id: SnapshotID, _ done: @escaping (Result<LoadedModel, ServeError>) -> Void) {
         if let m = loaded[id] {
-            clock += 1
-            m.lastUsed = clock
+            touch(m)
             return done(.success(m))
         }
         if loading[id] != nil {
@@ -241,10 +240,9 @@ public final class ModelServer {
             let waiting = loading.removeValue(forKey: id) ?? []
             switch result {
             case .success(let (scorer, lease)):
-                let m = LoadedModel(id: id, scorer: scorer, bytes: scorer.model.memoryBytes, lease: lease)
+                let m = LoadedModel(id: id, scorer: scorer, lease: lease)
                 m.pinned = isPinned(id)
-                clock += 1
-                m.lastUsed = clock
+                touch(m)
                 loaded[id] = m
                 loadedBytes += m.bytes
                 metrics.loads.increment()
@@ -262,6 +260,12 @@ public final class ModelServer {
                 for w in waiting { w(.failure(error)) }
             }
         }
+    }
+
+    /// Marks `m` as the most recently used (LRU order for eviction).
+    private func touch(_ m: LoadedModel) {
+        clock += 1
+        m.lastUsed = clock
     }
 
     private func evictOverBudget(keeping: SnapshotID) {
@@ -334,8 +338,7 @@ public final class ModelServer {
         }
         if let m = loaded[id] {
             // Loaded: served at once, without the closure a load would wait in.
-            clock += 1
-            m.lastUsed = clock
+            touch(m)
             return serve(request, on: m, deadline: deadline, started: start, responder: responder)
         }
         ensureLoaded(id) { [self] result in
