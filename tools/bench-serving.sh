@@ -6,6 +6,11 @@
 # `GET /v2/health/live` rate. Prints req/s, p50, p99 of each, Kaa/FastAPI and Kaa infer as a
 # share of Kaa health, against the goals (>= 50x FastAPI, p99 <= 2 ms, >= 60% of health).
 #
+# It also measures the node's floor for an exchange of this size: the same POST body sent to
+# `POST /v2/repository/index`, which reads it and answers a small JSON document with no model
+# work. From the floor and health it prints what each goal leaves for the inference work itself
+# (reading the tensor, running the model, writing the answer), in server CPU per request.
+#
 # Pinning (a 2-core machine): wrk runs on CPU 0 with one thread; each server runs on CPU 1
 # (taskset, every thread of the process), so each side gets one core and the load generator never
 # competes with the server it measures. The servers are measured one at a time; rounds interleave
@@ -105,10 +110,11 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs; $pin
 "${pin_client[@]}" wrk -t1 -c"$connections" -d2s -s "$work/post.lua" "http://127.0.0.1:$fastapi_port$infer_url" >/dev/null
 declare -A rps p50 p99 cpu
 for r in $(seq "$rounds"); do
-  for case in kaa-infer kaa-health fastapi-infer; do
+  for case in kaa-infer kaa-health kaa-floor fastapi-infer; do
     case $case in
       kaa-infer) set -- $kaa_pid "http://127.0.0.1:$kaa_port$infer_url" -s "$work/post.lua" ;;
       kaa-health) set -- $kaa_pid "http://127.0.0.1:$kaa_port/v2/health/live" ;;
+      kaa-floor) set -- $kaa_pid "http://127.0.0.1:$kaa_port/v2/repository/index" -s "$work/post.lua" ;;
       fastapi-infer) set -- $fastapi_pid "http://127.0.0.1:$fastapi_port$infer_url" -s "$work/post.lua" ;;
     esac
     read -r a b c n e u < <(run "$@")
@@ -117,11 +123,11 @@ for r in $(seq "$rounds"); do
       echo "round $r $case: $n non-2xx responses, $e socket errors" >&2; bad_responses=1
     fi
   done
-  echo "round $r: kaa infer $(awk '{print $NF}' <<<"${rps[kaa-infer]}") req/s, kaa health $(awk '{print $NF}' <<<"${rps[kaa-health]}") req/s, fastapi infer $(awk '{print $NF}' <<<"${rps[fastapi-infer]}") req/s"
+  echo "round $r: kaa infer $(awk '{print $NF}' <<<"${rps[kaa-infer]}") req/s, kaa health $(awk '{print $NF}' <<<"${rps[kaa-health]}") req/s, kaa floor $(awk '{print $NF}' <<<"${rps[kaa-floor]}") req/s, fastapi infer $(awk '{print $NF}' <<<"${rps[fastapi-infer]}") req/s"
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '\n%-14s %12s %10s %10s %16s\n' "" "req/s" "p50 (us)" "p99 (us)" "server CPU/req"
-for case in kaa-infer kaa-health fastapi-infer; do
+for case in kaa-infer kaa-health kaa-floor fastapi-infer; do
   printf '%-14s %12.0f %10s %10s %13s us\n' "$case" "$(median "${rps[$case]}")" "$(median "${p50[$case]}")" "$(median "${p99[$case]}")" "$(median "${cpu[$case]}")"
 done
 k=$(median "${rps[kaa-infer]}"); h=$(median "${rps[kaa-health]}"); f=$(median "${rps[fastapi-infer]}")
@@ -136,6 +142,10 @@ echo "kaa infer / kaa health: ${share}%   (goal >= 60%: $(verdict "$share >= 60"
 kc=$(median "${cpu[kaa-infer]}"); hc=$(median "${cpu[kaa-health]}"); fc=$(median "${cpu[fastapi-infer]}")
 echo "by server CPU time per request (less sensitive to other load on a shared machine):"
 echo "  fastapi/kaa CPU per infer: $(awk -v a="$fc" -v b="$kc" 'BEGIN {printf "%.1f", a/b}')x;  kaa health/infer CPU: $(awk -v a="$hc" -v b="$kc" 'BEGIN {printf "%.0f", 100*a/b}')%"
+lc=$(median "${cpu[kaa-floor]}"); l=$(median "${rps[kaa-floor]}")
+echo "what each goal leaves for the inference work (reading the tensor, running the model, writing the answer):"
+echo "  50x fastapi is $(awk -v f="$f" 'BEGIN {printf "%.0f", 50*f}') req/s; this node's empty health route does $(awk -v h="$h" 'BEGIN {printf "%.0f", h}') req/s and its floor for a POST of this body $(awk -v l="$l" 'BEGIN {printf "%.0f", l}') req/s"
+echo "  60% of health allows $(awk -v h="$hc" 'BEGIN {printf "%.1f", h/0.6}') us of server CPU per infer request; the floor takes $lc us, leaving $(awk -v h="$hc" -v l="$lc" 'BEGIN {printf "%.1f", h/0.6-l}') us; infer now takes $(awk -v k="$kc" -v l="$lc" 'BEGIN {printf "%.1f", k-l}') us over the floor"
 echo "(medians of $rounds interleaved rounds, ${duration}s each, $connections connections, wrk -t1; $pinning)"
 if [ "$bad_responses" != 0 ]; then echo "bench-serving: some responses were not 2xx or sockets failed; figures are not valid" >&2; fi
 echo "reproduce: tools/bench-serving.sh $duration $connections $rounds"
