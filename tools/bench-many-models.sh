@@ -8,7 +8,8 @@
 #      `GET /v2/health/ready` answers 200 (catalog read and every snapshot registered); RSS with
 #      COUNT registered and none loaded (next to an empty node's); cold first-request latency of
 #      LOADED distinct models (one infer each, sequential, one keep-alive connection) against warm
-#      latency of the same calls again; RSS with LOADED models loaded.
+#      latency of the same calls again; latency of a request naming a model that does not exist
+#      (its 404 lists registered names); RSS with LOADED models loaded.
 # Cold here means "not loaded": the archives are in the OS page cache (just written); dropping
 # the page cache would disturb everything else on the machine, so it is not done.
 # Data lives in a temporary directory that is removed at the end; every process is stopped by pid.
@@ -91,24 +92,26 @@ import http.client, json, sys, time
 port, loaded = int(sys.argv[1]), int(sys.argv[2])
 body = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]})
 conn = http.client.HTTPConnection("127.0.0.1", port)
-def call(i):
+def call(i, name=None, status=200):
+    name = name or f"m{i:05d}"
     t = time.perf_counter_ns()
-    conn.request("POST", f"/v2/models/m{i:05d}/infer", body, {"Content-Type": "application/json"})
+    conn.request("POST", f"/v2/models/{name}/infer", body, {"Content-Type": "application/json"})
     r = conn.getresponse()
     data = r.read()
     elapsed = (time.perf_counter_ns() - t) / 1e3
-    if r.status != 200:
-        sys.exit(f"m{i:05d}: HTTP {r.status} {data[:200]!r}")
+    if r.status != status:
+        sys.exit(f"{name}: HTTP {r.status} {data[:200]!r}")
     return elapsed
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 cold = [call(i) for i in range(loaded)]
 warm = [call(i) for i in range(loaded)]
-print(f"{pct(cold, 50):.0f} {pct(cold, 99):.0f} {sum(cold) / len(cold):.0f} {pct(warm, 50):.0f} {pct(warm, 99):.0f} {sum(warm) / len(warm):.0f}")
+unknown = [call(i, name="no-such-model", status=404) for i in range(200)]
+print(f"{pct(cold, 50):.0f} {pct(cold, 99):.0f} {sum(cold) / len(cold):.0f} {pct(warm, 50):.0f} {pct(warm, 99):.0f} {sum(warm) / len(warm):.0f} {pct(unknown, 50):.0f} {pct(unknown, 99):.0f}")
 PY
 )
-read -r cold50 cold99 coldmean warm50 warm99 warmmean <<<"$latencies"
+read -r cold50 cold99 coldmean warm50 warm99 warmmean unknown50 unknown99 <<<"$latencies"
 sleep 1
 loaded_models=$(metric kaa_models_loaded)
 loaded_bytes=$(metric kaa_model_loaded_bytes)
@@ -125,6 +128,7 @@ RSS, $count registered, none loaded:        $registered_rss MiB
 RSS, $count registered, $loaded loaded:     $loaded_rss MiB  (${per_model} KiB per loaded model; the node counts ${loaded_bytes%.*} model bytes in ${loaded_models%.*} models)
 first request (cold, loads the model), $loaded distinct models:  p50 $cold50 us, p99 $cold99 us, mean $coldmean us
 same calls warm:                                      p50 $warm50 us, p99 $warm99 us, mean $warmmean us
+a model that does not exist (404 naming what does):   p50 $unknown50 us, p99 $unknown99 us
 (one client, one keep-alive connection, sequential calls; latency measured by the client)
 reproduce: tools/bench-many-models.sh $count $loaded
 EOF

@@ -136,6 +136,11 @@ import Testing
         #expect(metrics.contains(#"kaa_inference_requests_total{model="nope",code="404"}"#))
         #expect(metrics.contains("kaa_model_loads_total"))
         #expect(metrics.contains(#"kaa_inference_duration_seconds_bucket{model="iris""#))
+
+        // The names a 404 lists follow the catalog: a model published since the last 404 is among them.
+        try ServingTests.publish("iris-logreg", as: "alpha", version: 1, port: port, dir: dir)
+        let missing = try ServingTests.post(c, "/v2/models/nope/infer", "{}")
+        #expect(missing.text.contains("model `nope` does not exist; models: alpha, iris, news"), "\(missing.text)")
     }
 
     @Test func binaryTensorDataBothWays() throws {

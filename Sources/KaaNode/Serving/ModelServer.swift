@@ -98,7 +98,11 @@ public final class ModelServer {
     let config: ServingConfig
     let logger: Logger
     let metrics: ServingMetrics
-    private var models: [String: Known] = [:]
+    private var models: [String: Known] = [:] {
+        didSet { sortedNamesCache = nil }
+    }
+    /// ``sortedNames``, kept until `models` changes.
+    private var sortedNamesCache: [String]?
     private var loaded: [SnapshotID: LoadedModel] = [:]
     private var loading: [SnapshotID: [(Result<LoadedModel, ServeError>) -> Void]] = [:]
     /// Versions an operator unloaded through the repository API: not served until loaded again.
@@ -162,7 +166,7 @@ public final class ModelServer {
     /// `name` alone resolves through `stable`, else the latest version.
     func resolve(name: String, version: String?) throws(ServeError) -> SnapshotID {
         guard let known = models[name], !known.versions.isEmpty else {
-            let names = models.keys.sorted()
+            let names = sortedNames
             let sample = names.prefix(20).joined(separator: ", ") + (names.count > 20 ? ", ... (\(names.count) models)" : "")
             throw ServeError(.notFound, "model `\(name)` does not exist; models: \(names.isEmpty ? "none" : sample)")
         }
@@ -185,7 +189,16 @@ public final class ModelServer {
     }
 
     func versions(of name: String) -> [Int] { models[name]?.versions ?? [] }
-    var allModels: [(String, [Int])] { models.keys.sorted().map { ($0, models[$0]!.versions) } }
+    var allModels: [(String, [Int])] { sortedNames.map { ($0, models[$0]!.versions) } }
+
+    /// The registered names in order. Kept between calls: with 10,000 models, sorting them
+    /// again for every request naming an unknown model would hold the loop for milliseconds.
+    private var sortedNames: [String] {
+        if let names = sortedNamesCache { return names }
+        let names = models.keys.sorted()
+        sortedNamesCache = names
+        return names
+    }
     func isLoaded(_ id: SnapshotID) -> Bool { loaded[id] != nil }
     func isUnloaded(_ id: SnapshotID) -> Bool { !unloaded.isEmpty && unloaded.contains(id) }
 
