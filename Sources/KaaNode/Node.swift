@@ -2,7 +2,7 @@ import Dispatch
 import Foundation
 import Glibc
 public import KaaCluster
-public import KaaCore
+import KaaCore
 public import KaaIO
 public import KaaSnapshot
 public import Logging

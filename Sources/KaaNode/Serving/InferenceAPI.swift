@@ -1,7 +1,7 @@
 import Foundation
 import KaaCore
 import KaaEngine
-public import KaaIO
+import KaaIO
 import KaaSnapshot
 
 /// The Open Inference Protocol (KServe v2) REST routes, the repository extension and `/metrics`.

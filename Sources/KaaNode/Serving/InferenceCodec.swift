@@ -1,5 +1,5 @@
 import Foundation
-public import KaaCore
+import KaaCore
 public import KaaEngine
 
 /// A bad inference request: what is wrong, for the 400 answer.

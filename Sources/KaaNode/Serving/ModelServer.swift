@@ -1,8 +1,8 @@
 import Foundation
 import KaaCore
-public import KaaEngine
-public import KaaIO
-public import KaaSnapshot
+import KaaEngine
+import KaaIO
+import KaaSnapshot
 import Logging
 
 /// Serving settings (node config keys `memory_budget`, `model_concurrency`, `model_queue`,

@@ -43,13 +43,18 @@ public final class ServingMetrics: @unchecked Sendable {
     ]
 
     public init() {
-        loads = registry.makeCounter(name: "kaa_model_loads_total", help: "Model versions loaded into memory.")
-        loadFailures = registry.makeCounter(name: "kaa_model_load_failures_total", help: "Model loads that failed.")
-        evictions = registry.makeCounter(name: "kaa_model_evictions_total", help: "Model versions evicted from memory.")
-        loadedBytes = registry.makeGauge(name: "kaa_model_loaded_bytes", help: "Bytes held by loaded models.")
-        loadedModels = registry.makeGauge(name: "kaa_models_loaded", help: "Model versions in memory.")
-        registered = registry.makeGauge(name: "kaa_models_registered", help: "Model versions stored on this node.")
-        queueDepth = registry.makeGauge(name: "kaa_inference_queue_depth", help: "Calls waiting to start, all models.")
+        loads = registry.makeCounter(descriptor: Self.name("model_loads", unit: "total", help: "Model versions loaded into memory."))
+        loadFailures = registry.makeCounter(descriptor: Self.name("model_load_failures", unit: "total", help: "Model loads that failed."))
+        evictions = registry.makeCounter(descriptor: Self.name("model_evictions", unit: "total", help: "Model versions evicted from memory."))
+        loadedBytes = registry.makeGauge(descriptor: Self.name("model_loaded", unit: "bytes", help: "Bytes held by loaded models."))
+        loadedModels = registry.makeGauge(descriptor: Self.name("models_loaded", unit: "", help: "Model versions in memory."))
+        registered = registry.makeGauge(descriptor: Self.name("models_registered", unit: "", help: "Model versions stored on this node."))
+        queueDepth = registry.makeGauge(descriptor: Self.name("inference_queue_depth", unit: "", help: "Calls waiting to start, all models."))
+    }
+
+    /// `kaa_<metric>_<unit>` (no unit: `kaa_<metric>`).
+    private static func name(_ metric: String, unit: String, help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "kaa", metricName: metric, unitName: unit, helpText: help)
     }
 
     /// Counts one finished call of `model` with its status and latency.
@@ -72,17 +77,17 @@ public final class ServingMetrics: @unchecked Sendable {
         if let series = perModel[key] { return series }
         let series = ModelSeries(
             label: key,
-            latency: registry.makeDurationHistogram(name: "kaa_inference_duration_seconds", labels: [("model", key)],
-                                                    buckets: ServingMetrics.latencyBuckets,
-                                                    help: "Inference call latency, from parsed request to answer."),
+            latency: registry.makeDurationHistogram(
+                descriptor: Self.name("inference_duration", unit: "seconds", help: "Inference call latency, from parsed request to answer."),
+                labels: [("model", key)], buckets: ServingMetrics.latencyBuckets),
             ok: makeRequestCounter(key, code: 200))
         perModel[key] = series
         return series
     }
 
     private func makeRequestCounter(_ model: String, code: Int) -> Counter {
-        registry.makeCounter(name: "kaa_inference_requests_total", labels: [("model", model), ("code", String(code))],
-                             help: "Inference calls by model and HTTP status.")
+        registry.makeCounter(descriptor: Self.name("inference_requests", unit: "total", help: "Inference calls by model and HTTP status."),
+                             labels: [("model", model), ("code", String(code))])
     }
 
     /// The Prometheus text exposition.
