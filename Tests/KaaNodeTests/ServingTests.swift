@@ -133,7 +133,9 @@ import Testing
         try c.send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         let metrics = try c.readResponse().text
         #expect(metrics.contains(#"kaa_inference_requests_total{model="iris",code="200"}"#))
-        #expect(metrics.contains(#"kaa_inference_requests_total{model="nope",code="404"}"#))
+        #expect(metrics.contains(#"kaa_inference_requests_total{model="_unknown",code="404"}"#))
+        #expect(metrics.contains(#"kaa_inference_requests_total{model="iris",code="404"}"#), "an unknown version of a known model")
+        #expect(!metrics.contains(#"model="nope""#))
         #expect(metrics.contains("kaa_model_loads_total"))
         #expect(metrics.contains(#"kaa_inference_duration_seconds_bucket{model="iris""#))
 

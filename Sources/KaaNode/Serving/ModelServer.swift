@@ -343,7 +343,8 @@ public final class ModelServer {
         let deadline = start + deadlineMs * 1_000_000
         let id: SnapshotID
         do { id = try resolve(name: name, version: version) } catch {
-            metrics.record(model: name, status: error.status, seconds: 0)
+            // Names that exist nowhere share one series, so a client's typos take no per-model slots.
+            metrics.record(model: models[name] == nil ? ServingMetrics.unknownModel : name, status: error.status, seconds: 0)
             return responder.respond(.error(error.status, error.message))
         }
         if isUnloaded(id) {

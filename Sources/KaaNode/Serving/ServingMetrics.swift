@@ -1,5 +1,5 @@
 import Foundation
-public import KaaIO
+import KaaIO
 public import Prometheus
 
 /// The node's Prometheus metrics, exposed at `GET /metrics`.
@@ -35,6 +35,8 @@ public final class ServingMetrics: @unchecked Sendable {
     /// Past this many models, per-model series are not made (cardinality guard); the rest are
     /// counted under `model="_other"`.
     private let maxModelSeries = 2_000
+    /// The `model` label of calls naming a model this node does not have.
+    static let unknownModel = "_unknown"
 
     static let latencyBuckets: [Duration] = [
         .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2),
