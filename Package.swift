@@ -120,6 +120,7 @@ let package = Package(
             dependencies: [
                 "KaaEngine",
                 "KaaAllocationCounter",
+                "KaaTestSupport",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             exclude: ["Fixtures"],

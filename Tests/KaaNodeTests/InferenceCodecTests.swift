@@ -1,6 +1,7 @@
 import Foundation
 import KaaEngine
 @testable import KaaNode
+import KaaTestSupport
 import Testing
 
 /// The request fast path against the general parser, and the response encoder's exact text.
@@ -91,6 +92,44 @@ import Testing
             #expect(!InferenceCodecTests.fast(body, digits), "\(body)")
             #expect(InferenceCodecTests.agree(body, digits) == nil, "\(body)")
         }
+    }
+
+    /// Random edits of valid bodies (a byte dropped, replaced or inserted, a span repeated or
+    /// cut): the fast path and the general parser agree on every one, and neither traps.
+    @Test func mutatedBodiesParseTheSameBothWays() throws {
+        let digits = try InferenceCodecTests.model("digits-mlp")
+        let iris = try InferenceCodecTests.model("iris-logreg")
+        let row = (0..<64).map { ["0.5", "16", "-3.25", "1e2", "0", "7"][$0 % 6] }.joined(separator: ",")
+        let seeds: [(String, Scorer)] = [
+            (#"{"id":"a","inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[\#(row)]}],"outputs":[{"name":"output_label"}]}"#, digits),
+            (#"{"inputs":[{"datatype":"FP32","name":"input","shape":[2,4],"data":[5.1,3.5,1.4,0.2,6.7,3.0,5.2,2.3]}],"parameters":{"binary_data_output":false}}"#, iris),
+        ]
+        let alphabet = Array(#"{}[],:" \0123456789.eE+-abnrtuxlsfFP3264INTdameshpiy"#.utf8)
+        var rng = SplitMix64(seed: 0x6b61_6135)
+        var accepted = 0, fast = 0
+        let count = 3000
+        for _ in 0..<count {
+            let (seed, model) = seeds[Int.random(in: 0..<seeds.count, using: &rng)]
+            var bytes = Array(seed.utf8)
+            for _ in 0..<Int.random(in: 1...3, using: &rng) {
+                let i = Int.random(in: 0..<bytes.count, using: &rng)
+                let j = min(bytes.count, i + Int.random(in: 1...12, using: &rng))
+                switch Int.random(in: 0..<5, using: &rng) {
+                case 0: bytes.remove(at: i)
+                case 1: bytes[i] = alphabet.randomElement(using: &rng)!
+                case 2: bytes.insert(alphabet.randomElement(using: &rng)!, at: i)
+                case 3: bytes.insert(contentsOf: Array(bytes[i..<j]), at: j)
+                default: bytes.removeSubrange(i..<j)
+                }
+                if bytes.isEmpty { bytes = Array(seed.utf8) }
+            }
+            let body = String(decoding: bytes, as: UTF8.self)
+            if InferenceCodecTests.agree(body, model) != nil { accepted += 1 }
+            if InferenceCodecTests.fast(body, model) { fast += 1 }
+        }
+        // Some edits leave a valid request (a digit for a digit, a space), most do not.
+        #expect(accepted > 0 && accepted < count, "\(accepted) of \(count) accepted")
+        #expect(fast > 0, "the fast path took none of \(count) mutated bodies")
     }
 
     @Test func numbersReadExactlyAsTheGeneralReaderReadsThem() throws {
