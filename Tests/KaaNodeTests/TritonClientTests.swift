@@ -33,7 +33,7 @@ import Testing
     /// Runs the check script to completion (killed by pid after `timeout` seconds); output goes
     /// through a file, so a chatty script can never block on a full pipe.
     static func runScript(_ arguments: [String], log: String, timeout: Double = 180) throws -> (Int32, String) {
-        FileManager.default.createFile(atPath: log, contents: nil)
+        guard FileManager.default.createFile(atPath: log, contents: nil) else { throw RawSocketError("cannot create \(log)") }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         defer { try? handle.close() }
         let process = Process()
