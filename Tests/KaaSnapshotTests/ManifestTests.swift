@@ -22,6 +22,23 @@ import Testing
         #expect(text.contains("\"parent_version\" : null"))
     }
 
+    /// `created_at` as the manifest reads it: RFC 3339 with `Z` or an offset, whole seconds.
+    @Test func manifestDates() throws {
+        let noon = Date(timeIntervalSince1970: 1_769_860_800) // 2026-01-31T12:00:00Z
+        #expect(ManifestDate.parse("2026-01-31T12:00:00Z") == noon)
+        #expect(ManifestDate.parse("2026-01-31T14:00:00+02:00") == noon)
+        #expect(ManifestDate.parse(ManifestDate.format(noon)) == noon)
+        #expect(ManifestDate.format(noon) == "2026-01-31T12:00:00Z")
+        for text in ["2026-01-31T12:00:00.5Z", "2026-01-31 12:00:00Z", "2026-01-31T12:00:00", "2026-01-31T12:00Z",
+                     "2026-01-31t12:00:00z", "yesterday", ""] {
+            #expect(ManifestDate.parse(text) == nil, "\(text)")
+        }
+        var o = try sampleJSON()
+        o["created_at"] = "2026-01-31T12:00:00.250Z"
+        let e = #expect(throws: SnapshotError.self) { try SnapshotManifest.decode(try encode(o)) }
+        #expect(e?.message.contains("`created_at` is invalid") == true)
+    }
+
     @Test(arguments: ["name", "version", "files", "created_at", "model", "signature", "requirements", "lineage", "labels", "format_version"])
     func missingFieldIsNamed(_ field: String) throws {
         var o = try sampleJSON()
