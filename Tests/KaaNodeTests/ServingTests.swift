@@ -199,6 +199,27 @@ import Testing
         #expect(second.text.contains("is overloaded"))
     }
 
+    @Test func queuedCallsAllRunAndTheQueueEmpties() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        // One call at a time on the pool: of five pipelined calls, parsed in one loop turn, four wait.
+        let (node, port) = try NodeProcessTests.startNode(dir, extra: ["--inline-threshold", "0", "--model-concurrency", "1", "--model-queue", "8"])
+        defer { node.signal(SIGTERM); node.wait() }
+        try ServingTests.publish("iris-logreg", as: "iris", version: 1, port: port, dir: dir)
+        let c = try RawSocket(port: port)
+        let body = #"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#
+        #expect(try ServingTests.post(c, "/v2/models/iris/infer", body).status == 200) // loads the model
+        let request = "POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        try c.send(String(repeating: request, count: 5))
+        for i in 0..<5 {
+            let r = try c.readResponse()
+            #expect(r.status == 200, "call \(i): \(r.text)")
+        }
+        let metrics = try ServingTests.metrics(c)
+        #expect(ServingTests.value("kaa_inference_queue_depth", in: metrics) == 0, "\(metrics)")
+        #expect(ServingTests.value(#"kaa_inference_requests_total{model="iris",code="200"}"#, in: metrics) == 6)
+    }
+
     @Test func lruEvictsUnderASmallBudgetAndPinnedModelsStay() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
@@ -227,7 +248,7 @@ import Testing
         return try c.readResponse().text
     }
 
-    /// The value of an unlabelled series in a Prometheus exposition.
+    /// The value of a series in a Prometheus exposition, named in full (with its labels, if any).
     static func value(_ name: String, in metrics: String) -> Double? {
         metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ")[1]) }
     }

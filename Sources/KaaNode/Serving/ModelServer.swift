@@ -108,6 +108,9 @@ public final class ModelServer {
     /// Versions an operator unloaded through the repository API: not served until loaded again.
     private var unloaded: Set<SnapshotID> = []
     private var loadedBytes = 0
+    /// Calls waiting in every model's queue. Kept as a count: summing the queues of every loaded
+    /// model after each call cost time in proportion to the models loaded.
+    private var queuedCalls = 0
     private var clock: UInt64 = 0
 
     init(loop: EventLoop, store: SnapshotStore, config: ServingConfig, metrics: ServingMetrics, logger: Logger) {
@@ -396,7 +399,8 @@ public final class ModelServer {
             start(call, on: m)
         } else if m.queued < config.modelQueue {
             m.queue.append(call)
-            metrics.queueDepth.set(Double(totalQueued()))
+            queuedCalls += 1
+            metrics.queueDepth.set(Double(queuedCalls))
         } else {
             metrics.record(model: m.id.name, status: .tooManyRequests, seconds: 0)
             call.responder.respond(.error(.tooManyRequests,
@@ -404,7 +408,6 @@ public final class ModelServer {
         }
     }
 
-    private func totalQueued() -> Int { loaded.values.reduce(0) { $0 + $1.queued } }
 
     private func runInline(_ call: PendingCall, on m: LoadedModel) {
         var outputs = m.spareOutputs
@@ -443,13 +446,14 @@ public final class ModelServer {
             while m.running < config.modelConcurrency, m.queued > 0 {
                 let next = m.queue[m.queueHead]
                 m.queueHead += 1
+                queuedCalls -= 1
                 if m.queueHead > 64 && m.queueHead * 2 > m.queue.count {
                     m.queue.removeFirst(m.queueHead)
                     m.queueHead = 0
                 }
                 start(next, on: m)
             }
-            metrics.queueDepth.set(Double(totalQueued()))
+            metrics.queueDepth.set(Double(queuedCalls))
         }
     }
 
