@@ -222,13 +222,14 @@ public final class SnapshotStore: Sendable {
 
     // MARK: Leases
 
-    /// Marks `id` as in use (the serving layer calls this when it loads a snapshot). A leased
-    /// version is never deleted. Release with ``releaseLease(_:)`` exactly once.
-    public func acquireLease(_ id: SnapshotID) throws(SnapshotError) -> SnapshotLease {
+    /// Marks `id` as in use (the serving layer calls this when it loads a snapshot), and returns
+    /// the lease with the snapshot's record, read under the same lock. A leased version is never
+    /// deleted. Release with ``releaseLease(_:)`` exactly once.
+    public func acquireLease(_ id: SnapshotID) throws(SnapshotError) -> (lease: SnapshotLease, record: SnapshotRecord) {
         // Under the commit lock, so a concurrent delete either sees the lease or has finished.
-        try shared.withCommitLock { () throws(SnapshotError) -> SnapshotLease in
+        try shared.withCommitLock { () throws(SnapshotError) -> (lease: SnapshotLease, record: SnapshotRecord) in
             guard let r = try record(id) else { throw try notFound(id) }
-            return shared.acquire(r.id)
+            return (shared.acquire(r.id), r)
         }
     }
 

@@ -276,7 +276,7 @@ struct StoreFixture {
         let f = try StoreFixture(retain: 2)
         for v in 1...6 { _ = try f.store.ingest(file: try buildSample(in: f.dir, version: v, out: "\(v).kaa", seed: UInt8(v)).path) }
         try f.store.setAlias(name: "iris", alias: "stable", version: 1)
-        let lease = try f.store.acquireLease(SnapshotID(parsing: "iris@3"))
+        let lease = try f.store.acquireLease(SnapshotID(parsing: "iris@3")).lease
         #expect(f.store.leaseCount(lease.id) == 1)
         let report = try f.store.applyRetention()
         #expect(report.deleted.map(\.version).sorted() == [2, 4])
@@ -298,7 +298,7 @@ struct StoreFixture {
             _ = try f.store.ingest(file: try buildSample(in: f.dir, version: v, out: "iris-\(v).kaa", seed: UInt8(v)).path)
             _ = try f.store.ingest(file: try buildSample(in: f.dir, name: "wine", version: v, out: "wine-\(v).kaa", seed: UInt8(v)).path)
         }
-        let lease = try f.store.acquireLease(SnapshotID(parsing: "iris@1"))
+        let lease = try f.store.acquireLease(SnapshotID(parsing: "iris@1")).lease
         let first = try f.store.applyRetention(name: "iris")
         #expect(first.deleted.map(\.description) == ["iris@2"])
         #expect(first.deferred.map(\.description) == ["iris@1"])

@@ -227,8 +227,10 @@ public final class ModelServer {
         let started = DispatchTime.now().uptimeNanoseconds
         loop.offload({ () -> Result<(Scorer, SnapshotLease), ServeError> in
             do {
-                guard let record = try store.record(id) else { return .failure(ServeError(.notFound, "\(id) is no longer stored")) }
-                let lease = try store.acquireLease(id)
+                let lease: SnapshotLease, record: SnapshotRecord
+                do { (lease, record) = try store.acquireLease(id) } catch let error as SnapshotError where error.code == .notFound {
+                    return .failure(ServeError(.notFound, "\(id) is no longer stored"))
+                }
                 do {
                     let (archive, files) = try SnapshotArchive.loadFiles(path: record.path,
                         policy: VerificationPolicy(trustedKeys: store.configuration.trustedKeys, expectedDigest: record.digest))
