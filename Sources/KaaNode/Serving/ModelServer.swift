@@ -202,6 +202,7 @@ public final class ModelServer {
         sortedNamesCache = names
         return names
     }
+
     func isLoaded(_ id: SnapshotID) -> Bool { loaded[id] != nil }
     func isUnloaded(_ id: SnapshotID) -> Bool { !unloaded.isEmpty && unloaded.contains(id) }
 
@@ -409,7 +410,6 @@ public final class ModelServer {
                 "\(m.id) is overloaded: \(m.running) calls running and \(m.queued) waiting (limit \(config.modelQueue)); retry later"))
         }
     }
-
 
     private func runInline(_ call: PendingCall, on m: LoadedModel) {
         var outputs = m.spareOutputs
