@@ -69,6 +69,9 @@ t0=$(now_ms)
 t1=$(now_ms)
 echo "published $count snapshots in $(( (t1 - t0) / 1000 )).$(( (t1 - t0) % 1000 / 100 )) s: $(tail -1 "$work/publish.log")"
 stop_node
+# Write the 10,000 new files out now, so that the kernel's writeback of them does not run
+# during the measurements below.
+sync
 
 # An empty node, for reference.
 start_node "$work/empty"
