@@ -1,7 +1,7 @@
 internal import CHTTPParser
 import Dispatch
 import Glibc
-public import KaaCore
+import KaaCore
 import Synchronization
 
 /// An HTTP/1.1 server on one event loop: keep-alive, pipelining, Content-Length and chunked

@@ -1,8 +1,8 @@
 import Foundation
 import Glibc
-public import KaaCluster
-public import KaaCore
-public import KaaIO
+import KaaCluster
+import KaaCore
+import KaaIO
 import Logging
 
 /// Runs the SWIM state machine on the node's loop: UDP datagrams sealed with the cluster

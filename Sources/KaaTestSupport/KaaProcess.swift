@@ -30,8 +30,9 @@ public final class KaaProcess: @unchecked Sendable {
         let stem = NSTemporaryDirectory() + "kaa-process-\(getpid())-\(UUID().uuidString.prefix(8))"
         stdoutPath = stem + ".out"
         stderrPath = stem + ".err"
-        FileManager.default.createFile(atPath: stdoutPath, contents: nil)
-        FileManager.default.createFile(atPath: stderrPath, contents: nil)
+        for path in [stdoutPath, stderrPath] where !FileManager.default.createFile(atPath: path, contents: nil) {
+            throw RawSocketError("cannot create \(path)")
+        }
         let out = try FileHandle(forWritingTo: URL(fileURLWithPath: stdoutPath))
         let err = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrPath))
         defer {

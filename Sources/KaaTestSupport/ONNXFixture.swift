@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 
 /// A protobuf wire-format writer, enough to craft ONNX files by hand.
 public struct ProtoWriter {

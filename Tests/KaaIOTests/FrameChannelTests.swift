@@ -26,7 +26,7 @@ import Testing
 
     @Test func decoderRefusesOversizeAndMalformedFrames() {
         var big = FrameDecoder(maxFrameBytes: 100)
-        var header: [UInt8] = [0, 0, 1, 0, 0, 0, 1] + [UInt8](repeating: 0, count: 8)
+        let header: [UInt8] = [0, 0, 1, 0, 0, 0, 1] + [UInt8](repeating: 0, count: 8)
         header.withUnsafeBytes { big.append($0) }
         #expect { _ = try big.next() } throws: { ($0 as? FrameError)?.message == "frame of 260 bytes exceeds the limit of 100 bytes" }
 
