@@ -15,7 +15,9 @@ public final class Model: Sendable {
     public let opsetImports: [String: Int]
     /// The producer the file names (e.g. `skl2onnx 1.20.0`).
     public let producer: String
-    /// An estimate of the bytes this model holds in memory: its weights and plan.
+    /// An estimate of the bytes this model holds in memory: its weights exactly, its plan at 256
+    /// bytes per step. Tables that kernels build at load (tree nodes, vocabularies) are not
+    /// counted yet, so it is below the real figure (`kaa-bench --memory` measures both).
     public let memoryBytes: Int
     /// The operators the graph uses, as `domain:name`, sorted.
     public let operatorsUsed: [String]

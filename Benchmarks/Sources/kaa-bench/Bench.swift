@@ -4,6 +4,12 @@
 // Prints one line per batch size: `batch=B median_ns=N calls=C`.
 // With KAA_BENCH_PROFILE set, it runs batch 1 only, 200,000 calls: long enough to profile
 // (`perf record -g`) the per-call cost of a small model.
+//
+// kaa-bench --memory MODEL.onnx [COPIES] : what a loaded model really holds against what it
+// counts. Loads the model COPIES times (default 2,000), keeping every copy, and prints the
+// process's resident-set growth per copy next to `Model.memoryBytes`, the figure the node's
+// memory budget counts. Run one model per process: memory freed by an earlier model would be
+// reused and hide growth.
 import Foundation
 import KaaEngine
 
@@ -11,6 +17,9 @@ import KaaEngine
 struct Bench {
     static func main() throws {
         let args = CommandLine.arguments
+        if args.count >= 3, args[1] == "--memory" {
+            return try memory(path: args[2], copies: args.count > 3 ? Int(args[3]) ?? 2_000 : 2_000)
+        }
         guard args.count >= 3 else {
             FileHandle.standardError.write(Data("usage: kaa-bench MODEL.onnx NAME=PATH:COLS [...]\n".utf8))
             exit(2)
@@ -42,5 +51,21 @@ struct Bench {
             times.sort()
             print("batch=\(batch) median_ns=\(times[calls / 2]) calls=\(calls)")
         }
+    }
+
+    static func memory(path: String, copies: Int) throws {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        _ = try Model(onnx: data) // first-use costs (metadata, caches) outside the count
+        let before = residentBytes()
+        var kept: [Model] = []
+        kept.reserveCapacity(copies)
+        for _ in 0..<copies { kept.append(try Model(onnx: data)) }
+        let grown = residentBytes() - before
+        print("model=\(path) file_bytes=\(data.count) copies=\(copies) resident_bytes_per_copy=\(grown / copies) counted_bytes=\(kept[0].memoryBytes)")
+    }
+
+    static func residentBytes() -> Int {
+        let statm = (try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8)) ?? "0 0"
+        return (Int(statm.split(separator: " ")[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 }
