@@ -47,8 +47,12 @@ struct BuildContext {
     /// will not read at run time: the planner passes `nil` for them, and drops an initializer
     /// no step reads any more.
     var absorbed: Set<Int> = []
-    /// Bytes the kernel holds beyond the node's attributes (packed weights).
+    /// Bytes the kernel holds beyond the node's attributes (packed weights), or in all when
+    /// ``countedTables`` is set.
     var kernelBytes = 0
+    /// Set by a kernel whose ``kernelBytes`` count the tables it built from its attributes
+    /// (tree ensembles): the attributes' own size is then not counted for it as well.
+    var countedTables = false
 
     /// The type of required input `i`, which MUST be one of `allowed`.
     func input(_ i: Int, _ allowed: Set<DType>? = nil) throws -> DType {

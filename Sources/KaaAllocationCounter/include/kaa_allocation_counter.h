@@ -9,5 +9,8 @@ int kaa_allocations_available(void);
 void kaa_allocations_start(void);
 /// Stops counting and returns how many calls were made since the start.
 long kaa_allocations_stop(void);
+/// The heap bytes this thread allocated and did not free between the last start and stop
+/// (usable sizes, as glibc reports them), or -1 where counting does not work.
+long kaa_allocations_net_bytes(void);
 
 #endif

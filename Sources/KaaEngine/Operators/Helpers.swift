@@ -2,6 +2,21 @@ import Foundation
 
 /// Shared pieces of the kernels: argument access, broadcasting, axis arithmetic.
 enum K {
+    /// The heap bytes an array holds: its elements' storage and the array's header (none when
+    /// it has no storage). Strings' own storage is not included.
+    static func arrayBytes<T>(_ a: [T]) -> Int {
+        a.capacity == 0 ? 0 : 32 + a.capacity * MemoryLayout<T>.stride
+    }
+
+    /// The heap bytes of a label list, with each string's storage beyond the 15 bytes a
+    /// string holds inline.
+    static func labelBytes(_ labels: Tensor.MapKeys) -> Int {
+        switch labels {
+        case .int64(let v): arrayBytes(v)
+        case .string(let v): arrayBytes(v) + v.reduce(0) { $0 + ($1.utf8.count > 15 ? 32 + $1.utf8.count : 0) }
+        }
+    }
+
     /// Required input `i`.
     @inline(__always)
     static func arg(_ inputs: [Tensor?], _ i: Int) throws -> Tensor {

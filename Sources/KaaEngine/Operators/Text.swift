@@ -94,6 +94,18 @@ enum TextOps {
     /// and its weight.
     struct Pool<Item: Hashable & Sendable>: Sendable {
         var index: [[Item]: (column: Int, weight: Float)] = [:]
+
+        /// The heap bytes of the index: its buckets (a dictionary keeps at most 3/4 of them
+        /// full), each n-gram's array, and each string's storage beyond what a string holds inline.
+        var heldBytes: Int {
+            let buckets = index.capacity * 4 / 3
+            var bytes = 64 + buckets * (MemoryLayout<[Item]>.stride + MemoryLayout<(column: Int, weight: Float)>.stride) + buckets / 8
+            for gram in index.keys {
+                bytes += K.arrayBytes(gram)
+                for item in gram { if let s = item as? String, s.utf8.count > 15 { bytes += 32 + s.utf8.count } }
+            }
+            return bytes
+        }
     }
 
     static let tfIdfVectorizer = OperatorSpec(name: "TfIdfVectorizer", domain: "ai.onnx", opsets: 9...22) { ctx in
@@ -142,6 +154,8 @@ enum TextOps {
         _ = poolCount
         let sPool = try strPool.map { try pool($0) }
         let iPool = try intPool.map { try pool($0) }
+        ctx.kernelBytes += (sPool?.heldBytes ?? 0) + (iPool?.heldBytes ?? 0)
+        ctx.countedTables = true
         return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             guard x.rank == 1 || x.rank == 2 else { throw EngineError.runtime("input must be 1-D or 2-D, got \(x.shape)") }

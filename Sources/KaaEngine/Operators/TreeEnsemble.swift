@@ -55,6 +55,16 @@ struct TreeEnsemble: Sendable {
     /// Set when every weight is for this one target and no leaf has two: then a leaf's
     /// ``WalkNode/threshold`` holds its weight (0 for none).
     var singleTarget: Int?
+    /// The bytes of every table the ensemble keeps (the node arrays in each form, the leaf
+    /// weights, the program), with each array's header.
+    var heldBytes: Int {
+        K.arrayBytes(feature) + K.arrayBytes(threshold) + K.arrayBytes(mode) + K.arrayBytes(trueChild)
+            + K.arrayBytes(falseChild) + K.arrayBytes(missingTrue) + K.arrayBytes(roots) + K.arrayBytes(packed)
+            + K.arrayBytes(weightTarget) + K.arrayBytes(weightValue) + K.arrayBytes(walk) + K.arrayBytes(depths)
+            + K.arrayBytes(leafWeights) + leafWeights.reduce(0) { $0 + K.arrayBytes($1) }
+            + K.arrayBytes(leafVectors ?? []) + (program?.heldBytes ?? 0)
+    }
+
     /// The trees as a ``TreeProgram``, when there is a ``singleTarget`` or ``leafVectors``
     /// and they are shallow enough for it.
     var program: TreeProgram?
@@ -405,6 +415,8 @@ struct TreeEnsemble: Sendable {
         guard base.isEmpty || base.count == k else { throw ctx.bad("\(base.count) base_values for \(k) targets") }
         let post = try PostTransform.read(&ctx.attributes, ctx)
         let trees = try TreeEnsemble(&ctx.attributes, ctx, prefix: "target", outputs: k)
+        ctx.kernelBytes += trees.heldBytes
+        ctx.countedTables = true
         let baseValues = base
         return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
@@ -427,6 +439,8 @@ struct TreeEnsemble: Sendable {
         let k = labels.count
         guard k > 0 else { throw ctx.bad("has no class labels") }
         let trees = try TreeEnsemble(&ctx.attributes, ctx, prefix: "class", outputs: k)
+        ctx.kernelBytes += trees.heldBytes + K.labelBytes(labels)
+        ctx.countedTables = true
         let ids = Set(trees.leafWeights.flatMap { $0.map(\.0) })
         let binary = k == 2 && ids.count == 1
         let allPositive = trees.leafWeights.allSatisfy { $0.allSatisfy { $0.1 >= 0 } }

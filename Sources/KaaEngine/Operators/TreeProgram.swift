@@ -29,6 +29,8 @@ struct TreeProgram: Sendable {
     /// The most slots one tree uses.
     var slots = 0
 
+    var heldBytes: Int { K.arrayBytes(ops) + K.arrayBytes(leafValues) + K.arrayBytes(trees) }
+
     /// Rows evaluated together: one 8-float vector.
     static let rows = 8
 
