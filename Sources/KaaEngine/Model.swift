@@ -426,10 +426,12 @@ struct Planner {
             let runSlots = inSlots.enumerated().map { ctx.absorbed.contains($0.offset) ? -1 : $0.element }
             // Kernels keep their attributes' values (weights, trees) in their own arrays: counted
             // by the attributes' size unless the kernel counted what it built.
-            if !ctx.countedTables { constantBytes += node.attribute.reduce(0) { sum, a in
-                sum + a.floats.count * 4 + a.ints.count * 8 + a.strings.reduce(0) { $0 + $1.count + 16 }
-                    + (a.hasT ? a.t.rawData.count + a.t.floatData.count * 4 + a.t.doubleData.count * 8 + a.t.int64Data.count * 8 : 0)
-            } }
+            if !ctx.countedTables {
+                constantBytes += node.attribute.reduce(0) { sum, a in
+                    sum + a.floats.count * 4 + a.ints.count * 8 + a.strings.reduce(0) { $0 + $1.count + 16 }
+                        + (a.hasT ? a.t.rawData.count + a.t.floatData.count * 4 + a.t.doubleData.count * 8 + a.t.int64Data.count * 8 : 0)
+                }
+            }
             try ctx.attributes.checkAllRead()
             guard node.output.count <= outTypes.count else {
                 throw EngineError.invalid("\(owner) names \(node.output.count) outputs; the operator has \(outTypes.count)")

@@ -51,7 +51,7 @@ struct BuildContext {
     /// ``countedTables`` is set.
     var kernelBytes = 0
     /// Set by a kernel whose ``kernelBytes`` count the tables it built from its attributes
-    /// (tree ensembles): the attributes' own size is then not counted for it as well.
+    /// (tree ensembles, TF-IDF pools): the attributes' own size is then not counted as well.
     var countedTables = false
 
     /// The type of required input `i`, which MUST be one of `allowed`.

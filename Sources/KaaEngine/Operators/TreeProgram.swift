@@ -29,6 +29,7 @@ struct TreeProgram: Sendable {
     /// The most slots one tree uses.
     var slots = 0
 
+    /// The bytes of its tables, with each array's header.
     var heldBytes: Int { K.arrayBytes(ops) + K.arrayBytes(leafValues) + K.arrayBytes(trees) }
 
     /// Rows evaluated together: one 8-float vector.
