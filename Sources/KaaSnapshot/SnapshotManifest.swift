@@ -293,20 +293,21 @@ public struct TensorSignature: Sendable, Equatable, Codable {
     enum CodingKeys: String, CodingKey { case name, kind, dtype, shape }
 }
 
+/// `created_at` as text, both ways, through one `Date.ISO8601FormatStyle`: a value made once.
+/// A new `ISO8601DateFormatter` per date cost about 250 µs, most of a small model's cold load
+/// (every load decodes a manifest, every ingest encodes one); the style takes under a
+/// microsecond.
 enum ManifestDate {
+    /// RFC 3339 UTC seconds. The time is rounded to the millisecond, then cut to the second,
+    /// as the formatter used before did, so that the same date gives the same canonical bytes.
     static func format(_ date: Date) -> String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime]
-        f.timeZone = TimeZone(identifier: "UTC")
-        return f.string(from: date)
+        let ms = (date.timeIntervalSince1970 * 1000).rounded()
+        return style.format(Date(timeIntervalSince1970: (ms / 1000).rounded(.down)))
     }
 
     /// Reads what `format` writes, and RFC 3339 times with an offset; not fractional seconds.
-    ///
-    /// Every model load decodes a manifest. A new `ISO8601DateFormatter` per date cost about
-    /// 250 µs, most of a small model's cold load; this style is a value, made once, and reads a
-    /// date in under a microsecond. It would also read fractional seconds, which the formatter
-    /// refused and the canonical form never writes, so those are refused here first.
+    /// The style would also read fractional seconds, which the formatter refused and the
+    /// canonical form never writes, so those are refused here first.
     static func parse(_ text: String) -> Date? {
         guard !text.utf8.contains(UInt8(ascii: ".")) else { return nil }
         return try? style.parse(text)
