@@ -18,8 +18,13 @@ import Testing
         guard pub.0 == 0 else { throw RawSocketError("publish: \(pub.2)") }
     }
 
+    /// The text of `POST path` with `body` (and extra header lines, each ending in CRLF).
+    static func request(_ path: String, _ body: String, headers: String = "") -> String {
+        "POST \(path) HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\(headers)\r\n\(body)"
+    }
+
     static func post(_ c: RawSocket, _ path: String, _ body: String, headers: String = "") throws -> RawResponse {
-        try c.send("POST \(path) HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\(headers)\r\n\(body)")
+        try c.send(request(path, body, headers: headers))
         return try c.readResponse()
     }
 
@@ -191,7 +196,7 @@ import Testing
         // A cold model with a 1 ms deadline: loading takes longer, so the call is refused.
         let late = try ServingTests.post(c, "/v2/models/digits/infer", body, headers: "Kaa-Deadline-Ms: 1\r\n")
         #expect(late.status == 504, "\(late.text)")
-        let request = "POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        let request = ServingTests.request("/v2/models/digits/infer", body)
         try c.send(request + request)
         let first = try c.readResponse(), second = try c.readResponse()
         #expect(first.status == 200, "\(first.text)")
@@ -209,8 +214,7 @@ import Testing
         let c = try RawSocket(port: port)
         let body = #"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#
         #expect(try ServingTests.post(c, "/v2/models/iris/infer", body).status == 200) // loads the model
-        let request = "POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
-        try c.send(String(repeating: request, count: 5))
+        try c.send(String(repeating: ServingTests.request("/v2/models/iris/infer", body), count: 5))
         for i in 0..<5 {
             let r = try c.readResponse()
             #expect(r.status == 200, "call \(i): \(r.text)")

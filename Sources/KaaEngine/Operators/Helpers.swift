@@ -8,12 +8,17 @@ enum K {
         a.capacity == 0 ? 0 : 32 + a.capacity * MemoryLayout<T>.stride
     }
 
-    /// The heap bytes of a label list, with each string's storage beyond the 15 bytes a
+    /// The heap bytes of a string's own storage: none for up to 15 UTF-8 bytes, which a
     /// string holds inline.
+    static func stringBytes(_ s: String) -> Int {
+        s.utf8.count > 15 ? 32 + s.utf8.count : 0
+    }
+
+    /// The heap bytes of a label list, its strings' storage included.
     static func labelBytes(_ labels: Tensor.MapKeys) -> Int {
         switch labels {
         case .int64(let v): arrayBytes(v)
-        case .string(let v): arrayBytes(v) + v.reduce(0) { $0 + ($1.utf8.count > 15 ? 32 + $1.utf8.count : 0) }
+        case .string(let v): arrayBytes(v) + v.reduce(0) { $0 + stringBytes($1) }
         }
     }
 

@@ -102,7 +102,7 @@ enum TextOps {
             var bytes = 64 + buckets * (MemoryLayout<[Item]>.stride + MemoryLayout<(column: Int, weight: Float)>.stride) + buckets / 8
             for gram in index.keys {
                 bytes += K.arrayBytes(gram)
-                for item in gram { if let s = item as? String, s.utf8.count > 15 { bytes += 32 + s.utf8.count } }
+                for item in gram { if let s = item as? String { bytes += K.stringBytes(s) } }
             }
             return bytes
         }
