@@ -4,17 +4,13 @@ import KaaCore
 import KaaIO
 
 /// `GET /kaa/v1/members`: this node's view of the cluster.
-final class MembersRoute: @unchecked Sendable {
-    // SAFETY: `gossip` is set once during start, before the HTTP server serves this route's
-    // first request from a client that could know the node is up; read on the loop only.
-    private var gossip: LoopBound<GossipShell>?
-
-    func set(_ gossip: LoopBound<GossipShell>) { self.gossip = gossip }
+struct MembersRoute: Sendable {
+    /// Set on the loop once gossip runs; read on the loop.
+    let gossip: LoopCell<GossipShell>
 
     func add(to router: inout HTTPRouter) {
-        router.add(.get, "/kaa/v1/members") { [self] _, responder in
-            guard let gossip else { return responder.respond(.error(.serviceUnavailable, "gossip is not running yet")) }
-            let shell = gossip.value
+        router.add(.get, "/kaa/v1/members") { [gossip] _, responder in
+            guard let shell = gossip.value else { return responder.respond(.error(.serviceUnavailable, "gossip is not running yet")) }
             let me = shell.instance.myself.id
             let now = Date().timeIntervalSince1970
             let rows: [[String: Any]] = shell.members.map { m in

@@ -86,7 +86,8 @@ public final class Node: Sendable {
 
     /// Binds the HTTP and peer listeners and installs the signal handlers.
     public func start(handleSignals: Bool = true) throws {
-        let readyFlag = ReadyFlag(node: self)
+        let readiness = LoopBound(Readiness(), loop: loop)
+        let readyFlag = ReadyFlag(node: self, readiness: readiness)
         var router = HTTPRouter()
         Node.addHealthRoutes(to: &router, ready: readyFlag)
         let metrics = ServingMetrics()
@@ -95,6 +96,7 @@ public final class Node: Sendable {
             let server = ModelServer(loop: loop, store: store, config: config.serving, metrics: metrics, logger: logger)
             server.install(catalog)
             server.loadPinned()
+            readiness.value.mark(.store)
             return LoopBound(server, loop: loop)
         }
         InferenceAPI(server: serving, metrics: metrics, store: store).addRoutes(to: &router)
@@ -106,23 +108,24 @@ public final class Node: Sendable {
             }
         }
         snapshots.addRoutes(to: &router)
-        let membersRoute = MembersRoute()
-        membersRoute.add(to: &router)
+        let gossipCell = LoopCell<GossipShell>(loop: loop)
+        MembersRoute(gossip: gossipCell).add(to: &router)
         let routes = router
         let http = try HTTPServer(on: loop, address: try SocketAddress(resolving: config.httpAddr),
                                   configuration: config.http, streamer: snapshots.streamer) { request, responder in
             routes.handle(request, responder)
         }
+        loop.execute { readiness.value.mark(.http) }
         let frames = FrameClient(loop: loop)
-        let gossipCell = GossipCell()
         let peer: FrameServer
+        var gossipShell: LoopBound<GossipShell>?
         do {
             peer = try FrameServer(on: loop, address: try SocketAddress(resolving: config.peerAddr)) { frame, responder in
                 switch frame.type {
                 case PeerFrameType.ping: responder.respond(frame.payload)
                 case PeerFrameType.pushPull:
-                    guard let gossip = gossipCell.shell else { return responder.fail("gossip is not running yet") }
-                    gossip.value.answerPushPull(frame, responder)
+                    guard let gossip = gossipCell.value else { return responder.fail("gossip is not running yet") }
+                    gossip.answerPushPull(frame, responder)
                 default: responder.fail("unknown frame type \(frame.type); this node speaks types 1 (ping), 2 (push-pull)")
                 }
             }
@@ -138,13 +141,17 @@ public final class Node: Sendable {
             let seeds = config.seeds.filter { $0 != info.peerAddress }
             let udpAddress = peer.localAddress
             let gossip = try loop.runBlocking { [loop] () throws -> LoopBound<GossipShell> in
+                readiness.value.mark(.peer)
                 let shell = GossipShell(loop: loop, instance: instance, keyring: keyring, frames: frames,
                                         incarnationFile: dataDir + "/incarnation", logger: logger)
                 try shell.start(address: udpAddress, seeds: seeds)
+                readiness.value.mark(.gossip)
+                // Set on the loop, where push-pull frames and the members route read it.
+                gossipCell.value = shell
+                readiness.value.mark(.members)
                 return LoopBound(shell, loop: loop)
             }
-            gossipCell.shell = gossip
-            membersRoute.set(gossip)
+            gossipShell = gossip
         } catch {
             http.shutdown(grace: .zero)
             throw error
@@ -153,7 +160,7 @@ public final class Node: Sendable {
             $0.http = http
             $0.peer = peer
             $0.frames = frames
-            $0.gossip = gossipCell.shell
+            $0.gossip = gossipShell
         }
         if handleSignals {
             let watchers = try loop.runBlocking { [self] () throws -> [LoopBound<SignalWatcher>] in
@@ -231,8 +238,11 @@ public final class Node: Sendable {
             responder.respond(HTTPResponse(status: .ok))
         }
         router.add(.get, "/v2/health/ready") { _, responder in
-            responder.respond(ready.isReady ? HTTPResponse(status: .ok)
-                : .error(.serviceUnavailable, "node is shutting down"))
+            if let reason = ready.notReadyReason {
+                responder.respond(.error(.serviceUnavailable, reason))
+            } else {
+                responder.respond(HTTPResponse(status: .ok))
+            }
         }
         router.add(.get, "/v2") { _, responder in
             let body = "{\"name\":\"kaa\",\"version\":\(jsonQuoted(KaaVersion.string)),\"extensions\":[\"binary_tensor_data\",\"model_repository\"]}"
@@ -241,10 +251,56 @@ public final class Node: Sendable {
     }
 }
 
-/// Readiness as the health route sees it.
+/// Readiness as the health route sees it: every plane up, and not shutting down.
 struct ReadyFlag: Sendable {
     let node: Node
-    var isReady: Bool { node.isAcceptingWork }
+    let readiness: LoopBound<Readiness>
+
+    /// Why the node is not ready, nil when it is. On the loop.
+    var notReadyReason: String? {
+        guard node.isAcceptingWork else { return "node is shutting down" }
+        let missing = readiness.value.missing
+        guard missing.isEmpty else { return "node is starting: not up yet: \(missing.map(\.rawValue).joined(separator: ", "))" }
+        return nil
+    }
+}
+
+/// The planes a node needs before it takes work. Loop-confined.
+final class Readiness {
+    enum Plane: String, CaseIterable {
+        case store = "store (reconciled and registered)"
+        case http = "HTTP listener"
+        case peer = "peer plane listener"
+        case gossip = "gossip"
+        case members = "members view"
+    }
+
+    private var up: Set<Plane> = []
+
+    func mark(_ plane: Plane) { up.insert(plane) }
+    var missing: [Plane] { Plane.allCases.filter { !up.contains($0) } }
+}
+
+/// A value set on its loop after start and read there; every access checks the thread, so
+/// the cell is safe to hand to handlers that run on other threads only to hop back.
+final class LoopCell<Value>: @unchecked Sendable {
+    // SAFETY: `stored` is read and written only after `precondition(loop.inLoop)`: only the
+    // loop's thread ever touches it.
+    private var stored: Value?
+    let loop: EventLoop
+
+    init(loop: EventLoop) { self.loop = loop }
+
+    var value: Value? {
+        get {
+            precondition(loop.inLoop, "LoopCell read off its loop")
+            return stored
+        }
+        set {
+            precondition(loop.inLoop, "LoopCell written off its loop")
+            stored = newValue
+        }
+    }
 }
 
 /// An exclusive lock on a data directory, so two nodes never share one store.
@@ -278,12 +334,4 @@ final class DataDirectoryLock: Sendable {
         flock(fd, LOCK_UN)
         close(fd)
     }
-}
-
-/// Set once, before the peer server sees traffic that needs it.
-final class GossipCell: @unchecked Sendable {
-    // SAFETY: written once on the starting thread before the loop can deliver a push-pull frame
-    // that reads it (the frame needs the gossip shell to have announced this node first), and
-    // read only on the loop afterwards.
-    var shell: LoopBound<GossipShell>?
 }

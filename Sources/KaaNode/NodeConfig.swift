@@ -35,72 +35,150 @@ public struct NodeConfig: Sendable {
 
     public init() {}
 
-    /// One configuration key: its YAML name, environment variable and flag, and how to apply it.
+    /// One setting, declared once: its YAML key, from which its flag (`--http-addr`) and
+    /// environment variable (`KAA_HTTP_ADDR`) are derived, its help text, how it reads a value
+    /// and how it shows the value it has (so `--help` shows the real default).
     public struct Key: Sendable {
         public let name: String
         public let help: String
-        let apply: @Sendable (inout NodeConfig, String) throws -> Void
+        let apply: @Sendable (inout NodeConfig, String) throws(ConfigError) -> Void
+        let show: @Sendable (NodeConfig) -> String?
 
         public var environmentVariable: String { "KAA_" + name.uppercased() }
         public var flag: String { "--" + name.replacingOccurrences(of: "_", with: "-") }
+        /// The value this key has in `config` as it would be written, nil when unset.
+        public func value(in config: NodeConfig) -> String? { show(config) }
+        /// The value of a configuration with nothing set.
+        public var defaultValue: String? { show(NodeConfig()) }
+
+        init(_ name: String, _ help: String, show: @escaping @Sendable (NodeConfig) -> String?,
+             apply: @escaping @Sendable (inout NodeConfig, String) throws(ConfigError) -> Void) {
+            self.name = name
+            self.help = help
+            self.show = show
+            self.apply = apply
+        }
+
+        typealias Path<T> = WritableKeyPath<NodeConfig, T> & Sendable
+
+        static func text(_ name: String, _ help: String, _ path: any Path<String>) -> Key {
+            Key(name, help, show: { $0[keyPath: path] }) { c, v throws(ConfigError) in c[keyPath: path] = v }
+        }
+        static func optionalText(_ name: String, _ help: String, _ path: any Path<String?>) -> Key {
+            Key(name, help, show: { $0[keyPath: path] }) { c, v throws(ConfigError) in c[keyPath: path] = v }
+        }
+        static func address(_ name: String, _ help: String, _ path: any Path<HostPort>) -> Key {
+            Key(name, help, show: { $0[keyPath: path].description }) { c, v throws(ConfigError) in
+                c[keyPath: path] = try NodeConfig.address(v, key: name) }
+        }
+        static func integer(_ name: String, _ help: String, _ path: any Path<Int>, min: Int, max: Int = .max) -> Key {
+            Key(name, help, show: { String($0[keyPath: path]) }) { c, v throws(ConfigError) in
+                c[keyPath: path] = try NodeConfig.integer(v, key: name, min: min, max: max) }
+        }
+        static func bytes(_ name: String, _ help: String, _ path: any Path<Int>, min: Int = 0) -> Key {
+            Key(name, help, show: { NodeConfig.showBytes($0[keyPath: path]) }) { c, v throws(ConfigError) in
+                c[keyPath: path] = try NodeConfig.byteSize(v, key: name, min: min) }
+        }
+        static func duration(_ name: String, _ help: String, _ path: any Path<Duration>, allowZero: Bool = false) -> Key {
+            Key(name, help, show: { NodeConfig.showDuration($0[keyPath: path]) }) { c, v throws(ConfigError) in
+                c[keyPath: path] = try NodeConfig.duration(v, key: name, allowZero: allowZero) }
+        }
+        static func flag(_ name: String, _ help: String, _ path: any Path<Bool>) -> Key {
+            Key(name, help, show: { String($0[keyPath: path]) }) { c, v throws(ConfigError) in
+                guard let b = Bool(v) else { throw ConfigError("\(name) `\(v)` must be true or false") }
+                c[keyPath: path] = b }
+        }
+        static func list(_ name: String, _ help: String, _ path: any Path<[String]>) -> Key {
+            Key(name, help, show: { $0[keyPath: path].isEmpty ? nil : $0[keyPath: path].joined(separator: ",") }) { c, v throws(ConfigError) in
+                c[keyPath: path] = NodeConfig.items(v) }
+        }
     }
 
-    /// Every key, in the order `--help` and the docs list them.
+    /// Every key, in the order `--help`, `cluster/node.yaml` and the docs list them.
     public static let keys: [Key] = [
-        Key(name: "data_dir", help: "directory for the node's store, catalog and state") { c, v in c.dataDir = v },
-        Key(name: "http_addr", help: "HOST:PORT for the HTTP API (inference, control, metrics)") { c, v in
-            c.httpAddr = try address(v, key: "http_addr") },
-        Key(name: "peer_addr", help: "HOST:PORT for the peer plane (frames between nodes)") { c, v in
-            c.peerAddr = try address(v, key: "peer_addr") },
-        Key(name: "log_level", help: "trace, debug, info, notice, warning, error or critical") { c, v in
+        .text("data_dir", "directory for the node's store, catalog and state", \.dataDir),
+        .address("http_addr", "HOST:PORT for the HTTP API (inference, control, metrics)", \.httpAddr),
+        .address("peer_addr", "HOST:PORT for the peer plane (frames between nodes)", \.peerAddr),
+        Key("log_level", "trace, debug, info, notice, warning, error or critical", show: { $0.logLevel }) { c, v throws(ConfigError) in
             guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(v) else {
                 throw ConfigError("log_level `\(v)` is not one of trace, debug, info, notice, warning, error, critical")
             }
             c.logLevel = v },
-        Key(name: "max_connections", help: "open HTTP connections before new ones get 503") { c, v in
-            c.http.maxConnections = try integer(v, key: "max_connections", min: 1) },
-        Key(name: "max_header_bytes", help: "request line + header bytes before 431") { c, v in
-            c.http.maxHeaderBytes = try integer(v, key: "max_header_bytes", min: 256) },
-        Key(name: "max_body_bytes", help: "request body bytes before 413") { c, v in
-            c.http.maxBodyBytes = try integer(v, key: "max_body_bytes", min: 0) },
-        Key(name: "header_timeout", help: "time to receive a request's headers (e.g. 10s)") { c, v in
-            c.http.headerTimeout = try duration(v, key: "header_timeout") },
-        Key(name: "body_timeout", help: "time to receive a request's body after its headers") { c, v in
-            c.http.bodyTimeout = try duration(v, key: "body_timeout") },
-        Key(name: "idle_timeout", help: "idle keep-alive connections close after this") { c, v in
-            c.http.idleTimeout = try duration(v, key: "idle_timeout") },
-        Key(name: "shutdown_grace", help: "time in-flight requests get to finish on SIGTERM") { c, v in
-            c.shutdownGrace = try duration(v, key: "shutdown_grace") },
-        Key(name: "trusted_keys", help: "comma-separated publisher public key files; snapshots must be signed by one") { c, v in
-            c.trustedKeys = v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
-        Key(name: "retain_versions", help: "versions kept per model besides aliased ones") { c, v in
-            c.retainVersions = try integer(v, key: "retain_versions", min: 1) },
-        Key(name: "seeds", help: "comma-separated peer addresses of nodes to join through") { c, v in
-            c.seeds = try v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-                .map { try address($0, key: "seeds") } },
-        Key(name: "node_name", help: "the name operators see (default: the host name)") { c, v in c.nodeName = v },
-        Key(name: "zone", help: "failure domain (rack, room, zone) for placement") { c, v in c.zone = v },
-        Key(name: "advertise_host", help: "host other nodes reach this one at, when peer_addr binds 0.0.0.0") { c, v in
-            c.advertiseHost = v },
-        Key(name: "cluster_key_file", help: "AES key file for gossip (default <data_dir>/cluster.key, created if absent)") { c, v in
-            c.clusterKeyFile = v },
-        Key(name: "memory_budget", help: "bytes loaded models may hold before LRU eviction (e.g. 2GiB, 512MiB)") { c, v in
-            c.serving.memoryBudget = try byteSize(v, key: "memory_budget") },
-        Key(name: "model_concurrency", help: "calls of one model running at once on the worker pool") { c, v in
-            c.serving.modelConcurrency = try integer(v, key: "model_concurrency", min: 1) },
-        Key(name: "model_queue", help: "calls of one model waiting to start before 429") { c, v in
-            c.serving.modelQueue = try integer(v, key: "model_queue", min: 0) },
-        Key(name: "default_deadline", help: "deadline of a call without a Kaa-Deadline-Ms header (e.g. 10s)") { c, v in
-            c.serving.defaultDeadline = try duration(v, key: "default_deadline") },
-        Key(name: "inline_threshold", help: "models whose calls measure under this run on the event loop itself (e.g. 100us; 0 never)") { c, v in
-            c.serving.inlineThreshold = v == "0" ? .zero : v.hasSuffix("us") ? .microseconds(try integer(String(v.dropLast(2)), key: "inline_threshold", min: 0))
-                : try duration(v, key: "inline_threshold") },
-        Key(name: "pinned_models", help: "comma-separated models (name or name@version) loaded at start, never evicted") { c, v in
-            c.serving.pinned = v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
-        Key(name: "gossip_plaintext", help: "true to gossip unencrypted (trusted networks and tests only)") { c, v in
-            guard let b = Bool(v) else { throw ConfigError("gossip_plaintext `\(v)` must be true or false") }
-            c.gossipPlaintext = b },
+        .text("node_name", "the name operators see, as in `kaa members`", \.nodeName),
+        .text("zone", "failure domain (rack, room, zone) for placement; may be empty", \.zone),
+        Key("seeds", "peer addresses (HOST:PORT,...) to join through; none on the first node",
+            show: { $0.seeds.isEmpty ? nil : $0.seeds.map(\.description).joined(separator: ",") }) { c, v throws(ConfigError) in
+            var seeds: [HostPort] = []
+            for item in NodeConfig.items(v) { seeds.append(try NodeConfig.address(item, key: "seeds")) }
+            c.seeds = seeds },
+        .optionalText("advertise_host", "host other nodes reach this one at, when peer_addr binds 0.0.0.0", \.advertiseHost),
+        .optionalText("cluster_key_file", "cluster key file (unset: <data_dir>/cluster.key, made if absent)", \.clusterKeyFile),
+        .flag("gossip_plaintext", "true to gossip unencrypted (trusted networks and tests only)", \.gossipPlaintext),
+
+        .integer("max_connections", "open HTTP connections before new ones get 503", \.http.maxConnections, min: 1),
+        .integer("max_header_bytes", "request line + header bytes before 431", \.http.maxHeaderBytes, min: 256),
+        .bytes("max_body_bytes", "request body bytes before 413 (snapshot uploads excepted)", \.http.maxBodyBytes),
+        .duration("header_timeout", "time to receive a request's headers", \.http.headerTimeout),
+        .duration("body_timeout", "time to receive a request's body after its headers", \.http.bodyTimeout),
+        .duration("idle_timeout", "idle keep-alive connections close after this", \.http.idleTimeout),
+        .duration("shutdown_grace", "time in-flight requests get to finish on SIGTERM", \.shutdownGrace, allowZero: true),
+
+        .list("trusted_keys", "publisher .pub files (comma-separated); snapshots must be signed by one", \.trustedKeys),
+        .integer("retain_versions", "versions kept per model besides aliased ones", \.retainVersions, min: 1),
+
+        .bytes("memory_budget", "bytes loaded models may hold before LRU eviction", \.serving.memoryBudget),
+        .list("pinned_models", "models (name or name@version, comma-separated) loaded at start, kept", \.serving.pinned),
+        .integer("model_concurrency", "calls of one model running at once (default: the core count)",
+                 \.serving.modelConcurrency, min: 1),
+        .integer("model_queue", "calls of one model waiting to start before 429", \.serving.modelQueue, min: 0),
+        .duration("default_deadline", "deadline of a call without a Kaa-Deadline-Ms header", \.serving.defaultDeadline),
+        .duration("max_deadline", "longest deadline a call may ask for; a larger one is cut to it", \.serving.maxDeadline),
+        .integer("max_call_rows", "rows (first dimension) of one input of a call; past it 400", \.serving.callLimits.maxRows, min: 1),
+        .integer("max_call_elements", "elements of all inputs of a call together; past it 400",
+                 \.serving.callLimits.maxElements, min: 1),
+        .duration("load_retry_after", "after a failed load, calls get 503 this long before a retry",
+                  \.serving.loadRetryAfter, allowZero: true),
+        .duration("inline_threshold", "calls measuring under this run on the event loop (0: never)",
+                  \.serving.inlineThreshold, allowZero: true),
     ]
+
+    /// The settings as `kaa node --help` lists them: flag, help, default, environment variable.
+    public static var settingsHelp: String {
+        keys.map { key in
+            let shown = key.defaultValue.map { $0.isEmpty ? "empty" : $0 } ?? "unset"
+            return "  \(key.flag) (\(key.environmentVariable), default \(shown))\n        \(key.help)"
+        }.joined(separator: "\n")
+    }
+
+    /// Reads `--key value` and `--key=value` pairs (the flags of ``keys``) into values by key name.
+    public static func flagValues(_ arguments: [String]) throws(ConfigError) -> [String: String] {
+        var values: [String: String] = [:]
+        var i = 0
+        while i < arguments.count {
+            let argument = arguments[i]
+            i += 1
+            guard argument.hasPrefix("--") else {
+                throw ConfigError("unexpected argument `\(argument)`; settings are given as --key value (see kaa node --help)")
+            }
+            var flag = argument, value: String?
+            if let eq = argument.firstIndex(of: "=") {
+                flag = String(argument[..<eq])
+                value = String(argument[argument.index(after: eq)...])
+            }
+            guard let key = keys.first(where: { $0.flag == flag }) else {
+                let near = keys.map(\.flag).min { editDistance($0, flag) < editDistance($1, flag) }
+                    .flatMap { editDistance($0, flag) <= 3 ? $0 : nil }
+                throw ConfigError("unknown option \(flag)\(near.map { "; did you mean \($0)?" } ?? "") (kaa node --help lists every setting)")
+            }
+            if value == nil {
+                guard i < arguments.count else { throw ConfigError("\(flag) needs a value") }
+                value = arguments[i]
+                i += 1
+            }
+            values[key.name] = value
+        }
+        return values
+    }
 
     /// Builds the configuration from a YAML file, the environment and flag values (by key name).
     public static func load(file: String?, environment: [String: String],
@@ -159,33 +237,91 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
     public init(_ description: String) { self.description = description }
 }
 
-private func address(_ text: String, key: String) throws(ConfigError) -> HostPort {
-    do { return try HostPort(parsing: text) } catch { throw ConfigError("\(key): \(error.description)") }
-}
-
-private func integer(_ text: String, key: String, min: Int) throws(ConfigError) -> Int {
-    guard let value = Int(text.replacingOccurrences(of: "_", with: "")), value >= min else {
-        throw ConfigError("\(key) `\(text)` must be a whole number of at least \(min)")
+extension NodeConfig {
+    static func address(_ text: String, key: String) throws(ConfigError) -> HostPort {
+        do { return try HostPort(parsing: text) } catch { throw ConfigError("\(key): \(error.description)") }
     }
-    return value
-}
 
-/// Parses `1048576`, `512KiB`, `64MiB`, `2GiB` (also KB/MB/GB as powers of 1000).
-func byteSize(_ text: String, key: String) throws(ConfigError) -> Int {
-    let units: [(String, Int)] = [("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40),
-                                  ("KB", 1000), ("MB", 1_000_000), ("GB", 1_000_000_000), ("B", 1)]
-    for (suffix, factor) in units where text.hasSuffix(suffix) {
-        if let n = Int(text.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), n >= 0 { return n * factor }
+    static func items(_ text: String) -> [String] {
+        text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
     }
-    if let n = Int(text), n >= 0 { return n }
-    throw ConfigError("\(key) `\(text)` is not a size; write it like 2GiB, 512MiB or 1048576")
-}
 
-/// Parses `250ms`, `10s`, `2m`, `1h`.
-func duration(_ text: String, key: String) throws(ConfigError) -> Duration {
-    let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
-    for (suffix, ms) in units where text.hasSuffix(suffix) {
-        if let n = Int64(text.dropLast(suffix.count)), n >= 0 { return .milliseconds(n * ms) }
+    static func integer(_ text: String, key: String, min: Int, max: Int = .max) throws(ConfigError) -> Int {
+        guard let value = Int(text.replacingOccurrences(of: "_", with: "")), value >= min, value <= max else {
+            throw ConfigError("\(key) `\(text)` must be a whole number of at least \(min)\(max == .max ? "" : " and at most \(max)")")
+        }
+        return value
     }
-    throw ConfigError("\(key) `\(text)` is not a duration; write it like 500ms, 10s, 2m or 1h")
+
+    static let byteUnits: [(String, Int)] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10),
+                                              ("KB", 1000), ("MB", 1_000_000), ("GB", 1_000_000_000), ("B", 1)]
+
+    /// Parses `1048576`, `512KiB`, `64MiB`, `2GiB` (also KB/MB/GB as powers of 1000).
+    static func byteSize(_ text: String, key: String, min: Int = 0) throws(ConfigError) -> Int {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        var number = Substring(trimmed), factor = 1
+        for (suffix, f) in byteUnits where trimmed.hasSuffix(suffix) {
+            number = trimmed.dropLast(suffix.count)
+            factor = f
+            break
+        }
+        guard let n = Int(number.trimmingCharacters(in: .whitespaces)), n >= 0 else {
+            throw ConfigError("\(key) `\(text)` is not a size; write it like 2GiB, 512MiB or 1048576")
+        }
+        let (bytes, overflow) = n.multipliedReportingOverflow(by: factor)
+        guard !overflow else { throw ConfigError("\(key) `\(text)` is too large") }
+        guard bytes >= min else { throw ConfigError("\(key) `\(text)` must be at least \(showBytes(min))") }
+        return bytes
+    }
+
+    /// Parses `100us`, `250ms`, `10s`, `2m`, `1h` (and `0`, where zero is allowed).
+    static func duration(_ text: String, key: String, allowZero: Bool = false) throws(ConfigError) -> Duration {
+        if allowZero && text == "0" { return .zero }
+        let units: [(String, Int64)] = [("us", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000),
+                                        ("m", 60_000_000_000), ("h", 3_600_000_000_000)]
+        for (suffix, ns) in units where text.hasSuffix(suffix) {
+            // `ms` ends in `s` too: the longer suffixes come first.
+            guard let n = Int64(text.dropLast(suffix.count)), n >= 0 else { break }
+            let (total, overflow) = n.multipliedReportingOverflow(by: ns)
+            guard !overflow, total <= 366 * 86_400 * 1_000_000_000 else {
+                throw ConfigError("\(key) `\(text)` is longer than a year")
+            }
+            guard total > 0 || allowZero else { throw ConfigError("\(key) `\(text)` must be longer than zero") }
+            return .nanoseconds(total)
+        }
+        throw ConfigError("\(key) `\(text)` is not a duration; write it like 500ms, 10s, 2m or 1h")
+    }
+
+    /// Levenshtein distance, for suggesting the setting a misspelt flag meant.
+    static func editDistance(_ a: String, _ b: String) -> Int {
+        let a = Array(a.utf8), b = Array(b.utf8)
+        var row = Array(0...b.count)
+        for i in 1...max(1, a.count) where !a.isEmpty {
+            var previous = row[0]
+            row[0] = i
+            for j in 1...max(1, b.count) where !b.isEmpty {
+                let current = row[j]
+                row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] == b[j - 1] ? 0 : 1))
+                previous = current
+            }
+        }
+        return a.isEmpty ? b.count : row[b.count]
+    }
+
+    static func showBytes(_ n: Int) -> String {
+        for (suffix, factor) in byteUnits where factor >= 1 << 10 && suffix.hasSuffix("iB") && n >= factor && n % factor == 0 {
+            return "\(n / factor)\(suffix)"
+        }
+        return String(n)
+    }
+
+    static func showDuration(_ d: Duration) -> String {
+        let ns = d.nanosecondsClamped
+        if ns == 0 { return "0" }
+        for (suffix, unit) in [("h", Int64(3_600_000_000_000)), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)]
+        where ns % unit == 0 {
+            return "\(ns / unit)\(suffix)"
+        }
+        return "\(ns)ns"
+    }
 }

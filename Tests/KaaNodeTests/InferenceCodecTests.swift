@@ -165,7 +165,7 @@ import Testing
                      TensorSignature(name: "text", dtype: .string, shape: nil)]
         let (body, header) = InferenceCodec.encodeResponse(modelName: "m", modelVersion: 12, request: request, outputs: outputs, order: order)
         #expect(header == nil)
-        #expect(String(decoding: body, as: UTF8.self) == #"{"model_name":"m","model_version":"12","id":"a\"b\n","outputs":[{"name":"label","datatype":"INT64","shape":[2],"data":[-12,3]},{"name":"p","datatype":"FP32","shape":[2,2],"parameters":{"map_keys":[0,1]},"data":[0.25,1,1e-08,null]},{"name":"text","datatype":"BYTES","shape":[1],"data":["x\u0001y"]}]}"#)
+        #expect(String(decoding: body, as: UTF8.self) == #"{"model_name":"m","model_version":"12","id":"a\"b\n","outputs":[{"name":"label","datatype":"INT64","shape":[2],"data":[-12,3]},{"name":"p","datatype":"FP32","shape":[2,2],"parameters":{"map_keys":[0,1],"non_finite_as_null":true},"data":[0.25,1,1e-08,null]},{"name":"text","datatype":"BYTES","shape":[1],"data":["x\u0001y"]}]}"#)
 
         // Binary outputs, in the order asked for, a missing name skipped without a stray comma.
         let binary = InferRequest(id: nil, inputs: [:], outputs: [("nope", false), ("p", true), ("label", false)], binaryByDefault: false, batchSize: 2)

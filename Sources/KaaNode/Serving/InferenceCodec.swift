@@ -48,17 +48,57 @@ public struct InferRequest: Sendable {
     public var batchSize: Int
 }
 
+/// What one call may ask of the node: checked while a request is parsed, before any of its
+/// tensors is allocated (node settings `max_call_rows`, `max_call_elements`).
+public struct CallLimits: Sendable {
+    /// Rows (the first dimension) of any one input.
+    public var maxRows: Int
+    /// Elements of all inputs together.
+    public var maxElements: Int
+
+    public init(maxRows: Int, maxElements: Int) {
+        self.maxRows = maxRows
+        self.maxElements = maxElements
+    }
+
+    /// 65,536 rows and 16,777,216 elements (64 MiB of FP32): more than a JSON body within the
+    /// default 16 MiB body limit can carry, while a row limit still bounds what per-row work
+    /// (text tokenizers, one-hot encoders) a small request can make the node do.
+    public static let `default` = CallLimits(maxRows: 65_536, maxElements: 1 << 24)
+
+    /// Whether `inputs` together stay within the limits.
+    func admits(_ inputs: [String: Tensor]) -> Bool {
+        var elements = 0
+        for t in inputs.values {
+            if (t.shape.first ?? 0) > maxRows { return false }
+            elements += t.count
+        }
+        return elements <= maxElements
+    }
+}
+
 /// Parses and encodes the Open Inference Protocol's REST bodies.
 public enum InferenceCodec {
     /// Parses a request body. `headerLength` is `Inference-Header-Content-Length` when the body
     /// carries binary tensor data after its JSON header.
-    public static func parseRequest(body: [UInt8], headerLength: Int?, model: Scorer) throws(InferenceInputError) -> InferRequest {
-        if headerLength == nil, let request = InferenceFastPath.parse(body, model: model) { return request }
-        return try parseGeneral(body: body, headerLength: headerLength, model: model)
+    public static func parseRequest(body: [UInt8], headerLength: Int?, model: Scorer,
+                                    limits: CallLimits = .default) throws(InferenceInputError) -> InferRequest {
+        if headerLength == nil, let request = InferenceFastPath.parse(body, model: model, limits: limits) { return request }
+        return try parseGeneral(body: body, headerLength: headerLength, model: model, limits: limits)
+    }
+
+    /// Reads the `Inference-Header-Content-Length` header: nil when absent, else a byte count.
+    public static func headerLength(_ text: String?) throws(InferenceInputError) -> Int? {
+        guard let text else { return nil }
+        guard let n = Int(text), n >= 0 else {
+            throw InferenceInputError("Inference-Header-Content-Length `\(text.prefix(40))` must be the byte length of the JSON header, a non-negative integer")
+        }
+        return n
     }
 
     /// Parses any request body through a JSON tree; names what is wrong with a bad one.
-    static func parseGeneral(body: [UInt8], headerLength: Int?, model: Scorer) throws(InferenceInputError) -> InferRequest {
+    static func parseGeneral(body: [UInt8], headerLength: Int?, model: Scorer,
+                             limits: CallLimits = .default) throws(InferenceInputError) -> InferRequest {
         let jsonEnd: Int
         if let headerLength {
             guard headerLength >= 0, headerLength <= body.count else {
@@ -80,8 +120,13 @@ public enum InferenceCodec {
         var binaryOffset = jsonEnd
         var inputs: [String: Tensor] = [:]
         var batch = -1
+        var elements = 0
         for (index, input) in inputsJSON.enumerated() {
-            let tensor = try parseInput(input, index: index, body: body, binaryOffset: &binaryOffset, model: model)
+            let tensor = try parseInput(input, index: index, body: body, binaryOffset: &binaryOffset, model: model,
+                                        limits: limits, elements: &elements)
+            guard inputs[tensor.name] == nil else {
+                throw InferenceInputError("input `\(tensor.name)` is given twice; send each input once")
+            }
             inputs[tensor.name] = tensor.tensor
             if let first = tensor.tensor.shape.first { batch = max(batch, first) }
         }
@@ -111,6 +156,9 @@ public enum InferenceCodec {
             guard let list = requested.array else { throw InferenceInputError("`outputs` must be an array") }
             for output in list {
                 guard let name = output["name"]?.string else { throw InferenceInputError("each requested output needs a `name`") }
+                guard !outputs.contains(where: { $0.name == name }) else {
+                    throw InferenceInputError("output `\(name)` is asked for twice; ask for each output once")
+                }
                 guard model.outputs.contains(where: { $0.name == name }) else {
                     throw InferenceInputError("output `\(name)` does not exist; the model has \(model.outputs.map { "`\($0.name)`" }.joined(separator: ", "))")
                 }
@@ -126,8 +174,8 @@ public enum InferenceCodec {
         }.joined(separator: ", ")
     }
 
-    private static func parseInput(_ input: JSON, index: Int, body: [UInt8], binaryOffset: inout Int,
-                                   model: Scorer) throws(InferenceInputError) -> (name: String, tensor: Tensor) {
+    private static func parseInput(_ input: JSON, index: Int, body: [UInt8], binaryOffset: inout Int, model: Scorer,
+                                   limits: CallLimits, elements: inout Int) throws(InferenceInputError) -> (name: String, tensor: Tensor) {
         guard let name = input["name"]?.string else { throw InferenceInputError("inputs[\(index)] has no `name`") }
         guard let signature = model.inputs.first(where: { $0.name == name }) else {
             throw InferenceInputError("input `\(name)` does not exist; the model needs \(describe(model.inputs))")
@@ -152,7 +200,13 @@ public enum InferenceCodec {
             let (p, o) = acc.0.multipliedReportingOverflow(by: d)
             return (p, acc.1 || o)
         }
-        guard !overflow, count <= 1 << 28 else { throw InferenceInputError("input `\(name)`: shape \(shape) is too large") }
+        guard !overflow, count <= limits.maxElements - elements else {
+            throw InferenceInputError("input `\(name)`: shape \(shape) takes the call past the node's limit of \(limits.maxElements) elements per call (max_call_elements); send fewer rows per call")
+        }
+        if let rows = shape.first, rows > limits.maxRows {
+            throw InferenceInputError("input `\(name)` has \(rows) rows; the node takes at most \(limits.maxRows) rows per call (max_call_rows); split the batch")
+        }
+        elements += count
         if let declared = signature.shape {
             guard declared.count == shape.count else {
                 throw InferenceInputError("input `\(name)` has shape \(shape) (rank \(shape.count)); the model expects rank \(declared.count): \(describe([signature]))")
@@ -165,7 +219,7 @@ public enum InferenceCodec {
         }
         let storage: Tensor.Storage
         if let size = input["parameters"]?["binary_data_size"] {
-            guard let n = size.int64, n >= 0, binaryOffset + Int(n) <= body.count else {
+            guard let n = size.int64, n >= 0, n <= Int64(body.count - binaryOffset) else {
                 throw InferenceInputError("input `\(name)`: binary_data_size \(size.int64.map(String.init) ?? size.typeName) runs past the end of the body")
             }
             let bytes = body[binaryOffset..<(binaryOffset + Int(n))]
@@ -345,7 +399,9 @@ public enum InferenceCodec {
                 }
             }
             w.raw("]")
-            if tensor.mapKeys != nil || wantsBinary {
+            // JSON has no NaN or infinity: such elements are written as null, and the output says so.
+            let nonFinite = !wantsBinary && hasNonFinite(tensor.storage)
+            if tensor.mapKeys != nil || wantsBinary || nonFinite {
                 w.raw(",\"parameters\":{")
                 if let keys = tensor.mapKeys {
                     w.raw("\"map_keys\":[")
@@ -354,8 +410,9 @@ public enum InferenceCodec {
                     case .string(let k): for (j, v) in k.enumerated() { if j > 0 { w.byte(UInt8(ascii: ",")) }; w.string(v) }
                     }
                     w.raw("]")
-                    if wantsBinary { w.byte(UInt8(ascii: ",")) }
+                    if wantsBinary || nonFinite { w.byte(UInt8(ascii: ",")) }
                 }
+                if nonFinite { w.raw("\"non_finite_as_null\":true") }
                 if wantsBinary {
                     let before = binary.count
                     appendBinary(tensor.storage, to: &binary)
@@ -391,6 +448,15 @@ public enum InferenceCodec {
         case .int32: "INT32"
         case .bool: "BOOL"
         case .string: "BYTES"
+        }
+    }
+
+    /// Whether a float tensor holds NaN or an infinity (which JSON cannot carry).
+    private static func hasNonFinite(_ storage: Tensor.Storage) -> Bool {
+        switch storage {
+        case .float32(let v): v.contains { !$0.isFinite }
+        case .float64(let v): v.contains { !$0.isFinite }
+        default: false
         }
     }
 

@@ -12,10 +12,10 @@ import KaaEngine
 /// are read by `KaaCore.JSONNumberText`, the scanner of `KaaCore.JSON` (a number that needs the
 /// C library makes it return nil), then narrowed the same way.
 enum InferenceFastPath {
-    static func parse(_ body: [UInt8], model: Scorer) -> InferRequest? {
+    static func parse(_ body: [UInt8], model: Scorer, limits: CallLimits = .default) -> InferRequest? {
         body.withUnsafeBufferPointer { buffer in
             var scanner = Scanner(bytes: buffer)
-            return scanner.request(model: model)
+            return scanner.request(model: model, limits: limits)
         }
     }
 
@@ -25,7 +25,7 @@ enum InferenceFastPath {
 
         init(bytes: UnsafeBufferPointer<UInt8>) { self.bytes = bytes }
 
-        mutating func request(model: Scorer) -> InferRequest? {
+        mutating func request(model: Scorer, limits: CallLimits) -> InferRequest? {
             guard consume(UInt8(ascii: "{")) else { return nil }
             var inputs: [String: Tensor] = [:]
             var sawInputs = false
@@ -39,7 +39,8 @@ enum InferenceFastPath {
                         sawInputs = true
                         if !consume(UInt8(ascii: "]")) {
                             repeat {
-                                guard let (name, tensor) = input(model: model) else { return nil }
+                                // A repeated input name is refused by the general path.
+                                guard let (name, tensor) = input(model: model, limits: limits), inputs[name] == nil else { return nil }
                                 inputs[name] = tensor
                                 if let first = tensor.shape.first { batch = max(batch, first) }
                             } while consume(UInt8(ascii: ","))
@@ -58,6 +59,7 @@ enum InferenceFastPath {
             skipSpace()
             guard i == bytes.count, sawInputs else { return nil }
             for signature in model.inputs where inputs[signature.name] == nil && model.defaults[signature.name] == nil { return nil }
+            guard limits.admits(inputs) else { return nil }
             let json = JSON.object(others)
             let id: String?
             let outputs: [(name: String, binary: Bool)], binaryByDefault: Bool
@@ -72,7 +74,7 @@ enum InferenceFastPath {
 
         /// One input object, fully validated against the model; nil for anything the general
         /// path must handle or refuse.
-        mutating func input(model: Scorer) -> (String, Tensor)? {
+        mutating func input(model: Scorer, limits: CallLimits) -> (String, Tensor)? {
             guard consume(UInt8(ascii: "{")) else { return nil }
             var name: String?, datatype: String?, shape: [Int]?, data: Range<Int>?
             var storage: Tensor.Storage?
@@ -88,7 +90,7 @@ enum InferenceFastPath {
                         guard data == nil, storage == nil else { return nil }
                         // Read in place when the members it depends on came first (the usual
                         // order); else find its end now and read it once they are known.
-                        if let name, let datatype, let shape, let (count, dtype) = Self.expect(name, datatype, shape, model) {
+                        if let name, let datatype, let shape, let (count, dtype) = Self.expect(name, datatype, shape, model, limits) {
                             guard let s = numbers(count: count, dtype: dtype) else { return nil }
                             storage = s
                         } else {
@@ -103,7 +105,7 @@ enum InferenceFastPath {
                 } while consume(UInt8(ascii: ","))
                 guard consume(UInt8(ascii: "}")) else { return nil }
             }
-            guard let name, let datatype, let shape, let (count, dtype) = Self.expect(name, datatype, shape, model) else { return nil }
+            guard let name, let datatype, let shape, let (count, dtype) = Self.expect(name, datatype, shape, model, limits) else { return nil }
             if storage == nil {
                 guard let data else { return nil }
                 var values = Scanner(bytes: UnsafeBufferPointer(rebasing: bytes[data]))
@@ -114,8 +116,8 @@ enum InferenceFastPath {
         }
 
         /// The element count and dtype of an input named `name` with this datatype and shape, when
-        /// the model takes it as a float tensor of that shape; nil otherwise.
-        static func expect(_ name: String, _ datatype: String, _ shape: [Int], _ model: Scorer) -> (Int, DType)? {
+        /// the model takes it as a float tensor of that shape within `limits`; nil otherwise.
+        static func expect(_ name: String, _ datatype: String, _ shape: [Int], _ model: Scorer, _ limits: CallLimits) -> (Int, DType)? {
             guard let signature = model.inputs.first(where: { $0.name == name }),
                   let dtype = OIPDatatype.dtype(datatype), dtype == .float32 || dtype == .float64,
                   signature.dtype == nil || signature.dtype == dtype else { return nil }
@@ -125,7 +127,7 @@ enum InferenceFastPath {
                 guard !overflow else { return nil }
                 count = p
             }
-            guard count <= 1 << 28 else { return nil }
+            guard count <= limits.maxElements, (shape.first ?? 0) <= limits.maxRows else { return nil }
             if let declared = signature.shape {
                 guard declared.count == shape.count else { return nil }
                 for (d, got) in zip(declared, shape) {
@@ -175,7 +177,8 @@ enum InferenceFastPath {
         mutating func flatNumbers<T>(count: Int, as: T.Type, _ convert: (Double) -> T) -> [T]? {
             guard consume(UInt8(ascii: "[")) else { return nil }
             var out: [T] = []
-            out.reserveCapacity(count)
+            // Each number takes at least two bytes of the body (a digit and a comma).
+            out.reserveCapacity(min(count, (bytes.count - i) / 2 + 1))
             if !consume(UInt8(ascii: "]")) {
                 repeat {
                     skipSpace()

@@ -6,7 +6,8 @@ import KaaSnapshot
 import Logging
 
 /// Serving settings (node config keys `memory_budget`, `model_concurrency`, `model_queue`,
-/// `default_deadline`, `pinned_models`).
+/// `default_deadline`, `max_deadline`, `pinned_models`, `max_call_rows`, `max_call_elements`,
+/// `load_retry_after`).
 public struct ServingConfig: Sendable {
     /// Bytes loaded models may hold before the least recently used unpinned ones are evicted.
     public var memoryBudget = 2 << 30
@@ -16,6 +17,13 @@ public struct ServingConfig: Sendable {
     public var modelQueue = 64
     /// The deadline of a call that sends no `Kaa-Deadline-Ms` header.
     public var defaultDeadline: Duration = .seconds(10)
+    /// The longest deadline a call may ask for; a larger `Kaa-Deadline-Ms` is cut to it.
+    public var maxDeadline: Duration = .seconds(300)
+    /// Rows and elements one call may send.
+    public var callLimits = CallLimits.default
+    /// After a model fails to load, calls get 503 with the reason for this long before the
+    /// next call tries again (a repository load request, or a new upload of it, tries at once).
+    public var loadRetryAfter: Duration = .seconds(30)
     /// Models (`name` or `name@version`) loaded at start and at publish, never evicted.
     public var pinned: [String] = []
     /// Calls whose measured run time stays under this run on the loop itself (no hand-off).
@@ -105,6 +113,8 @@ public final class ModelServer {
     private var sortedNamesCache: [String]?
     private var loaded: [SnapshotID: LoadedModel] = [:]
     private var loading: [SnapshotID: [(Result<LoadedModel, ServeError>) -> Void]] = [:]
+    /// Versions whose last load failed: the error, and when the next call may try again.
+    private var failedLoads: [SnapshotID: (error: ServeError, retryAt: UInt64)] = [:]
     /// Versions an operator unloaded through the repository API: not served until loaded again.
     private var unloaded: Set<SnapshotID> = []
     private var loadedBytes = 0
@@ -150,11 +160,13 @@ public final class ModelServer {
             known.versions.sort()
         }
         models[id.name] = known
+        failedLoads[id] = nil
         metrics.registered.set(Double(registeredCount))
         if isPinned(id) { ensureLoaded(id) { _ in } }
     }
 
     func removed(_ id: SnapshotID) {
+        failedLoads[id] = nil
         models[id.name]?.versions.removeAll { $0 == id.version }
         if models[id.name]?.versions.isEmpty == true { models[id.name] = nil }
         if let m = loaded[id], m.running == 0, m.queued == 0 { evict(m, reason: "removed") }
@@ -223,6 +235,14 @@ public final class ModelServer {
             loading[id]!.append(done)
             return
         }
+        if let failed = failedLoads[id] {
+            let now = loop.nowNanoseconds
+            if now < failed.retryAt {
+                let seconds = (failed.retryAt - now + 999_999_999) / 1_000_000_000
+                return done(.failure(ServeError(failed.error.status, failed.error.message + "; the next try is in \(seconds) s (or POST /v2/repository/models/\(id.name)/load)")))
+            }
+            failedLoads[id] = nil
+        }
         loading[id] = [done]
         let store = self.store
         let started = DispatchTime.now().uptimeNanoseconds
@@ -237,7 +257,7 @@ public final class ModelServer {
                         policy: VerificationPolicy(trustedKeys: store.configuration.trustedKeys, expectedDigest: record.digest))
                     guard let bytes = files[archive.manifest.model] else {
                         store.releaseLease(lease)
-                        return .failure(ServeError(.internalServerError, "\(id): the archive has no model file `\(archive.manifest.model)`"))
+                        return .failure(ServeError(.serviceUnavailable, "\(id): the archive has no model file `\(archive.manifest.model)`"))
                     }
                     let model = try Model(onnx: Data(bytes))
                     let pipeline = try archive.manifest.pipeline.map { text throws(PipelineError) in try Pipeline(yaml: text) }
@@ -247,13 +267,13 @@ public final class ModelServer {
                     throw error
                 }
             } catch let error as SnapshotError {
-                return .failure(ServeError(.internalServerError, "cannot load \(id): \(error.message)"))
+                return .failure(ServeError(.serviceUnavailable, "cannot load \(id): \(error.message)"))
             } catch let error as EngineError {
-                return .failure(ServeError(.internalServerError, "cannot load \(id): \(error.message)"))
+                return .failure(ServeError(.serviceUnavailable, "cannot load \(id): \(error.message)"))
             } catch let error as PipelineError {
-                return .failure(ServeError(.internalServerError, "cannot load \(id): its pipeline: \(error.message)"))
+                return .failure(ServeError(.serviceUnavailable, "cannot load \(id): its pipeline: \(error.message)"))
             } catch {
-                return .failure(ServeError(.internalServerError, "cannot load \(id): \(error)"))
+                return .failure(ServeError(.serviceUnavailable, "cannot load \(id): \(error)"))
             }
         }) { [self] result in
             let waiting = loading.removeValue(forKey: id) ?? []
@@ -274,6 +294,9 @@ public final class ModelServer {
                 evictOverBudget(keeping: id)
                 for w in waiting { w(.success(m)) }
             case .failure(let error):
+                if error.status != .notFound {
+                    failedLoads[id] = (error, loop.nowNanoseconds &+ UInt64(max(0, config.loadRetryAfter.nanosecondsClamped)))
+                }
                 metrics.loadFailures.increment()
                 logger.error("model load failed", metadata: ["snapshot.id": "\(id)", "error": "\(error.message)"])
                 for w in waiting { w(.failure(error)) }
@@ -311,6 +334,7 @@ public final class ModelServer {
     /// Repository API: load now (and serve again after an unload).
     func load(_ id: SnapshotID, _ done: @escaping (Result<LoadedModel, ServeError>) -> Void) {
         unloaded.remove(id)
+        failedLoads[id] = nil
         ensureLoaded(id, done)
     }
 
@@ -337,16 +361,16 @@ public final class ModelServer {
     /// Serves one `POST .../infer`.
     func infer(_ request: HTTPRequest, name: String, version: String?, responder: HTTPResponder) {
         let start = loop.nowNanoseconds
-        let deadlineMs: UInt64
+        var deadlineMs = config.defaultDeadline.millisecondsRoundedUp
         if let header = request.headers["kaa-deadline-ms"] {
             guard let ms = UInt64(header), ms > 0 else {
-                return responder.respond(.error(.badRequest, "Kaa-Deadline-Ms `\(header)` must be a positive number of milliseconds"))
+                return responder.respond(.error(.badRequest, "Kaa-Deadline-Ms `\(header.prefix(40))` must be a positive number of milliseconds"))
             }
             deadlineMs = ms
-        } else {
-            deadlineMs = config.defaultDeadline.millisecondsRoundedUp
         }
-        let deadline = start + deadlineMs * 1_000_000
+        // Cut to `max_deadline`, which also keeps the sum below from overflowing.
+        deadlineMs = min(deadlineMs, config.maxDeadline.millisecondsRoundedUp, UInt64.max / 2_000_000)
+        let deadline = start &+ deadlineMs * 1_000_000
         let id: SnapshotID
         do { id = try resolve(name: name, version: version) } catch {
             // Names that exist nowhere share one series, so a client's typos take no per-model slots.
@@ -378,8 +402,8 @@ public final class ModelServer {
         do {
             parsed = try InferenceCodec.parseRequest(
                 body: request.body,
-                headerLength: request.headers["inference-header-content-length"].flatMap(Int.init),
-                model: m.scorer)
+                headerLength: try InferenceCodec.headerLength(request.headers["inference-header-content-length"]),
+                model: m.scorer, limits: config.callLimits)
         } catch {
             metrics.record(model: m.id.name, status: .badRequest, seconds: 0)
             return responder.respond(.error(.badRequest, "\(m.id): \(error)"))
