@@ -146,7 +146,10 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "KaaNodeTests",
-            dependencies: ["KaaNode", "KaaIO", "KaaSnapshot", "KaaEngine", "KaaTestSupport"],
+            dependencies: [
+                "KaaNode", "KaaIO", "KaaSnapshot", "KaaEngine", "KaaCluster", "KaaTestSupport",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
             swiftSettings: strict),
     ]
 )

@@ -26,7 +26,13 @@ public final class EventLoop: @unchecked Sendable {
     public let name: String
 
     /// Starts a loop on a new thread named `name`.
+    /// A write to a socket the peer has reset raises SIGPIPE, whose default action ends the
+    /// process; libuv reports the error (EPIPE) to the writer instead once it is ignored. Set
+    /// once, before the first loop runs.
+    private static let ignoreBrokenPipes: Void = { signal(SIGPIPE, SIG_IGN) }()
+
     public static func start(name: String = "kaa-loop") -> EventLoop {
+        ignoreBrokenPipes
         let loop = EventLoop(name: name)
         let started = DispatchSemaphore(value: 0)
         let thread = Thread { [loop] in

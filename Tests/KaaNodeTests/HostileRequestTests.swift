@@ -116,4 +116,21 @@ import Testing
             #expect(ServingTests.value("kaa_model_load_failures_total", in: try ServingTests.metrics(c)) == 2)
         }
     }
+
+    @Test func clientsThatResetWhileTheirAnswersAreWrittenDoNotKillTheNode() throws {
+        try HostileRequestTests.withNode { _, port, _, _ in
+            // Many answers asked for, the client's half closed (FIN), then the socket closed with
+            // answers unread (RST): the node's next write meets a socket the peer closed, which
+            // raises SIGPIPE (and ends the process) unless the node ignores it.
+            let rows = Array(repeating: "[5.1,3.5,1.4,0.2]", count: 2_000).joined(separator: ",")
+            let request = ServingTests.request("/v2/models/iris/infer",
+                #"{"inputs":[{"name":"input","shape":[2000,4],"datatype":"FP32","data":[\#(rows)]}]}"#)
+            for _ in 0..<20 {
+                let c = try RawSocket(port: port)
+                try c.send(String(repeating: request, count: 16))
+                Glibc.shutdown(c.fd, Int32(SHUT_WR))
+                _ = try? c.readSome() // the first answers are on their way; the rest stay unread
+            }
+        }
+    }
 }
