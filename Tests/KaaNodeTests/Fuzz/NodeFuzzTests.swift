@@ -25,6 +25,8 @@ import Testing
         let corpus = try target.requestCorpus()
         var m = Mutator(seed: 0x5eed_0001)
         var fiveHundreds: [String] = []
+        var statuses: [Int: Int] = [:]
+        defer { print("fuzz request statuses (0: closed without an answer): \(statuses.sorted { $0.key < $1.key })") }
         let cases = 1_500 * NodeFuzzTests.scale
         for i in 0..<cases {
             let base = m.pick(corpus)
@@ -34,7 +36,9 @@ import Testing
             case 2: request = base.with(header: m.pick(FuzzRequest.hostileHeaders(&m)))
             default: request = m.mutate(base.bytes, donors: corpus.map(\.bytes))
             }
-            if let status = try target.exchange(request), status == 500 {
+            let status = try target.exchange(request)
+            statuses[status ?? 0, default: 0] += 1
+            if status == 500 {
                 fiveHundreds.append("case \(i): \(String(decoding: request.prefix(300), as: UTF8.self))")
             }
             if i % 100 == 99 { try target.checkAlive("request case \(i) (seed 0x5eed0001)") }
