@@ -91,15 +91,14 @@ public final class Node: Sendable {
         var router = HTTPRouter()
         Node.addHealthRoutes(to: &router, ready: readyFlag)
         let metrics = ServingMetrics()
-        let catalog = try ModelServer.catalog(from: store)
+        let catalog = try ModelRegistry.load(from: store)
         let serving = loop.runBlocking { [loop, store, config, logger] in
-            let server = ModelServer(loop: loop, store: store, config: config.serving, metrics: metrics, logger: logger)
-            server.install(catalog)
+            let server = ModelServer(loop: loop, store: store, registry: catalog, config: config.serving, metrics: metrics, logger: logger)
             server.loadPinned()
             readiness.value.mark(.store)
             return LoopBound(server, loop: loop)
         }
-        InferenceAPI(server: serving, metrics: metrics, store: store).addRoutes(to: &router)
+        InferenceAPI(server: serving, metrics: metrics, store: store, config: config.serving).addRoutes(to: &router)
         let snapshots = SnapshotAPI(store: store, loop: loop, logger: logger) { event in
             switch event {
             case .stored(let id): serving.value.stored(id)
@@ -176,7 +175,7 @@ public final class Node: Sendable {
         logger.info("node started", metadata: [
             "http.addr": "\(http.localAddress)", "peer.addr": "\(peer.localAddress)",
             "data.dir": "\(config.dataDir)", "kaa.version": "\(KaaVersion.string)",
-            "snapshots": "\(catalog.values.reduce(0) { $0 + $1.versions.count })",
+            "snapshots": "\(catalog.versionCount)",
         ])
     }
 

@@ -4,22 +4,22 @@ import KaaEngine
 import KaaIO
 import KaaSnapshot
 
-/// The Open Inference Protocol (KServe v2) REST routes, the repository extension and `/metrics`.
+/// The Open Inference Protocol (KServe v2) REST routes, the repository extension and `/metrics`:
+/// the HTTP edge of the call path. An infer request becomes an ``InferenceCall``; its result
+/// becomes the HTTP answer.
 struct InferenceAPI: Sendable {
     let server: LoopBound<ModelServer>
     let metrics: ServingMetrics
     let store: SnapshotStore
+    let config: ServingConfig
 
     func addRoutes(to router: inout HTTPRouter) {
         let api = self
         router.add(.post, "/v2/models/{name}/infer") { request, responder in
-            if let refused = InferenceAPI.refuseEncodedBody(request) { return responder.respond(refused) }
-            api.server.value.infer(request, name: request.pathParameters["name"]!, version: nil, responder: responder)
+            api.infer(request, name: request.pathParameters["name"]!, version: nil, responder)
         }
         router.add(.post, "/v2/models/{name}/versions/{version}/infer") { request, responder in
-            if let refused = InferenceAPI.refuseEncodedBody(request) { return responder.respond(refused) }
-            api.server.value.infer(request, name: request.pathParameters["name"]!,
-                                   version: request.pathParameters["version"]!, responder: responder)
+            api.infer(request, name: request.pathParameters["name"]!, version: request.pathParameters["version"]!, responder)
         }
         router.add(.get, "/v2/models/{name}") { request, responder in
             api.metadata(name: request.pathParameters["name"]!, version: nil, responder)
@@ -41,6 +41,7 @@ struct InferenceAPI: Sendable {
             for (name, versions) in server.allModels {
                 for v in versions {
                     let id = SnapshotID(validName: name, version: v)
+                    let cache = server.cache
                     if !first { w.raw(",") }
                     first = false
                     w.raw("{\"name\":")
@@ -48,10 +49,10 @@ struct InferenceAPI: Sendable {
                     w.raw(",\"version\":\"")
                     w.integer(v)
                     w.raw("\",\"state\":")
-                    if server.isUnloaded(id) {
+                    if cache.isUnloaded(id) {
                         w.raw("\"UNAVAILABLE\",\"reason\":\"unloaded\"}")
                     } else {
-                        w.raw(server.isLoaded(id) ? "\"READY\"}" : "\"READY\",\"reason\":\"loads on first request\"}")
+                        w.raw(cache.isLoaded(id) ? "\"READY\"}" : "\"READY\",\"reason\":\"loads on first request\"}")
                     }
                 }
             }
@@ -62,10 +63,10 @@ struct InferenceAPI: Sendable {
             let server = api.server.value
             let name = request.pathParameters["name"]!
             let id: SnapshotID
-            do { id = try server.resolve(name: name, version: nil) } catch {
+            do throws(CallError) { id = try server.resolve(name: name, version: nil) } catch {
                 return responder.respond(InferenceAPI.answer(for: error))
             }
-            server.load(id) { result in
+            server.cache.load(id) { result in
                 switch result {
                 case .success: responder.respond(HTTPResponse(status: .ok))
                 case .failure(let error): responder.respond(InferenceAPI.answer(for: error))
@@ -75,7 +76,7 @@ struct InferenceAPI: Sendable {
         router.add(.post, "/v2/repository/models/{name}/unload") { request, responder in
             let server = api.server.value
             let name = request.pathParameters["name"]!
-            for v in server.versions(of: name) { server.unload(SnapshotID(validName: name, version: v)) }
+            for v in server.versions(of: name) { server.cache.unload(SnapshotID(validName: name, version: v)) }
             if server.versions(of: name).isEmpty {
                 return responder.respond(.error(.notFound, "model `\(name)` does not exist"))
             }
@@ -97,16 +98,51 @@ struct InferenceAPI: Sendable {
                       "Content-Encoding `\(encoding)` is not supported; send the request body uncompressed")
     }
 
-    static func answer(for error: any Error) -> HTTPResponse {
-        if let e = error as? ServeError { return .error(e.status, e.message) }
-        return .error(.internalServerError, "\(error)")
+    /// Turns an infer request into a call for the model server, answering at once what is
+    /// wrong with the request's HTTP form.
+    private func infer(_ request: HTTPRequest, name: String, version: String?, _ responder: HTTPResponder) {
+        if let refused = InferenceAPI.refuseEncodedBody(request) { return responder.respond(refused) }
+        let server = self.server.value
+        let now = server.loop.nowNanoseconds
+        var deadlineMs = config.defaultDeadline.millisecondsRoundedUp
+        if let header = request.headers["kaa-deadline-ms"] {
+            guard let ms = UInt64(header), ms > 0 else {
+                return responder.respond(.error(.badRequest, "Kaa-Deadline-Ms `\(header.prefix(40))` must be a positive number of milliseconds"))
+            }
+            deadlineMs = ms
+        }
+        // Cut to `max_deadline`, which also keeps the sum below from overflowing.
+        deadlineMs = min(deadlineMs, config.maxDeadline.millisecondsRoundedUp, UInt64.max / 2_000_000)
+        let headerLength: Int?
+        do { headerLength = try InferenceCodec.headerLength(request.headers["inference-header-content-length"]) } catch {
+            return responder.respond(.error(.badRequest, error.description))
+        }
+        let call = InferenceCall(model: name, version: version, body: request.body, headerLength: headerLength,
+                                 received: now, deadline: now &+ deadlineMs * 1_000_000)
+        server.call(call, CallCompletion(HTTPCallSink(responder: responder), label: name))
+    }
+
+    /// The HTTP status for each call error.
+    static func status(for code: CallError.Code) -> HTTPStatus {
+        switch code {
+        case .badRequest: .badRequest
+        case .notFound: .notFound
+        case .unavailable, .shuttingDown: .serviceUnavailable
+        case .overloaded: .tooManyRequests
+        case .deadlineExceeded: .gatewayTimeout
+        default: .internalServerError
+        }
+    }
+
+    static func answer(for error: CallError) -> HTTPResponse {
+        .error(status(for: error.code), error.message)
     }
 
     private func ready(name: String, version: String?, _ responder: HTTPResponder) {
         let server = self.server.value
         do {
             let id = try server.resolve(name: name, version: version)
-            responder.respond(server.isUnloaded(id)
+            responder.respond(server.cache.isUnloaded(id)
                 ? .error(.serviceUnavailable, "\(id) was unloaded") : HTTPResponse(status: .ok))
         } catch {
             responder.respond(InferenceAPI.answer(for: error))
@@ -169,5 +205,27 @@ struct InferenceAPI: Sendable {
             w.raw("]}")
         }
         w.raw("]")
+    }
+}
+
+/// Answers a call over HTTP: outputs as the protocol's JSON (or JSON and binary) body, errors
+/// as `{"error": ...}` with the status of their code.
+struct HTTPCallSink: CallSink {
+    let responder: HTTPResponder
+
+    func deliver(_ result: CallResult) {
+        switch result {
+        case .success(let answer):
+            var response = HTTPResponse(status: .ok, body: answer.body)
+            if let headerLength = answer.headerLength {
+                response.headers.add("content-type", "application/octet-stream")
+                response.headers.add("inference-header-content-length", String(headerLength))
+            } else {
+                response.headers.add("content-type", "application/json")
+            }
+            responder.respond(response)
+        case .failure(let error):
+            responder.respond(InferenceAPI.answer(for: error))
+        }
     }
 }
