@@ -13,6 +13,14 @@ kaa=${KAA:-.build/release/kaa}
 mkdir -p .kaa-run
 key=.kaa-run/cluster.key
 [ -f "$key" ] || "$kaa" keys cluster --out "$key" >/dev/null
+# The control API takes bearer tokens: one admin token for this local cluster, which the kaa
+# commands below (and yours, with KAA_TOKEN_FILE) send.
+tokens=.kaa-run/tokens
+if [ ! -f .kaa-run/admin.token ] || [ ! -f "$tokens" ]; then
+  rm -f .kaa-run/admin.token "$tokens"
+  "$kaa" tokens create --scope admin --name local-admin --out .kaa-run/admin.token --append-to "$tokens" >/dev/null
+fi
+export KAA_TOKEN_FILE=.kaa-run/admin.token
 
 pids=()
 stop() {
@@ -26,7 +34,7 @@ for i in $(seq 1 "$count"); do
   http=$((base + i - 1)); peer=$((base + 876 + i - 1))
   seeds=(); [ "$i" -gt 1 ] && seeds=(--seeds "$seed")
   "$kaa" node --data-dir ".kaa-run/node-$i" --node-name "node-$i" --http-addr "127.0.0.1:$http" \
-    --peer-addr "127.0.0.1:$peer" --cluster-key-file "$key" "${seeds[@]}" \
+    --peer-addr "127.0.0.1:$peer" --cluster-key-file "$key" --tokens-file "$tokens" "${seeds[@]}" \
     2> >(sed -u "s/^/[node-$i] /" >&2) &
   pids+=($!)
 done
@@ -46,7 +54,8 @@ if [ "${KAA_SAMPLES:-1}" != 0 ]; then
 fi
 echo
 echo "local cluster of $count nodes is up: HTTP on 127.0.0.1:$base..$((base + count - 1)); Ctrl-C stops it."
-echo "try: $kaa members --to http://127.0.0.1:$base"
+echo "try: export KAA_TOKEN_FILE=$PWD/.kaa-run/admin.token   # the control API needs a token"
+echo "     $kaa members --to http://127.0.0.1:$base"
 echo "     $kaa predict iris-logreg --input '{\"sepal_length\": 5.1, \"sepal_width\": 3.5, \"petal_length\": 1.4, \"petal_width\": 0.2}' --to http://127.0.0.1:$base"
 echo "     curl -s http://127.0.0.1:$base/metrics | grep kaa_"
 wait "${pids[@]}"

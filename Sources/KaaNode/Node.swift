@@ -27,6 +27,8 @@ public final class Node: Sendable {
     public let nodeID: NodeID
     private let keyring: Keyring
     private let firstIncarnation: Incarnation
+    /// Who may call what; nil when no tokens file is configured (everything open).
+    private let access: AccessPolicy?
 
     private struct State {
         var http: HTTPServer?
@@ -59,6 +61,18 @@ public final class Node: Sendable {
             do { trusted.insert(try PublisherPublicKey(fileText: text)) } catch {
                 throw ConfigError("trusted_keys: \(file): \(error.message)")
             }
+        }
+        if let file = config.tokensFile {
+            let text: String
+            do { text = try String(contentsOfFile: file, encoding: .utf8) } catch {
+                throw ConfigError("tokens_file: cannot read \(file): \(error.localizedDescription)")
+            }
+            let table = try TokenTable(fileText: text, source: file)
+            guard table.count > 0 else { throw ConfigError("tokens_file \(file) lists no token; make one with `kaa tokens create`") }
+            access = AccessPolicy(tokens: table, requireInferToken: config.requireInferToken)
+        } else {
+            guard !config.requireInferToken else { throw ConfigError("require_infer_token needs tokens_file") }
+            access = nil
         }
         self.store = try SnapshotStore(configuration: .init(directory: config.dataDir, trustedKeys: trusted,
                                                             retainVersions: config.retainVersions),
@@ -110,9 +124,21 @@ public final class Node: Sendable {
         let gossipCell = LoopCell<GossipShell>(loop: loop)
         MembersRoute(gossip: gossipCell).add(to: &router)
         let routes = router
-        let http = try HTTPServer(on: loop, address: try SocketAddress(resolving: config.httpAddr),
+        let http: HTTPServer
+        if let access {
+            http = try HTTPServer(on: loop, address: try SocketAddress(resolving: config.httpAddr), configuration: config.http,
+                                  streamer: { head in
+                                      if let refusal = access.check(head) { return RefusingSink(refusal) }
+                                      return snapshots.streamer(head)
+                                  }) { request, responder in
+                if let refusal = access.check(request) { return responder.respond(refusal) }
+                routes.handle(request, responder)
+            }
+        } else {
+            http = try HTTPServer(on: loop, address: try SocketAddress(resolving: config.httpAddr),
                                   configuration: config.http, streamer: snapshots.streamer) { request, responder in
-            routes.handle(request, responder)
+                routes.handle(request, responder)
+            }
         }
         loop.execute { readiness.value.mark(.http) }
         let frames = FrameClient(loop: loop)

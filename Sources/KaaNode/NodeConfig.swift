@@ -32,6 +32,11 @@ public struct NodeConfig: Sendable {
     public var gossipPlaintext = false
     /// Model loading, eviction and admission.
     public var serving = ServingConfig()
+    /// The tokens file (`kaa tokens create` prints its lines); when set, the control API needs
+    /// bearer tokens with the right scope.
+    public var tokensFile: String?
+    /// Whether inference needs a token with scope `infer` too (only with a tokens file).
+    public var requireInferToken = false
 
     public init() {}
 
@@ -123,6 +128,8 @@ public struct NodeConfig: Sendable {
         .duration("idle_timeout", "idle keep-alive connections close after this", \.http.idleTimeout),
         .duration("shutdown_grace", "time in-flight requests get to finish on SIGTERM", \.shutdownGrace, allowZero: true),
 
+        .optionalText("tokens_file", "bearer tokens (kaa tokens create); set, the control API needs them", \.tokensFile),
+        .flag("require_infer_token", "with a tokens file: inference needs a token with scope infer", \.requireInferToken),
         .list("trusted_keys", "publisher .pub files (comma-separated); snapshots must be signed by one", \.trustedKeys),
         .integer("retain_versions", "versions kept per model besides aliased ones", \.retainVersions, min: 1),
 

@@ -52,6 +52,8 @@ struct AliasCommand: AsyncParsableCommand {
 
 /// Sends one request to the node; a non-2xx answer becomes a `CommandFailure` with its message.
 func send(_ request: HTTPRequest, _ node: NodeTarget) async throws -> HTTPClientResponse {
+    var request = request
+    try node.authorize(&request)
     let client = HTTPClient()
     defer { client.shutdown() }
     let response: HTTPClientResponse

@@ -58,7 +58,7 @@ struct PublishCommand: AsyncParsableCommand {
     }
 
     private func publishOne(_ file: String, client: HTTPClient, address: HostPort, progress: Bool) async throws {
-        let result = await Uploader(client: client, address: address, deadline: node.deadline).upload(file, progress: progress)
+        let result = await Uploader(client: client, address: address, deadline: node.deadline, token: try node.token).upload(file, progress: progress)
         switch result {
         case .success(let line): print(line)
         case .failure(let error): throw error
@@ -69,7 +69,7 @@ struct PublishCommand: AsyncParsableCommand {
         let files = try FileManager.default.contentsOfDirectory(atPath: directory)
             .filter { $0.hasSuffix(".kaa") }.sorted().map { directory + "/" + $0 }
         guard !files.isEmpty else { throw CommandFailure("no .kaa files in \(directory)") }
-        let uploader = Uploader(client: client, address: address, deadline: node.deadline)
+        let uploader = Uploader(client: client, address: address, deadline: node.deadline, token: try node.token)
         let start = Date()
         let bar = ProgressBar(total: files.count, label: "publishing")
         var stored = 0, present = 0, failures: [String] = []
@@ -107,6 +107,8 @@ struct Uploader: Sendable {
     let client: HTTPClient
     let address: HostPort
     let deadline: Duration
+    /// The bearer token sent with each upload, if any.
+    let token: String?
 
     func upload(_ file: String, progress: Bool) async -> Result<String, CommandFailure> {
         let archive: VerifiedArchive
@@ -125,6 +127,7 @@ struct Uploader: Sendable {
         var request = HTTPRequest(method: .put, target: manifest.isDraft
             ? "/kaa/v1/snapshots/\(manifest.name)" : "/kaa/v1/snapshots/\(manifest.name)/\(manifest.version)")
         request.headers.add("content-type", "application/vnd.kaa.snapshot")
+        if let token { request.headers.add("authorization", "Bearer \(token)") }
         if !manifest.isDraft { request.headers.add("kaa-snapshot-digest", archive.digest.description) }
         let response: HTTPClientResponse
         do { response = try await client.execute(request, bodyStream: stream, to: address, deadline: deadline) } catch {

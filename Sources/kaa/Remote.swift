@@ -11,6 +11,32 @@ struct NodeTarget: ParsableArguments {
     @Option(help: "Seconds to wait for each answer.")
     var timeout: Double = 60
 
+    @Option(help: "File holding the bearer token to send (kaa tokens create); default: $KAA_TOKEN, else the file $KAA_TOKEN_FILE.")
+    var tokenFile: String?
+
+    /// The bearer token to send, if any: `--token-file`, else `KAA_TOKEN`, else `KAA_TOKEN_FILE`.
+    var token: String? {
+        get throws {
+            let environment = ProcessInfo.processInfo.environment
+            guard let file = tokenFile ?? (environment["KAA_TOKEN"] == nil ? environment["KAA_TOKEN_FILE"] : nil) else {
+                return environment["KAA_TOKEN"].map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+            }
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+                throw ValidationError("cannot read the token file \(file)")
+            }
+            let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !token.isEmpty, !token.contains(where: \.isWhitespace) else {
+                throw ValidationError("the token file \(file) must hold one token, as `kaa tokens create` writes it")
+            }
+            return token
+        }
+    }
+
+    /// Adds the bearer token, when there is one, to `request`.
+    func authorize(_ request: inout HTTPRequest) throws {
+        if let token = try token { request.headers.add("authorization", "Bearer \(token)") }
+    }
+
     var address: HostPort {
         get throws {
             var text = url
