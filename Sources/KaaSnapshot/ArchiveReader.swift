@@ -13,16 +13,21 @@ public struct VerificationPolicy: Sendable {
     public var maxManifestBytes: Int
     /// The largest sum of file sizes accepted, in bytes.
     public var maxContentBytes: UInt64
+    /// The largest model file accepted, in bytes.
+    public var maxModelBytes: UInt64
 
+    /// The defaults take what any store could have accepted (a reader of stored archives, the
+    /// CLI); a store passes its own configured limits for uploads.
     public init(
         trustedKeys: Set<PublisherPublicKey> = [], expectedDigest: SnapshotDigest? = nil, allowDraft: Bool = true,
-        maxManifestBytes: Int = 16 << 20, maxContentBytes: UInt64 = 64 << 30
+        maxManifestBytes: Int = 16 << 20, maxContentBytes: UInt64 = 64 << 30, maxModelBytes: UInt64 = .max
     ) {
         self.trustedKeys = trustedKeys
         self.expectedDigest = expectedDigest
         self.allowDraft = allowDraft
         self.maxManifestBytes = maxManifestBytes
         self.maxContentBytes = maxContentBytes
+        self.maxModelBytes = maxModelBytes
     }
 }
 
@@ -77,6 +82,11 @@ final class ArchiveReader {
     private var manifestBytes: [UInt8] = []
     private(set) var digest: SnapshotDigest?
     private var nextFile = 0
+    /// The position of each of the manifest's files in `files`, to name a misplaced entry.
+    private var fileIndex: [String: Int] = [:]
+    /// The most uncompressed bytes the container can hold, once the manifest is known: its
+    /// entries exactly as declared. Decoding stops at the first byte beyond it.
+    private var containerLimit = UInt64.max
     private var fileHash = SHA256()
     private var signature: ArchiveSignature?
     private var failure: SnapshotError?
@@ -89,6 +99,8 @@ final class ArchiveReader {
 
     /// Compressed bytes consumed so far.
     var compressedBytes: UInt64 { decoder.bytesIn }
+    /// Decompressed (container) bytes consumed so far.
+    var uncompressedBytes: UInt64 { containerBytes }
 
     /// Feeds the next piece of the compressed archive.
     func feed(_ compressed: UnsafeRawBufferPointer) throws(SnapshotError) {
@@ -232,6 +244,9 @@ final class ArchiveReader {
                 throw malformed("\(bytes.count - offset) byte(s) follow the end entry")
             }
             containerBytes += UInt64(offset - before)
+            if containerBytes > containerLimit {
+                throw malformed("the container holds more than the \(containerLimit) bytes its manifest declares")
+            }
         }
     }
 
@@ -281,15 +296,17 @@ final class ArchiveReader {
             }
             try EntryPath.validate(name)
             guard signature == nil else { throw SnapshotError(.invalidEntry, "file entry `\(name)` follows the signature") }
-            if manifest.files[..<nextFile].contains(where: { $0.path == name }) || name == SnapshotManifest.entryName {
+            let listed = fileIndex[name]
+            if let listed, listed < nextFile {
                 throw SnapshotError(.invalidEntry, "duplicate entry `\(name)`")
             }
+            if name == SnapshotManifest.entryName { throw SnapshotError(.invalidEntry, "duplicate entry `\(name)`") }
             guard nextFile < manifest.files.count else {
                 throw SnapshotError(.invalidEntry, "entry `\(name)` is not listed in the manifest")
             }
             let f = manifest.files[nextFile]
             guard f.path == name else {
-                if manifest.files.contains(where: { $0.path == name }) {
+                if listed != nil {
                     throw SnapshotError(.invalidEntry, "entry `\(name)` is out of order: the manifest lists `\(f.path)` next")
                 }
                 throw SnapshotError(.invalidEntry, "entry `\(name)` is not listed in the manifest")
@@ -323,9 +340,18 @@ final class ArchiveReader {
         if m.isDraft && !policy.allowDraft {
             throw SnapshotError(.invalidManifest, "snapshot \(m.name) is a draft (version 0); give it a version")
         }
-        guard m.totalFileBytes <= policy.maxContentBytes else {
-            throw SnapshotError(.tooLarge, "snapshot \(m.name)@\(m.version) declares \(m.totalFileBytes) bytes of files; the limit is \(policy.maxContentBytes)")
+        // Limits from the declared sizes, before a byte of any file is decompressed; a file's
+        // entry must then declare the same size and hold exactly that many bytes.
+        let id = m.isDraft ? "snapshot \(m.name) (draft)" : "snapshot \(m.name)@\(m.version)"
+        if let model = m.modelFile, model.size > policy.maxModelBytes {
+            throw SnapshotError(.tooLarge, "\(id) declares model file `\(model.path)` of \(ByteSize.text(model.size)); the limit here is \(ByteSize.text(policy.maxModelBytes)) (a node's `max_model_bytes` setting; raise it to accept larger models)")
         }
+        guard m.totalFileBytes <= policy.maxContentBytes else {
+            throw SnapshotError(.tooLarge, "\(id) declares \(ByteSize.text(m.totalFileBytes)) of files; the limit here is \(ByteSize.text(policy.maxContentBytes)) (a node's `max_content_bytes` setting; raise it to accept larger snapshots)")
+        }
+        fileIndex = Dictionary(m.files.enumerated().map { ($1.path, $0) }, uniquingKeysWith: { a, _ in a })
+        let prefix = ContainerFormat.headerSize + ContainerFormat.entryHeaderSize + SnapshotManifest.entryName.utf8.count + manifestBytes.count
+        containerLimit = ContainerFormat.maxContainerBytes(after: UInt64(prefix), files: m.files)
         manifest = m
         digest = d
         try observer?(.manifest(m, bytes: manifestBytes, digest: d))
@@ -382,15 +408,21 @@ public enum SnapshotArchive {
     /// Verifies the archive at `path` and returns it with its files' bytes, keyed by entry name
     /// (for a loader that needs the model in memory anyway). Nothing is returned unless the whole
     /// archive verified.
+    ///
+    /// A file's declared size is trusted for reserving memory only as far as the archive could
+    /// hold it: LZ4 expands at most 255-fold, so a 4 KB archive declaring a 1 TiB file reserves
+    /// about 1 MiB, and fails as truncated, rather than asking for a terabyte.
     public static func loadFiles(path: String, policy: VerificationPolicy = .init()) throws(SnapshotError) -> (archive: VerifiedArchive, files: [String: [UInt8]]) {
         var files: [String: [UInt8]] = [:]
         var current: [UInt8] = []
+        let (expanded, overflow) = (PosixFile.size(path) ?? 0).multipliedReportingOverflow(by: 256)
+        let plausible = overflow ? UInt64.max : expanded
         let reader = try ArchiveReader(policy: policy) { (event) throws(SnapshotError) in
             switch event {
             case .manifest: break
             case .fileStart(let f):
                 current = []
-                current.reserveCapacity(Int(clamping: f.size))
+                current.reserveCapacity(Int(clamping: min(f.size, plausible)))
             case .fileData(let bytes): current.append(contentsOf: bytes)
             case .fileEnd(let f):
                 files[f.path] = current

@@ -22,6 +22,24 @@ enum ContainerFormat {
         case end = 0xFF
     }
 
+    /// The container's size when `prefix` bytes (header and manifest entry) are followed by
+    /// `files` as declared, a signature and the end entry: no valid container is larger.
+    /// Saturates rather than overflows.
+    static func maxContainerBytes(after prefix: UInt64, files: [SnapshotManifest.File]) -> UInt64 {
+        var total = prefix
+        func add(_ n: UInt64) {
+            let (sum, overflow) = total.addingReportingOverflow(n)
+            total = overflow ? .max : sum
+        }
+        for f in files {
+            add(UInt64(entryHeaderSize + f.path.utf8.count))
+            add(f.size)
+        }
+        add(UInt64(entryHeaderSize + signatureEntryName.utf8.count) + signatureEntrySize)
+        add(UInt64(entryHeaderSize))
+        return total
+    }
+
     static func header(formatVersion: UInt16 = UInt16(SnapshotManifest.currentFormatVersion)) -> [UInt8] {
         var h = magic
         h.append(UInt8(formatVersion & 0xFF))

@@ -16,14 +16,26 @@ public struct IngestRequest: Sendable {
     /// a check the store cannot make itself, like the node parsing the pipeline spec. Its
     /// error refuses the upload.
     public var manifestCheck: (@Sendable (SnapshotManifest) throws(SnapshotError) -> Void)?
+    /// Runs once every byte of the upload verified, before it is committed, on the manifest and
+    /// the model file's bytes: a check that needs the whole model, like the node loading it in
+    /// its engine with its pipeline. Its error refuses the upload.
+    ///
+    /// The store has already checked that the model file decodes as ONNX and, for a snapshot
+    /// without a pipeline, that its graph's inputs and outputs are the manifest's `signature`.
+    /// The bytes are a read-only mapping of a temporary file, valid only during the call (at
+    /// most ``SnapshotStore/Configuration/maxModelBytes``); a check that keeps them MUST copy
+    /// them. It runs on the thread that calls ``IngestSession/finish()``.
+    public var modelCheck: (@Sendable (SnapshotManifest, UnsafeRawBufferPointer) throws(SnapshotError) -> Void)?
 
     public init(expectedName: String? = nil, expectedVersion: Int? = nil, expectedDigest: SnapshotDigest? = nil, declaredLength: UInt64? = nil,
-                manifestCheck: (@Sendable (SnapshotManifest) throws(SnapshotError) -> Void)? = nil) {
+                manifestCheck: (@Sendable (SnapshotManifest) throws(SnapshotError) -> Void)? = nil,
+                modelCheck: (@Sendable (SnapshotManifest, UnsafeRawBufferPointer) throws(SnapshotError) -> Void)? = nil) {
         self.expectedName = expectedName
         self.expectedVersion = expectedVersion
         self.expectedDigest = expectedDigest
         self.declaredLength = declaredLength
         self.manifestCheck = manifestCheck
+        self.modelCheck = modelCheck
     }
 }
 
@@ -75,6 +87,7 @@ extension SnapshotStore {
     }
 
     /// Moves the verified archive at `temp` into place and records it; `temp` is consumed.
+    /// `assigned`: the node gave the draft its version (recorded, for retention).
     func commit(temp: String, verified: VerifiedArchive, assigned: Bool) throws(SnapshotError) -> IngestResult {
         let id = try SnapshotID(name: verified.manifest.name, version: verified.manifest.version)
         return try shared.withCommitLock { () throws(SnapshotError) -> IngestResult in
@@ -96,11 +109,11 @@ extension SnapshotStore {
             do {
                 try catalog.pool.write { db in
                     try db.execute(sql: """
-                        INSERT INTO snapshot (name, version, digest, size, state, received_at, signer, manifest)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                        INSERT INTO snapshot (name, version, digest, size, state, received_at, signer, manifest, draft)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                         """, arguments: [id.name, id.version, verified.digest.description, Int64(verified.archiveBytes),
                                          SnapshotRecord.State.ready.rawValue, now.timeIntervalSince1970,
-                                         verified.signerKeyID, Data(verified.manifestBytes)])
+                                         verified.signerKeyID, Data(verified.manifestBytes), assigned])
                 }
             } catch {
                 PosixFile.unlinkIfPresent(final)
@@ -111,7 +124,7 @@ extension SnapshotStore {
             ])
             let record = SnapshotRecord(id: id, digest: verified.digest, size: verified.archiveBytes, state: .ready,
                                         receivedAt: Date(timeIntervalSince1970: now.timeIntervalSince1970),
-                                        signerKeyID: verified.signerKeyID, path: final)
+                                        signerKeyID: verified.signerKeyID, isDraft: assigned, path: final)
             return IngestResult(record: record, outcome: .stored, assignedVersion: assigned)
         }
     }
@@ -144,20 +157,30 @@ extension SnapshotStore {
     }
 }
 
-/// One archive upload in progress. Not thread-safe: one owner feeds it, in order.
+/// One archive upload in progress. Not thread-safe: one owner feeds it, in order, and calls
+/// `finish` or `abort` after its last `append` returned (never during one).
 ///
 /// Bytes go to a temporary file in the store's `.tmp` directory and through the verifier at
-/// once; the first problem fails the session (later calls rethrow it) and removes the file.
-/// Dropping an unfinished session removes its file too.
+/// once; the model file's bytes also go to a second temporary file, for the checks at the end.
+/// The first problem fails the session (later calls rethrow it) and releases everything it
+/// holds: its temporary files and their descriptors, its version reservation and its slot
+/// among the store's ``SnapshotStore/Configuration/maxConcurrentIngests``. Dropping an
+/// unfinished session releases them too.
 public final class IngestSession {
     let store: SnapshotStore
     let request: IngestRequest
     let tempPath: String
     private var file: PosixFile?
+    private let spool: ModelSpool
     private let reader: ArchiveReader
     private var failure: SnapshotError?
     private var finished = false
     private var checkedManifest = false
+    /// The `name@version` this upload holds in the store's reservations from its manifest to
+    /// its commit, so that a concurrent draft is not given the same version.
+    private var held: SnapshotID?
+    /// Whether this session still holds a slot among the store's concurrent uploads.
+    private var holdsSlot = false
     /// Bytes received so far.
     public private(set) var bytesReceived: UInt64 = 0
 
@@ -165,30 +188,52 @@ public final class IngestSession {
         self.store = store
         self.request = request
         if let n = request.expectedName { try SnapshotNaming.validateModelName(n) }
-        if let v = request.expectedVersion, v <= 0 {
-            throw SnapshotError(.invalidName, "version \(v) is not a positive integer")
+        if let v = request.expectedVersion { try SnapshotNaming.validateVersion(v, of: request.expectedName) }
+        let limit = store.configuration.maxArchiveBytes
+        if let declared = request.declaredLength, declared > limit {
+            throw SnapshotError(.tooLarge, "the upload declares \(ByteSize.text(declared)); the largest archive this node accepts is \(ByteSize.text(limit)) (from its `max_content_bytes` setting)")
         }
         var policy = store.policy
         policy.expectedDigest = request.expectedDigest
-        reader = try ArchiveReader(policy: policy)
         tempPath = store.tempDirectory + "/" + UUID().uuidString + ".kaa.tmp"
-        file = try PosixFile.createExclusive(tempPath)
+        let spool = ModelSpool(path: tempPath + ".model")
+        self.spool = spool
+        reader = try ArchiveReader(policy: policy) { (event) throws(SnapshotError) in try spool.observe(event) }
+        try store.shared.acquireIngestSlot(limit: store.configuration.maxConcurrentIngests)
+        holdsSlot = true
+        do {
+            file = try PosixFile.createExclusive(tempPath)
+        } catch {
+            releaseAll()
+            throw error
+        }
     }
 
     deinit {
-        if !finished { cleanUp() }
+        if !finished { releaseAll() }
     }
 
-    private func cleanUp() {
+    /// Closes and removes the temporary files, ends the reservation and frees the slot; safe
+    /// to call more than once.
+    private func releaseAll() {
         file?.close()
         file = nil
         PosixFile.unlinkIfPresent(tempPath)
+        spool.discard()
+        if let held {
+            store.shared.unreserve(held.name, held.version)
+            self.held = nil
+        }
+        if holdsSlot {
+            holdsSlot = false
+            store.shared.releaseIngestSlot()
+        }
     }
 
     private func fail(_ e: SnapshotError) -> SnapshotError {
         failure = e
         finished = true
-        cleanUp()
+        releaseAll()
         store.logger.info("snapshot upload refused", metadata: ["error": "\(e.message)", "error.code": "\(e.code)"])
         return e
     }
@@ -202,7 +247,12 @@ public final class IngestSession {
             if let declared = request.declaredLength, bytesReceived > declared {
                 throw SnapshotError(.malformedArchive, "upload is longer than its declared \(declared) bytes")
             }
-            try file!.write(bytes)
+            let limit = store.configuration.maxArchiveBytes
+            if bytesReceived > limit {
+                throw SnapshotError(.tooLarge, "the upload is longer than \(ByteSize.text(limit)), the largest archive this node accepts (from its `max_content_bytes` setting)")
+            }
+            guard let file else { throw SnapshotError(.io, "upload's temporary file is closed") }
+            try file.write(bytes)
             try reader.feed(bytes)
             if !checkedManifest, let m = reader.manifest, let d = reader.digest {
                 checkedManifest = true
@@ -238,14 +288,38 @@ public final class IngestSession {
         if let existing = try store.record(id), existing.digest != d {
             throw SnapshotError(.conflict, "\(id) is already stored with digest \(existing.digest); this archive has \(d). Snapshots are immutable: publish it as a new version")
         }
+        // From here to its commit the version is taken: a draft arriving meanwhile gets the
+        // one after it. (Two uploads of the same version may hold it at once; the commit lets
+        // one store it, and the other is already present or a conflict.)
+        store.shared.hold(id.name, id.version)
+        held = id
     }
 
-    /// The upload was cut off: removes everything it wrote.
+    /// Checks the model file as a whole: it decodes as ONNX and, without a pipeline, its
+    /// graph's inputs and outputs are the manifest's signature; then the request's own check.
+    /// Reads the spooled model through a mapping, so the store itself allocates nothing for it.
+    private func checkModel(_ m: SnapshotManifest) throws(SnapshotError) {
+        let id = m.isDraft ? "snapshot \(m.name) (draft)" : "snapshot \(m.name)@\(m.version)"
+        guard let path = spool.completedPath else {
+            throw SnapshotError(.invalidManifest, "\(id) has no model file `\(m.model)` in its archive")
+        }
+        let map = try MappedFile(path: path)
+        let graph: SnapshotManifest.ModelSignature
+        do { graph = try ONNXSignatureReader.read(bytes: map.bytes) } catch {
+            throw SnapshotError(.invalidModel, "\(id): model file `\(m.model)` is not a usable ONNX model: \(error.message)")
+        }
+        if m.pipeline == nil, let difference = m.signature.firstDifference(from: graph) {
+            throw SnapshotError(.invalidManifest, "\(id): the manifest's signature does not match model `\(m.model)`: \(difference); rebuild the snapshot with `kaa snapshot build`, which reads the signature from the model")
+        }
+        if let check = request.modelCheck { try check(m, map.bytes) }
+    }
+
+    /// The upload was cut off: removes everything it wrote. MUST NOT run during an `append`.
     public func abort() {
         guard !finished else { return }
         finished = true
         failure = SnapshotError(.truncated, "upload aborted after \(bytesReceived) bytes")
-        cleanUp()
+        releaseAll()
         store.logger.info("snapshot upload aborted", metadata: ["upload.bytes": "\(bytesReceived)"])
     }
 
@@ -259,9 +333,12 @@ public final class IngestSession {
             }
             let verified = try reader.finish()
             if !checkedManifest { try checkEarly(verified.manifest, verified.digest) }
-            try file!.sync()
-            file!.close()
-            file = nil
+            try checkModel(verified.manifest)
+            spool.discard()
+            guard let file else { throw SnapshotError(.io, "upload's temporary file is closed") }
+            try file.sync()
+            file.close()
+            self.file = nil
             let result: IngestResult
             if verified.manifest.isDraft {
                 result = try commitDraft(verified)
@@ -269,6 +346,7 @@ public final class IngestSession {
                 result = try store.commit(temp: tempPath, verified: verified, assigned: false)
             }
             finished = true
+            releaseAll()
             return result
         } catch {
             throw fail(error)
@@ -280,15 +358,17 @@ public final class IngestSession {
             throw SnapshotError(.invalidManifest, "snapshot \(draft.manifest.name) is a signed draft: its signature covers version 0 and would not survive assigning a version; build it with `--version`")
         }
         let name = draft.manifest.name
-        let version: Int
-        if let v = request.expectedVersion {
-            guard store.shared.reserve(name, exactly: v) else {
-                throw SnapshotError(.conflict, "\(name)@\(v) is being ingested by another upload right now")
+        // Chosen under the commit lock: a concurrent upload of an explicit version has either
+        // committed (its row is read here) or still holds its version (skipped here).
+        let version = try store.shared.withCommitLock { () throws(SnapshotError) -> Int in
+            if let v = request.expectedVersion {
+                guard store.shared.reserve(name, exactly: v) else {
+                    throw SnapshotError(.conflict, "\(name)@\(v) is being ingested by another upload right now")
+                }
+                return v
             }
-            version = v
-        } else {
             let stored = try store.list(name: name).last?.id.version ?? 0
-            version = store.shared.reserve(name, after: stored)
+            return try store.shared.reserveNext(name, after: stored)
         }
         defer { store.shared.unreserve(name, version) }
         let assignedPath = tempPath + ".v\(version)"
@@ -300,5 +380,47 @@ public final class IngestSession {
             PosixFile.unlinkIfPresent(assignedPath)
             throw error
         }
+    }
+}
+
+/// Copies the model file's bytes out of an upload as they stream past, into a temporary file
+/// beside the upload's, for the checks that need the whole model once it has verified. Holds a
+/// descriptor only while the model file streams.
+final class ModelSpool {
+    let path: String
+    private var model: String?
+    private var file: PosixFile?
+    private var complete = false
+
+    init(path: String) { self.path = path }
+
+    deinit { discard() }
+
+    /// The spooled model's path once all of it was written.
+    var completedPath: String? { complete ? path : nil }
+
+    func observe(_ event: ArchiveReader.Event) throws(SnapshotError) {
+        switch event {
+        case .manifest(let m, _, _):
+            model = m.model
+        case .fileStart(let f) where f.path == model:
+            file = try PosixFile.createExclusive(path, mode: 0o600)
+        case .fileData(let bytes):
+            try file?.write(bytes)
+        case .fileEnd(let f) where f.path == model:
+            file?.close()
+            file = nil
+            complete = true
+        case .fileStart, .fileEnd:
+            break
+        }
+    }
+
+    /// Closes and removes the spooled file; safe to call more than once.
+    func discard() {
+        file?.close()
+        file = nil
+        complete = false
+        PosixFile.unlinkIfPresent(path)
     }
 }

@@ -4,9 +4,15 @@
 /// (`ValueInfoProto`: name, type, shape) and the names of `initializer`s (older exporters list
 /// weights among the inputs; those are not inputs a client sends). Every other field is skipped
 /// by its length without being copied, so a 500 MB model costs a scan of tags. Every read is
-/// bounds-checked; malformed bytes give an ``SnapshotError/Code/invalidModel`` error that says
-/// where the file went wrong. The engine parses ONNX fully elsewhere.
+/// bounds-checked, and types nest at most ``maxTypeDepth`` deep (a few bytes per level would
+/// otherwise recurse past any thread's stack); malformed bytes give an
+/// ``SnapshotError/Code/invalidModel`` error that says where the file went wrong. The engine
+/// parses ONNX fully elsewhere.
 public enum ONNXSignatureReader {
+    /// The deepest nesting of value types read (`seq(seq(map(INT64, seq(...))))`); real models
+    /// use 3 at most.
+    public static let maxTypeDepth = 16
+
     /// Reads the signature of the ONNX file at `path` (memory-mapped, not copied).
     public static func read(path: String) throws(SnapshotError) -> SnapshotManifest.ModelSignature {
         let map = try MappedFile(path: path)
@@ -75,7 +81,7 @@ public enum ONNXSignatureReader {
             let (f, w) = try r.tag()
             switch (f, w) {
             case (1, 2): name = try r.string()
-            case (2, 2): type = try typeProto(try r.message(context: "TypeProto"))
+            case (2, 2): type = try typeProto(try r.message(context: "TypeProto"), depth: 1)
             case (1, _), (2, _): throw err("ValueInfoProto field \(f) has wire type \(w), expected 2")
             default: try r.skip(w)
             }
@@ -85,8 +91,11 @@ public enum ONNXSignatureReader {
         return TensorSignature(name: name, kind: type.0, dtype: type.1, shape: type.2)
     }
 
-    /// Returns kind, dtype text and shape of a `TypeProto`.
-    private static func typeProto(_ r: ProtoReader) throws(SnapshotError) -> (TensorSignature.Kind, String, [Int64]?) {
+    /// Returns kind, dtype text and shape of a `TypeProto` nested `depth` deep.
+    private static func typeProto(_ r: ProtoReader, depth: Int) throws(SnapshotError) -> (TensorSignature.Kind, String, [Int64]?) {
+        guard depth <= maxTypeDepth else {
+            throw err("a value's type nests deeper than \(maxTypeDepth) levels")
+        }
         var r = r
         var result: (TensorSignature.Kind, String, [Int64]?)?
         while !r.atEnd {
@@ -104,9 +113,9 @@ public enum ONNXSignatureReader {
                 let (dt, shape) = try tensorType(try r.message(context: "TypeProto.SparseTensor"))
                 result = (.sparseTensor, dt, shape)
             case 4:
-                result = (.sequence, "seq(\(try elementType(try r.message(context: "TypeProto.Sequence"))))", nil)
+                result = (.sequence, "seq(\(try elementType(try r.message(context: "TypeProto.Sequence"), depth: depth)))", nil)
             case 9:
-                result = (.optional, "optional(\(try elementType(try r.message(context: "TypeProto.Optional"))))", nil)
+                result = (.optional, "optional(\(try elementType(try r.message(context: "TypeProto.Optional"), depth: depth)))", nil)
             case 5:
                 var m = try r.message(context: "TypeProto.Map")
                 var key = "?"
@@ -114,7 +123,7 @@ public enum ONNXSignatureReader {
                 while !m.atEnd {
                     let (mf, mw) = try m.tag()
                     if mf == 1 && mw == 0 { key = elemTypeName(try m.varint()) }
-                    else if mf == 2 && mw == 2 { value = try innerType(try m.message(context: "TypeProto")) }
+                    else if mf == 2 && mw == 2 { value = try innerType(try m.message(context: "TypeProto"), depth: depth + 1) }
                     else { try m.skip(mw) }
                 }
                 result = (.map, "map(\(key),\(value))", nil)
@@ -126,17 +135,17 @@ public enum ONNXSignatureReader {
         return result
     }
 
-    private static func innerType(_ r: ProtoReader) throws(SnapshotError) -> String {
-        try typeProto(r).1
+    private static func innerType(_ r: ProtoReader, depth: Int) throws(SnapshotError) -> String {
+        try typeProto(r, depth: depth).1
     }
 
-    /// The `elem_type` (field 1, a `TypeProto`) of a `Sequence` or `Optional`.
-    private static func elementType(_ r: ProtoReader) throws(SnapshotError) -> String {
+    /// The `elem_type` (field 1, a `TypeProto`) of a `Sequence` or `Optional` at `depth`.
+    private static func elementType(_ r: ProtoReader, depth: Int) throws(SnapshotError) -> String {
         var r = r
         var result = "?"
         while !r.atEnd {
             let (f, w) = try r.tag()
-            if f == 1 && w == 2 { result = try innerType(try r.message(context: "TypeProto")) } else { try r.skip(w) }
+            if f == 1 && w == 2 { result = try innerType(try r.message(context: "TypeProto"), depth: depth + 1) } else { try r.skip(w) }
         }
         return result
     }

@@ -35,6 +35,22 @@ extension SnapshotStore {
             logger.info("removed temporary file of an interrupted write", metadata: ["file": "snapshots/.tmp/\(name)"])
         }
 
+        // Rows this Kaa would not write (an older build stored versions up to Int.max) are never
+        // listed; drop them here, with their aliases. Their files have no row then, and the
+        // scan below quarantines them by their name.
+        for bad in try invalidRows() {
+            try catalog.run("drop invalid row") {
+                try catalog.pool.write { db in
+                    try db.execute(sql: "DELETE FROM alias WHERE name = ? AND version = ?", arguments: [bad.name, bad.version])
+                    try db.execute(sql: "DELETE FROM snapshot WHERE rowid = ?", arguments: [bad.rowid])
+                }
+            }
+            report.droppedRows.append(SnapshotID(validName: bad.shownName, version: bad.shownVersion))
+            logger.info("dropped a catalog row this Kaa would not write", metadata: [
+                "snapshot": "\(bad.shownName)@\(bad.shownVersion)", "reason": "\(bad.reason)",
+            ])
+        }
+
         var known = Set<String>()
         for r in try list() {
             let rel = "snapshots/\(r.id.name)/\(r.id.version).kaa"
@@ -77,13 +93,16 @@ extension SnapshotStore {
             for file in ((try? fm.contentsOfDirectory(atPath: dir)) ?? []).sorted() where !known.contains("\(name)/\(file)") {
                 let path = dir + "/" + file
                 let rel = "snapshots/\(name)/\(file)"
-                guard file.hasSuffix(".kaa"), let version = Int(file.dropLast(4)), version > 0,
+                guard file.hasSuffix(".kaa"), let version = SnapshotNaming.parseVersion(file.dropLast(4)),
                       let id = try? SnapshotID(name: name, version: version) else {
-                    try quarantine(path, relative: rel, reason: "file name is not <version>.kaa under a model name", into: &report)
+                    let reason = "file name is not <version>.kaa (a version from 1 to \(SnapshotNaming.maxVersion) in plain digits) under a model name"
+                    try quarantine(path, relative: rel, reason: reason, into: &report)
                     continue
                 }
                 do throws(SnapshotError) {
-                    let v = try SnapshotArchive.verify(path: path, policy: .init(trustedKeys: configuration.trustedKeys, allowDraft: false, maxContentBytes: configuration.maxContentBytes))
+                    // The format's limits, not this node's upload limits: the file was stored
+                    // here, perhaps under larger ones.
+                    let v = try SnapshotArchive.verify(path: path, policy: .init(trustedKeys: configuration.trustedKeys, allowDraft: false))
                     guard v.manifest.name == id.name, v.manifest.version == id.version else {
                         throw SnapshotError(.invalidManifest, "it holds \(v.manifest.name)@\(v.manifest.version), not \(id)")
                     }
@@ -108,6 +127,28 @@ extension SnapshotStore {
         try PosixFile.syncDirectory(quarantineDirectory)
         report.quarantined.append(.init(path: relative, reason: reason))
         logger.info("quarantined a snapshot file", metadata: ["file": "\(relative)", "reason": "\(reason)", "quarantine": "\(target)"])
+    }
+
+    /// A catalog row that ``SnapshotCatalog/check(_:)`` refuses.
+    private struct InvalidRow {
+        var rowid: Int64
+        var name: DatabaseValue
+        var version: DatabaseValue
+        var reason: String
+        var shownName: String
+        var shownVersion: Int
+    }
+
+    private func invalidRows() throws(SnapshotError) -> [InvalidRow] {
+        try catalog.run("check rows") {
+            try catalog.pool.read { db in
+                try Row.fetchAll(db, sql: "SELECT rowid, name, version, size FROM snapshot").compactMap { row -> InvalidRow? in
+                    guard case .invalid(let name, let version, let reason) = SnapshotCatalog.check(row) else { return nil }
+                    return InvalidRow(rowid: row["rowid"], name: row["name"], version: row["version"], reason: reason,
+                                      shownName: name ?? "?", shownVersion: version.map { Int(clamping: $0) } ?? 0)
+                }
+            }
+        }
     }
 
     private func dropRow(_ id: SnapshotID) throws(SnapshotError) {

@@ -74,7 +74,9 @@ public enum SnapshotBuilder {
         }
         var lineage = request.lineage
         if lineage.publisher == nil, let key = request.signingKey { lineage.publisher = key.publicKey.keyID }
-        let memory = request.memoryBytes ?? (modelFile.size &* 2 &+ (16 << 20))
+        let (doubled, o1) = modelFile.size.multipliedReportingOverflow(by: 2)
+        let (estimate, o2) = doubled.addingReportingOverflow(16 << 20)
+        let memory = request.memoryBytes ?? (o1 || o2 ? .max : estimate)
         // Dates carry whole seconds so the manifest round-trips exactly.
         let created = Date(timeIntervalSince1970: request.createdAt.timeIntervalSince1970.rounded(.down))
         let manifest = SnapshotManifest(

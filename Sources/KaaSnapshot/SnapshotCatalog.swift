@@ -15,6 +15,9 @@ public struct SnapshotRecord: Sendable, Equatable {
     public var receivedAt: Date
     /// The key that signed it, when it was signed.
     public var signerKeyID: String?
+    /// Whether this node gave it its version (an unsigned draft). Retention keeps drafts apart
+    /// from published versions, so drafts never push a published version out.
+    public var isDraft: Bool
     /// The archive's path on disk.
     public var path: String
 }
@@ -53,6 +56,11 @@ struct SnapshotCatalog: Sendable {
                     );
                     """)
             }
+            // Which versions the node gave to drafts. Rows from before are counted as published:
+            // retention then never deletes them because of drafts.
+            migrator.registerMigration("v2-draft") { db in
+                try db.execute(sql: "ALTER TABLE snapshot ADD COLUMN draft INTEGER NOT NULL DEFAULT 0")
+            }
             try migrator.migrate(pool)
         } catch {
             throw SnapshotError(.io, "cannot open the snapshot catalog `\(path)`: \(error)")
@@ -65,17 +73,49 @@ struct SnapshotCatalog: Sendable {
         }
     }
 
-    static func record(_ row: Row, directory: String) -> SnapshotRecord {
-        let name: String = row["name"]
-        let version: Int = row["version"]
+    /// The record of a row, or `nil` when the row is not one this Kaa could have written: a
+    /// name or version out of the rules (an older build stored versions up to `Int.max`), a
+    /// negative size. Such rows are never listed or served; reconciliation drops them at start
+    /// and quarantines their files.
+    static func record(_ row: Row, directory: String) -> SnapshotRecord? {
+        guard case .valid(let id, let size) = check(row) else { return nil }
         let digestText: String = row["digest"]
         return SnapshotRecord(
-            id: try! SnapshotID(name: name, version: version),
+            id: id,
             digest: (try? SnapshotDigest(parsing: digestText)) ?? SnapshotDigest(bytes: [UInt8](repeating: 0, count: 32)),
-            size: UInt64(row["size"] as Int64),
+            size: size,
             state: SnapshotRecord.State(rawValue: row["state"]) ?? .ready,
             receivedAt: Date(timeIntervalSince1970: row["received_at"]),
             signerKeyID: row["signer"],
-            path: SnapshotStore.archivePath(directory: directory, name: name, version: version))
+            isDraft: row["draft"] ?? false,
+            path: SnapshotStore.archivePath(directory: directory, name: id.name, version: id.version))
+    }
+
+    enum RowCheck {
+        case valid(SnapshotID, size: UInt64)
+        /// The row's name and version as stored (for dropping it), and what is wrong.
+        case invalid(name: String?, version: Int64?, reason: String)
+    }
+
+    /// Whether a row's identity and size are ones this Kaa writes (see ``record(_:directory:)``).
+    /// Reads the raw values, so a value of an unexpected type is reported, not a crash.
+    static func check(_ row: Row) -> RowCheck {
+        let nameValue: DatabaseValue = row["name"], versionValue: DatabaseValue = row["version"], sizeValue: DatabaseValue = row["size"]
+        var name: String?
+        var version: Int64?
+        if case .string(let n) = nameValue.storage { name = n }
+        if case .int64(let v) = versionValue.storage { version = v }
+        guard let name, let version, case .int64(let size) = sizeValue.storage else {
+            return .invalid(name: name, version: version, reason: "its name, version or size is missing or of the wrong type")
+        }
+        do throws(SnapshotError) {
+            try SnapshotNaming.validateModelName(name)
+            guard let v = Int(exactly: version) else { throw SnapshotError(.invalidName, "version \(version) does not fit an Int") }
+            try SnapshotNaming.validateVersion(v, of: name)
+            guard let bytes = UInt64(exactly: size) else { throw SnapshotError(.io, "its size is \(size)") }
+            return .valid(SnapshotID(validName: name, version: v), size: bytes)
+        } catch {
+            return .invalid(name: name, version: version, reason: error.message)
+        }
     }
 }

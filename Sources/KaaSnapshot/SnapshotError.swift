@@ -41,6 +41,9 @@ public struct SnapshotError: Error, CustomStringConvertible, Sendable, Equatable
         public static let tooLarge = Code(raw: "too-large")
         /// A file-system or database operation failed.
         public static let io = Code(raw: "io")
+        /// The store is at a configured limit of work in progress (uploads received at once);
+        /// nothing is wrong with the request: retry shortly (HTTP 503).
+        public static let busy = Code(raw: "busy")
     }
 
     public var code: Code
@@ -52,4 +55,17 @@ public struct SnapshotError: Error, CustomStringConvertible, Sendable, Equatable
     }
 
     public var description: String { message }
+}
+
+/// Byte counts in messages: the exact number, then a rounded binary unit for a person.
+enum ByteSize {
+    static func text(_ n: UInt64) -> String {
+        let units: [(UInt64, String)] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")]
+        for (size, unit) in units where n >= size {
+            let value = Double(n) / Double(size)
+            let rounded = (value * 10).rounded() / 10
+            return "\(n) bytes (\(rounded) \(unit))"
+        }
+        return "\(n) bytes"
+    }
 }

@@ -5,6 +5,40 @@ public enum SnapshotNaming {
     /// The longest model name (`[a-z0-9][a-z0-9._-]{0,127}`).
     public static let maxNameLength = 128
 
+    /// The highest version: 2^53 − 1, the largest integer every JSON reader (JavaScript's
+    /// doubles included) reads exactly, so a version means the same to every client. Versions
+    /// are `1 ... maxVersion` wherever they come from: URLs, manifests, alias bodies, the
+    /// catalog read back.
+    public static let maxVersion = (1 << 53) - 1
+
+    /// Throws unless `version` is in `1 ... maxVersion`; the message names the model when given.
+    public static func validateVersion(_ version: Int, of name: String? = nil) throws(SnapshotError) {
+        guard version >= 1 && version <= maxVersion else {
+            let whose = name.map { " of `\($0)`" } ?? ""
+            throw SnapshotError(.invalidName, "version \(version)\(whose) is out of range; versions are integers from 1 to \(maxVersion)")
+        }
+    }
+
+    /// Reads a version written as decimal digits without sign or leading zeros (`7`, not `+7`
+    /// or `007`) and in `1 ... maxVersion`; `nil` for anything else. One spelling per version,
+    /// so a version read from a URL or a file name names exactly one archive.
+    public static func parseVersion(_ text: some StringProtocol) -> Int? {
+        let digits = text.utf8
+        guard let first = digits.first, first >= 0x31, first <= 0x39, digits.count <= 16 else { return nil }
+        var v = 0
+        for d in digits {
+            guard d >= 0x30 && d <= 0x39 else { return nil }
+            v = v * 10 + Int(d - 0x30) // at most 16 digits: no overflow
+        }
+        return v <= maxVersion ? v : nil
+    }
+
+    /// Why `text` is not a version, for a message (assumes ``parseVersion(_:)`` refused it).
+    public static func describeBadVersion(_ text: some StringProtocol) -> String {
+        let shown = text.count > 40 ? "\(text.prefix(40))..." : String(text)
+        return "version `\(shown)` is not an integer from 1 to \(maxVersion) written in plain digits"
+    }
+
     /// Throws unless `name` matches `[a-z0-9][a-z0-9._-]{0,127}`.
     public static func validateModelName(_ name: String) throws(SnapshotError) {
         let bytes = Array(name.utf8)
@@ -42,17 +76,15 @@ public enum SnapshotNaming {
     }
 }
 
-/// `name@version`: the identity of one snapshot. Versions are positive.
+/// `name@version`: the identity of one snapshot. Versions are `1 ... SnapshotNaming.maxVersion`.
 public struct SnapshotID: Hashable, Sendable, Comparable, CustomStringConvertible, Codable {
     public var name: String
     public var version: Int
 
-    /// Creates an identity, checking the name and that the version is positive.
+    /// Creates an identity, checking the name and that the version is in range.
     public init(name: String, version: Int) throws(SnapshotError) {
         try SnapshotNaming.validateModelName(name)
-        guard version > 0 else {
-            throw SnapshotError(.invalidName, "version \(version) of `\(name)` is not a positive integer")
-        }
+        try SnapshotNaming.validateVersion(version, of: name)
         self.name = name
         self.version = version
     }
@@ -66,8 +98,8 @@ public struct SnapshotID: Hashable, Sendable, Comparable, CustomStringConvertibl
 
     /// Parses `name@version`.
     public init(parsing text: String) throws(SnapshotError) {
-        guard let at = text.lastIndex(of: "@"), let v = Int(text[text.index(after: at)...]) else {
-            throw SnapshotError(.invalidName, "`\(text)` is not `name@version` (e.g. `iris@3`)")
+        guard let at = text.lastIndex(of: "@"), let v = SnapshotNaming.parseVersion(text[text.index(after: at)...]) else {
+            throw SnapshotError(.invalidName, "`\(text)` is not `name@version` with a version from 1 to \(SnapshotNaming.maxVersion) (e.g. `iris@3`)")
         }
         try self.init(name: String(text[..<at]), version: v)
     }
@@ -106,8 +138,8 @@ public struct SnapshotReference: Hashable, Sendable, CustomStringConvertible {
         let rest = String(text[text.index(after: at)...])
         try SnapshotNaming.validateModelName(name)
         if let first = rest.utf8.first, first >= 0x30, first <= 0x39 {
-            guard let v = Int(rest), v > 0 else {
-                throw SnapshotError(.invalidName, "`\(text)`: version `\(rest)` is not a positive integer")
+            guard let v = SnapshotNaming.parseVersion(rest) else {
+                throw SnapshotError(.invalidName, "`\(text)`: \(SnapshotNaming.describeBadVersion(rest))")
             }
             self.init(name: name, selector: .version(v))
         } else if rest == "latest" {
@@ -142,8 +174,9 @@ public struct SnapshotDigest: Hashable, Sendable, CustomStringConvertible {
     /// Parses `sha256:<hex>` or bare hex.
     public init(parsing text: String) throws(SnapshotError) {
         let hex = text.hasPrefix("sha256:") ? String(text.dropFirst(7)) : text
-        guard let b = Hex.decode(hex), b.count == 32 else {
-            throw SnapshotError(.invalidName, "`\(text)` is not a SHA-256 digest (`sha256:` and 64 hex digits)")
+        guard hex.utf8.count == 64, let b = Hex.decode(hex), b.count == 32 else {
+            let shown = text.utf8.count > 80 ? "\(text.prefix(80))... (\(text.utf8.count) bytes)" : text
+            throw SnapshotError(.invalidName, "`\(shown)` is not a SHA-256 digest (`sha256:` and 64 hex digits)")
         }
         self.bytes = b
     }

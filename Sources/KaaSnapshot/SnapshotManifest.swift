@@ -1,4 +1,5 @@
 public import Foundation
+import KaaCore
 
 /// The manifest of a snapshot: what it is, what it contains and what it needs.
 ///
@@ -10,6 +11,9 @@ public struct SnapshotManifest: Sendable, Equatable, Codable {
     public static let currentFormatVersion = 1
     /// The entry name of the manifest in the container.
     public static let entryName = "manifest.json"
+    /// The most files one snapshot may hold. Validation sorts the paths (n log n), and the
+    /// archive reader keeps an index of them; 10,000 files make a manifest of about 4 MB.
+    public static let maxFiles = 10_000
 
     public var formatVersion: Int
     public var name: String
@@ -160,22 +164,27 @@ public struct SnapshotManifest: Sendable, Equatable, Codable {
         }
     }
 
-    /// Decodes and validates manifest bytes, refusing unknown, missing and wrong fields.
+    /// Decodes and validates manifest bytes, refusing unknown, missing and wrong fields,
+    /// repeated keys at any depth, and numbers that are not integer literals.
+    ///
+    /// The text is read first with KaaCore's JSON reader, which keeps every member of an object
+    /// in order, repeats included: Foundation's readers keep one of two equal keys silently, and
+    /// other languages' readers keep the other, so a digest over such text would be read
+    /// differently by different readers.
     public static func decode(_ bytes: [UInt8]) throws(SnapshotError) -> SnapshotManifest {
-        let data = Data(bytes)
-        let object: Any
-        do {
-            object = try JSONSerialization.jsonObject(with: data, options: [])
-        } catch {
-            throw SnapshotError(.invalidManifest, "manifest is not valid JSON (\(error.localizedDescription)); rebuild the snapshot with `kaa snapshot build`")
+        let json: JSON
+        do { json = try JSON(parsing: bytes) } catch {
+            throw SnapshotError(.invalidManifest, "manifest is not valid JSON (\(error.description)); rebuild the snapshot with `kaa snapshot build`")
         }
-        guard let top = object as? [String: Any] else {
+        guard case .object = json else {
             throw SnapshotError(.invalidManifest, "manifest is not a JSON object")
         }
-        if let v = top["format_version"] as? Int, v > currentFormatVersion {
+        var steps: [ManifestSchema.Step] = []
+        try ManifestSchema.checkText(json, at: &steps)
+        if let v = json["format_version"]?.int64, v > Int64(currentFormatVersion) {
             throw SnapshotError(.invalidManifest, "manifest has format version \(v), newer than this Kaa reads (\(currentFormatVersion)); upgrade this node")
         }
-        try ManifestSchema.checkKeys(top)
+        try ManifestSchema.checkKeys(json)
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .custom { dec in
             let c = try dec.singleValueContainer()
@@ -187,7 +196,7 @@ public struct SnapshotManifest: Sendable, Equatable, Codable {
         }
         let manifest: SnapshotManifest
         do {
-            manifest = try decoder.decode(SnapshotManifest.self, from: data)
+            manifest = try decoder.decode(SnapshotManifest.self, from: Data(bytes))
         } catch let e as DecodingError {
             throw SnapshotError(.invalidManifest, ManifestSchema.describe(e))
         } catch {
@@ -204,21 +213,36 @@ public struct SnapshotManifest: Sendable, Equatable, Codable {
             throw bad("format_version \(formatVersion) is not one this Kaa reads (1...\(Self.currentFormatVersion))")
         }
         do { try SnapshotNaming.validateModelName(name) } catch { throw bad(error.message) }
-        guard version >= 0 else { throw bad("version \(version) is negative; use a positive version, or 0 for a draft") }
+        guard version >= 0 && version <= SnapshotNaming.maxVersion else {
+            throw bad("version \(version) is out of range; versions are integers from 1 to \(SnapshotNaming.maxVersion), or 0 for a draft")
+        }
         guard !files.isEmpty else { throw bad("`files` is empty; a snapshot holds at least its model file") }
+        guard files.count <= Self.maxFiles else {
+            throw bad("`files` lists \(files.count) files; a snapshot holds at most \(Self.maxFiles) (pack small files into one)")
+        }
         var seen = Set<String>()
+        var total: UInt64 = 0
         for f in files {
             do { try EntryPath.validate(f.path) } catch { throw bad(error.message) }
             guard f.path != Self.entryName else { throw bad("file `\(f.path)` uses the manifest's reserved name") }
             guard seen.insert(f.path).inserted else { throw bad("file `\(f.path)` is listed twice") }
             guard f.size > 0 else { throw bad("file `\(f.path)` has size 0; empty files are refused") }
+            let (sum, overflow) = total.addingReportingOverflow(f.size)
+            guard !overflow else { throw bad("the files' sizes add up to more than 2^64 bytes") }
+            total = sum
             guard f.sha256.utf8.count == 64, Hex.decode(f.sha256) != nil, f.sha256 == f.sha256.lowercased() else {
                 throw bad("file `\(f.path)` has sha256 `\(f.sha256)`, not 64 lowercase hex digits")
             }
         }
-        for f in files {
-            for other in files where other.path.hasPrefix(f.path + "/") {
-                throw bad("file `\(f.path)` is also a directory of `\(other.path)`")
+        // A file that is also a directory of another (`a` and `a/b`): with `/` ordered before
+        // every byte a path may hold, the paths under `a/` sort right after `a`, so comparing
+        // neighbours finds every such pair (n log n, where comparing each pair was n^2).
+        let keys = files.map { f in f.path.utf8.map { $0 == 0x2F ? UInt8(0x01) : $0 } }
+        let order = keys.indices.sorted { keys[$0].lexicographicallyPrecedes(keys[$1]) }
+        for (i, j) in zip(order, order.dropFirst()) {
+            let dir = keys[i] + [0x01]
+            if keys[j].count > dir.count && keys[j].starts(with: dir) {
+                throw bad("file `\(files[i].path)` is also a directory of `\(files[j].path)`")
             }
         }
         let models = files.filter { $0.role == .model }
@@ -233,7 +257,9 @@ public struct SnapshotManifest: Sendable, Equatable, Codable {
         }
         guard requirements.memoryBytes > 0 else { throw bad("requirements.memory_bytes is 0; give an estimate in bytes") }
         if let p = lineage.parentVersion {
-            guard p > 0 else { throw bad("lineage.parent_version \(p) is not a positive version") }
+            guard p >= 1 && p <= SnapshotNaming.maxVersion else {
+                throw bad("lineage.parent_version \(p) is out of range; versions are integers from 1 to \(SnapshotNaming.maxVersion)")
+            }
             if version > 0 && p >= version {
                 throw bad("lineage.parent_version \(p) is not older than version \(version)")
             }
@@ -254,8 +280,42 @@ public struct SnapshotManifest: Sendable, Equatable, Codable {
     /// The model file's entry.
     public var modelFile: File? { files.first { $0.path == model } }
 
-    /// Total size of the files, in bytes.
-    public var totalFileBytes: UInt64 { files.reduce(0) { $0 &+ $1.size } }
+    /// Total size of the files, in bytes (saturating at `UInt64.max`; ``validate()`` refuses a
+    /// manifest whose sizes overflow).
+    public var totalFileBytes: UInt64 {
+        files.reduce(0) { total, f in
+            let (sum, overflow) = total.addingReportingOverflow(f.size)
+            return overflow ? .max : sum
+        }
+    }
+}
+
+extension SnapshotManifest.ModelSignature {
+    /// The first way this signature (what a manifest declares) differs from `actual`, in
+    /// words naming `actual` as `describing`; `nil` when they are equal.
+    public func firstDifference(from actual: Self, describing source: String = "the model") -> String? {
+        func names(_ list: [TensorSignature]) -> String {
+            list.isEmpty ? "none" : list.map { "`\($0.name)`" }.joined(separator: ", ")
+        }
+        func shape(_ s: [Int64]?) -> String {
+            s.map { "[" + $0.map(String.init).joined(separator: ", ") + "]" } ?? "no shape (rank unknown)"
+        }
+        for (side, declared, real) in [("input", inputs, actual.inputs), ("output", outputs, actual.outputs)] {
+            guard declared.map(\.name) == real.map(\.name) else {
+                return "the manifest declares \(side)s \(names(declared)) but \(source) has \(names(real))"
+            }
+            for (d, r) in zip(declared, real) where d != r {
+                if d.kind != r.kind {
+                    return "\(side) `\(d.name)` is a \(r.kind.rawValue) in \(source) but a \(d.kind.rawValue) in the manifest"
+                }
+                if d.dtype != r.dtype {
+                    return "\(side) `\(d.name)` has dtype \(r.dtype) in \(source) but \(d.dtype) in the manifest"
+                }
+                return "\(side) `\(d.name)` has shape \(shape(r.shape)) in \(source) but \(shape(d.shape)) in the manifest"
+            }
+        }
+        return nil
+    }
 }
 
 /// One input or output of a model, as the ONNX graph declares it.
@@ -327,28 +387,74 @@ enum ManifestSchema {
     static let requirements: Set<String> = ["memory_bytes", "accelerator"]
     static let lineage: Set<String> = ["parent_version", "training_data", "publisher"]
 
-    static func checkKeys(_ top: [String: Any]) throws(SnapshotError) {
+    static func checkKeys(_ top: JSON) throws(SnapshotError) {
         try check(top, allowed: Self.top, at: "")
-        if let files = top["files"] as? [Any] {
-            for (i, f) in files.enumerated() {
-                if let o = f as? [String: Any] { try check(o, allowed: file, at: "files[\(i)].") }
-            }
+        for (i, f) in (top["files"]?.array ?? []).enumerated() {
+            try check(f, allowed: file, at: "files[\(i)].")
         }
-        if let s = top["signature"] as? [String: Any] {
+        if let s = top["signature"] {
             try check(s, allowed: signature, at: "signature.")
             for side in ["inputs", "outputs"] {
-                for (i, t) in ((s[side] as? [Any]) ?? []).enumerated() {
-                    if let o = t as? [String: Any] { try check(o, allowed: tensor, at: "signature.\(side)[\(i)].") }
-                }
+                for (i, t) in (s[side]?.array ?? []).enumerated() { try check(t, allowed: tensor, at: "signature.\(side)[\(i)].") }
             }
         }
-        if let r = top["requirements"] as? [String: Any] { try check(r, allowed: requirements, at: "requirements.") }
-        if let l = top["lineage"] as? [String: Any] { try check(l, allowed: lineage, at: "lineage.") }
+        if let r = top["requirements"] { try check(r, allowed: requirements, at: "requirements.") }
+        if let l = top["lineage"] { try check(l, allowed: lineage, at: "lineage.") }
     }
 
-    private static func check(_ o: [String: Any], allowed: Set<String>, at prefix: String) throws(SnapshotError) {
-        for key in o.keys.sorted() where !allowed.contains(key) {
+    /// Refuses unknown keys of `value` when it is an object (other types are the decoder's to
+    /// refuse, with the field's name).
+    private static func check(_ value: JSON, allowed: Set<String>, at prefix: String) throws(SnapshotError) {
+        guard case .object(let members) = value else { return }
+        for key in members.map(\.key).sorted() where !allowed.contains(key) {
             throw SnapshotError(.invalidManifest, "manifest has unknown field `\(prefix)\(key)`; known fields there: \(allowed.sorted().joined(separator: ", "))")
+        }
+    }
+
+    /// One step of the way to a value, for messages: a member's key or an element's index.
+    enum Step {
+        case key(String)
+        case index(Int)
+    }
+
+    static func path(_ steps: [Step]) -> String {
+        var s = ""
+        for step in steps {
+            switch step {
+            case .index(let i): s += "[\(i)]"
+            case .key(let k): s += (s.isEmpty ? "" : ".") + k
+            }
+        }
+        return s
+    }
+
+    /// Refuses, at any depth, an object that repeats a key, and a number that is not an integer
+    /// literal within `Int64` (no manifest field is fractional; `1.0`, `1e0` and `2^64` read
+    /// differently in different languages). Keys compare as Swift strings, so two spellings
+    /// of one key (an escape, a composed character) count as a repeat too.
+    static func checkText(_ value: JSON, at steps: inout [Step]) throws(SnapshotError) {
+        switch value {
+        case .object(let members):
+            var seen = Set<String>()
+            for m in members {
+                guard seen.insert(m.key).inserted else {
+                    let place = steps.isEmpty ? "the top-level object" : "`\(path(steps))`"
+                    throw SnapshotError(.invalidManifest, "manifest repeats the key `\(m.key)` in \(place); JSON readers disagree on which value counts (Kaa's read the first, Python's the last), so a repeated key is refused at any depth: rebuild the snapshot with `kaa snapshot build`")
+                }
+                steps.append(.key(m.key))
+                try checkText(m.value, at: &steps)
+                steps.removeLast()
+            }
+        case .array(let elements):
+            for (i, e) in elements.enumerated() {
+                steps.append(.index(i))
+                try checkText(e, at: &steps)
+                steps.removeLast()
+            }
+        case .number(let d):
+            throw SnapshotError(.invalidManifest, "manifest field `\(path(steps))` is the number \(d), not an integer literal; every number in a manifest is an integer written without fraction or exponent, within 64 bits")
+        case .null, .bool, .integer, .string:
+            break
         }
     }
 

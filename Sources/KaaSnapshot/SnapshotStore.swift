@@ -18,23 +18,61 @@ public final class SnapshotStore: Sendable {
         public var directory: String
         /// When non-empty, every snapshot MUST be signed by one of these keys.
         public var trustedKeys: Set<PublisherPublicKey>
-        /// Retention keeps this many newest versions per model (plus aliased ones).
+        /// Retention keeps this many newest published versions per model (plus aliased ones):
+        /// versions uploaded with their version, signed or not. Drafts (versions this node gave
+        /// to unsigned drafts) never count here, so no number of draft uploads pushes a
+        /// published version out. Node setting `retain_versions`.
         public var retainVersions: Int
-        /// The largest sum of file sizes one snapshot may declare.
+        /// Retention keeps this many newest drafts per model (plus aliased ones), counted apart
+        /// from the published versions. Node setting `retain_drafts`.
+        public var retainDrafts: Int
+        /// The largest model file one snapshot may declare, checked from the manifest before
+        /// anything is decompressed. The node loads the whole model to check it at upload and
+        /// to serve it, so this bounds what one model costs in memory. 1 GiB by default. Node
+        /// setting `max_model_bytes`.
+        public var maxModelBytes: UInt64
+        /// The largest sum of file sizes one snapshot may declare. 4 GiB by default: a model of
+        /// up to ``maxModelBytes`` with its extra files (vocabularies, label tables), which is
+        /// what one snapshot of the small models Kaa serves should ever need; an upload can
+        /// make the node write this much to its disk (twice while a draft is given its
+        /// version), so the default is not the format's 64 GiB. Node setting
+        /// `max_content_bytes`.
         public var maxContentBytes: UInt64
+        /// The most uploads received at once; one more is refused with
+        /// ``SnapshotError/Code/busy`` (HTTP 503). Each holds a temporary file of up to
+        /// ``maxArchiveBytes``, two descriptors and about 5 MiB of LZ4 buffers. Node setting
+        /// `max_concurrent_uploads`.
+        public var maxConcurrentIngests: Int
         /// Whether reconciliation re-verifies every cataloged archive (slow) instead of checking
         /// that it exists with the recorded size.
         public var verifyAllOnStart: Bool
 
         public init(
-            directory: String, trustedKeys: Set<PublisherPublicKey> = [], retainVersions: Int = 5,
-            maxContentBytes: UInt64 = 64 << 30, verifyAllOnStart: Bool = false
+            directory: String, trustedKeys: Set<PublisherPublicKey> = [], retainVersions: Int = 5, retainDrafts: Int = 5,
+            maxModelBytes: UInt64 = 1 << 30, maxContentBytes: UInt64 = 4 << 30, maxConcurrentIngests: Int = 16,
+            verifyAllOnStart: Bool = false
         ) {
             self.directory = directory
             self.trustedKeys = trustedKeys
             self.retainVersions = retainVersions
+            self.retainDrafts = retainDrafts
+            self.maxModelBytes = maxModelBytes
             self.maxContentBytes = maxContentBytes
+            self.maxConcurrentIngests = maxConcurrentIngests
             self.verifyAllOnStart = verifyAllOnStart
+        }
+
+        /// The largest compressed archive of a snapshot within these limits: the container
+        /// (header, a manifest of up to 16 MiB, ``SnapshotManifest/maxFiles`` entry headers
+        /// and names, ``maxContentBytes`` of files, signature, end) plus LZ4's worst-case
+        /// growth of incompressible data (1/255) and 1 MiB for frame and block headers. An
+        /// upload longer than this is refused; an HTTP body limit for uploads is this.
+        public var maxArchiveBytes: UInt64 {
+            let perFile = UInt64(ContainerFormat.entryHeaderSize + EntryPath.maxLength)
+            let overhead = UInt64(16 << 20) + UInt64(SnapshotManifest.maxFiles) * perFile + (1 << 20)
+            let (container, o1) = maxContentBytes.addingReportingOverflow(overhead)
+            let (archive, o2) = container.addingReportingOverflow(container / 255)
+            return o1 || o2 ? .max : archive
         }
     }
 
@@ -68,8 +106,12 @@ public final class SnapshotStore: Sendable {
     }
 
     var policy: VerificationPolicy {
-        VerificationPolicy(trustedKeys: configuration.trustedKeys, allowDraft: true, maxContentBytes: configuration.maxContentBytes)
+        VerificationPolicy(trustedKeys: configuration.trustedKeys, allowDraft: true, maxContentBytes: configuration.maxContentBytes,
+                           maxModelBytes: configuration.maxModelBytes)
     }
+
+    /// Uploads being received now (sessions begun and not yet finished, failed or aborted).
+    public var uploadsInProgress: Int { shared.activeIngests }
 
     // MARK: Reading
 
@@ -84,7 +126,7 @@ public final class SnapshotStore: Sendable {
                 } else {
                     rows = try Row.fetchAll(db, sql: "SELECT * FROM snapshot ORDER BY name, version")
                 }
-                return rows.map { SnapshotCatalog.record($0, directory: dir) }
+                return rows.compactMap { SnapshotCatalog.record($0, directory: dir) }
             }
         }
     }
@@ -95,7 +137,7 @@ public final class SnapshotStore: Sendable {
         return try catalog.run("read") {
             try catalog.pool.read { db in
                 try Row.fetchOne(db, sql: "SELECT * FROM snapshot WHERE name = ? AND version = ?", arguments: [id.name, id.version])
-                    .map { SnapshotCatalog.record($0, directory: dir) }
+                    .flatMap { SnapshotCatalog.record($0, directory: dir) }
             }
         }
     }
@@ -154,11 +196,15 @@ public final class SnapshotStore: Sendable {
         }
     }
 
-    /// The next version `ingest` would assign to a draft of `name`.
+    /// The next version `ingest` would assign to a draft of `name`; a
+    /// ``SnapshotError/Code/conflict`` when the name's highest version is already
+    /// ``SnapshotNaming/maxVersion``.
     public func nextVersion(name: String) throws(SnapshotError) -> Int {
         try SnapshotNaming.validateModelName(name)
         let stored = try list(name: name).last?.id.version ?? 0
-        return max(stored, shared.highestReservation(name)) + 1
+        let highest = max(stored, shared.highestReservation(name))
+        guard highest < SnapshotNaming.maxVersion else { throw LockedState.versionsExhausted(name) }
+        return highest + 1
     }
 
     // MARK: Aliases
@@ -211,6 +257,8 @@ public final class SnapshotStore: Sendable {
 
     /// Removes an alias; removing one that does not exist is a ``SnapshotError/Code/notFound``.
     public func removeAlias(name: String, alias: String) throws(SnapshotError) {
+        try SnapshotNaming.validateModelName(name)
+        try SnapshotNaming.validateAlias(alias)
         let changed = try catalog.run("remove alias") {
             try catalog.pool.write { db -> Int in
                 try db.execute(sql: "DELETE FROM alias WHERE name = ? AND alias = ?", arguments: [name, alias])
@@ -271,16 +319,18 @@ public final class SnapshotStore: Sendable {
         logger.info("snapshot deleted", metadata: ["snapshot": "\(id)"])
     }
 
-    /// Keeps the newest ``Configuration/retainVersions`` versions of every model plus every
-    /// aliased version; deletes the others unless leased, which become `retiring` and are
-    /// deleted by a later pass once released.
+    /// Keeps the newest ``Configuration/retainVersions`` published versions and the newest
+    /// ``Configuration/retainDrafts`` drafts of every model, counted apart, plus every aliased
+    /// version; deletes the others unless leased, which become `retiring` and are deleted by a
+    /// later pass once released. A draft never takes a published version's place.
     ///
     /// With `name`, the pass covers that model and every model with a `retiring` version only,
     /// so a publish costs the same with 10 or 10,000 models in the store.
     @discardableResult
     public func applyRetention(name: String? = nil) throws(SnapshotError) -> RetentionReport {
         var report = RetentionReport()
-        let keep = max(1, configuration.retainVersions)
+        let keepPublished = max(1, configuration.retainVersions)
+        let keepDrafts = max(1, configuration.retainDrafts)
         var records: [SnapshotRecord]
         if let name {
             records = try list(name: name)
@@ -290,9 +340,21 @@ public final class SnapshotStore: Sendable {
         }
         let byName = Dictionary(grouping: records, by: { $0.id.name })
         for name in byName.keys.sorted() {
-            let versions = byName[name]!.sorted { $0.id.version > $1.id.version }
+            let versions = byName[name, default: []].sorted { $0.id.version > $1.id.version }
             let aliased = Set(try aliases(name: name).values)
-            for (i, r) in versions.enumerated() where i >= keep && !aliased.contains(r.id.version) {
+            // Each version's rank among the newest of its kind (published or draft).
+            var seen = (published: 0, drafts: 0)
+            var kept = Set<Int>()
+            for r in versions {
+                if r.isDraft {
+                    if seen.drafts < keepDrafts { kept.insert(r.id.version) }
+                    seen.drafts += 1
+                } else {
+                    if seen.published < keepPublished { kept.insert(r.id.version) }
+                    seen.published += 1
+                }
+            }
+            for r in versions where !kept.contains(r.id.version) && !aliased.contains(r.id.version) {
                 if shared.leaseCount(r.id) > 0 {
                     if r.state != .retiring {
                         try setState(r.id, .retiring)
@@ -309,7 +371,7 @@ public final class SnapshotStore: Sendable {
                 }
             }
             // A retiring version that is kept again (an alias now points at it) is ready again.
-            for (i, r) in versions.enumerated() where r.state == .retiring && (i < keep || aliased.contains(r.id.version)) {
+            for r in versions where r.state == .retiring && (kept.contains(r.id.version) || aliased.contains(r.id.version)) {
                 try setState(r.id, .ready)
             }
         }
@@ -354,7 +416,8 @@ public struct RetentionReport: Sendable, Equatable {
     public var deferred: [SnapshotID] = []
 }
 
-/// The store's in-memory state: leases, version reservations for drafts, the commit lock.
+/// The store's in-memory state: leases, version reservations, the count of uploads in
+/// progress, the commit lock.
 ///
 /// `@unchecked Sendable`: every mutable field is read and written only while `lock` is held,
 /// and `commitLock` serialises the short commit step (final checks, rename, catalog row).
@@ -363,7 +426,9 @@ final class LockedState: @unchecked Sendable {
     private let commitLock = NSLock()
     private var leases: [SnapshotID: Set<UInt64>] = [:]
     private var nextToken: UInt64 = 1
-    private var reservations: [String: Set<Int>] = [:]
+    /// For each name, the versions uploads in flight hold, with how many hold each.
+    private var reservations: [String: [Int: Int]] = [:]
+    private var ingests = 0
     private var _startupReport = ReconcileReport()
 
     var startupReport: ReconcileReport {
@@ -394,33 +459,86 @@ final class LockedState: @unchecked Sendable {
         return leases[id]?.count ?? 0
     }
 
+    // MARK: Uploads in progress
+
+    var activeIngests: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return ingests
+    }
+
+    /// Takes one of `limit` slots for an upload; ``SnapshotError/Code/busy`` when all are taken.
+    func acquireIngestSlot(limit: Int) throws(SnapshotError) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard ingests < max(1, limit) else {
+            throw SnapshotError(.busy, "this node is receiving \(ingests) uploads already, its limit (the node's `max_concurrent_uploads` setting); retry when one has finished")
+        }
+        ingests += 1
+    }
+
+    func releaseIngestSlot() {
+        lock.lock()
+        defer { lock.unlock() }
+        precondition(ingests > 0, "upload slot released twice")
+        ingests -= 1
+    }
+
+    // MARK: Version reservations
+
+    static func versionsExhausted(_ name: String) -> SnapshotError {
+        SnapshotError(.conflict, "model `\(name)` has reached the highest version, \(SnapshotNaming.maxVersion), so a draft cannot be given the next one; upload it with an unused version of your choice, or under a new name")
+    }
+
     func highestReservation(_ name: String) -> Int {
         lock.lock()
         defer { lock.unlock() }
-        return reservations[name]?.max() ?? 0
+        return reservations[name]?.keys.max() ?? 0
     }
 
-    /// Reserves the first version > `stored` not reserved by a concurrent ingest.
-    func reserve(_ name: String, after stored: Int) -> Int {
+    /// Reserves the version after both `stored` and every version held by an upload in flight.
+    func reserveNext(_ name: String, after stored: Int) throws(SnapshotError) -> Int {
         lock.lock()
         defer { lock.unlock() }
-        let v = max(stored, reservations[name]?.max() ?? 0) + 1
-        reservations[name, default: []].insert(v)
-        return v
+        let highest = max(stored, reservations[name]?.keys.max() ?? 0)
+        // Every stored or held version is at most maxVersion, so `+ 1` cannot overflow.
+        guard highest < SnapshotNaming.maxVersion else { throw Self.versionsExhausted(name) }
+        reservations[name, default: [:]][highest + 1] = 1
+        return highest + 1
     }
 
-    /// Reserves exactly `version`; false when a concurrent ingest holds it.
+    /// Reserves exactly `version` for a draft; false when an upload in flight holds it.
     func reserve(_ name: String, exactly version: Int) -> Bool {
         lock.lock()
         defer { lock.unlock() }
-        return reservations[name, default: []].insert(version).inserted
+        guard reservations[name]?[version] == nil else { return false }
+        reservations[name, default: [:]][version] = 1
+        return true
     }
 
+    /// Holds `version` for an upload of that very version; several may hold it at once.
+    func hold(_ name: String, _ version: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        reservations[name, default: [:]][version, default: 0] += 1
+    }
+
+    /// Ends one reservation or hold of `version`.
     func unreserve(_ name: String, _ version: Int) {
         lock.lock()
         defer { lock.unlock() }
-        reservations[name]?.remove(version)
+        guard let count = reservations[name]?[version] else {
+            preconditionFailure("\(name)@\(version) released without a reservation")
+        }
+        reservations[name]![version] = count > 1 ? count - 1 : nil
         if reservations[name]?.isEmpty == true { reservations[name] = nil }
+    }
+
+    /// Versions reserved or held now, for tests and diagnostics.
+    var reservationCount: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return reservations.values.reduce(0) { $0 + $1.values.reduce(0, +) }
     }
 
     func withCommitLock<T>(_ body: () throws(SnapshotError) -> T) throws(SnapshotError) -> T {

@@ -37,15 +37,18 @@ struct CraftedArchive {
         try Data(out).write(to: URL(fileURLWithPath: path))
     }
 
-    /// A manifest for `files` (path, bytes) with the model first.
+    /// A manifest for `files` (path, bytes) with the model first, declaring the model's own
+    /// signature when it is an ONNX model (an invented one otherwise).
     static func manifest(name: String = "iris", version: Int = 1, files: [(String, [UInt8])], edit: (inout SnapshotManifest) -> Void = { _ in }) throws -> [UInt8] {
+        let invented = SnapshotManifest.ModelSignature(inputs: [], outputs: [.init(name: "y", kind: .tensor, dtype: "FP32", shape: [-1])])
+        let signature = (try? files[0].1.withUnsafeBytes { try ONNXSignatureReader.read(bytes: $0) }) ?? invented
         var m = SnapshotManifest(
             name: name, version: version, createdAt: Date(timeIntervalSince1970: 1_790_000_000), model: files[0].0,
             files: files.enumerated().map { i, f in
                 .init(path: f.0, role: i == 0 ? .model : .extra, size: UInt64(f.1.count), sha256: Hex.encode(SHA256.hash(data: f.1)))
             },
             pipeline: nil,
-            signature: .init(inputs: [], outputs: [.init(name: "y", kind: .tensor, dtype: "FP32", shape: [-1])]),
+            signature: signature,
             requirements: .init(memoryBytes: 1 << 20, accelerator: .none), labels: [:], lineage: .init())
         edit(&m)
         return try m.canonicalBytes()
@@ -112,6 +115,19 @@ struct CraftedArchive {
         bytes[bytes.count - 2] ^= 1
         let bad = try dir.write("bad.kaa", bytes)
         #expect(throws: SnapshotError.self) { try SnapshotArchive.loadFiles(path: bad) }
+    }
+
+    /// A manifest and entry agreeing on a 1 TiB model in a 1 KB archive: loading it must fail
+    /// as truncated, not reserve a terabyte first (a trap in `kaa batch`, or in a node loading).
+    @Test func loadFilesDoesNotTrustADeclaredSizeForMemory() throws {
+        let dir = try TempDir()
+        let model = ONNXFixture.small()
+        let manifest = try CraftedArchive.manifest(files: [("model.onnx", model)]) { m in m.files[0].size = 1 << 40 }
+        try CraftedArchive.write([.manifest(manifest), .file("model.onnx", model, declaredSize: 1 << 40)], to: dir.file("tb.kaa"))
+        let e = #expect(throws: SnapshotError.self) {
+            try SnapshotArchive.loadFiles(path: dir.file("tb.kaa"), policy: .init(maxContentBytes: 2 << 40))
+        }
+        #expect(e?.code == .truncated)
     }
 
     @Test func everyFlippedByteIsRefused() throws {

@@ -11,11 +11,17 @@ struct StoreFixture {
     let data: String
     var store: SnapshotStore
 
-    init(trustedKeys: Set<PublisherPublicKey> = [], retain: Int = 5) throws {
+    init(trustedKeys: Set<PublisherPublicKey> = [], retain: Int = 5, configure: (inout SnapshotStore.Configuration) -> Void = { _ in }) throws {
         dir = try TempDir()
         data = dir.file("node")
-        store = try SnapshotStore(configuration: .init(directory: data, trustedKeys: trustedKeys, retainVersions: retain),
-                                  logger: Logger(label: "test"))
+        var configuration = SnapshotStore.Configuration(directory: data, trustedKeys: trustedKeys, retainVersions: retain)
+        configure(&configuration)
+        store = try SnapshotStore(configuration: configuration, logger: Logger(label: "test"))
+    }
+
+    /// The names in the store's `.tmp` directory (uploads in progress, their model spools).
+    func tempFiles() throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: data + "/snapshots/.tmp").sorted()
     }
 
     func reopen(trustedKeys: Set<PublisherPublicKey> = [], verifyAll: Bool = false) throws -> SnapshotStore {
@@ -170,7 +176,8 @@ struct StoreFixture {
         try refuse(try crafted([.manifest(m2), .file("model.onnx", model), .file("model.onnx", model), .end]), "duplicate entry `model.onnx`")
         try refuse(try crafted([.manifest(m2), .file("model.onnx", [], declaredSize: 0), .end]), "0-byte file")
         let huge = try CraftedArchive.manifest(version: 2, files: [("model.onnx", model)]) { $0.files[0].size = 40 << 30 }
-        try refuse(try crafted([.manifest(huge), .file("model.onnx", model, declaredSize: 40 << 30)]), "declared bytes")
+        try refuse(try crafted([.manifest(huge), .file("model.onnx", model, declaredSize: 40 << 30)]),
+                   "declares model file `model.onnx` of 42949672960 bytes (40.0 GiB); the limit here is 1073741824 bytes (1.0 GiB) (a node's `max_model_bytes` setting")
         var noName = try JSONSerialization.jsonObject(with: Data(m2)) as! [String: Any]
         noName.removeValue(forKey: "name")
         try refuse(try crafted([.manifest(Array(try JSONSerialization.data(withJSONObject: noName))), .file("model.onnx", model), .end]), "manifest is missing field `name`")
