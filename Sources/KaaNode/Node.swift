@@ -75,7 +75,10 @@ public final class Node: Sendable {
             access = nil
         }
         self.store = try SnapshotStore(configuration: .init(directory: config.dataDir, trustedKeys: trusted,
-                                                            retainVersions: config.retainVersions),
+                                                            retainVersions: config.retainVersions, retainDrafts: config.retainDrafts,
+                                                            maxModelBytes: UInt64(config.maxModelBytes),
+                                                            maxContentBytes: UInt64(config.maxContentBytes),
+                                                            maxConcurrentIngests: config.maxConcurrentUploads),
                                        logger: logger)
         self.nodeID = try NodeIdentity.loadID(directory: config.dataDir)
         self.firstIncarnation = NodeIdentity.nextIncarnation(directory: config.dataDir)

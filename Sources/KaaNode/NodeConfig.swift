@@ -16,8 +16,16 @@ public struct NodeConfig: Sendable {
     /// Public key files of trusted publishers; when any are given, unsigned or wrongly signed
     /// snapshots are refused.
     public var trustedKeys: [String] = []
-    /// Versions kept per model, besides every version an alias points at.
+    /// Published versions kept per model, besides every version an alias points at.
     public var retainVersions = 5
+    /// Drafts (uploads without a version) kept per model, apart from published versions.
+    public var retainDrafts = 5
+    /// The largest model file a snapshot may hold, checked before it is decompressed.
+    public var maxModelBytes = 1 << 30
+    /// The largest sum of file sizes a snapshot may declare.
+    public var maxContentBytes = 4 << 30
+    /// Uploads taken at once; past it an upload gets 503 with Retry-After.
+    public var maxConcurrentUploads = 16
     /// Peer addresses of nodes to join through; empty for the first node of a cluster.
     public var seeds: [HostPort] = []
     /// The name operators see (default: the host name).
@@ -131,7 +139,11 @@ public struct NodeConfig: Sendable {
         .optionalText("tokens_file", "bearer tokens (kaa tokens create); set, the control API needs them", \.tokensFile),
         .flag("require_infer_token", "with a tokens file: inference needs a token with scope infer", \.requireInferToken),
         .list("trusted_keys", "publisher .pub files (comma-separated); snapshots must be signed by one", \.trustedKeys),
-        .integer("retain_versions", "versions kept per model besides aliased ones", \.retainVersions, min: 1),
+        .integer("retain_versions", "published versions kept per model besides aliased ones", \.retainVersions, min: 1),
+        .integer("retain_drafts", "drafts (uploads without a version) kept per model", \.retainDrafts, min: 1),
+        .bytes("max_model_bytes", "largest model file a snapshot may hold", \.maxModelBytes, min: 1),
+        .bytes("max_content_bytes", "largest sum of the files of one snapshot", \.maxContentBytes, min: 1),
+        .integer("max_concurrent_uploads", "snapshot uploads taken at once; past it 503", \.maxConcurrentUploads, min: 1),
 
         .bytes("memory_budget", "bytes loaded models may hold before LRU eviction", \.serving.memoryBudget),
         .list("pinned_models", "models (name or name@version, comma-separated) loaded at start, kept", \.serving.pinned),

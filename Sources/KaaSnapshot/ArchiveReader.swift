@@ -412,9 +412,13 @@ public enum SnapshotArchive {
     /// A file's declared size is trusted for reserving memory only as far as the archive could
     /// hold it: LZ4 expands at most 255-fold, so a 4 KB archive declaring a 1 TiB file reserves
     /// about 1 MiB, and fails as truncated, rather than asking for a terabyte.
-    public static func loadFiles(path: String, policy: VerificationPolicy = .init()) throws(SnapshotError) -> (archive: VerifiedArchive, files: [String: [UInt8]]) {
+    /// `keeping` chooses the files whose bytes are returned (all by default); every file is
+    /// verified either way.
+    public static func loadFiles(path: String, policy: VerificationPolicy = .init(),
+                                 keeping: @escaping (SnapshotManifest.File) -> Bool = { _ in true }) throws(SnapshotError) -> (archive: VerifiedArchive, files: [String: [UInt8]]) {
         var files: [String: [UInt8]] = [:]
         var current: [UInt8] = []
+        var keep = false
         let (expanded, overflow) = (PosixFile.size(path) ?? 0).multipliedReportingOverflow(by: 256)
         let plausible = overflow ? UInt64.max : expanded
         let reader = try ArchiveReader(policy: policy) { (event) throws(SnapshotError) in
@@ -422,10 +426,11 @@ public enum SnapshotArchive {
             case .manifest: break
             case .fileStart(let f):
                 current = []
-                current.reserveCapacity(Int(clamping: min(f.size, plausible)))
-            case .fileData(let bytes): current.append(contentsOf: bytes)
+                keep = keeping(f)
+                if keep { current.reserveCapacity(Int(clamping: min(f.size, plausible))) }
+            case .fileData(let bytes): if keep { current.append(contentsOf: bytes) }
             case .fileEnd(let f):
-                files[f.path] = current
+                if keep { files[f.path] = current }
                 current = []
             }
         }

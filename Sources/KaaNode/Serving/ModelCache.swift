@@ -161,8 +161,10 @@ final class ModelCache {
             return .failure(CallError(.unavailable, "cannot load \(id): \(error.message)"))
         }
         do {
+            // Every file is verified; only the model's bytes are kept in memory.
             let (archive, files) = try SnapshotArchive.loadFiles(path: record.path,
-                policy: VerificationPolicy(trustedKeys: store.configuration.trustedKeys, expectedDigest: record.digest))
+                policy: VerificationPolicy(trustedKeys: store.configuration.trustedKeys, expectedDigest: record.digest),
+                keeping: { $0.role == .model })
             guard let bytes = files[archive.manifest.model] else {
                 throw CallError(.unavailable, "\(id): the archive has no model file `\(archive.manifest.model)`")
             }
