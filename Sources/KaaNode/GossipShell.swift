@@ -18,10 +18,14 @@ public final class GossipShell {
     private let frames: FrameClient
     private let logger: Logger
     private var udp: UDPSocket?
-    private var addresses: [HostPort: SocketAddress] = [:]
+    /// Peer host names resolved off the loop, cached.
+    private let resolver: HostResolver
     private var listeners: [(MembershipEvent) -> Void] = []
     private let incarnationFile: String
+    /// The highest incarnation written to `incarnationFile`, or being written.
     private var persistedIncarnation: Incarnation
+    /// Whether a write of the incarnation file runs on the thread pool now.
+    private var writingIncarnation = false
     private var stopped = false
     /// Datagrams that failed authentication or decoding, dropped.
     public private(set) var droppedPackets = 0
@@ -38,6 +42,7 @@ public final class GossipShell {
         self.incarnationFile = incarnationFile
         self.persistedIncarnation = instance.incarnation
         self.logger = logger
+        self.resolver = HostResolver(loop: loop)
     }
 
     /// Binds the UDP socket on `address`, starts the protocol and joins through `seeds`.
@@ -90,24 +95,23 @@ public final class GossipShell {
     }
 
     private func send(_ packet: Packet, to peer: HostPort) {
-        guard !stopped, let udp, let address = resolve(peer) else { return }
-        do {
-            let sealed = try keyring.seal(WireCodec.encode(packet))
-            udp.send(sealed, to: address)
-            bytesSent += sealed.count
-        } catch {
-            logger.error("cannot seal gossip packet", metadata: ["error": "\(error)"])
+        guard !stopped, udp != nil else { return }
+        // Numeric and cached addresses are sent at once; a name is looked up off the loop first.
+        resolver.resolve(peer) { [weak self] result in
+            guard let self, !self.stopped, let udp = self.udp else { return }
+            switch result {
+            case .success(let address):
+                do {
+                    let sealed = try self.keyring.seal(WireCodec.encode(packet))
+                    udp.send(sealed, to: address)
+                    self.bytesSent += sealed.count
+                } catch {
+                    self.logger.error("cannot seal gossip packet", metadata: ["error": "\(error)"])
+                }
+            case .failure(let error):
+                self.logger.warning("cannot resolve peer address", metadata: ["peer.addr": "\(peer)", "error": "\(error.message)"])
+            }
         }
-    }
-
-    private func resolve(_ peer: HostPort) -> SocketAddress? {
-        if let known = addresses[peer] { return known }
-        guard let address = try? SocketAddress(resolving: peer) else {
-            logger.warning("cannot resolve peer address", metadata: ["peer.addr": "\(peer)"])
-            return nil
-        }
-        addresses[peer] = address
-        return address
     }
 
     private func receive(_ bytes: UnsafeRawBufferPointer, from: SocketAddress) {
@@ -192,11 +196,26 @@ public final class GossipShell {
         }
     }
 
-    /// A restarted node must come back with a higher incarnation than any it used before.
+    /// A restarted node must come back with a higher incarnation than any it used before. The
+    /// file is written on the thread pool, one write at a time, the latest value last; a
+    /// failed write is logged.
     private func persistIncarnationIfRaised() {
-        guard instance.incarnation > persistedIncarnation else { return }
-        persistedIncarnation = instance.incarnation
-        NodeIdentity.writeIncarnation(persistedIncarnation, to: incarnationFile)
+        guard instance.incarnation > persistedIncarnation, !writingIncarnation else { return }
+        let value = instance.incarnation
+        persistedIncarnation = value
+        writingIncarnation = true
+        let file = incarnationFile
+        loop.offload({ () -> String? in
+            do { try NodeIdentity.atomicWrite("\(value)\n", to: file); return nil } catch { return "\(error)" }
+        }) { [weak self] failure in
+            guard let self else { return }
+            self.writingIncarnation = false
+            if let failure {
+                self.logger.error("cannot persist the incarnation; after a restart this node may come back with one it used before",
+                                  metadata: ["file": "\(file)", "incarnation": "\(value)", "error": "\(failure)"])
+            }
+            self.persistIncarnationIfRaised() // raised again while this write ran
+        }
     }
 }
 
@@ -223,7 +242,8 @@ enum NodeIdentity {
         let path = directory + "/incarnation"
         let last = (try? String(contentsOfFile: path, encoding: .utf8))
             .flatMap { Incarnation($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-        let next = last.map { $0 + 1 } ?? 0
+        // Saturating: a file holding the largest value must not trap the start.
+        let next = last.map { $0 == .max ? $0 : $0 + 1 } ?? 0
         writeIncarnation(next, to: path)
         return next
     }
