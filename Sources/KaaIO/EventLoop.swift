@@ -188,6 +188,12 @@ public final class EventLoop: @unchecked Sendable {
     func register(_ handle: LoopHandle) { handles[ObjectIdentifier(handle)] = handle }
     func unregister(_ handle: LoopHandle) { handles[ObjectIdentifier(handle)] = nil }
 
+    /// Handle owners the loop keeps alive (open or closing). MUST be called on the loop.
+    var registeredHandleCount: Int {
+        assertInLoop()
+        return handles.count
+    }
+
     /// Handles open on this loop, as libuv counts them (the loop's own wake-up excluded).
     /// MUST be called on the loop.
     public var openHandleCount: Int {
