@@ -276,7 +276,8 @@ public final class FrameConnection: TCPConnectionDelegate {
         send(Frame(kind: .request, type: type, id: id, payload: payload))
     }
 
-    /// Sends a message that expects no answer.
+    /// Sends a message that expects no answer; dropped when it does not fit in a frame (the
+    /// peer would refuse it and close the connection).
     public func sendOneWay(type: UInt16, payload: [UInt8]) {
         guard Frame.headerSize + payload.count <= limits.maxFrameBytes else { return }
         send(Frame(kind: .oneWay, type: type, id: 0, payload: payload))
