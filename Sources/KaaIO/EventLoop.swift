@@ -36,6 +36,7 @@ public final class EventLoop: @unchecked Sendable {
         let loop = EventLoop(name: name)
         let started = DispatchSemaphore(value: 0)
         let thread = Thread { [loop] in
+            EventLoop.blockBrokenPipeSignal()
             loop.threadID = pthread_self()
             started.signal()
             loop.run()
@@ -60,6 +61,18 @@ public final class EventLoop: @unchecked Sendable {
             loop.drainPending()
         } == 0, "uv_async_init failed")
         wakeup.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+    }
+
+    /// Keeps SIGPIPE from killing the process when a socket write on this thread meets a peer
+    /// that has gone (libuv writes with `write(2)`): the write fails with EPIPE instead, and the
+    /// connection closes as for any failed write. Blocked on the loop thread only, where every
+    /// socket write happens, so the rest of the process keeps the default.
+    private static func blockBrokenPipeSignal() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGPIPE)
+        let rc = pthread_sigmask(SIG_BLOCK, &set, nil)
+        precondition(rc == 0, "pthread_sigmask(SIG_BLOCK, SIGPIPE) failed: \(rc)")
     }
 
     /// libuv sizes its thread pool from `UV_THREADPOOL_SIZE` on first use: one worker per core.
@@ -180,6 +193,12 @@ public final class EventLoop: @unchecked Sendable {
 
     func register(_ handle: LoopHandle) { handles[ObjectIdentifier(handle)] = handle }
     func unregister(_ handle: LoopHandle) { handles[ObjectIdentifier(handle)] = nil }
+
+    /// Handle owners the loop keeps alive (open or closing). MUST be called on the loop.
+    var registeredHandleCount: Int {
+        assertInLoop()
+        return handles.count
+    }
 
     /// Handles open on this loop, as libuv counts them (the loop's own wake-up excluded).
     /// MUST be called on the loop.

@@ -291,9 +291,13 @@ final class ClientConnection: TCPConnectionDelegate {
         parser.pointee.data = nil
         tcp.delegate = self
         tcp.startReading()
+        LiveObjects.httpClientConnections.add(1, ordering: .relaxed)
     }
 
-    deinit { parser.deallocate() }
+    deinit {
+        parser.deallocate()
+        LiveObjects.httpClientConnections.subtract(1, ordering: .relaxed)
+    }
 
     func send(_ exchange: ClientExchange, reused: Bool) {
         idleTimer?.cancel()
@@ -458,7 +462,7 @@ final class ClientConnection: TCPConnectionDelegate {
     fileprivate func headersComplete() -> Int32 {
         if inValue || !field.isEmpty { commitHeader() }
         status = Int(kaa_http_status(parser))
-        if status == 100 { return 0 }
+        if isInterim { return 0 }
         return exchange?.request.method == .head ? 1 : 0
     }
 
@@ -471,8 +475,11 @@ final class ClientConnection: TCPConnectionDelegate {
         return 0
     }
 
+    /// A 1xx answer other than 101 (100 Continue, 103 Early Hints): the real one follows.
+    private var isInterim: Bool { status >= 100 && status < 200 && status != 101 }
+
     fileprivate func messageComplete() -> Int32 {
-        if status == 100 { return 0 } // interim answer; the real one follows
+        if isInterim { return 0 }
         complete = true
         let response = HTTPClientResponse(status: status, headers: headers, body: body)
         let keepAlive = http_should_keep_alive(parser) != 0

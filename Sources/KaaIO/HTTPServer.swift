@@ -13,14 +13,34 @@ import Synchronization
 /// order even when handlers finish out of order.
 public final class HTTPServer: Sendable {
     public struct Configuration: Sendable {
-        /// Request line plus header bytes; past it the answer is 431 and the connection closes.
+        /// Request line plus header bytes (the request target included); past it the answer is
+        /// 431 and the connection closes.
         public var maxHeaderBytes = 16 * 1024
+        /// Header fields in one request (trailers included); past it the answer is 431 and the
+        /// connection closes.
+        public var maxHeaderCount = 100
         /// Body bytes; past it the answer is 413 and the connection closes.
         public var maxBodyBytes = 16 * 1024 * 1024
+        /// Body bytes all connections together may hold while their requests are still arriving
+        /// (a streamed body's chunks are not held, so they do not count). A request whose body
+        /// would take the total past it gets 503 and its connection closes.
+        public var maxBufferedBodyBytes = 512 * 1024 * 1024
         /// From a request's first byte to the end of its headers; past it the connection closes.
         public var headerTimeout: Duration = .seconds(10)
-        /// From the end of the headers to the end of the body.
+        /// The body's grace period; see ``minBodyRate`` for the whole rule.
+        ///
+        /// A body times out (408, and the connection closes) when no byte of it arrives for
+        /// `bodyTimeout`, or when it falls behind ``minBodyRate``: by any moment, `t` after the
+        /// headers, at least `(t - bodyTimeout) * minBodyRate` bytes must have arrived. Sending
+        /// one byte now and then does not extend it. Time the node itself holds the body up (a
+        /// streamed body's sink still taking the previous chunk) does not count against the client.
         public var bodyTimeout: Duration = .seconds(60)
+        /// The slowest average rate, in bytes per second since the headers, at which a body may
+        /// arrive once its ``bodyTimeout`` of grace is spent. So a body of `n` bytes has at most
+        /// `bodyTimeout + n / minBodyRate` (plus the time the node held it up), and a client that
+        /// trickles cannot hold a connection, a buffer or an upload's temporary file for long.
+        /// Values below 1 count as 1.
+        public var minBodyRate = 64 * 1024
         /// A keep-alive connection with no request in progress closes after this.
         public var idleTimeout: Duration = .seconds(75)
         /// Open connections; the next one gets 503 and is closed.
@@ -93,23 +113,53 @@ public final class HTTPServer: Sendable {
         let core = self.core
         return loop.runBlocking { core.value.connections.count }
     }
+
+    /// Body bytes held for requests still arriving, over all connections (the figure
+    /// ``Configuration/maxBufferedBodyBytes`` bounds). Safe from any thread but the loop's.
+    public var bufferedBodyBytes: Int {
+        let core = self.core
+        return loop.runBlocking { core.value.bufferedBodyBytes }
+    }
+
+    /// Bytes the connections' own buffers hold (request, body, unread and unwritten bytes).
+    /// Safe from any thread but the loop's.
+    var heldBufferBytes: Int {
+        let core = self.core
+        return loop.runBlocking { core.value.connections.values.reduce(0) { $0 + $1.heldBufferBytes } }
+    }
 }
 
 /// Takes a request body as it arrives (uploads of any size). Loop-confined: every call comes
 /// on the loop thread.
 ///
 /// The server stops reading the connection after each chunk until `ready` is called, so a sink
-/// that hands chunks to a worker gets back-pressure for free. `maxBytes` replaces the server's
-/// body limit for this request. The body deadline restarts with each chunk (a stalled upload
-/// still times out).
+/// that hands chunks to a worker gets back-pressure for free; the body deadline
+/// (``HTTPServer/Configuration/bodyTimeout``) is stopped meanwhile, so a slow sink never makes
+/// the client's body time out. A sink MUST call `ready` for every chunk. `maxBytes` replaces
+/// the server's body limit for this request.
+///
+/// A sink that will not take the body answers through ``refusal`` instead of reading it.
 public protocol HTTPBodySink: AnyObject {
     var maxBytes: Int { get }
+    /// An answer that ends the request without reading (the rest of) its body: a request refused
+    /// from its head, or an upload that failed half-way. The server reads it when the headers are
+    /// complete and after each `ready`. Once it is set, the server writes it at once (in request
+    /// order, with `Connection: close`; no `100 Continue` is sent for a request refused from its
+    /// head), reads no more of the connection, closes it after the write, and calls neither
+    /// `finish` nor `abort`: the sink has ended the request itself. Set once the whole body has
+    /// arrived (a Content-Length body's last chunk taken), it is the answer in place of `finish`
+    /// and the connection stays open. Default: `nil`.
+    var refusal: HTTPResponse? { get }
     /// The next bytes of the body; call `ready` (on the loop, now or later) for more.
     func receive(_ chunk: [UInt8], ready: @escaping () -> Void)
     /// The body is complete: answer through `responder`.
     func finish(_ responder: HTTPResponder)
     /// The body will not complete (client gone, malformed, too large, timed out).
     func abort(_ reason: String)
+}
+
+extension HTTPBodySink {
+    public var refusal: HTTPResponse? { nil }
 }
 
 /// A reference to a loop-confined value, usable from other threads only to hop back.
@@ -155,6 +205,9 @@ final class ServerCore {
     let streamer: HTTPServer.Streamer?
     let listener: TCPListener
     var connections: [ObjectIdentifier: HTTPServerConnection] = [:]
+    /// Body bytes the connections hold for requests still arriving
+    /// (``HTTPServer/Configuration/maxBufferedBodyBytes``).
+    var bufferedBodyBytes = 0
     private var sweeper: LoopTimer?
     private(set) var draining = false
     private var drainTimer: LoopTimer?

@@ -1,5 +1,6 @@
 internal import CLibUV
 import KaaCore
+import Synchronization
 
 /// The owner of one libuv handle's memory.
 ///
@@ -24,6 +25,7 @@ public class LoopHandle {
         handle = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
             .initializeMemory(as: UInt8.self, repeating: 0, count: size)
             .withMemoryRebound(to: uv_handle_t.self, capacity: 1) { $0 }
+        LiveObjects.loopHandles.add(1, ordering: .relaxed)
     }
 
     /// Registers an initialized handle with the loop.
@@ -67,6 +69,7 @@ public class LoopHandle {
 
     deinit {
         precondition(state == .closed, "\(type(of: self)) deallocated while its libuv handle is open")
+        LiveObjects.loopHandles.subtract(1, ordering: .relaxed)
     }
 
     static func owner<T: LoopHandle>(_ handle: UnsafeMutablePointer<uv_handle_t>?, as: T.Type) -> T {

@@ -34,6 +34,9 @@ public final class TCPConnection: LoopHandle {
     public private(set) var pendingWriteBytes = 0
     public var highWatermark = 1 << 20
     public var lowWatermark = 256 << 10
+    /// The most bytes handed to libuv in one call: libuv counts a buffer's length in 32 bits
+    /// (and `uv_try_write` returns it in an `Int32`), so larger writes go in slices.
+    var maxWriteSlice = 1 << 30
     public private(set) var isWritable = true
     public private(set) var isReading = false
     private var closeWhenFlushed = false
@@ -156,6 +159,15 @@ public final class TCPConnection: LoopHandle {
     /// Queues `bytes` for writing, in order. Never blocks; watch ``isWritable``.
     public func write(_ bytes: UnsafeRawBufferPointer) {
         guard isOpen, !bytes.isEmpty else { return }
+        guard bytes.count <= maxWriteSlice else {
+            var offset = 0
+            while offset < bytes.count && isOpen {
+                let end = offset + min(maxWriteSlice, bytes.count - offset)
+                write(UnsafeRawBufferPointer(rebasing: bytes[offset..<end]))
+                offset = end
+            }
+            return
+        }
         var remaining = bytes
         if pendingWriteBytes == 0 {
             var buf = uv_buf_init(UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: CChar.self)),

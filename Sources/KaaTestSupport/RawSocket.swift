@@ -72,6 +72,39 @@ public final class RawSocket {
         }
     }
 
+    /// Reads what has arrived without waiting: `[]` when nothing has, `nil` once the peer closed.
+    public func readAvailable() -> [UInt8]? {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        let n = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+        if n == 0 { return nil }
+        if n < 0 { return errno == EAGAIN || errno == EWOULDBLOCK ? [] : nil }
+        return Array(buffer[..<n])
+    }
+
+    /// Sends `piece` every `interval` seconds for at most `limit` seconds, collecting what the
+    /// peer answers meanwhile. Stops once the peer closes, a send fails, or `stopOnAnswer` and
+    /// an answer arrived. Returns the answer and whether the peer closed (or refused more bytes).
+    public func trickle(_ piece: [UInt8], every interval: Double, upTo limit: Double,
+                        stopOnAnswer: Bool = false) -> (answer: [UInt8], closed: Bool) {
+        var answer: [UInt8] = []
+        let start = Date()
+        while Date().timeIntervalSince(start) < limit {
+            guard (try? send(piece)) != nil else { return (answer + drain(), true) }
+            if interval > 0 { usleep(UInt32(interval * 1e6)) }
+            guard let more = readAvailable() else { return (answer, true) }
+            answer += more
+            if stopOnAnswer && !answer.isEmpty { return (answer, false) }
+        }
+        return (answer, false)
+    }
+
+    /// What is still readable after a failed send (the peer's last answer before it closed).
+    private func drain() -> [UInt8] {
+        var all: [UInt8] = []
+        while let more = readAvailable(), !more.isEmpty { all += more }
+        return all
+    }
+
     private var pending: [UInt8] = []
 
     /// Reads one HTTP response (head and a Content-Length body).

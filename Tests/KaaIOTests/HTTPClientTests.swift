@@ -135,6 +135,27 @@ import Testing
         #expect(closing.text == "until the end")
     }
 
+    /// Interim answers (103 Early Hints here) are skipped, not taken for the answer.
+    @Test func skipsInterimAnswers() async throws {
+        let listener = try SilentListener(backlog: 8)
+        let client = HTTPClient()
+        defer { client.shutdown() }
+        let server = Thread {
+            let fd = listener.acceptOne()
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            _ = recv(fd, &buffer, buffer.count, 0)
+            let answer = "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            _ = Array(answer.utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+            usleep(200_000)
+            close(fd)
+        }
+        server.start()
+        let r = try await client.execute(HTTPRequest(method: .get, target: "/a"), to: HostPort(host: "127.0.0.1", port: listener.port),
+                                         deadline: .seconds(5))
+        #expect(r.status == 200)
+        #expect(r.text == "ok")
+    }
+
     @Test func retriesAnIdempotentRequestWhenAPooledConnectionWasClosedByTheServer() async throws {
         let s = try TestServer { $0.idleTimeout = .milliseconds(100) }
         defer { s.stop() }

@@ -149,6 +149,73 @@ final class TestServer: Sendable {
         #expect(r.text.contains("exceeds 100 bytes"))
     }
 
+    /// A `100 Continue` owed behind an earlier, slower answer is sent once that answer is
+    /// written (it used to be dropped, and the client waited for it in vain).
+    @Test func expectContinueBehindAnEarlierAnswerIsSentOnceThatAnswerIsWritten() throws {
+        let s = try TestServer { $0.bodyTimeout = .milliseconds(300) }
+        defer { s.stop() }
+        let c = try RawSocket(port: s.port)
+        try c.send("GET /sleep/900 HTTP/1.1\r\nHost: x\r\n\r\n"
+                   + "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        #expect(try c.readResponse().text == "slept 900") // past the body timeout, which waits too
+        #expect(try c.readResponse().status == 100)
+        try c.send("data")
+        #expect(try c.readResponse().text == "data")
+    }
+
+    /// Bodies still arriving share one budget: a request that cannot fit is refused (503)
+    /// before its body is sent, and the budget comes back when bodies complete.
+    @Test func bodiesStillArrivingShareOneBudget() throws {
+        let s = try TestServer { $0.maxBufferedBodyBytes = 100_000 }
+        defer { s.stop() }
+        let a = try RawSocket(port: s.port)
+        try a.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 80000\r\n\r\n")
+        try a.send([UInt8](repeating: 1, count: 60_000))
+        waitUntil { s.server.bufferedBodyBytes >= 80_000 }
+        let b = try RawSocket(port: s.port)
+        try b.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\nExpect: 100-continue\r\n\r\n")
+        let refused = try b.readResponse()
+        #expect(refused.status == 503)
+        #expect(refused.text == #"{"error":"the server already holds 100000 bytes of request bodies still arriving; retry later"}"#)
+        #expect(b.isClosedByPeer())
+        try a.send([UInt8](repeating: 1, count: 20_000))
+        #expect(try a.readResponse().body.count == 80_000)
+        #expect(s.server.bufferedBodyBytes == 0)
+        let c = try RawSocket(port: s.port)
+        try c.send(Array("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n".utf8) + [UInt8](repeating: 2, count: 50_000))
+        #expect(try c.readResponse().body.count == 50_000)
+        // A chunked body is counted as it grows.
+        let d = try RawSocket(port: s.port)
+        try d.send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in 0..<20 { try? d.send("2710\r\n" + String(repeating: "d", count: 10_000) + "\r\n") }
+        #expect(try d.readResponse().status == 503)
+        waitUntil { s.server.bufferedBodyBytes == 0 }
+        #expect(s.server.bufferedBodyBytes == 0)
+    }
+
+    /// A declared length reserves at most 1 MiB before the bytes come: ten connections that
+    /// declare 16 MiB each and send nothing hold little.
+    @Test func aDeclaredLengthAloneReservesLittle() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let sockets = try (0..<10).map { _ in try RawSocket(port: s.port) }
+        for c in sockets { try c.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 16000000\r\n\r\n") }
+        waitUntil { s.server.bufferedBodyBytes >= 10 << 20 }
+        #expect(s.server.bufferedBodyBytes <= 10 * (1 << 20) + 10 * 4096)
+        #expect(s.server.heldBufferBytes <= 10 * (1 << 20) + 10 * 64 << 10)
+    }
+
+    /// A chunk that cannot fit the body limit is refused from its size line.
+    @Test func aChunkLargerThanTheLimitIsRefusedFromItsSize() throws {
+        let s = try TestServer { $0.maxBodyBytes = 1000 }
+        defer { s.stop() }
+        let c = try RawSocket(port: s.port)
+        try c.send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3e9\r\n")
+        let r = try c.readResponse()
+        #expect(r.status == 413)
+        #expect(r.text == #"{"error":"request body exceeds 1000 bytes"}"#)
+    }
+
     @Test func unknownExpectationIs417() throws {
         let s = try TestServer()
         defer { s.stop() }

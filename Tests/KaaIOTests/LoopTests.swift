@@ -144,4 +144,38 @@ import Testing
         }
         #expect(received >= 400 * big.count)
     }
+
+    /// A write larger than one libuv call can take (32-bit lengths) goes out in slices, whole
+    /// and in order; the slice is made small here to show it without gigabytes.
+    @Test func aWriteLargerThanOneSliceGoesOutWholeAndInOrder() throws {
+        let loop = EventLoop.start(name: "slices")
+        defer { loop.shutdown() }
+        let listener = try SilentListener(backlog: 1)
+        let payload = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let connected = DispatchSemaphore(value: 0)
+        let holder = Mutex<LoopBound<TCPConnection>?>(nil)
+        let address = try SocketAddress(resolving: HostPort(host: "127.0.0.1", port: listener.port))
+        loop.execute {
+            TCPConnection.connect(on: loop, to: address) { result in
+                guard case .success(let tcp) = result else { connected.signal(); return }
+                tcp.maxWriteSlice = 1000
+                tcp.write(payload)
+                holder.withLock { $0 = LoopBound(tcp, loop: loop) }
+                connected.signal()
+            }
+        }
+        let fd = listener.acceptOne()
+        defer { close(fd) }
+        connected.wait()
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while received.count < payload.count {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            guard n > 0 else { break }
+            received += buffer[..<n]
+        }
+        #expect(received == payload)
+        let tcp = try #require(holder.withLock { $0 })
+        loop.runBlocking { tcp.value.close() }
+    }
 }
