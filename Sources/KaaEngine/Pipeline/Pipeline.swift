@@ -143,7 +143,9 @@ public struct Pipeline: Sendable {
                 bools.append(b)
             default:
                 guard s.style == .plain, let d = n.float else { throw bad(n) }
-                if dtype == .int64 || dtype == .int32, d.rounded() != d { throw bad(n) }
+                // An integer field's default must be an integer its dtype holds.
+                if dtype == .int64, Int64(exactly: d) == nil { throw bad(n) }
+                if dtype == .int32, Int32(exactly: d) == nil { throw bad(n) }
                 doubles.append(d)
             }
         }
@@ -155,7 +157,7 @@ public struct Pipeline: Sendable {
         case .float32: return Tensor(shape: shape, floats: rep(doubles).map(Float.init))
         case .float64: return Tensor(shape: shape, doubles: rep(doubles))
         case .int64: return Tensor(shape: shape, int64s: rep(doubles).map { Int64($0) })
-        case .int32: return Tensor(shape: shape, int32s: rep(doubles).map { Int32(clamping: Int64($0)) })
+        case .int32: return Tensor(shape: shape, int32s: rep(doubles).map { Int32($0) })
         }
     }
 
