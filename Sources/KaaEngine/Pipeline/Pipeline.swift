@@ -38,8 +38,15 @@ public struct Pipeline: Sendable {
     /// Parses and checks a pipeline spec. Throws ``PipelineError`` with code
     /// ``PipelineError/Code/invalidSpec`` naming the step (by section, index and kind), the
     /// key and the line at fault.
+    ///
+    /// The text is checked with ``YAMLSafety/check(_:what:maxBytes:maxDepth:)`` before it is
+    /// parsed: a spec has at most 1 MiB, nests at most 64 levels and has no YAML anchors or
+    /// aliases.
     public init(yaml: String) throws(PipelineError) {
         source = yaml
+        do { try YAMLSafety.check(yaml, what: "pipeline specs") } catch {
+            throw PipelineError(.invalidSpec, error.message)
+        }
         let root: Node?
         do { root = try Yams.compose(yaml: yaml) } catch {
             throw PipelineError(.invalidSpec, "the pipeline is not valid YAML: \(Self.describe(error))")
