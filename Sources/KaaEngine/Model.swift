@@ -4,7 +4,7 @@ import SwiftProtobuf
 /// A loaded ONNX model, checked and planned, ready to run.
 ///
 /// Loading checks the whole graph (see ``init(onnx:)``); a `Model` that exists can run. It is
-/// immutable and `Sendable`: any number of threads may call ``run(_:)`` at once, each call
+/// immutable and `Sendable`: any number of threads may call ``run(_:limits:)`` at once, each call
 /// working in its own workspace.
 public final class Model: Sendable {
     /// The inputs a call must supply, in the model's order (initializers excluded).
@@ -79,22 +79,38 @@ public final class Model: Sendable {
     ///
     /// `inputs` MUST name every input in ``inputs``, with its dtype and rank, and its fixed
     /// dimensions; symbolic dimensions (the batch) may take any size. Returns every output
-    /// in ``outputs`` by name. Throws ``EngineError`` with code `invalidInput` for inputs that
-    /// do not match, `runtime` when a kernel cannot compute with the values given.
-    public func run(_ inputs: [String: Tensor]) throws -> [String: Tensor] {
+    /// in ``outputs`` by name.
+    ///
+    /// Throws ``EngineError``, never traps, whatever the inputs: code
+    /// ``EngineError/Code/invalidInput`` for inputs that do not match the signature and for
+    /// values a kernel cannot compute with (an index or axis out of range, shapes that do not
+    /// broadcast or reshape, a negative or overflowing dimension, a result of more than 2^31
+    /// elements), with a message naming the step and the values;
+    /// ``EngineError/Code/limitExceeded`` when the call would hold more memory than `limits`
+    /// allow (see ``RunLimits/maxBytes``); ``EngineError/Code/runtime`` only for what can be
+    /// an engine or model bug. Without `limits`, a call may hold ``RunLimits/default`` (1 GiB).
+    public func run(_ inputs: [String: Tensor], limits: RunLimits = .default) throws -> [String: Tensor] {
         var out: [String: Tensor] = [:]
-        try plan.run(inputs, into: &out)
+        try plan.run(inputs, into: &out, limits: limits)
         return out
     }
 
-    /// Runs the model on one batch, as ``run(_:)``, writing the outputs into `outputs`.
+    /// Runs the model on one batch, as ``run(_:limits:)``, writing the outputs into `outputs`.
     ///
     /// Whatever `outputs` holds when called is handed back to the model: a caller that keeps
     /// no other copy of the previous call's outputs lets their memory serve this call. Called
     /// that way with inputs of a batch size the model has seen, a run of a numeric model
     /// allocates nothing: every intermediate and output reuses memory from earlier runs.
-    public func run(_ inputs: [String: Tensor], into outputs: inout [String: Tensor]) throws {
-        try plan.run(inputs, into: &outputs)
+    /// Memory reused that way counts against `limits` as new memory does.
+    public func run(_ inputs: [String: Tensor], into outputs: inout [String: Tensor], limits: RunLimits = .default) throws {
+        try plan.run(inputs, into: &outputs, limits: limits)
+    }
+
+    /// Runs as ``run(_:into:limits:)`` for a caller that already holds `held` bytes of this
+    /// call (a pipeline's pre steps); returns the bytes the call holds when the run ends.
+    @discardableResult
+    func run(_ inputs: [String: Tensor], into outputs: inout [String: Tensor], limits: RunLimits, held: Int) throws -> Int {
+        try plan.run(inputs, into: &outputs, limits: limits, held: held)
     }
 
     /// Bytes the model keeps between calls for reuse (intermediate values of the last batch
@@ -165,7 +181,10 @@ struct Plan: Sendable {
         pool = WorkspacePool(limit: 2)
     }
 
-    func run(_ given: [String: Tensor], into out: inout [String: Tensor]) throws {
+    /// Runs the plan; `held` bytes of the call's limit are already taken (by a pipeline's pre
+    /// steps). Returns the bytes the call holds at the end: `held` and the outputs.
+    @discardableResult
+    func run(_ given: [String: Tensor], into out: inout [String: Tensor], limits: RunLimits, held: Int = 0) throws -> Int {
         let ws = pool.take()
         let m = ws.m
         defer {
@@ -201,6 +220,9 @@ struct Plan: Sendable {
         // The caller hands back the previous call's outputs: their arrays serve this call.
         for (_, t) in out { ws.keep(t) }
         out.removeAll(keepingCapacity: true)
+        // From here on, every array a step takes counts against the limit, reused or not.
+        m.pointee.held = held
+        m.pointee.limit = limits.maxBytes
         // Slots that may share elements hold their address in `shared`, so that a sharing slot
         // that is still live is found without copying tensors out of the slots.
         for (k, s) in shareSlots.enumerated() { m.pointee.shared[k] = m.pointee.slots[s]?.storage.address }
@@ -227,6 +249,15 @@ struct Plan: Sendable {
             }
             for (i, s) in step.outputs.enumerated() where s >= 0 {
                 let t = results.take(i)
+                // Every value in a slot has a checked shape (``K/count(_:_:)``): kernels
+                // compute their outputs' shapes with checks, and this holds them to it. (A
+                // non-empty value's dimensions multiply to its element count, which its array
+                // holds: only empty ones can hide large dimensions.)
+                if let t, t.count == 0 || t.rank > Limits.maxRank {
+                    do { _ = try K.count(t.shape, "output #\(i + 1)") } catch let e as EngineError {
+                        throw EngineError(e.code, "\(step.owner): \(e.message)")
+                    }
+                }
                 let k = shareIndex[s]
                 if k >= 0 { m.pointee.shared[k] = t?.storage.address }
                 m.pointee.slots[s] = t
@@ -239,19 +270,21 @@ struct Plan: Sendable {
                     m.pointee.shared[k] = nil
                     if a != nil && m.pointee.shared.contains(a) { continue }
                 }
-                ws.keep(t)
+                ws.release(t)
             }
         }
         for (name, slot) in outputSlots {
             guard let t = m.pointee.slots[slot] else { throw EngineError.runtime("output `\(name)` was not computed") }
             out[name] = t
         }
+        return m.pointee.held
     }
 
     static func check(_ t: Tensor, against sig: TensorSignature) throws {
         if let d = sig.dtype, d != t.dtype {
             throw EngineError.input("input `\(sig.name)` is \(t.dtype); the model expects \(d)")
         }
+        _ = try K.count(t.shape, "input `\(sig.name)`")
         guard let dims = sig.shape else { return }
         guard dims.count == t.rank else {
             throw EngineError.input("input `\(sig.name)` has shape \(t.shape) (rank \(t.rank)); the model expects rank \(dims.count): [\(dims.map(\.description).joined(separator: ", "))]")

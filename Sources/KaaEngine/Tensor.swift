@@ -87,7 +87,19 @@ public struct Tensor: Sendable, Equatable {
         self.shape = shape
         self.storage = storage
         self.mapKeys = mapKeys
-        precondition(storage.count == shape.reduce(1, *), "\(storage.count) elements for shape \(shape)")
+        precondition(Self.product(shape) == storage.count, "\(storage.count) elements for shape \(shape)")
+    }
+
+    /// The product of `shape`, or `nil` when it overflows.
+    static func product(_ shape: [Int]) -> Int? {
+        if shape.contains(0) { return 0 }
+        var n = 1
+        for d in shape {
+            let (p, overflow) = n.multipliedReportingOverflow(by: d)
+            if overflow { return nil }
+            n = p
+        }
+        return n
     }
 
     /// A tensor from untrusted parts (a request's shape and data): throws instead of trapping

@@ -10,7 +10,10 @@ enum Limits {
 
 /// Conversion between ONNX `TensorProto` messages and ``Tensor``.
 enum TensorCoding {
-    /// The element count of `dims`, checked for negative values and overflow.
+    /// The element count of `dims`, checked for negative values and overflow as
+    /// ``K/count(_:_:)`` checks a value's shape at run time: the non-zero dimensions multiply to
+    /// at most ``Limits/maxElements`` (an empty tensor of shape `[0, 2^62]` is refused too, so
+    /// that no product of a constant's dimensions can overflow in a kernel).
     static func elementCount(_ dims: [Int64], what: String) throws -> Int {
         guard dims.count <= Limits.maxRank else {
             throw EngineError.invalid("\(what) has \(dims.count) dimensions; at most \(Limits.maxRank) are supported")
@@ -18,13 +21,14 @@ enum TensorCoding {
         var n = 1
         for d in dims {
             guard d >= 0 else { throw EngineError.invalid("\(what) has negative dimension \(d) in \(dims)") }
+            if d == 0 { continue }
             let (p, overflow) = n.multipliedReportingOverflow(by: Int(d))
             guard !overflow, p <= Limits.maxElements else {
-                throw EngineError.invalid("\(what) has shape \(dims) with more than \(Limits.maxElements) elements")
+                throw EngineError.invalid("\(what) has shape \(dims) with more than \(Limits.maxElements) elements\(dims.contains(0) ? " (leaving out the zero dimensions)" : "")")
             }
             n = p
         }
-        return n
+        return dims.contains(0) ? 0 : n
     }
 
     /// Decodes a tensor, checking its type, its shape and that it holds exactly the number

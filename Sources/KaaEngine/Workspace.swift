@@ -28,7 +28,7 @@ struct Outputs {
 /// same, so from the second run with a given batch size on, every output a kernel asks for is
 /// an array that an earlier run released: the run allocates nothing. Arrays that outlive the
 /// run (the outputs the caller receives) return when the caller hands them back (see
-/// ``Model/run(_:into:)``).
+/// ``Model/run(_:into:limits:)``).
 ///
 /// A workspace is used by one run at a time; ``WorkspacePool`` hands it out.
 final class Workspace: @unchecked Sendable {
@@ -62,6 +62,12 @@ final class Workspace: @unchecked Sendable {
         var shapes: [[Int]] = []
         /// Bytes of element arrays kept for reuse.
         var keptBytes = 0
+        /// Bytes of element arrays the current run holds: charged when a kernel asks for an
+        /// array (``Workspace/array(_:_:)``, ``Workspace/strings(_:_:)``,
+        /// ``Workspace/charge(_:_:what:)``), uncharged when the run releases it.
+        var held = 0
+        /// The most ``held`` may reach in the current run (``RunLimits/maxBytes``).
+        var limit = Int.max
     }
 
     let m: UnsafeMutablePointer<Memory>
@@ -86,9 +92,11 @@ final class Workspace: @unchecked Sendable {
     // MARK: Outputs for kernels
 
     /// `n` elements, filled by `fill`, which MUST write every one (the memory may hold an
-    /// earlier run's values).
+    /// earlier run's values). Throws ``EngineError/Code/limitExceeded`` before taking the
+    /// memory when the run would hold more than its limit (see ``charge(_:_:what:)``).
     @inline(__always)
-    func array<T: Reusable>(_ n: Int, _ fill: (UnsafeMutableBufferPointer<T>) throws -> Void) rethrows -> [T] {
+    func array<T: Reusable>(_ n: Int, _ fill: (UnsafeMutableBufferPointer<T>) throws -> Void) throws -> [T] {
+        try charge(n, MemoryLayout<T>.stride, what: T.self)
         var a = T.take(n, self)
         try a.withUnsafeMutableBufferPointer { try fill($0) }
         return a
@@ -96,8 +104,49 @@ final class Workspace: @unchecked Sendable {
 
     /// `n` elements, all `value`.
     @inline(__always)
-    func array<T: Reusable>(_ n: Int, repeating value: T) -> [T] {
-        array(n) { $0.initialize(repeating: value) }
+    func array<T: Reusable>(_ n: Int, repeating value: T) throws -> [T] {
+        try array(n) { $0.initialize(repeating: value) }
+    }
+
+    /// Counts `n` elements of `stride` bytes against the run's limit, before the caller
+    /// allocates them: every array a kernel makes outside ``array(_:_:)`` and
+    /// ``strings(_:_:)`` (text it builds, a string's bytes) MUST be charged first. Throws
+    /// ``EngineError/Code/limitExceeded`` when the run would then hold more than its limit,
+    /// and ``EngineError/Code/invalidInput`` when `n` is negative or above
+    /// ``Limits/maxElements`` (which no run may hold in one array, whatever its limit).
+    @inline(__always)
+    func charge(_ n: Int, _ stride: Int, what: Any.Type) throws {
+        let (bytes, o1) = n.multipliedReportingOverflow(by: stride)
+        let (total, o2) = m.pointee.held.addingReportingOverflow(bytes)
+        guard n >= 0, n <= Limits.maxElements, !o1, !o2, total <= m.pointee.limit else {
+            throw refusal(n, stride, what)
+        }
+        m.pointee.held = total
+    }
+
+    /// Uncounts `bytes` the run charged and has released.
+    @inline(__always)
+    func uncharge(_ bytes: Int) {
+        m.pointee.held -= bytes
+    }
+
+    /// The error for an array of `n` elements of `stride` bytes that the run may not take.
+    @inline(never)
+    private func refusal(_ n: Int, _ stride: Int, _ type: Any.Type) -> EngineError {
+        let held = m.pointee.held, limit = m.pointee.limit
+        let what = switch ObjectIdentifier(type) {
+        case ObjectIdentifier(Float.self): "float32 elements"
+        case ObjectIdentifier(Double.self): "float64 elements"
+        case ObjectIdentifier(String.self): "strings"
+        case ObjectIdentifier(UInt8.self): "bytes of text"
+        case ObjectIdentifier(Int.self): "scratch indices"
+        default: "\(type) elements".lowercased()
+        }
+        guard n >= 0, n <= Limits.maxElements else {
+            return EngineError.input("needs an array of \(n) \(what); one tensor may hold at most \(Limits.maxElements): the inputs are too large for this model, send a smaller batch")
+        }
+        let needed = Int(exactly: Double(held) + Double(n) * Double(stride)).map(EngineError.bytes) ?? "more than \(Int.max) bytes"
+        return EngineError(.limitExceeded, "the call needs \(needed): \(EngineError.bytes(n * stride)) for \(n) \(what) on top of \(EngineError.bytes(held)) it already holds; the per-call limit is \(EngineError.bytes(limit)). Send a smaller batch, or raise the per-call memory limit")
     }
 
     /// Takes back a scratch array a kernel got from ``array(_:_:)`` and no longer needs. The
@@ -105,13 +154,17 @@ final class Workspace: @unchecked Sendable {
     func giveBack<T: Reusable>(_ a: [T]) {
         guard !a.isEmpty else { return }
         let bytes = a.count * MemoryLayout<T>.stride
+        uncharge(bytes)
         guard m.pointee.keptBytes + bytes <= Self.keptBytesLimit else { return }
         T.put(a, self)
         m.pointee.keptBytes += bytes
     }
 
-    /// `n` strings (initialized, possibly to an earlier run's values), set by `fill`.
-    func strings(_ n: Int, _ fill: (UnsafeMutableBufferPointer<String>) throws -> Void) rethrows -> [String] {
+    /// `n` strings (initialized, possibly to an earlier run's values), set by `fill`. Charges
+    /// their headers as ``array(_:_:)`` does; a kernel that makes new text charges its bytes
+    /// with ``charge(_:_:what:)``.
+    func strings(_ n: Int, _ fill: (UnsafeMutableBufferPointer<String>) throws -> Void) throws -> [String] {
+        try charge(n, MemoryLayout<String>.stride, what: String.self)
         var a: [String]
         if let i = m.pointee.string.firstIndex(where: { $0.count == n }) {
             m.pointee.string.swapAt(i, m.pointee.string.count - 1)
@@ -125,20 +178,27 @@ final class Workspace: @unchecked Sendable {
     }
 
     /// A tensor of `x`'s element type and `n` elements, each copied from `x` at the index
-    /// `index(i)` gives for output element `i`.
-    func gather(_ x: Tensor.Storage, _ n: Int, _ index: (Int) -> Int) -> Tensor.Storage {
+    /// `index(i)` gives for output element `i`, which MUST be in range.
+    func gather(_ x: Tensor.Storage, _ n: Int, _ index: (Int) -> Int) throws -> Tensor.Storage {
         switch x {
-        case .float32(let v): .float32(array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
-        case .float64(let v): .float64(array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
-        case .int64(let v): .int64(array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
-        case .int32(let v): .int32(array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
-        case .bool(let v): .bool(array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
-        case .string(let v): .string(strings(n) { o in for i in 0..<n { o[i] = v[index(i)] } })
+        case .float32(let v): .float32(try array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .float64(let v): .float64(try array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .int64(let v): .int64(try array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .int32(let v): .int32(try array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .bool(let v): .bool(try array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .string(let v): .string(try strings(n) { o in for i in 0..<n { o[i] = v[index(i)] } })
         }
     }
 
-    /// Scratch integers for the duration of `body` (not kept by any tensor).
-    func withScratch<R>(_ n: Int, _ body: (UnsafeMutableBufferPointer<Int>) throws -> R) rethrows -> R {
+    /// Scratch integers for the duration of `body` (not kept by any tensor), charged against
+    /// the run's limit while it lasts. Kept for the next call unless larger than
+    /// ``keptBytesLimit``.
+    func withScratch<R>(_ n: Int, _ body: (UnsafeMutableBufferPointer<Int>) throws -> R) throws -> R {
+        try charge(n, MemoryLayout<Int>.stride, what: Int.self)
+        defer {
+            uncharge(n * MemoryLayout<Int>.stride)
+            if m.pointee.scratchInts.count * MemoryLayout<Int>.stride > Self.keptBytesLimit { m.pointee.scratchInts = [] }
+        }
         if m.pointee.scratchInts.count < n { m.pointee.scratchInts = [Int](repeating: 0, count: n) }
         return try m.pointee.scratchInts.withUnsafeMutableBufferPointer { try body(UnsafeMutableBufferPointer(rebasing: $0[0..<n])) }
     }
@@ -195,11 +255,23 @@ final class Workspace: @unchecked Sendable {
     /// kept, or over the limit. The caller MUST hold no other reference to it that it will
     /// read again (a live slot sharing it is checked by ``Plan``).
     func keep(_ t: Tensor) {
+        keep(t, released: false)
+    }
+
+    /// Releases an array of the current run that no live value holds any more: uncharges it
+    /// (unless it is foreign, which the run never charged) and keeps it as ``keep(_:)`` does.
+    func release(_ t: Tensor) {
+        keep(t, released: true)
+    }
+
+    private func keep(_ t: Tensor, released: Bool) {
         guard let address = t.storage.address, !m.pointee.foreign.contains(address) else { return }
         let bytes = t.count * t.dtype.byteWidth
-        guard m.pointee.keptBytes + bytes <= Self.keptBytesLimit else { return }
         func put<T>(_ a: [T], _ list: inout [[T]]) {
+            // Already kept: released (and uncharged) before.
             for k in list where k.withUnsafeBufferPointer({ UnsafeRawPointer($0.baseAddress) == address }) { return }
+            if released { uncharge(bytes) }
+            guard m.pointee.keptBytes + bytes <= Self.keptBytesLimit else { return }
             list.append(a)
             m.pointee.keptBytes += bytes
         }

@@ -110,6 +110,138 @@ import Testing
         #expect(t.code == .unsupported && t.message.contains("string"))
     }
 
+    /// A constant that holds nothing but declares dimensions whose product would overflow in a
+    /// kernel (`[0, 2^62]`), and raw data of the wrong size, are refused at load.
+    @Test func initializersWithHiddenHugeDimsOrWrongRawSizeAreRefused() throws {
+        var w = Onnx_TensorProto()
+        w.name = "w"
+        w.dataType = 1
+        w.dims = [0, 1 << 62]
+        let hidden = try #require(Self.loadError(Self.model([Self.node("Add", ["x", "w"], ["y"])], initializers: [w])))
+        #expect(hidden.code == .invalidGraph && hidden.message.contains("`w`") && hidden.message.contains("leaving out the zero"), "\(hidden)")
+        w.dims = [2, 3]
+        w.rawData = Data(count: 7)
+        let raw = try #require(Self.loadError(Self.model([Self.node("Add", ["x", "w"], ["y"])], initializers: [w])))
+        #expect(raw.code == .invalidGraph && raw.message.contains("holds 1"), "\(raw)")
+    }
+
+    /// Attributes with absurd integers (axis Int64.max, a perm out of range, a target count
+    /// of Int64.max) are refused at load or give `invalidInput` when run, never a trap.
+    @Test func absurdAttributeIntegersAreRefused() throws {
+        typealias S = ShapeArithmeticTests
+        let x = ["x": Tensor(shape: [2, 3], floats: [1, 2, 3, 4, 5, 6])]
+        for (op, attribute) in [("Concat", S.int("axis", .max)), ("Gather", S.int("axis", .min)), ("ArgMax", S.int("axis", .max)),
+                                ("Softmax", S.int("axis", .min)), ("Flatten", S.int("axis", .min)), ("Squeeze", S.ints("axes", [.min]))] {
+            var inputs: [(String, DType)] = [("x", .float32)]
+            var given = x
+            if op == "Gather" { inputs.append(("i", .int64)); given["i"] = Tensor(shape: [1], int64s: [0]) }
+            let m = try S.model(op, inputs, attributes: [attribute], opset: 11)
+            let e = try #require(ShapeArithmeticTests.error(m, given), "\(op) \(attribute.name)")
+            #expect(e.code == .invalidInput && e.message.contains("out of range"), "\(op): \(e)")
+        }
+        var transpose = Self.node("Transpose", ["x"], ["y"])
+        transpose.attribute = [S.ints("perm", [.max, 0])]
+        let t = try #require(Self.loadError(Self.model([transpose])))
+        #expect(t.code == .invalidGraph && t.message.contains("perm"), "\(t)")
+        transpose.attribute = [S.ints("perm", [-1, 0])]
+        #expect(Self.loadError(Self.model([transpose]))?.code == .invalidGraph)
+        let targets = try #require(Self.loadError(Self.mlModel("LinearRegressor", [S.int("targets", .max), MLOperatorTests.attribute("coefficients", floats: [])])))
+        #expect(targets.code == .invalidGraph && targets.message.contains("targets"), "\(targets)")
+    }
+
+    /// A one-node ai.onnx.ml model reading `x` ([2, 3] float32) and writing `y`.
+    static func mlModel(_ op: String, _ attributes: [Onnx_AttributeProto]) -> Data {
+        var node = Self.node(op, ["x"], ["y"], domain: "ai.onnx.ml")
+        node.attribute = attributes
+        var m = Onnx_ModelProto()
+        m.irVersion = 8
+        var onnx = Onnx_OperatorSetIdProto()
+        onnx.version = 17
+        var ml = Onnx_OperatorSetIdProto()
+        ml.domain = "ai.onnx.ml"
+        ml.version = 1
+        m.opsetImport = [onnx, ml]
+        m.graph.node = [node]
+        m.graph.input = [Self.valueInfo("x")]
+        var y = Onnx_ValueInfoProto()
+        y.name = "y"
+        m.graph.output = [y]
+        return try! m.serializedData()
+    }
+
+    /// A tree of 64 levels whose branches send both ways to the same next node: 2^63 paths
+    /// through 64 nodes. Checking it takes one visit per node (following every path never
+    /// ended); a cycle is still refused.
+    @Test func treesWithSharedChildrenLoadInLinearTime() throws {
+        let levels = 64
+        func attributes(_ next: (Int) -> Int, orElse: (Int) -> Int = { min($0 + 1, 64) }) -> [Onnx_AttributeProto] {
+            typealias A = MLOperatorTests
+            return [A.attribute("nodes_treeids", ints: [Int64](repeating: 0, count: levels + 1)),
+                    A.attribute("nodes_nodeids", ints: (0...levels).map(Int64.init)),
+                    A.attribute("nodes_featureids", ints: [Int64](repeating: 0, count: levels + 1)),
+                    A.attribute("nodes_modes", strings: [String](repeating: "BRANCH_LEQ", count: levels) + ["LEAF"]),
+                    A.attribute("nodes_values", floats: [Float](repeating: 0, count: levels + 1)),
+                    A.attribute("nodes_truenodeids", ints: (0...levels).map { Int64(next($0)) }),
+                    A.attribute("nodes_falsenodeids", ints: (0...levels).map { Int64(orElse($0)) }),
+                    A.attribute("target_treeids", ints: [0]), A.attribute("target_nodeids", ints: [Int64(levels)]),
+                    A.attribute("target_ids", ints: [0]), A.attribute("target_weights", floats: [2.5])]
+        }
+        let chain = try Model(onnx: Self.mlModel("TreeEnsembleRegressor", attributes { min($0 + 1, levels) }))
+        #expect(try chain.run(["x": Tensor(shape: [2, 3], floats: [1, -1, 0, 0, 0, 0])])["y"] == Tensor(shape: [2, 1], floats: [2.5, 2.5]))
+        // Node 63 back to node 1 when true: a cycle below the root.
+        let cycle = try #require(Self.loadError(Self.mlModel("TreeEnsembleRegressor", attributes({ $0 == levels - 1 ? 1 : min($0 + 1, levels) },
+                                                                                                 orElse: { min($0 + 1, levels) }))))
+        #expect(cycle.code == .invalidGraph && cycle.message.contains("cyclic"), "\(cycle)")
+    }
+
+    /// Text operators whose cost a model could make explode: a tokenizer pattern that
+    /// backtracks exponentially, TF-IDF n-grams with absurd lengths and skips.
+    @Test func textOperatorsThatWouldStallAreRefused() throws {
+        for (pattern, risky) in [("(a+)+b", true), ("([a-z]+\\s?)*$", true), ("(\\w)\\1", true), ("(x{2,})*y", true),
+                                 ("[a-zA-Z0-9_]+", false), ("(?u)\\b\\w\\w+\\b", false), ("(ab)+", false), ("\\p{L}+", false)] {
+            #expect((TextOps.Pattern.backtrackingRisk(pattern) != nil) == risky, "\(pattern)")
+        }
+        var tokenizer = Self.node("Tokenizer", ["x"], ["y"], domain: "com.microsoft")
+        var exp = Onnx_AttributeProto()
+        exp.name = "tokenexp"
+        exp.type = .string
+        exp.s = Data("(a+)+b".utf8)
+        tokenizer.attribute = [exp]
+        var m = Onnx_ModelProto()
+        m.irVersion = 8
+        var onnx = Onnx_OperatorSetIdProto()
+        onnx.version = 17
+        var ms = Onnx_OperatorSetIdProto()
+        ms.domain = "com.microsoft"
+        ms.version = 1
+        m.opsetImport = [onnx, ms]
+        m.graph.node = [tokenizer]
+        m.graph.input = [Self.valueInfo("x", .string, [1])]
+        var y = Onnx_ValueInfoProto()
+        y.name = "y"
+        m.graph.output = [y]
+        let t = try #require(Self.loadError(try m.serializedData()))
+        #expect(t.code == .unsupported && t.message.contains("exponential"), "\(t)")
+
+        typealias S = ShapeArithmeticTests
+        let tfidf = [S.int("min_gram_length", 1), S.int("max_gram_length", 64), S.int("max_skip_count", 1024),
+                     S.ints("ngram_counts", [0]), S.ints("ngram_indexes", [0]), S.ints("pool_int64s", [1])]
+        let e = try #require(Self.loadError(try S.modelBytes("TfIdfVectorizer", [("x", .int64)], attributes: tfidf)))
+        #expect(e.code == .unsupported && e.message.contains("n-grams per token"), "\(e)")
+    }
+
+    /// A constant B of many rows and one column is not packed: panels of 16 columns would
+    /// hold it 16 times over (a 64 MiB B would take 1 GiB). It is multiplied as it is.
+    @Test func narrowConstantMatricesAreNotPacked() throws {
+        let k = 20_000
+        let b = GemmTests.tensor("b", [k, 1], (0..<k).map { Float($0 % 7) })
+        let model = try GemmTests.model([Self.node("MatMul", ["x", "b"], ["y"])], x: [1, Int64(k)], constants: [b], asInputs: false)
+        #expect(!(model.plan.steps[0].kernel is PackedProductKernel))
+        let x = Tensor(shape: [1, k], floats: [Float](repeating: 1, count: k))
+        #expect(try model.run(["x": x])["y"] == Tensor(shape: [1, 1], floats: [Float((0..<k).reduce(0) { $0 + $1 % 7 })]))
+        #expect(PackedMatrix.worthPacking(k: 784, n: 256) && PackedMatrix.worthPacking(k: 128, n: 1) && !PackedMatrix.worthPacking(k: 1 << 20, n: 1))
+    }
+
     /// Seeded mutations of the sample models: every one loads and runs or fails with an
     /// `EngineError`; none crashes.
     @Test(arguments: ["iris-logreg", "digits-mlp", "wine-forest", "diabetes-gbr"])

@@ -47,7 +47,8 @@ import Testing
     static func pre(_ yaml: String, _ fields: [String: Tensor], rows: Int) throws -> [String: Tensor] {
         let p = try Pipeline(yaml: yaml)
         var frame = fields
-        for s in p.pre { try s.apply(&frame, rows: rows) }
+        var meter = CallMeter(.default)
+        for s in p.pre { try s.apply(&frame, rows: rows, meter: &meter) }
         return frame
     }
 
@@ -55,7 +56,8 @@ import Testing
     static func post(_ yaml: String, _ values: [String: Tensor]) throws -> [String: Tensor] {
         let p = try Pipeline(yaml: yaml)
         var frame = values
-        for s in p.post { try s.apply(&frame) }
+        var meter = CallMeter(.default)
+        for s in p.post { try s.apply(&frame, meter: &meter) }
         return frame
     }
 
@@ -469,6 +471,40 @@ import Testing
         #expect(got["top_newsgroups"]?.shape == [x.shape[0], 2])
     }
 
+    /// An integer field's default must fit its dtype (1e300 for an int64 field once trapped
+    /// converting it).
+    @Test func integerDefaultsOutOfRangeAreRefused() throws {
+        for (dtype, value) in [("int64", "1e300"), ("int64", "-1e19"), ("int32", "3000000000"), ("int64", ".inf"), ("int32", "1.5")] {
+            let yaml = "fields: [{name: a, dtype: \(dtype), default: \(value)}]\npre: [{step: select, into: X, fields: [a]}]\n"
+            let e = try #require(Self.error { _ = try Pipeline(yaml: yaml) }, "\(dtype) default \(value)")
+            #expect(e.code == .invalidSpec && e.field == "a", "\(e)")
+        }
+        let ok = try Pipeline(yaml: "fields: [{name: a, dtype: int32, default: -2147483648}]\npre: [{step: select, into: X, fields: [a]}]\n")
+        #expect(ok.fields[0].defaultValue == Tensor(shape: [1], int32s: [.min]))
+    }
+
+    /// A batch of no rows gives every output with no rows, through each sample's pipeline and
+    /// model (the news text model once answered one row: StringNormalizer turned an empty
+    /// input into one empty string).
+    @Test(arguments: ["news-text", "iris-logreg", "digits-mlp", "wine-forest", "diabetes-gbr"])
+    func zeroRowsGiveZeroRows(name: String) throws {
+        let s = try Self.sample(name)
+        var empty: [String: Tensor] = [:]
+        for input in s.inputs {
+            let width = input.shape?.dropFirst().reduce(1) { w, d in if case .fixed(let n) = d { w * n } else { w } } ?? 1
+            let shape = width == 1 ? [0] : [0, width]
+            empty[input.name] = Tensor.empty(shape, input.dtype ?? .float32)
+        }
+        let out = try s.run(empty)
+        #expect(Set(out.keys) == Set(s.outputs.map(\.name)))
+        for (k, t) in out { #expect(t.shape.first == 0 && t.count == 0, "\(name) output `\(k)` has shape \(t.shape)") }
+        // And the model alone: the news model's raw input is [N, 1] strings.
+        if name == "news-text" {
+            let raw = try s.model.run(["input": Tensor(shape: [0, 1], strings: [])])
+            for (k, t) in raw { #expect(t.shape.first == 0, "graph output `\(k)` has shape \(t.shape)") }
+        }
+    }
+
     @Test func samplePipelinesRefuseWrongLabelCounts() throws {
         let dir = SampleModelTests.root.appendingPathComponent("snapshots/iris-logreg")
         let model = try Model(onnx: Data(contentsOf: dir.appendingPathComponent("model.onnx")))
@@ -477,5 +513,19 @@ import Testing
         #expect(e.message.hasPrefix("post step 1 (label_map), field `labels`: has 2 labels; `output_label` takes 3 classes"), "\(e.message)")
         let k = try #require(Self.bindError("post:\n  - {step: argmax, input: output_probability, labels: [a, b]}\n", model))
         #expect(k.message.hasPrefix("post step 1 (argmax), field `labels`: has 2 labels; `output_probability` has 3 columns"), "\(k.message)")
+    }
+}
+
+extension Tensor {
+    /// A tensor of `dtype` whose `shape` holds no elements.
+    static func empty(_ shape: [Int], _ dtype: DType) -> Tensor {
+        switch dtype {
+        case .float32: Tensor(shape: shape, floats: [])
+        case .float64: Tensor(shape: shape, doubles: [])
+        case .int64: Tensor(shape: shape, int64s: [])
+        case .int32: Tensor(shape: shape, int32s: [])
+        case .bool: Tensor(shape: shape, bools: [])
+        case .string: Tensor(shape: shape, strings: [])
+        }
     }
 }

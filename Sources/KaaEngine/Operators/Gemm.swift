@@ -27,6 +27,13 @@ final class PackedMatrix: @unchecked Sendable {
 
     deinit { panels.deallocate() }
 
+    /// Whether packing a k×n matrix is worth its memory: the panels round `n` up to 16
+    /// columns, so a matrix of few columns and many rows would grow up to 16 times (a 64 MiB
+    /// B of one column, 1 GiB packed). Such a matrix is multiplied as it is.
+    static func worthPacking(k: Int, n: Int) -> Bool {
+        kaa_sgemm_packed_size(k, n) <= max(4 * k * n, 1 << 18)
+    }
+
     /// Bytes the panels take.
     var byteCount: Int { floatCount * MemoryLayout<Float>.stride }
 
@@ -115,23 +122,25 @@ struct PackedProductKernel: EpilogueFusable {
         var transposeA = false
         switch form {
         case .gemm(let transA, let beta):
-            guard x.rank == 2 else { throw EngineError.runtime("A must be 2-D, got \(x.shape)") }
+            guard x.rank == 2 else { throw EngineError.input("A must be 2-D, got shape \(x.shape)") }
             transposeA = transA
             let ak: Int
             (m, ak) = transA ? (x.shape[1], x.shape[0]) : (x.shape[0], x.shape[1])
-            guard ak == k else { throw EngineError.runtime("A is \(x.shape) and B is \(k)×\(n): inner dimensions \(ak) and \(k) differ") }
+            guard ak == k else { throw EngineError.input("A is \(x.shape)\(transA ? " (transposed)" : "") and B is \(k)×\(n): inner dimensions \(ak) and \(k) differ") }
+            _ = try K.product(m, n, "the product of A \(x.shape) and B \(k)×\(n)")
             shape = ws.shape(m, n)
             if let beta, inputs.count > 2, let c = inputs[2] {
                 guard c.rank <= 2, try K.broadcast(c.shape, [m, n]) == [m, n] else {
-                    throw EngineError.runtime("C has shape \(c.shape), which does not broadcast to [\(m), \(n)]")
+                    throw EngineError.input("C has shape \(c.shape), which does not broadcast to [\(m), \(n)]")
                 }
                 runtimeC = (c, beta)
             }
         case .matMul:
             guard x.rank >= 1, x.shape[x.rank - 1] == k else {
-                throw EngineError.runtime("shapes \(x.shape) and [\(k), \(n)] do not multiply")
+                throw EngineError.input("shapes \(x.shape) and [\(k), \(n)] do not multiply: the last dimension of A must be \(k)")
             }
             m = x.shape.dropLast().reduce(1, *)
+            _ = try K.product(m, n, "the product of A \(x.shape) and B [\(k), \(n)]")
             shape = x.shape
         }
         if case .matMul = form {
@@ -147,18 +156,25 @@ struct PackedProductKernel: EpilogueFusable {
         }
         // Constants for the closures below: a captured `var` would be boxed on the heap.
         let rows = m, count = m * n
+        // A (m×k) in row order: transposed into scratch when Gemm's transA says it is k×m.
+        let at: [Float] = transposeA
+            ? try ws.array(m * k) { o in for i in 0..<rows { for p in 0..<k { o[i * k + p] = a[p * rows + i] } } }
+            : a
+        defer { if transposeA { ws.giveBack(at) } }
         if let (c, beta) = runtimeC {
             guard let cv = c.floats else { throw EngineError.runtime("C is \(c.dtype), expected float32") }
-            var out = K.expand(cv, c.shape, to: [m, n])
+            let mn = ws.shape(m, n)
+            var out = try ws.array(count) { o in
+                K.withBroadcastStrides(c.shape[...], mn) { st in K.walk(mn, strides: st) { i, p in o[i] = cv[p] } }
+            }
             if beta != 1 { for i in out.indices { out[i] *= beta } }
             if let bias { for i in out.indices { out[i] += bias[i % n] } }
-            let at = transposeA ? K.transpose(a, x.shape, [1, 0]).values : a
             out.withUnsafeMutableBufferPointer { pc in at.withUnsafeBufferPointer { pa in
                 if count > 0 { weights.multiply(pa.baseAddress ?? UnsafePointer(pc.baseAddress!), rows: rows, into: pc.baseAddress!, bias: nil, accumulate: true, relu: relu) }
             } }
             return Outputs(Tensor(shape: shape, floats: out))
         }
-        let out = ws.array(count) { pc in
+        let out = try ws.array(count) { pc in
             guard count > 0 else { return }
             func multiply(_ pa: UnsafePointer<Float>) {
                 if let bias {
@@ -169,12 +185,8 @@ struct PackedProductKernel: EpilogueFusable {
                     weights.multiply(pa, rows: rows, into: pc.baseAddress!, bias: nil, accumulate: false, relu: relu)
                 }
             }
-            if transposeA {
-                K.transpose(a, x.shape, [1, 0]).values.withUnsafeBufferPointer { multiply($0.baseAddress ?? UnsafePointer(pc.baseAddress!)) }
-            } else {
-                // k = 0: A is empty and never read, but the kernel takes a pointer.
-                a.withUnsafeBufferPointer { multiply($0.baseAddress ?? UnsafePointer(pc.baseAddress!)) }
-            }
+            // k = 0: A is empty and never read, but the kernel takes a pointer.
+            at.withUnsafeBufferPointer { multiply($0.baseAddress ?? UnsafePointer(pc.baseAddress!)) }
         }
         return Outputs(Tensor(shape: shape, floats: out))
     }
@@ -265,7 +277,8 @@ extension MathOps {
         let beta = try ctx.attributes.float("beta", default: 1)
         let transA = try ctx.attributes.int("transA", default: 0) != 0
         let transB = try ctx.attributes.int("transB", default: 0) != 0
-        if t == .float32, let b = ctx.constants[1], b.rank == 2, let bv = b.floats {
+        if t == .float32, let b = ctx.constants[1], b.rank == 2, let bv = b.floats,
+           PackedMatrix.worthPacking(k: b.shape[transB ? 1 : 0], n: b.shape[transB ? 0 : 1]) {
             let (k, n) = transB ? (b.shape[1], b.shape[0]) : (b.shape[0], b.shape[1])
             let packed = bv.withUnsafeBufferPointer { PackedMatrix($0, k: k, n: n, transposed: transB, alpha: alpha) }
             var bias: [Float]?
@@ -302,21 +315,22 @@ extension MathOps {
             let b: Tensor
             let bT: Bool
             if let preB { b = preB; bT = false } else { b = try K.arg(inputs, 1); bT = transB }
-            guard a.rank == 2, b.rank == 2 else { throw EngineError.runtime("A and B must be 2-D, got \(a.shape) and \(b.shape)") }
+            guard a.rank == 2, b.rank == 2 else { throw EngineError.input("A and B must be 2-D, got shapes \(a.shape) and \(b.shape)") }
             let (m, k) = transA ? (a.shape[1], a.shape[0]) : (a.shape[0], a.shape[1])
             let (kb, n) = bT ? (b.shape[1], b.shape[0]) : (b.shape[0], b.shape[1])
-            guard k == kb else { throw EngineError.runtime("A is \(a.shape) and B is \(b.shape): inner dimensions \(k) and \(kb) differ") }
+            guard k == kb else { throw EngineError.input("A is \(a.shape) and B is \(b.shape): inner dimensions \(k) and \(kb) differ") }
             let c = inputs.count > 2 && beta != 0 ? inputs[2] : nil
             if let c {
                 let fits = c.rank <= 2 && c.shape.reversed().enumerated().allSatisfy { i, d in d == 1 || d == (i == 0 ? n : m) }
-                guard fits else { throw EngineError.runtime("C has shape \(c.shape), which does not broadcast to [\(m), \(n)]") }
+                guard fits else { throw EngineError.input("C has shape \(c.shape), which does not broadcast to [\(m), \(n)]") }
             }
+            _ = try K.product(m, n, "the product of A \(a.shape) and B \(b.shape)")
             let shape = ws.shape(m, n)
             func run<T: BinaryFloatingPoint & Reusable>(_ av: [T], _ bv: [T], _ cv: [T]?) throws -> [T] {
                 // Contiguous A (m×k) and B (k×n), transposed into scratch arrays when stored the other way.
-                let at: [T] = transA ? ws.array(m * k) { o in for i in 0..<m { for p in 0..<k { o[i * k + p] = av[p * m + i] } } } : av
-                let bt: [T] = bT ? ws.array(k * n) { o in for p in 0..<k { for j in 0..<n { o[p * n + j] = bv[j * k + p] } } } : bv
-                var out: [T] = ws.array(m * n) { o in
+                let at: [T] = transA ? try ws.array(m * k) { o in for i in 0..<m { for p in 0..<k { o[i * k + p] = av[p * m + i] } } } : av
+                let bt: [T] = bT ? try ws.array(k * n) { o in for p in 0..<k { for j in 0..<n { o[p * n + j] = bv[j * k + p] } } } : bv
+                var out: [T] = try ws.array(m * n) { o in
                     if let cv, let c {
                         let scale = T(beta)
                         K.withBroadcastStrides(c.shape[...], shape) { st in K.walk(shape, strides: st) { i, p in o[i] = scale * cv[p] } }
@@ -329,7 +343,7 @@ extension MathOps {
                         matmulAccumulate(pa, pb, pc, m: m, k: k, n: n)
                     } } }
                 } else {
-                    var tmp: [T] = ws.array(m * n, repeating: 0)
+                    var tmp: [T] = try ws.array(m * n, repeating: 0)
                     at.withUnsafeBufferPointer { pa in bt.withUnsafeBufferPointer { pb in tmp.withUnsafeMutableBufferPointer { pc in
                         matmulAccumulate(pa, pb, pc, m: m, k: k, n: n)
                     } } }
@@ -355,7 +369,7 @@ extension MathOps {
         try ctx.inputs(2, 2)
         let t = try ctx.input(0, .floats)
         guard try ctx.input(1) == t else { throw ctx.bad("A and B must have one type") }
-        if t == .float32, let b = ctx.constants[1], b.rank == 2, let bv = b.floats {
+        if t == .float32, let b = ctx.constants[1], b.rank == 2, let bv = b.floats, PackedMatrix.worthPacking(k: b.shape[0], n: b.shape[1]) {
             let packed = bv.withUnsafeBufferPointer { PackedMatrix($0, k: b.shape[0], n: b.shape[1], transposed: false) }
             ctx.absorbed.insert(1)
             ctx.kernelBytes += packed.byteCount
@@ -363,11 +377,11 @@ extension MathOps {
         }
         return (ClosureKernel { inputs, ws in
             let a = try K.arg(inputs, 0), b = try K.arg(inputs, 1)
-            guard a.rank >= 1, b.rank >= 1 else { throw EngineError.runtime("MatMul of scalars") }
+            guard a.rank >= 1, b.rank >= 1 else { throw EngineError.input("MatMul needs inputs of rank 1 or more, got shapes \(a.shape) and \(b.shape)") }
             let ra = a.rank, rb = b.rank
             let m = ra == 1 ? 1 : a.shape[ra - 2], k = a.shape[ra - 1]
             let kb = rb == 1 ? b.shape[0] : b.shape[rb - 2], n = rb == 1 ? 1 : b.shape[rb - 1]
-            guard k == kb else { throw EngineError.runtime("shapes \(a.shape) and \(b.shape) do not multiply") }
+            guard k == kb else { throw EngineError.input("shapes \(a.shape) and \(b.shape) do not multiply: inner dimensions \(k) and \(kb) differ") }
             // The stacked (batch) dimensions before the last two, broadcast.
             let aBatch = a.shape.prefix(max(ra - 2, 0)), bBatch = b.shape.prefix(max(rb - 2, 0))
             let br = max(aBatch.count, bBatch.count)
@@ -379,17 +393,20 @@ extension MathOps {
                     if da == db || db == 1 { d[i] = da } else if da == 1 { d[i] = db } else { fits = false; d[i] = 0 }
                 }
             }
-            guard fits else { throw EngineError.runtime("shapes \(a.shape) and \(b.shape) do not broadcast") }
-            let nb = batch.reduce(1, *)
+            guard fits else { throw EngineError.input("shapes \(a.shape) and \(b.shape) do not broadcast in their leading (batch) dimensions") }
             let outShape = ws.shape(rank: br + (ra == 1 ? 0 : 1) + (rb == 1 ? 0 : 1)) { d in
                 for i in 0..<br { d[i] = batch[i] }
                 var j = br
                 if ra != 1 { d[j] = m; j += 1 }
                 if rb != 1 { d[j] = n }
             }
-            func run<T: BinaryFloatingPoint & Reusable>(_ av: [T], _ bv: [T]) -> [T] {
-                var out: [T] = ws.array(nb * m * n, repeating: 0)
-                ws.withScratch(2 * nb) { at in
+            let count = try K.count(outShape, "the product of \(a.shape) and \(b.shape)")
+            let nb = batch.reduce(1, *)
+            func run<T: BinaryFloatingPoint & Reusable>(_ av: [T], _ bv: [T]) throws -> [T] {
+                var out: [T] = try ws.array(count, repeating: 0)
+                // Empty: nothing to multiply (and `nb` may be large).
+                guard count > 0 else { return out }
+                try ws.withScratch(2 * nb) { at in
                     // Which matrix of A and of B each output matrix multiplies.
                     K.withBroadcastStrides(aBatch, batch) { st in K.walk(batch, strides: st) { i, p in at[2 * i] = p } }
                     K.withBroadcastStrides(bBatch, batch) { st in K.walk(batch, strides: st) { i, p in at[2 * i + 1] = p } }
@@ -403,8 +420,8 @@ extension MathOps {
                 return out
             }
             switch (a.storage, b.storage) {
-            case (.float32(let x), .float32(let y)): return Outputs(Tensor(shape: outShape, floats: run(x, y)))
-            case (.float64(let x), .float64(let y)): return Outputs(Tensor(shape: outShape, doubles: run(x, y)))
+            case (.float32(let x), .float32(let y)): return Outputs(Tensor(shape: outShape, floats: try run(x, y)))
+            case (.float64(let x), .float64(let y)): return Outputs(Tensor(shape: outShape, doubles: try run(x, y)))
             default: throw EngineError.runtime("A is \(a.dtype), B is \(b.dtype)")
             }
         }, [t])

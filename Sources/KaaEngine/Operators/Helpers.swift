@@ -29,7 +29,8 @@ enum K {
         return t
     }
 
-    /// The elements of a numeric tensor as Float (int and double inputs are converted).
+    /// The elements of a numeric tensor attribute as Float (int and double ones are
+    /// converted), at load.
     static func floats(_ t: Tensor) throws -> [Float] {
         switch t.storage {
         case .float32(let v): return v
@@ -37,18 +38,68 @@ enum K {
         case .int64(let v): return v.map { Float($0) }
         case .int32(let v): return v.map { Float($0) }
         case .bool(let v): return v.map { $0 ? 1 : 0 }
-        case .string: throw EngineError.runtime("expected a numeric tensor, got strings")
+        case .string: throw EngineError.invalid("a tensor attribute holds strings where numbers are expected")
         }
     }
 
-    /// Normalizes a possibly negative axis against `rank`.
+    /// The number of elements of a value of shape `shape`, checked so that no product of a
+    /// value's dimensions can overflow: the rank is at most ``Limits/maxRank``, no dimension
+    /// is negative, and the non-zero dimensions multiply to at most ``Limits/maxElements``
+    /// (a shape such as `[0, 2^40, 2^40]` holds nothing, but its `inner` product would
+    /// overflow). Every value in a run's slots satisfies this: inputs are checked on entry,
+    /// and kernels check each shape they compute from values with it.
+    ///
+    /// Throws ``EngineError/Code/invalidInput`` naming `what` and the shape.
+    @inline(__always)
+    static func count(_ shape: [Int], _ what: @autoclosure () -> String = "the result") throws -> Int {
+        var product = 1, empty = false
+        for d in shape {
+            if d <= 0 {
+                if d == 0 { empty = true; continue }
+                throw badShape(shape, what())
+            }
+            let (p, overflow) = product.multipliedReportingOverflow(by: d)
+            if overflow || p > Limits.maxElements { throw badShape(shape, what()) }
+            product = p
+        }
+        if shape.count > Limits.maxRank { throw badShape(shape, what()) }
+        return empty ? 0 : product
+    }
+
+    /// The error for a shape ``count(_:_:)`` refuses.
+    @inline(never)
+    private static func badShape(_ shape: [Int], _ what: String) -> EngineError {
+        if shape.contains(where: { $0 < 0 }) {
+            return EngineError.input("\(what): shape \(shape) has a negative dimension")
+        }
+        if shape.count > Limits.maxRank {
+            return EngineError.input("\(what): shape \(shape) has \(shape.count) dimensions; at most \(Limits.maxRank) are supported")
+        }
+        let zeros = shape.contains(0) ? " (leaving out the zeros)" : ""
+        return EngineError.input("\(what): shape \(shape) has dimensions that multiply\(zeros) to more than \(Limits.maxElements), the most one tensor may hold; the inputs are too large for this model")
+    }
+
+    /// `a * b` for sizes already checked to be non-negative, or throws
+    /// ``EngineError/Code/invalidInput`` naming `what` when it exceeds ``Limits/maxElements``.
+    @inline(__always)
+    static func product(_ a: Int, _ b: Int, _ what: @autoclosure () -> String) throws -> Int {
+        let (p, overflow) = a.multipliedReportingOverflow(by: b)
+        guard !overflow, p <= Limits.maxElements else {
+            throw EngineError.input("\(what()) needs \(a) × \(b) elements, more than \(Limits.maxElements), the most one tensor may hold; the inputs are too large for this model")
+        }
+        return p
+    }
+
+    /// Normalizes a possibly negative axis against `rank`, which MUST be at least 1 (a scalar
+    /// has no axis); throws ``EngineError/Code/invalidInput`` naming the axis and the rank.
     static func axis(_ a: Int, rank: Int, what: String = "axis") throws -> Int {
+        guard rank >= 1 else { throw EngineError.input("\(what) \(a) cannot apply to a scalar (rank 0); the input needs rank 1 or more") }
         let r = a < 0 ? a + rank : a
-        guard r >= 0, r < max(rank, 1) else { throw EngineError.runtime("\(what) \(a) is out of range for rank \(rank)") }
+        guard r >= 0, r < rank else { throw EngineError.input("\(what) \(a) is out of range for rank \(rank); it must be in \(-rank)...\(rank - 1)") }
         return r
     }
 
-    /// The multidirectional (numpy) broadcast of two shapes.
+    /// The multidirectional (numpy) broadcast of two shapes, checked with ``count(_:_:)``.
     static func broadcast(_ a: [Int], _ b: [Int]) throws -> [Int] {
         let r = max(a.count, b.count)
         var out = [Int](repeating: 1, count: r)
@@ -56,9 +107,10 @@ enum K {
             let da = i < r - a.count ? 1 : a[i - (r - a.count)]
             let db = i < r - b.count ? 1 : b[i - (r - b.count)]
             if da == db || db == 1 { out[i] = da } else if da == 1 { out[i] = db } else {
-                throw EngineError.runtime("shapes \(a) and \(b) do not broadcast")
+                throw EngineError.input("shapes \(a) and \(b) do not broadcast: dimension \(i) is \(da) and \(db)")
             }
         }
+        _ = try count(out, "broadcasting \(a) with \(b)")
         return out
     }
 
@@ -72,7 +124,7 @@ enum K {
     static func binary<A, B, R: Reusable>(_ ws: Workspace, _ a: [A], _ aShape: [Int], _ b: [B], _ bShape: [Int], _ f: (A, B) -> R) throws -> (shape: [Int], values: [R]) {
         if aShape == bShape {
             let n = a.count
-            return (aShape, ws.array(n) { buf in
+            return (aShape, try ws.array(n) { buf in
                 a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in
                     for i in 0..<n { buf[i] = f(pa[i], pb[i]) }
                 } }
@@ -80,20 +132,20 @@ enum K {
         }
         if b.count == 1, bShape.count <= aShape.count {
             let y = b[0], n = a.count
-            return (aShape, ws.array(n) { buf in
+            return (aShape, try ws.array(n) { buf in
                 a.withUnsafeBufferPointer { pa in for i in 0..<n { buf[i] = f(pa[i], y) } }
             })
         }
         if a.count == 1, aShape.count <= bShape.count {
             let x = a[0], n = b.count
-            return (bShape, ws.array(n) { buf in
+            return (bShape, try ws.array(n) { buf in
                 b.withUnsafeBufferPointer { pb in for i in 0..<n { buf[i] = f(x, pb[i]) } }
             })
         }
         // Trailing-row broadcast: b is the last dimensions of a ([N, K] op [K]).
         if b.count > 0, bShape.count <= aShape.count, aShape.suffix(bShape.count).elementsEqual(bShape) {
             let k = b.count, n = a.count
-            return (aShape, ws.array(n) { buf in
+            return (aShape, try ws.array(n) { buf in
                 a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in
                     var i = 0
                     while i < n {
@@ -104,13 +156,13 @@ enum K {
             })
         }
         let shape = try broadcast(aShape, bShape)
-        let n = shape.reduce(1, *)
+        let n = try count(shape)
         let sa = broadcastStrides(aShape, outShape: shape)
         let sb = broadcastStrides(bShape, outShape: shape)
         let r = shape.count
         var idx = [Int](repeating: 0, count: r)
         var ia = 0, ib = 0
-        return (shape, ws.array(n) { out in
+        return (shape, try ws.array(n) { out in
             for e in 0..<n {
                 out[e] = f(a[ia], b[ib])
                 var d = r - 1
@@ -134,21 +186,16 @@ enum K {
     static func floats(_ t: Tensor, _ ws: Workspace) throws -> (values: [Float], converted: Bool) {
         switch t.storage {
         case .float32(let v): return (v, false)
-        case .float64(let v): return (ws.array(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
-        case .int64(let v): return (ws.array(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
-        case .int32(let v): return (ws.array(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
-        case .bool(let v): return (ws.array(v.count) { o in for i in v.indices { o[i] = v[i] ? 1 : 0 } }, true)
+        case .float64(let v): return (try ws.array(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
+        case .int64(let v): return (try ws.array(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
+        case .int32(let v): return (try ws.array(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
+        case .bool(let v): return (try ws.array(v.count) { o in for i in v.indices { o[i] = v[i] ? 1 : 0 } }, true)
         case .string: throw EngineError.runtime("expected a numeric tensor, got strings")
         }
     }
 
-    /// Gathers elements of `values` (shape `shape`) into the broadcast `outShape`.
-    static func expand<T>(_ values: [T], _ shape: [Int], to outShape: [Int]) -> [T] {
-        if shape == outShape { return values }
-        return gather(values, strides: broadcastStrides(shape, outShape: outShape), outShape: outShape)
-    }
-
-    /// Reorders `values` of `shape` by permutation `perm`.
+    /// Reorders `values` of `shape` by permutation `perm` (at load: the result is not taken
+    /// from a workspace).
     static func transpose<T>(_ values: [T], _ shape: [Int], _ perm: [Int]) -> (shape: [Int], values: [T]) {
         let r = shape.count
         let outShape = perm.map { shape[$0] }
@@ -211,49 +258,25 @@ enum K {
 
     /// A bit set of axes (rank is at most ``Limits/maxRank``), from possibly negative axes.
     static func axisMask(_ axes: [Int64], rank: Int) throws -> UInt64 {
-        guard rank <= 64 else { throw EngineError.runtime("rank \(rank) is above 64") }
+        guard rank <= Limits.maxRank else { throw EngineError.input("rank \(rank) is above \(Limits.maxRank), the most supported") }
         var mask: UInt64 = 0
         for a64 in axes {
             let a = Int(a64)
             let r = try axis(a, rank: rank)
-            guard mask & (1 << UInt64(r)) == 0 else { throw EngineError.runtime("axis \(a) is given twice") }
+            guard mask & (1 << UInt64(r)) == 0 else { throw EngineError.input("axis \(a) is given twice in \(axes)") }
             mask |= 1 << UInt64(r)
         }
         return mask
     }
+
+    /// The mask of every axis of `rank` (at most ``Limits/maxRank``).
+    static func allAxes(_ rank: Int) -> UInt64 { (1 << UInt64(rank)) &- 1 }
 
     /// Splits a shape around `axis` into (outer, axis size, inner).
     static func split(_ shape: [Int], _ axis: Int) -> (Int, Int, Int) {
         let outer = shape[..<axis].reduce(1, *)
         let inner = shape[(axis + 1)...].reduce(1, *)
         return (outer, shape[axis], inner)
-    }
-}
-
-/// Applies a transform to each storage type with one generic body.
-extension Tensor.Storage {
-    /// Reorders or selects elements by index, keeping the element type.
-    func gather(_ indices: [Int]) -> Tensor.Storage {
-        switch self {
-        case .float32(let v): .float32(indices.map { v[$0] })
-        case .float64(let v): .float64(indices.map { v[$0] })
-        case .int64(let v): .int64(indices.map { v[$0] })
-        case .int32(let v): .int32(indices.map { v[$0] })
-        case .bool(let v): .bool(indices.map { v[$0] })
-        case .string(let v): .string(indices.map { v[$0] })
-        }
-    }
-
-    /// Concatenates storages of one type (parts of another type are skipped).
-    static func concat(_ parts: [Tensor.Storage]) -> Tensor.Storage {
-        switch parts[0] {
-        case .float32: .float32(parts.flatMap { (p) -> [Float] in if case .float32(let v) = p { return v }; return [] })
-        case .float64: .float64(parts.flatMap { (p) -> [Double] in if case .float64(let v) = p { return v }; return [] })
-        case .int64: .int64(parts.flatMap { (p) -> [Int64] in if case .int64(let v) = p { return v }; return [] })
-        case .int32: .int32(parts.flatMap { (p) -> [Int32] in if case .int32(let v) = p { return v }; return [] })
-        case .bool: .bool(parts.flatMap { (p) -> [Bool] in if case .bool(let v) = p { return v }; return [] })
-        case .string: .string(parts.flatMap { (p) -> [String] in if case .string(let v) = p { return v }; return [] })
-        }
     }
 }
 

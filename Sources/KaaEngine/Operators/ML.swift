@@ -7,7 +7,7 @@ enum MLOps {
         switch x.rank {
         case 1: return (1, x.shape[0])
         case 2: return (x.shape[0], x.shape[1])
-        default: throw EngineError.runtime("expected a 2-D input [N, C], got \(x.shape)")
+        default: throw EngineError.input("expected a 1-D or 2-D input [N, C], got shape \(x.shape)")
         }
     }
 
@@ -21,9 +21,10 @@ enum MLOps {
             let (v, converted) = try K.floats(x, ws)
             let c = x.shape.last ?? 1
             for a in [offset.count, scale.count] where a != 1 && a != c && a != 0 {
-                throw EngineError.runtime("offset/scale have \(a) values for \(c) columns")
+                if converted { ws.giveBack(v) }
+                throw EngineError.input("offset/scale have \(a) values for the \(c) columns of input \(x.shape)")
             }
-            let out: [Float] = ws.array(v.count) { out in
+            let out: [Float] = try ws.array(v.count) { out in
                 guard c > 0 else { return }
                 var i = 0
                 while i < out.count {
@@ -47,10 +48,10 @@ enum MLOps {
         return nil
     }
 
-    static func labelTensor(_ keys: Tensor.MapKeys, _ idx: UnsafeMutableBufferPointer<Int>, _ ws: Workspace) -> Tensor {
+    static func labelTensor(_ keys: Tensor.MapKeys, _ idx: UnsafeMutableBufferPointer<Int>, _ ws: Workspace) throws -> Tensor {
         switch keys {
-        case .int64(let k): Tensor(shape: ws.shape(idx.count), int64s: ws.array(idx.count) { o in for i in idx.indices { o[i] = k[idx[i]] } })
-        case .string(let k): Tensor(shape: ws.shape(idx.count), strings: ws.strings(idx.count) { o in for i in idx.indices { o[i] = k[idx[i]] } })
+        case .int64(let k): Tensor(shape: ws.shape(idx.count), int64s: try ws.array(idx.count) { o in for i in idx.indices { o[i] = k[idx[i]] } })
+        case .string(let k): Tensor(shape: ws.shape(idx.count), strings: try ws.strings(idx.count) { o in for i in idx.indices { o[i] = k[idx[i]] } })
         }
     }
 
@@ -72,13 +73,14 @@ enum MLOps {
         return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             let (n, cx) = try rows(x)
-            guard cx == c else { throw EngineError.runtime("input has \(cx) features; the model has \(c)") }
+            guard cx == c else { throw EngineError.input("input \(x.shape) has \(cx) features; the model takes \(c)") }
+            _ = try K.product(n, binary ? 2 : classCount, "scoring \(n) rows of \(binary ? 2 : classCount) classes")
             let (v, converted) = try K.floats(x, ws)
-            var scores = linearScores(v, rows: n, features: c, coef, intercepts, outputs: classCount, ws)
+            var scores = try linearScores(v, rows: n, features: c, coef, intercepts, outputs: classCount, ws)
             if converted { ws.giveBack(v) }
-            return ws.withScratch(n) { best in
+            return try ws.withScratch(n) { best in
                 if binary {
-                    var out = ws.array(n * 2) { out in
+                    var out = try ws.array(n * 2) { out in
                         for i in 0..<n {
                             let s = scores[i]
                             best[i] = s > 0 ? 1 : 0
@@ -90,7 +92,7 @@ enum MLOps {
                         for i in 0..<n { out[2 * i + 1] = PostTransform.logistic(scores[i]); out[2 * i] = 1 - out[2 * i + 1] }
                     } else { post.apply(&out, rowLength: 2) }
                     ws.giveBack(scores)
-                    return Outputs(labelTensor(labels, best, ws), Tensor(shape: ws.shape(n, 2), floats: out))
+                    return Outputs(try labelTensor(labels, best, ws), Tensor(shape: ws.shape(n, 2), floats: out))
                 }
                 for i in 0..<n {
                     var b = 0
@@ -98,7 +100,7 @@ enum MLOps {
                     best[i] = b
                 }
                 post.apply(&scores, rowLength: classCount)
-                return Outputs(labelTensor(labels, best, ws), Tensor(shape: ws.shape(n, classCount), floats: scores))
+                return Outputs(try labelTensor(labels, best, ws), Tensor(shape: ws.shape(n, classCount), floats: scores))
             }
         }, [labelType, .float32])
     }
@@ -106,8 +108,8 @@ enum MLOps {
     /// `rows × outputs` scores: each output's intercept (0 without intercepts) plus the dot
     /// product of a row's `features` values with that output's coefficients.
     private static func linearScores(_ v: [Float], rows n: Int, features c: Int, _ coef: [Float], _ intercepts: [Float],
-                                     outputs: Int, _ ws: Workspace) -> [Float] {
-        ws.array(n * outputs) { out in
+                                     outputs: Int, _ ws: Workspace) throws -> [Float] {
+        try ws.array(n * outputs) { out in
             for i in 0..<n {
                 for k in 0..<outputs {
                     var s: Float = intercepts.isEmpty ? 0 : intercepts[k]
@@ -125,16 +127,17 @@ enum MLOps {
         let intercepts = try ctx.attributes.floats("intercepts") ?? []
         let targets = try ctx.attributes.int("targets", default: 1)
         let post = try PostTransform.read(&ctx.attributes, ctx)
-        guard targets > 0, coef.count % targets == 0, intercepts.isEmpty || intercepts.count == targets else {
+        guard targets > 0, targets <= 1 << 24, coef.count % targets == 0, intercepts.isEmpty || intercepts.count == targets else {
             throw ctx.bad("\(coef.count) coefficients and \(intercepts.count) intercepts for \(targets) targets")
         }
         let c = coef.count / targets
         return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             let (n, cx) = try rows(x)
-            guard cx == c else { throw EngineError.runtime("input has \(cx) features; the model has \(c)") }
+            guard cx == c else { throw EngineError.input("input \(x.shape) has \(cx) features; the model takes \(c)") }
+            _ = try K.product(n, targets, "scoring \(n) rows of \(targets) targets")
             let (v, converted) = try K.floats(x, ws)
-            var out = linearScores(v, rows: n, features: c, coef, intercepts, outputs: targets, ws)
+            var out = try linearScores(v, rows: n, features: c, coef, intercepts, outputs: targets, ws)
             if converted { ws.giveBack(v) }
             post.apply(&out, rowLength: targets)
             return Outputs(Tensor(shape: ws.shape(n, targets), floats: out))
@@ -157,7 +160,9 @@ enum MLOps {
             let x = try K.arg(inputs, 0)
             let (n, c) = try rows(x)
             let (input, converted) = try K.floats(x, ws)
-            let v = ws.array(input.count) { v in
+            let v = try ws.array(input.count) { v in
+                // Empty: nothing to write (and `n` may be large).
+                guard !input.isEmpty else { return }
                 for i in 0..<n {
                     let r = i * c..<(i + 1) * c
                     let d: Float
@@ -181,7 +186,7 @@ enum MLOps {
         return (ClosureKernel(aliasesInputs: true) { inputs, ws in
             var x = try K.arg(inputs, 0)
             let (n, c) = try rows(x)
-            guard c == keys.count else { throw EngineError.runtime("\(c) columns for \(keys.count) keys") }
+            guard c == keys.count else { throw EngineError.input("input \(x.shape) has \(c) columns for \(keys.count) keys") }
             x.shape = ws.shape(n, c)
             x.mapKeys = keys
             return Outputs(x)
@@ -196,16 +201,16 @@ enum MLOps {
             let x = try K.arg(inputs, 0)
             let indices = try K.arg(inputs, 1)
             guard case .int64(let idx) = indices.storage else { throw EngineError.runtime("indices are \(indices.dtype), expected int64") }
-            guard x.rank >= 1 else { throw EngineError.runtime("input is a scalar") }
+            guard x.rank >= 1 else { throw EngineError.input("input is a scalar; it needs rank 1 or more") }
             let c = x.shape[x.rank - 1]
-            for i in idx where i < 0 || i >= Int64(c) { throw EngineError.runtime("index \(i) is out of range for \(c) columns") }
-            let rowsN = x.count / max(c, 1)
+            for i in idx where i < 0 || i >= Int64(c) { throw EngineError.input("index \(i) is out of range for the \(c) columns of \(x.shape)") }
             let width = idx.count
             let shape = x.rank == 1 ? ws.shape(1, width) : ws.shape(rank: x.rank) { d in
                 for i in 0..<x.rank - 1 { d[i] = x.shape[i] }
                 d[x.rank - 1] = width
             }
-            let storage = ws.gather(x.storage, rowsN * width) { e in (e / width) * c + Int(idx[e % width]) }
+            let total = try K.count(shape, "extracting \(width) columns from \(x.shape)")
+            let storage = try ws.gather(x.storage, total) { e in (e / width) * c + Int(idx[e % width]) }
             return Outputs(Tensor(shape: shape, storage: storage))
         }, [t])
     }
@@ -216,14 +221,14 @@ enum MLOps {
         let th = Double(try ctx.attributes.float("threshold", default: 0))
         return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
-            func binarize<T: Reusable & Numeric>(_ v: [T], _ d: (T) -> Double) -> [T] {
-                ws.array(v.count) { o in for i in v.indices { o[i] = d(v[i]) > th ? 1 : 0 } }
+            func binarize<T: Reusable & Numeric>(_ v: [T], _ d: (T) -> Double) throws -> [T] {
+                try ws.array(v.count) { o in for i in v.indices { o[i] = d(v[i]) > th ? 1 : 0 } }
             }
             let storage: Tensor.Storage = switch x.storage {
-            case .float32(let v): .float32(binarize(v) { Double($0) })
-            case .float64(let v): .float64(binarize(v) { $0 })
-            case .int64(let v): .int64(binarize(v) { Double($0) })
-            case .int32(let v): .int32(binarize(v) { Double($0) })
+            case .float32(let v): .float32(try binarize(v) { Double($0) })
+            case .float64(let v): .float64(try binarize(v) { $0 })
+            case .int64(let v): .int64(try binarize(v) { Double($0) })
+            case .int32(let v): .int32(try binarize(v) { Double($0) })
             default: throw EngineError.runtime("input is \(x.dtype)")
             }
             return Outputs(Tensor(shape: x.shape, storage: storage))
@@ -243,14 +248,14 @@ enum MLOps {
             let c = x.shape.last ?? 1
             switch x.storage {
             case .float32(let v):
-                guard fv.count == 1 || fv.count == c else { throw EngineError.runtime("\(fv.count) imputed values for \(c) columns") }
-                let out = ws.array(v.count) { o in
+                guard fv.count == 1 || fv.count == c else { throw EngineError.input("\(fv.count) imputed values for the \(c) columns of input \(x.shape)") }
+                let out = try ws.array(v.count) { o in
                     for (i, e) in v.enumerated() { o[i] = (e == rf || (rf.isNaN && e.isNaN)) ? fv[fv.count == 1 ? 0 : i % c] : e }
                 }
                 return Outputs(Tensor(shape: x.shape, floats: out))
             case .int64(let v):
-                guard iv.count == 1 || iv.count == c else { throw EngineError.runtime("\(iv.count) imputed values for \(c) columns") }
-                let out = ws.array(v.count) { o in
+                guard iv.count == 1 || iv.count == c else { throw EngineError.input("\(iv.count) imputed values for the \(c) columns of input \(x.shape)") }
+                let out = try ws.array(v.count) { o in
                     for (i, e) in v.enumerated() { o[i] = e == ri ? iv[iv.count == 1 ? 0 : i % c] : e }
                 }
                 return Outputs(Tensor(shape: x.shape, int64s: out))
@@ -283,15 +288,17 @@ enum MLOps {
                 }
             }
             for e in 0..<x.count where !zeros && position(e) == nil {
-                throw EngineError.runtime("category \(x.strings.map { "`\($0[e])`" } ?? "\(x.asDoubles()![e])") is unknown and zeros=0")
-            }
-            let out: [Float] = ws.array(x.count * k) { o in
-                o.initialize(repeating: 0)
-                for e in 0..<x.count { if let p = position(e) { o[e * k + p] = 1 } }
+                let value = x.strings.map { "`\($0[e].prefix(80))`" } ?? x.asDoubles().map { "\($0[e])" } ?? "?"
+                throw EngineError.input("category \(value) (element \(e)) is unknown, and the encoder has zeros=0")
             }
             let shape = ws.shape(rank: x.rank + 1) { d in
                 for i in 0..<x.rank { d[i] = x.shape[i] }
                 d[x.rank] = k
+            }
+            let total = try K.count(shape, "one-hot encoding \(x.shape) into \(k) categories")
+            let out: [Float] = try ws.array(total) { o in
+                o.initialize(repeating: 0)
+                for e in 0..<x.count { if let p = position(e) { o[e * k + p] = 1 } }
             }
             return Outputs(Tensor(shape: shape, floats: out))
         }, [.float32])
@@ -309,9 +316,9 @@ enum MLOps {
             return (ClosureKernel { inputs, ws in
                 let x = try K.arg(inputs, 0)
                 let n = x.count
-                if let s = x.strings { return Outputs(Tensor(shape: x.shape, int64s: ws.array(n) { o in for e in 0..<n { o[e] = index[s[e]] ?? di } })) }
+                if let s = x.strings { return Outputs(Tensor(shape: x.shape, int64s: try ws.array(n) { o in for e in 0..<n { o[e] = index[s[e]] ?? di } })) }
                 guard case .int64(let v) = x.storage else { throw EngineError.runtime("input is \(x.dtype); expected strings or int64") }
-                return Outputs(Tensor(shape: x.shape, strings: ws.strings(n) { o in
+                return Outputs(Tensor(shape: x.shape, strings: try ws.strings(n) { o in
                     for e in 0..<n { o[e] = v[e] >= 0 && v[e] < classes.count ? classes[Int(v[e])] : ds }
                 }))
             }, [t == .string ? .int64 : .string])
@@ -346,9 +353,9 @@ enum MLOps {
             }
             let n = x.count
             switch values {
-            case .string(let v): return Outputs(Tensor(shape: x.shape, strings: ws.strings(n) { o in for e in 0..<n { o[e] = position(e).map { v[$0] } ?? ds } }))
-            case .int64(let v): return Outputs(Tensor(shape: x.shape, int64s: ws.array(n) { o in for e in 0..<n { o[e] = position(e).map { v[$0] } ?? di } }))
-            case .float32(let v): return Outputs(Tensor(shape: x.shape, floats: ws.array(n) { o in for e in 0..<n { o[e] = position(e).map { v[$0] } ?? df } }))
+            case .string(let v): return Outputs(Tensor(shape: x.shape, strings: try ws.strings(n) { o in for e in 0..<n { o[e] = position(e).map { v[$0] } ?? ds } }))
+            case .int64(let v): return Outputs(Tensor(shape: x.shape, int64s: try ws.array(n) { o in for e in 0..<n { o[e] = position(e).map { v[$0] } ?? di } }))
+            case .float32(let v): return Outputs(Tensor(shape: x.shape, floats: try ws.array(n) { o in for e in 0..<n { o[e] = position(e).map { v[$0] } ?? df } }))
             default: throw EngineError.runtime("unsupported value type")
             }
         }, [values.dtype])

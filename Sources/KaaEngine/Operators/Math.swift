@@ -27,11 +27,11 @@ enum MathOps {
                     let r = try K.binary(ws, x, a.shape, y, b.shape, f64)
                     return Outputs(Tensor(shape: r.shape, doubles: r.values))
                 case (.int64(let x), .int64(let y)):
-                    if intDivision, y.contains(0) { throw EngineError.runtime("integer division by zero") }
+                    if intDivision, y.contains(0) { throw EngineError.input("integer division by zero: the divisor holds 0") }
                     let r = try K.binary(ws, x, a.shape, y, b.shape, i64)
                     return Outputs(Tensor(shape: r.shape, int64s: r.values))
                 case (.int32(let x), .int32(let y)):
-                    if intDivision, y.contains(0) { throw EngineError.runtime("integer division by zero") }
+                    if intDivision, y.contains(0) { throw EngineError.input("integer division by zero: the divisor holds 0") }
                     let r = try K.binary(ws, x, a.shape, y, b.shape, i32)
                     return Outputs(Tensor(shape: r.shape, int32s: r.values))
                 default:
@@ -56,12 +56,12 @@ enum MathOps {
                 switch x.storage {
                 case .float32(let v):
                     let n = v.count
-                    let out = ws.array(n) { buf in
+                    let out = try ws.array(n) { buf in
                         v.withUnsafeBufferPointer { p in for i in 0..<n { buf[i] = f(p[i]) } }
                     }
                     return Outputs(Tensor(shape: x.shape, floats: out))
                 case .float64(let v):
-                    return Outputs(Tensor(shape: x.shape, doubles: ws.array(v.count) { o in for i in v.indices { o[i] = d(v[i]) } }))
+                    return Outputs(Tensor(shape: x.shape, doubles: try ws.array(v.count) { o in for i in v.indices { o[i] = d(v[i]) } }))
                 default: throw EngineError.runtime("input is \(x.dtype)")
                 }
             }, [t])
@@ -101,34 +101,27 @@ enum MathOps {
         let (fixedLo, fixedHi) = (lo, hi)
         return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
-            func bound(_ i: Int) -> Double? {
+            /// The first element of optional input `i` (min or max), which has `x`'s type.
+            func bound<T>(_ i: Int, _ get: (Tensor) -> [T]?) -> T? {
                 guard i < inputs.count, let t = inputs[i], t.count > 0 else { return nil }
-                switch t.storage {
-                case .float32(let v): return Double(v[0])
-                case .float64(let v): return v[0]
-                case .int64(let v): return Double(v[0])
-                case .int32(let v): return Double(v[0])
-                case .bool(let v): return v[0] ? 1 : 0
-                case .string: return nil
-                }
+                return get(t)?[0]
             }
-            func clip<T: Comparable & Reusable>(_ v: [T], _ a: T, _ b: T) -> [T] {
-                ws.array(v.count) { o in for i in v.indices { o[i] = min(max(v[i], a), b) } }
+            func clip<T: Comparable & Reusable>(_ v: [T], _ a: T, _ b: T) throws -> [T] {
+                try ws.array(v.count) { o in for i in v.indices { o[i] = min(max(v[i], a), b) } }
             }
-            let l = bound(1), h = bound(2)
             switch x.storage {
             case .float32(let v):
-                let a = l.map(Float.init) ?? fixedLo, b = h.map(Float.init) ?? fixedHi
-                return Outputs(Tensor(shape: x.shape, floats: clip(v, a, b)))
+                let a = bound(1) { $0.floats } ?? fixedLo, b = bound(2) { $0.floats } ?? fixedHi
+                return Outputs(Tensor(shape: x.shape, floats: try clip(v, a, b)))
             case .float64(let v):
-                let a = l ?? Double(fixedLo), b = h ?? Double(fixedHi)
-                return Outputs(Tensor(shape: x.shape, doubles: clip(v, a, b)))
+                let a = bound(1) { $0.doubles } ?? Double(fixedLo), b = bound(2) { $0.doubles } ?? Double(fixedHi)
+                return Outputs(Tensor(shape: x.shape, doubles: try clip(v, a, b)))
             case .int64(let v):
-                let a = l.map { Int64($0) } ?? .min, b = h.map { Int64($0) } ?? .max
-                return Outputs(Tensor(shape: x.shape, int64s: clip(v, a, b)))
+                let a = bound(1) { $0.int64s } ?? .min, b = bound(2) { $0.int64s } ?? .max
+                return Outputs(Tensor(shape: x.shape, int64s: try clip(v, a, b)))
             case .int32(let v):
-                let a = l.map { Int32($0) } ?? .min, b = h.map { Int32($0) } ?? .max
-                return Outputs(Tensor(shape: x.shape, int32s: clip(v, a, b)))
+                let a = bound(1) { $0.int32s } ?? .min, b = bound(2) { $0.int32s } ?? .max
+                return Outputs(Tensor(shape: x.shape, int32s: try clip(v, a, b)))
             default: throw EngineError.runtime("input is \(x.dtype)")
             }
         }, [t])
@@ -142,15 +135,20 @@ enum MathOps {
             let axisAttr = try ctx.attributes.int("axis", default: legacy ? 1 : -1)
             return (ClosureKernel { inputs, ws in
                 let x = try K.arg(inputs, 0)
-                let axis = try K.axis(axisAttr, rank: x.rank)
+                // A scalar is one row of one element.
                 let (outer, n, inner): (Int, Int, Int)
-                if legacy || x.rank == 0 {
+                if x.rank == 0 {
+                    (outer, n, inner) = (1, 1, 1)
+                } else if legacy {
+                    let axis = try K.axis(axisAttr, rank: x.rank)
                     (outer, n, inner) = (x.shape[..<axis].reduce(1, *), x.shape[axis...].reduce(1, *), 1)
                 } else {
-                    (outer, n, inner) = K.split(x.shape, axis)
+                    (outer, n, inner) = K.split(x.shape, try K.axis(axisAttr, rank: x.rank))
                 }
-                func run<T: BinaryFloatingPoint & Reusable>(_ v: [T], _ e: (T) -> T, _ lg: (T) -> T) -> [T] {
-                    ws.array(v.count) { out in
+                func run<T: BinaryFloatingPoint & Reusable>(_ v: [T], _ e: (T) -> T, _ lg: (T) -> T) throws -> [T] {
+                    try ws.array(v.count) { out in
+                    // Empty: nothing to write (and `outer` may be large).
+                    guard !v.isEmpty else { return }
                     for o in 0..<outer {
                         for i in 0..<inner {
                             let base = o * n * inner + i
@@ -169,8 +167,8 @@ enum MathOps {
                     }
                 }
                 switch x.storage {
-                case .float32(let v): return Outputs(Tensor(shape: x.shape, floats: run(v, expf, logf)))
-                case .float64(let v): return Outputs(Tensor(shape: x.shape, doubles: run(v, exp, Foundation.log)))
+                case .float32(let v): return Outputs(Tensor(shape: x.shape, floats: try run(v, expf, logf)))
+                case .float64(let v): return Outputs(Tensor(shape: x.shape, doubles: try run(v, exp, Foundation.log)))
                 default: throw EngineError.runtime("input is \(x.dtype)")
                 }
             }, [t])
@@ -188,12 +186,12 @@ enum MathOps {
         guard ctx.outputCount == 1 else { throw EngineError.unsupported("\(ctx.owner): only the inference form (one output) is supported") }
         return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
-            guard x.rank >= 2 else { throw EngineError.runtime("X must have rank >= 2, got \(x.shape)") }
+            guard x.rank >= 2 else { throw EngineError.input("X must have rank 2 or more, got shape \(x.shape)") }
             let c = x.shape[1]
             for i in 1...4 {
                 let t = try K.arg(inputs, i)
                 guard t.count == c, t.dtype == .float32 || t.dtype == .float64 else {
-                    throw EngineError.runtime("scale, B, mean and var must have \(c) float elements")
+                    throw EngineError.input("scale, B, mean and var must each have \(c) float elements (X is \(x.shape)); input #\(i + 1) is \(t.dtype) \(t.shape)")
                 }
             }
             func at(_ i: Int, _ ch: Int) -> Double {
@@ -204,8 +202,8 @@ enum MathOps {
                 }
             }
             let inner = x.shape[2...].reduce(1, *)
-            func run<T: BinaryFloatingPoint & Reusable>(_ v: [T]) -> [T] {
-                ws.array(v.count) { out in
+            func run<T: BinaryFloatingPoint & Reusable>(_ v: [T]) throws -> [T] {
+                try ws.array(v.count) { out in
                     guard inner > 0, c > 0 else { return }
                     var i = 0
                     while i < v.count {
@@ -218,8 +216,8 @@ enum MathOps {
                 }
             }
             switch x.storage {
-            case .float32(let v): return Outputs(Tensor(shape: x.shape, floats: run(v)))
-            case .float64(let v): return Outputs(Tensor(shape: x.shape, doubles: run(v)))
+            case .float32(let v): return Outputs(Tensor(shape: x.shape, floats: try run(v)))
+            case .float64(let v): return Outputs(Tensor(shape: x.shape, doubles: try run(v)))
             default: throw EngineError.runtime("X is \(x.dtype)")
             }
         }, [t])

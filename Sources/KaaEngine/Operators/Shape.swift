@@ -20,29 +20,45 @@ enum ShapeOps {
             let x = try K.arg(inputs, 0)
             let target = try K.arg(inputs, 1)
             guard case .int64(let given) = target.storage else { throw EngineError.runtime("shape is \(target.dtype), expected int64") }
+            guard given.count <= Limits.maxRank else {
+                throw EngineError.input("cannot reshape \(x.shape) to a shape of \(given.count) dimensions; at most \(Limits.maxRank) are supported")
+            }
             var problem: String?
             let shape = ws.shape(rank: given.count) { shape in
                 var infer = -1
+                // The product of the dimensions other than -1, leaving out zeros, checked.
+                var known = 1
+                var empty = false
                 for (i, d64) in given.enumerated() {
-                    let d = Int(d64)
-                    shape[i] = d
-                    if d == 0 && !allowZero {
-                        guard i < x.rank else { problem = "shape \(given) copies dimension \(i) of \(x.shape)"; return }
-                        shape[i] = x.shape[i]
-                    } else if d == -1 {
+                    var d: Int
+                    if d64 == 0 && !allowZero {
+                        guard i < x.rank else { problem = "shape \(given) copies dimension \(i) of \(x.shape), which has none"; return }
+                        d = x.shape[i]
+                    } else if d64 == -1 {
                         guard infer < 0 else { problem = "shape \(given) has two -1"; return }
                         infer = i
-                    } else if d < 0 { problem = "shape \(given) has a negative dimension"; return }
+                        d = 1
+                    } else if d64 < 0 {
+                        problem = "shape \(given) has negative dimension \(d64)"; return
+                    } else {
+                        guard d64 <= Int64(Limits.maxElements) else { problem = "shape \(given) has dimension \(d64), more than \(Limits.maxElements) elements"; return }
+                        d = Int(d64)
+                    }
+                    shape[i] = d
+                    if i == infer { continue }
+                    if d == 0 { empty = true; continue }
+                    let (p, overflow) = known.multipliedReportingOverflow(by: d)
+                    guard !overflow, p <= Limits.maxElements else { problem = "shape \(given) has more than \(Limits.maxElements) elements"; return }
+                    known = p
                 }
                 if infer >= 0 {
-                    var known = 1
-                    for i in shape.indices where i != infer { known *= shape[i] }
-                    guard known > 0, x.count % known == 0 else { problem = "cannot reshape \(x.shape) to \(given)"; return }
+                    guard !empty, x.count % known == 0 else { problem = "cannot reshape \(x.shape) (\(x.count) elements) to \(given): the -1 cannot be inferred"; return }
                     shape[infer] = x.count / known
+                } else if (empty ? 0 : known) != x.count {
+                    problem = "cannot reshape \(x.shape) (\(x.count) elements) to \(given) (\(empty ? 0 : known) elements)"
                 }
-                guard shape.reduce(1, *) == x.count else { problem = "cannot reshape \(x.shape) (\(x.count) elements) to \(given)"; return }
             }
-            if let problem { throw EngineError.runtime(problem) }
+            if let problem { throw EngineError.input(problem) }
             var y = x
             y.shape = shape
             return Outputs(y)
@@ -55,7 +71,7 @@ enum ShapeOps {
         return (ClosureKernel(aliasesInputs: true) { inputs, ws in
             var x = try K.arg(inputs, 0)
             let axis = axisAttr < 0 ? axisAttr + x.rank : axisAttr
-            guard axis >= 0, axis <= x.rank else { throw EngineError.runtime("axis \(axisAttr) out of range for \(x.shape)") }
+            guard axis >= 0, axis <= x.rank else { throw EngineError.input("axis \(axisAttr) is out of range for shape \(x.shape); it must be in \(-x.rank)...\(x.rank)") }
             x.shape = ws.shape(x.shape[..<axis].reduce(1, *), x.shape[axis...].reduce(1, *))
             return Outputs(x)
         }, [try ctx.input(0)])
@@ -64,6 +80,7 @@ enum ShapeOps {
     static func squeezeLike(_ name: String, unsqueeze: Bool) -> OperatorSpec {
         OperatorSpec(name: name, domain: "ai.onnx", opsets: 1...22) { ctx in
             try ctx.inputs(1, 2)
+            _ = try ctx.optionalInput(1, [.int64])
             let fixed = ctx.opset < 13 ? try ctx.attributes.ints("axes") : nil
             if unsqueeze, ctx.opset < 13, fixed == nil { throw ctx.bad("needs attribute `axes`") }
             let fixedAxes = fixed?.map { Int64($0) }
@@ -73,6 +90,9 @@ enum ShapeOps {
                 if unsqueeze {
                     guard let axes else { throw EngineError.runtime("needs axes") }
                     let r = x.rank + axes.count
+                    guard r <= Limits.maxRank else {
+                        throw EngineError.input("unsqueezing \(x.shape) by \(axes.count) axes makes \(r) dimensions; at most \(Limits.maxRank) are supported")
+                    }
                     let mask = try K.axisMask(axes, rank: r)
                     x.shape = ws.shape(rank: r) { d in
                         var j = 0
@@ -83,7 +103,7 @@ enum ShapeOps {
                 } else if let axes {
                     let mask = try K.axisMask(axes, rank: x.rank)
                     for a in 0..<x.rank where mask & (1 << UInt64(a)) != 0 && x.shape[a] != 1 {
-                        throw EngineError.runtime("cannot squeeze dimension \(a) of \(x.shape)")
+                        throw EngineError.input("cannot squeeze dimension \(a) of \(x.shape): it is not 1")
                     }
                     x.shape = ws.shape(rank: x.rank - mask.nonzeroBitCount) { d in
                         var j = 0
@@ -113,7 +133,7 @@ enum ShapeOps {
             for i in inputs.indices {
                 let x = try K.arg(inputs, i)
                 guard x.rank == rank, (0..<rank).allSatisfy({ $0 == axis || x.shape[$0] == first.shape[$0] }) else {
-                    throw EngineError.runtime("cannot concatenate shapes \(inputs.map { $0?.shape ?? [] }) on axis \(axis)")
+                    throw EngineError.input("cannot concatenate shapes \(inputs.map { $0?.shape ?? [] }) on axis \(axis): all other dimensions must be equal")
                 }
                 guard x.dtype == first.dtype else { throw EngineError.runtime("inputs are \(first.dtype) and \(x.dtype)") }
                 total += x.shape[axis]
@@ -121,10 +141,12 @@ enum ShapeOps {
             let outShape = ws.shape(rank: rank) { d in
                 for i in 0..<rank { d[i] = i == axis ? total : first.shape[i] }
             }
+            let count = try K.count(outShape, "concatenating \(inputs.count) inputs of shapes like \(first.shape) on axis \(axis)")
             let outer = first.shape[..<axis].reduce(1, *)
-            let count = outShape.reduce(1, *)
             // Output element e: row o of the outer dimensions, then each input's chunk in turn.
             func fill<T>(_ o: UnsafeMutableBufferPointer<T>, _ elements: (Tensor) -> [T]) {
+                // Empty: nothing to copy (and `outer` may be large).
+                guard count > 0 else { return }
                 var e = 0
                 for r in 0..<outer {
                     for i in inputs.indices {
@@ -137,12 +159,12 @@ enum ShapeOps {
                 }
             }
             let storage: Tensor.Storage = switch first.storage {
-            case .float32: .float32(ws.array(count) { fill($0) { $0.floats! } })
-            case .float64: .float64(ws.array(count) { fill($0) { $0.doubles! } })
-            case .int64: .int64(ws.array(count) { fill($0) { $0.int64s! } })
-            case .int32: .int32(ws.array(count) { fill($0) { $0.int32s! } })
-            case .bool: .bool(ws.array(count) { fill($0) { $0.bools! } })
-            case .string: .string(ws.strings(count) { fill($0) { $0.strings! } })
+            case .float32: .float32(try ws.array(count) { fill($0) { $0.floats! } })
+            case .float64: .float64(try ws.array(count) { fill($0) { $0.doubles! } })
+            case .int64: .int64(try ws.array(count) { fill($0) { $0.int64s! } })
+            case .int32: .int32(try ws.array(count) { fill($0) { $0.int32s! } })
+            case .bool: .bool(try ws.array(count) { fill($0) { $0.bools! } })
+            case .string: .string(try ws.strings(count) { fill($0) { $0.strings! } })
             }
             return Outputs(Tensor(shape: outShape, storage: storage))
         }, [t])
@@ -151,28 +173,28 @@ enum ShapeOps {
     static let transpose = OperatorSpec(name: "Transpose", domain: "ai.onnx", opsets: 1...22) { ctx in
         try ctx.inputs(1, 1)
         let permAttr = try ctx.attributes.ints("perm")
-        let permMask = permAttr.map { p in (try? K.axisMask(p.map { Int64($0) }, rank: p.count)) }
+        if let p = permAttr, p.count > Limits.maxRank || Set(p) != Set(0..<p.count) {
+            throw ctx.bad("perm \(p) is not a permutation of 0...\(p.count - 1)")
+        }
         return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
             let r = x.rank
-            if let permAttr {
-                guard permAttr.count == r, r <= 64, permMask ?? nil == (r == 64 ? ~0 : (1 << UInt64(r)) - 1) else {
-                    throw EngineError.runtime("perm \(permAttr) does not fit \(x.shape)")
-                }
+            if let permAttr, permAttr.count != r {
+                throw EngineError.input("perm \(permAttr) permutes \(permAttr.count) axes; the input \(x.shape) has \(r)")
             }
             func perm(_ i: Int) -> Int { permAttr?[i] ?? r - 1 - i }
             let outShape = ws.shape(rank: r) { d in for i in 0..<r { d[i] = x.shape[perm(i)] } }
             let n = x.count
-            let storage = withUnsafeTemporaryAllocation(of: Int.self, capacity: max(r, 1)) { st in
+            let storage = try withUnsafeTemporaryAllocation(of: Int.self, capacity: max(r, 1)) { st in
                 // Source strides, permuted: a step along output axis i moves inStride[perm(i)].
                 var s = 1
                 withUnsafeTemporaryAllocation(of: Int.self, capacity: max(r, 1)) { inStride in
                     for i in stride(from: r - 1, through: 0, by: -1) { inStride[i] = s; s *= x.shape[i] }
                     for i in 0..<r { st[i] = inStride[perm(i)] }
                 }
-                return ws.withScratch(n) { src in
+                return try ws.withScratch(n) { src in
                     K.walk(outShape, strides: UnsafeBufferPointer(st)) { i, p in src[i] = p }
-                    return ws.gather(x.storage, n) { src[$0] }
+                    return try ws.gather(x.storage, n) { src[$0] }
                 }
             }
             return Outputs(Tensor(shape: outShape, storage: storage))
@@ -186,8 +208,11 @@ enum ShapeOps {
         return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0), ind = try K.arg(inputs, 1)
             let axis = try K.axis(axisAttr, rank: x.rank)
-            let (outer, n, inner) = K.split(x.shape, axis)
+            let (_, n, inner) = K.split(x.shape, axis)
             let count = ind.count
+            guard x.rank - 1 + ind.rank <= Limits.maxRank else {
+                throw EngineError.input("gathering from \(x.shape) with indices of shape \(ind.shape) makes \(x.rank - 1 + ind.rank) dimensions; at most \(Limits.maxRank) are supported")
+            }
             return try ws.withScratch(count) { idx in
                 for i in 0..<count {
                     let v: Int = switch ind.storage {
@@ -196,7 +221,9 @@ enum ShapeOps {
                     default: throw EngineError.runtime("indices are \(ind.dtype)")
                     }
                     let j = v < 0 ? v + n : v
-                    guard j >= 0, j < n else { throw EngineError.runtime("index \(v) is out of range for dimension of size \(n)") }
+                    guard j >= 0, j < n else {
+                        throw EngineError.input("index \(v) (element \(i) of the indices) is out of range for axis \(axis) of \(x.shape), of size \(n); indices must be in \(-n)...\(n - 1)")
+                    }
                     idx[i] = j
                 }
                 let shape = ws.shape(rank: x.rank - 1 + ind.rank) { d in
@@ -205,8 +232,9 @@ enum ShapeOps {
                     for e in ind.shape { d[k] = e; k += 1 }
                     for i in (axis + 1)..<max(x.rank, axis + 1) { d[k] = x.shape[i]; k += 1 }
                 }
+                let total = try K.count(shape, "gathering \(ind.shape) indices from \(x.shape)")
                 // Output element e: outer row o, index j, inner position r.
-                let storage = ws.gather(x.storage, outer * count * inner) { e in
+                let storage = try ws.gather(x.storage, total) { e in
                     let r = e % inner, q = e / inner
                     return ((q / count) * n + idx[q % count]) * inner + r
                 }
@@ -240,8 +268,8 @@ enum ShapeOps {
             let x = try K.arg(inputs, 0)
             let axis = try K.axis(axisAttr, rank: x.rank)
             let (outer, n, inner) = K.split(x.shape, axis)
-            guard n > 0 else { throw EngineError.runtime("ArgMax over an empty axis") }
-            var out: [Int64] = ws.array(outer * inner) { _ in }
+            guard n > 0 else { throw EngineError.input("ArgMax over axis \(axis) of \(x.shape), which is empty") }
+            var out: [Int64] = try ws.array(outer * inner) { _ in }
             func run<T: Comparable>(_ v: [T]) {
                 for o in 0..<outer {
                     for i in 0..<inner {
@@ -276,6 +304,7 @@ enum ShapeOps {
         OperatorSpec(name: name, domain: "ai.onnx", opsets: 1...22) { ctx in
             try ctx.inputs(1, 2)
             let t = try ctx.input(0, .numeric)
+            _ = try ctx.optionalInput(1, [.int64])
             let axesFromInput = mean ? ctx.opset >= 18 : ctx.opset >= 13
             let fixed = axesFromInput ? nil : try ctx.attributes.ints("axes")
             let keep = try ctx.attributes.int("keepdims", default: 1) != 0
@@ -286,7 +315,7 @@ enum ShapeOps {
                 let given = try fixedAxes ?? axesInput(inputs, 1) ?? []
                 if given.isEmpty, noopEmpty { return Outputs(x) }
                 let rank = x.rank
-                let mask = given.isEmpty ? (rank == 64 ? ~0 : (1 << UInt64(rank)) - 1) : try K.axisMask(given, rank: rank)
+                let mask = given.isEmpty ? K.allAxes(rank) : try K.axisMask(given, rank: rank)
                 func reduced(_ i: Int) -> Bool { mask & (1 << UInt64(i)) != 0 }
                 let keptShape = ws.shape(rank: rank) { d in for i in 0..<rank { d[i] = reduced(i) ? 1 : x.shape[i] } }
                 let outCount = keptShape.reduce(1, *)
@@ -297,8 +326,8 @@ enum ShapeOps {
                     for i in 0..<rank where !reduced(i) { d[j] = x.shape[i]; j += 1 }
                 }
                 // Walks the input in order; `p` is the output element each input element adds to.
-                func sum<T: Reusable>(_ v: [T], _ zero: T, _ add: (T, T) -> T, _ finish: (T) -> T) -> [T] {
-                    ws.array(outCount) { acc in
+                func sum<T: Reusable>(_ v: [T], _ zero: T, _ add: (T, T) -> T, _ finish: (T) -> T) throws -> [T] {
+                    try ws.array(outCount) { acc in
                         acc.initialize(repeating: zero)
                         K.withBroadcastStrides(keptShape[...], x.shape) { st in
                             K.walk(x.shape, strides: st) { e, p in acc[p] = add(acc[p], v[e]) }
@@ -308,13 +337,13 @@ enum ShapeOps {
                 }
                 switch x.storage {
                 case .float32(let v):
-                    return Outputs(Tensor(shape: shape, floats: sum(v, 0, +) { mean ? $0 / Float(counted) : $0 }))
+                    return Outputs(Tensor(shape: shape, floats: try sum(v, 0, +) { mean ? $0 / Float(counted) : $0 }))
                 case .float64(let v):
-                    return Outputs(Tensor(shape: shape, doubles: sum(v, 0, +) { mean ? $0 / Double(counted) : $0 }))
+                    return Outputs(Tensor(shape: shape, doubles: try sum(v, 0, +) { mean ? $0 / Double(counted) : $0 }))
                 case .int64(let v):
-                    return Outputs(Tensor(shape: shape, int64s: sum(v, 0, &+) { mean && counted > 0 ? $0 / Int64(counted) : $0 }))
+                    return Outputs(Tensor(shape: shape, int64s: try sum(v, 0, &+) { mean && counted > 0 ? $0 / Int64(counted) : $0 }))
                 case .int32(let v):
-                    return Outputs(Tensor(shape: shape, int32s: sum(v, 0, &+) { mean && counted > 0 ? $0 / Int32(counted) : $0 }))
+                    return Outputs(Tensor(shape: shape, int32s: try sum(v, 0, &+) { mean && counted > 0 ? Int32(truncatingIfNeeded: Int64($0) / Int64(counted)) : $0 }))
                 default: throw EngineError.runtime("input is \(x.dtype)")
                 }
             }, [t])
@@ -329,59 +358,76 @@ enum ShapeOps {
 
 /// Element type conversion for Cast (a Cast to the type a value has is an ``IdentityKernel``).
 enum Cast {
-    /// `x` as `target`: numbers into memory from `ws`; strings parsed or formatted (new strings).
+    /// `x` as `target`: numbers into memory from `ws`; strings parsed or formatted (new
+    /// strings, charged to the run). A string that does not parse as an integer is the
+    /// caller's error (``EngineError/Code/invalidInput``); one that does not parse as a float
+    /// becomes NaN, as in onnxruntime.
     static func convert(_ x: Tensor, to target: DType, _ ws: Workspace) throws -> Tensor {
-        if let s = numeric(x.storage, to: target, ws) { return Tensor(shape: x.shape, storage: s) }
+        if let s = try numeric(x.storage, to: target, ws) { return Tensor(shape: x.shape, storage: s) }
+        let n = x.count
+        func unparsable(_ text: String, _ i: Int) -> EngineError {
+            EngineError.input("cannot cast `\(text.prefix(40))`\(text.count > 40 ? "..." : "") (element \(i)) to \(target): it is not an integer")
+        }
         let s: Tensor.Storage
         switch (x.storage, target) {
-        case (.string(let v), _):
-            let d = v.map { Double($0.trimmingWhitespace) }
-            switch target {
-            case .float32: s = .float32(v.map { Float($0.trimmingWhitespace) ?? .nan })
-            case .float64: s = .float64(d.map { $0 ?? .nan })
-            case .int64: s = .int64(try v.map { guard let i = Int64($0.trimmingWhitespace) else { throw EngineError.runtime("cannot cast `\($0)` to int64") }; return i })
-            case .int32: s = .int32(try v.map { guard let i = Int32($0.trimmingWhitespace) else { throw EngineError.runtime("cannot cast `\($0)` to int32") }; return i })
-            case .bool: s = .bool(d.map { ($0 ?? 0) != 0 })
-            case .string: s = x.storage
-            }
+        case (.string(let v), .float32): s = .float32(try ws.array(n) { o in for i in 0..<n { o[i] = Float(v[i].trimmingWhitespace) ?? .nan } })
+        case (.string(let v), .float64): s = .float64(try ws.array(n) { o in for i in 0..<n { o[i] = Double(v[i].trimmingWhitespace) ?? .nan } })
+        case (.string(let v), .int64):
+            s = .int64(try ws.array(n) { o in
+                for i in 0..<n { guard let k = Int64(v[i].trimmingWhitespace) else { throw unparsable(v[i], i) }; o[i] = k }
+            })
+        case (.string(let v), .int32):
+            s = .int32(try ws.array(n) { o in
+                for i in 0..<n { guard let k = Int32(v[i].trimmingWhitespace) else { throw unparsable(v[i], i) }; o[i] = k }
+            })
+        case (.string(let v), .bool): s = .bool(try ws.array(n) { o in for i in 0..<n { o[i] = (Double(v[i].trimmingWhitespace) ?? 0) != 0 } })
+        case (.string, .string): s = x.storage
         case (_, .string):
-            switch x.storage {
-            case .float32(let v): s = .string(v.map { Self.format($0) })
-            case .float64(let v): s = .string(v.map { Self.format($0) })
-            case .int64(let v): s = .string(v.map { String($0) })
-            case .int32(let v): s = .string(v.map { String($0) })
-            case .bool(let v): s = .string(v.map { $0 ? "1" : "0" })
-            case .string: s = x.storage
-            }
+            // Text longer than 15 bytes lives on the heap: formatted float64 and int64 values
+            // may be that long.
+            if x.dtype == .float64 || x.dtype == .int64 { try ws.charge(n, Self.longTextBytes, what: String.self) }
+            s = .string(try ws.strings(n) { o in
+                switch x.storage {
+                case .float32(let v): for i in 0..<n { o[i] = Self.format(v[i]) }
+                case .float64(let v): for i in 0..<n { o[i] = Self.format(v[i]) }
+                case .int64(let v): for i in 0..<n { o[i] = String(v[i]) }
+                case .int32(let v): for i in 0..<n { o[i] = String(v[i]) }
+                case .bool(let v): for i in 0..<n { o[i] = v[i] ? "1" : "0" }
+                case .string(let v): for i in 0..<n { o[i] = v[i] }
+                }
+            })
         default:
             throw EngineError.runtime("cannot cast \(x.dtype) to \(target)")
         }
         return Tensor(shape: x.shape, storage: s)
     }
 
+    /// The heap a formatted number of up to 24 characters may take.
+    static let longTextBytes = 48
+
     /// Numeric-to-numeric conversion into memory from `ws`; `nil` for strings.
-    private static func numeric(_ x: Tensor.Storage, to target: DType, _ ws: Workspace) -> Tensor.Storage? {
-        func each<S, T: Reusable>(_ v: [S], _ f: (S) -> T) -> [T] { ws.array(v.count) { o in for i in v.indices { o[i] = f(v[i]) } } }
-        func from<S>(_ v: [S], _ d: (S) -> Double) -> Tensor.Storage? {
+    private static func numeric(_ x: Tensor.Storage, to target: DType, _ ws: Workspace) throws -> Tensor.Storage? {
+        func each<S, T: Reusable>(_ v: [S], _ f: (S) -> T) throws -> [T] { try ws.array(v.count) { o in for i in v.indices { o[i] = f(v[i]) } } }
+        func from<S>(_ v: [S], _ d: (S) -> Double) throws -> Tensor.Storage? {
             switch target {
-            case .float32: .float32(each(v) { Float(d($0)) })
-            case .float64: .float64(each(v, d))
-            case .int64: .int64(each(v) { toInt(d($0)) })
-            case .int32: .int32(each(v) { Int32(truncatingIfNeeded: toInt(d($0))) })
-            case .bool: .bool(each(v) { d($0) != 0 })
+            case .float32: .float32(try each(v) { Float(d($0)) })
+            case .float64: .float64(try each(v, d))
+            case .int64: .int64(try each(v) { toInt(d($0)) })
+            case .int32: .int32(try each(v) { Int32(truncatingIfNeeded: toInt(d($0))) })
+            case .bool: .bool(try each(v) { d($0) != 0 })
             case .string: nil
             }
         }
         switch x {
-        case .float32(let v): return from(v) { Double($0) }
-        case .float64(let v): return from(v) { $0 }
+        case .float32(let v): return try from(v) { Double($0) }
+        case .float64(let v): return try from(v) { $0 }
         case .int64(let v):
-            if target == .float32 { return .float32(each(v) { Float($0) }) }
-            return from(v) { Double($0) }
+            if target == .float32 { return .float32(try each(v) { Float($0) }) }
+            return try from(v) { Double($0) }
         case .int32(let v):
-            if target == .int64 { return .int64(each(v) { Int64($0) }) }
-            return from(v) { Double($0) }
-        case .bool(let v): return from(v) { $0 ? 1 : 0 }
+            if target == .int64 { return .int64(try each(v) { Int64($0) }) }
+            return try from(v) { Double($0) }
+        case .bool(let v): return try from(v) { $0 ? 1 : 0 }
         case .string: return nil
         }
     }

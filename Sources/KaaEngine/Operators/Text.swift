@@ -19,11 +19,17 @@ enum TextOps {
                 return b
             }, as: UTF8.self)
         }
-        return (ClosureKernel { inputs, ws in
+        // The output is the input itself when nothing changes: it may share the input's elements.
+        return (ClosureKernel(aliasesInputs: true) { inputs, ws in
             let x = try K.arg(inputs, 0)
             guard let v = x.strings else { throw EngineError.runtime("input is \(x.dtype)") }
             guard x.rank == 1 || (x.rank == 2 && x.shape[0] == 1) else {
-                throw EngineError.runtime("input must be [C] or [1, C], got \(x.shape)")
+                throw EngineError.input("input must be [C] or [1, C], got shape \(x.shape)")
+            }
+            if !stops.isEmpty || action != "NONE" {
+                // A new array, and new text where the case changes.
+                try ws.charge(v.count, MemoryLayout<String>.stride, what: String.self)
+                if action != "NONE" { try ws.charge(v.reduce(0) { $0 + K.stringBytes($1) }, 1, what: UInt8.self) }
             }
             var out = stops.isEmpty ? v : v.filter { !stops.contains(caseSensitive ? $0 : $0.lowercased()) }
             switch action {
@@ -31,7 +37,9 @@ enum TextOps {
             case "UPPER": out = out.map { change($0, upper: true) }
             default: break
             }
-            if out.isEmpty { out = [""] }
+            // As the operator specifies: when every string was a stopword, one empty string.
+            // An empty input stays empty (a batch of no rows).
+            if out.isEmpty && !v.isEmpty { out = [""] }
             return Outputs(Tensor(shape: x.rank == 1 ? [out.count] : [1, out.count], strings: out))
         }, [.string])
     }
@@ -42,6 +50,63 @@ enum TextOps {
     struct Pattern: @unchecked Sendable {
         let regex: Regex<AnyRegexOutput>
         let source: String
+
+        /// Why matching `pattern` may backtrack exponentially in the length of a text, or
+        /// `nil`: a repeated group that itself repeats (`(a+)+`, `(\w*x?)*`) or a
+        /// backreference. Swift's `Regex` backtracks, and a model's pattern meets every
+        /// request's text. Slower forms remain possible (`\w*\w*\w*!` is cubic); those
+        /// exporters write (`[a-zA-Z0-9_]+`, `(?u)\b\w\w+\b`) pass.
+        static func backtrackingRisk(_ pattern: String) -> String? {
+            let c = Array(pattern.unicodeScalars)
+            // Per open group: whether something inside it repeats.
+            var groups: [Bool] = [false]
+            var i = 0
+            /// Whether a quantifier that repeats (not `?`) starts at `j`.
+            func repeats(_ j: Int) -> Bool {
+                guard j < c.count else { return false }
+                if c[j] == "*" || c[j] == "+" { return true }
+                guard c[j] == "{", let close = c[j...].firstIndex(of: "}") else { return false }
+                let bounds = String(String.UnicodeScalarView(c[(j + 1)..<close])).split(separator: ",", omittingEmptySubsequences: false)
+                return bounds.count == 2 ? bounds[1] != "0" && bounds[1] != "1" : (Int(bounds.first ?? "") ?? 0) > 1
+            }
+            while i < c.count {
+                switch c[i] {
+                case "\\":
+                    guard i + 1 < c.count else { return nil }
+                    let e = c[i + 1]
+                    if ("1"..."9").contains(e) || e == "k" || e == "g" { return "uses a backreference" }
+                    i += 2
+                    // `\p{...}`: the braces are a property name, not a quantifier.
+                    if (e == "p" || e == "P"), i < c.count, c[i] == "{", let close = c[i...].firstIndex(of: "}") { i = close + 1 }
+                    if repeats(i) { groups[groups.count - 1] = true }
+                    continue
+                case "[":
+                    // A character class, to its closing bracket (a first `]` or `^]` is literal).
+                    var j = i + 1
+                    if j < c.count, c[j] == "^" { j += 1 }
+                    if j < c.count, c[j] == "]" { j += 1 }
+                    while j < c.count, c[j] != "]" { j += c[j] == "\\" ? 2 : 1 }
+                    i = j + 1
+                    if repeats(i) { groups[groups.count - 1] = true }
+                    continue
+                case "(":
+                    groups.append(false)
+                case ")":
+                    guard groups.count > 1 else { return nil }
+                    let inner = groups.removeLast()
+                    if repeats(i + 1) {
+                        if inner { return "repeats a group that itself repeats" }
+                        groups[groups.count - 1] = true
+                    } else if inner {
+                        groups[groups.count - 1] = true
+                    }
+                default:
+                    if repeats(i + 1) { groups[groups.count - 1] = true }
+                }
+                i += 1
+            }
+            return nil
+        }
     }
 
     static let tokenizer = OperatorSpec(name: "Tokenizer", domain: "com.microsoft", opsets: 1...1) { ctx in
@@ -54,14 +119,19 @@ enum TextOps {
         let separators = try ctx.attributes.strings("separators")
         guard (tokenexp == nil) != (separators == nil) else { throw ctx.bad("needs exactly one of tokenexp, separators") }
         func compile(_ p: String) throws -> Pattern {
+            if let problem = Pattern.backtrackingRisk(p) {
+                throw EngineError.unsupported("\(ctx.owner): the regular expression `\(p.prefix(80))` \(problem); a text could make matching it take exponential time")
+            }
             do { return Pattern(regex: try Regex(p), source: p) } catch { throw ctx.bad("the regular expression `\(p)` does not compile: \(error)") }
         }
         let exp = try tokenexp.map(compile)
         let seps = try (separators ?? []).map(compile)
         return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
-            guard let v = x.strings, x.rank == 1 || x.rank == 2 else { throw EngineError.runtime("input must be 1-D or 2-D strings, got \(x.dtype) \(x.shape)") }
+            guard let v = x.strings else { throw EngineError.runtime("input is \(x.dtype)") }
+            guard x.rank == 1 || x.rank == 2 else { throw EngineError.input("input must be 1-D or 2-D strings, got shape \(x.shape)") }
             var tokens: [[String]] = []
+            try ws.charge(v.count, MemoryLayout<[String]>.stride, what: [String].self)
             tokens.reserveCapacity(v.count)
             for s in v {
                 var t: [String] = []
@@ -80,13 +150,23 @@ enum TextOps {
                 }
                 t = t.filter { $0.count >= minChars }
                 if mark { t = ["\u{2}"] + t + ["\u{3}"] }
+                // The row's tokens, kept until the output holds them: counted as they are made.
+                try ws.charge(t.count, MemoryLayout<String>.stride, what: String.self)
+                try ws.charge(t.reduce(0) { $0 + K.stringBytes($1) }, 1, what: UInt8.self)
                 tokens.append(t)
             }
             let width = tokens.map(\.count).max() ?? 0
-            var out: [String] = []
-            out.reserveCapacity(v.count * width)
-            for t in tokens { out += t; out += [String](repeating: pad, count: width - t.count) }
-            return Outputs(Tensor(shape: x.shape + [width], strings: out))
+            // Rows pad to the longest: one long text in a batch of many widens every row.
+            let shape = x.shape + [width]
+            let total = try K.count(shape, "tokenizing \(x.shape) texts into rows of \(width) tokens")
+            let out = try ws.strings(total) { o in
+                var e = 0
+                for t in tokens {
+                    for token in t { o[e] = token; e += 1 }
+                    for _ in t.count..<width { o[e] = pad; e += 1 }
+                }
+            }
+            return Outputs(Tensor(shape: shape, strings: out))
         }, [.string])
     }
 
@@ -118,6 +198,12 @@ enum TextOps {
         guard ["TF", "IDF", "TFIDF"].contains(mode) else { throw ctx.bad("mode `\(mode)` is not TF, IDF or TFIDF") }
         guard minN >= 1, maxN >= minN, maxN <= 64, maxSkip >= 0, maxSkip <= 1024 else {
             throw ctx.bad("gram lengths \(minN)...\(maxN) and max_skip_count \(maxSkip) are out of range")
+        }
+        // Each token starts up to 1 + (maxN - 1)(maxSkip + 1) n-grams of up to maxN items: a
+        // call's work is that times its tokens. Bounded, so that no request makes it stall
+        // (scikit-learn exports skip nothing and n-grams up to 3 or so: a few lookups per token).
+        guard maxN <= Self.maxGramLength, (maxN - 1) * (maxSkip + 1) <= Self.maxGramsPerToken else {
+            throw EngineError.unsupported("\(ctx.owner): gram lengths up to \(maxN) with max_skip_count \(maxSkip) would look up \(1 + (maxN - 1) * (maxSkip + 1)) n-grams per token; at most \(Self.maxGramsPerToken + 1) are supported, with n-grams of up to \(Self.maxGramLength)")
         }
         let counts = try ctx.attributes.ints("ngram_counts") ?? []
         let columns = try ctx.attributes.ints("ngram_indexes") ?? []
@@ -158,19 +244,21 @@ enum TextOps {
         ctx.countedTables = true
         return (ClosureKernel { inputs, ws in
             let x = try K.arg(inputs, 0)
-            guard x.rank == 1 || x.rank == 2 else { throw EngineError.runtime("input must be 1-D or 2-D, got \(x.shape)") }
+            guard x.rank == 1 || x.rank == 2 else { throw EngineError.input("input must be 1-D or 2-D, got shape \(x.shape)") }
             let rows = x.rank == 1 ? 1 : x.shape[0]
             let c = x.shape.last ?? 0
-            var out = [Float](repeating: 0, count: rows * width)
+            let shape = x.rank == 1 ? ws.shape(width) : ws.shape(rows, width)
+            var out = try ws.array(try K.count(shape, "counting \(width) n-grams in \(rows) rows"), repeating: Float(0))
             func count<Item: Hashable>(_ items: [Item], _ pool: Pool<Item>) {
                 for r in 0..<rows {
-                    let row = Array(items[r * c..<(r + 1) * c])
+                    let row = items[r * c..<(r + 1) * c]
+                    let base = row.startIndex
                     for n in minN...maxN {
                         for skip in 0...(n == 1 ? 0 : maxSkip) {
                             let span = (n - 1) * (skip + 1)
                             var i = 0
                             while i + span < row.count {
-                                let gram = (0..<n).map { row[i + $0 * (skip + 1)] }
+                                let gram = (0..<n).map { row[base + i + $0 * (skip + 1)] }
                                 if let hit = pool.index[gram] { out[r * width + hit.column] += 1 }
                                 i += 1
                             }
@@ -178,14 +266,19 @@ enum TextOps {
                     }
                 }
             }
-            switch x.storage {
-            case .string(let v): count(v, sPool!)
-            case .int64(let v): count(v, iPool!)
-            case .int32(let v): count(v.map { Int64($0) }, iPool!)
-            default: throw EngineError.runtime("input is \(x.dtype)")
+            // Empty: nothing to count (and `rows` may be large).
+            if x.count > 0 {
+                switch x.storage {
+                case .string(let v): count(v, sPool!)
+                case .int64(let v): count(v, iPool!)
+                case .int32(let v):
+                    try ws.charge(v.count, MemoryLayout<Int64>.stride, what: Int64.self)
+                    count(v.map { Int64($0) }, iPool!)
+                default: throw EngineError.runtime("input is \(x.dtype)")
+                }
             }
             if mode != "TF" {
-                var w = [Float](repeating: 1, count: width)
+                var w = try ws.array(width, repeating: Float(1))
                 for (_, hit) in sPool?.index.map({ ($0.key.count, $0.value) }) ?? iPool!.index.map({ ($0.key.count, $0.value) }) {
                     w[hit.column] = hit.weight
                 }
@@ -193,10 +286,16 @@ enum TextOps {
                     let col = i % max(width, 1)
                     out[i] = mode == "IDF" ? (out[i] > 0 ? w[col] : 0) : out[i] * w[col]
                 }
+                ws.giveBack(w)
             }
-            return Outputs(Tensor(shape: x.rank == 1 ? [width] : [rows, width], floats: out))
+            return Outputs(Tensor(shape: shape, floats: out))
         }, [.float32])
     }
+
+    /// The longest n-gram, and the most n-grams beyond the first, a TfIdfVectorizer may look
+    /// up per token.
+    static let maxGramLength = 16
+    static let maxGramsPerToken = 256
 
     static let specs: [OperatorSpec] = [stringNormalizer, tokenizer, tfIdfVectorizer]
 }

@@ -123,10 +123,9 @@ struct TreeEnsemble: Sendable {
             guard seenTree.insert(treeIds[i]).inserted else { throw ctx.bad("tree \(treeIds[i]) has more than one root") }
             roots.append(i)
         }
-        // A walk must end: reject cycles by checking every path from each root is finite.
-        var depthOK = [Bool](repeating: false, count: n)
-        for r in roots { depths.append(try Self.checkAcyclic(r, trueChild, falseChild, &depthOK, ctx)) }
-        guard depthOK.allSatisfy({ $0 }) || roots.count > 0 else { throw ctx.bad("has no roots") }
+        // A walk must end: reject cycles, and trees deeper than a walk may go.
+        guard !roots.isEmpty else { throw ctx.bad("has no roots") }
+        depths = try Self.depths(roots, trueChild, falseChild, ctx)
 
         let wTrees = try a.int64s("\(prefix)_treeids") ?? []
         let wNodes = try a.int64s("\(prefix)_nodeids") ?? []
@@ -179,17 +178,42 @@ struct TreeEnsemble: Sendable {
 
     struct Pair: Hashable { let t: Int64, n: Int64; init(_ t: Int64, _ n: Int64) { self.t = t; self.n = n } }
 
-    /// Throws when a path from `root` is cyclic or too deep; returns the longest path's length.
-    static func checkAcyclic(_ root: Int, _ t: [Int], _ f: [Int], _ ok: inout [Bool], _ ctx: BuildContext) throws -> Int {
-        var stack = [(root, 0)]
-        var deepest = 0
-        while let (node, depth) = stack.popLast() {
-            guard depth < 10_000 else { throw ctx.bad("a tree is cyclic or deeper than 10000 levels") }
-            ok[node] = true
-            deepest = max(deepest, depth)
-            if t[node] >= 0 { stack.append((t[node], depth + 1)); stack.append((f[node], depth + 1)) }
+    /// The most levels a tree may have: a walk takes at most this many steps.
+    static let maxDepth = 10_000
+
+    /// The longest root-to-leaf path of each tree at `roots`, in edges. Throws when a path is
+    /// cyclic or longer than ``maxDepth``.
+    ///
+    /// Each node is visited once (a depth-first search that remembers each node's depth), so
+    /// the cost is linear in the nodes even when children are shared: following every path
+    /// instead would take 2^depth steps for a chain of nodes whose two children are the same.
+    static func depths(_ roots: [Int], _ t: [Int], _ f: [Int], _ ctx: BuildContext) throws -> [Int] {
+        // Per node: -2 not visited, -1 on the current path, else its height (edges to its deepest leaf).
+        var height = [Int](repeating: -2, count: t.count)
+        var stack: [Int] = []
+        for root in roots where height[root] == -2 {
+            stack.append(root)
+            while let node = stack.last {
+                if height[node] == -2 {
+                    // First visit: descend into the children not yet known.
+                    height[node] = -1
+                    guard t[node] >= 0 else { height[node] = 0; stack.removeLast(); continue }
+                    for child in [t[node], f[node]] {
+                        switch height[child] {
+                        case -1: throw ctx.bad("a tree is cyclic: node \(child) is its own descendant")
+                        case -2: stack.append(child)
+                        default: break
+                        }
+                    }
+                } else {
+                    // Both children are known now.
+                    stack.removeLast()
+                    if height[node] == -1 { height[node] = 1 + max(height[t[node]], height[f[node]]) }
+                }
+                if height[node] >= 0, height[node] > maxDepth { throw ctx.bad("a tree is deeper than \(maxDepth) levels") }
+            }
         }
-        return deepest
+        return roots.map { height[$0] }
     }
 
     /// The leaf a row reaches in the tree at `root`.
@@ -257,10 +281,11 @@ struct TreeEnsemble: Sendable {
 
     /// Scores of every row: aggregate of the reached leaves' weights, plus base values.
     func scores(_ x: [Float], rows n: Int, cols c: Int, outputs k: Int, aggregate: Aggregate, base: [Float], _ ws: Workspace) throws -> [Float] {
-        guard c >= featureCount else { throw EngineError.runtime("input has \(c) features; the trees read feature \(featureCount - 1)") }
+        guard c >= featureCount else { throw EngineError.input("input has \(c) features; the trees read feature \(featureCount - 1)") }
         guard x.count >= n * c else { throw EngineError.runtime("input has \(x.count) values for \(n) rows of \(c)") }
-        var out = ws.array(n * k, repeating: Float(0))
-        var has = aggregate == .min || aggregate == .max ? ws.array(n * k, repeating: false) : []
+        let count = try K.product(n, k, "scoring \(n) rows of \(k) outputs")
+        var out = try ws.array(count, repeating: Float(0))
+        var has = aggregate == .min || aggregate == .max ? try ws.array(count, repeating: false) : []
         defer { ws.giveBack(has) }
         x.withUnsafeBufferPointer { px in out.withUnsafeMutableBufferPointer { po in has.withUnsafeMutableBufferPointer { ph in
             let sink = Sink(out: po, has: ph, k: k, aggregate: aggregate)
@@ -454,7 +479,7 @@ struct TreeEnsemble: Sendable {
             let (v, converted) = try K.floats(x, ws)
             var s = try trees.scores(v, rows: n, cols: c, outputs: k, aggregate: .sum, base: base.count == k ? base : [], ws)
             if converted { ws.giveBack(v) }
-            return ws.withScratch(n) { best in
+            return try ws.withScratch(n) { best in
             if binary {
                 // Two labels, weights for one class only: the label is that class's score
                 // against 0.5 (weights all positive) or 0. As onnxruntime does, a score in
@@ -479,7 +504,7 @@ struct TreeEnsemble: Sendable {
                 }
                 post.apply(&s, rowLength: k)
             }
-            return Outputs(MLOps.labelTensor(labels, best, ws), Tensor(shape: ws.shape(n, k), floats: s))
+            return Outputs(try MLOps.labelTensor(labels, best, ws), Tensor(shape: ws.shape(n, k), floats: s))
             }
         }, [labelType, .float32])
     }

@@ -38,8 +38,15 @@ public struct Pipeline: Sendable {
     /// Parses and checks a pipeline spec. Throws ``PipelineError`` with code
     /// ``PipelineError/Code/invalidSpec`` naming the step (by section, index and kind), the
     /// key and the line at fault.
+    ///
+    /// The text is checked with ``YAMLSafety/check(_:what:maxBytes:maxDepth:)`` before it is
+    /// parsed: a spec has at most 1 MiB, nests at most 64 levels and has no YAML anchors or
+    /// aliases.
     public init(yaml: String) throws(PipelineError) {
         source = yaml
+        do { try YAMLSafety.check(yaml, what: "pipeline specs") } catch {
+            throw PipelineError(.invalidSpec, error.message)
+        }
         let root: Node?
         do { root = try Yams.compose(yaml: yaml) } catch {
             throw PipelineError(.invalidSpec, "the pipeline is not valid YAML: \(Self.describe(error))")
@@ -143,7 +150,9 @@ public struct Pipeline: Sendable {
                 bools.append(b)
             default:
                 guard s.style == .plain, let d = n.float else { throw bad(n) }
-                if dtype == .int64 || dtype == .int32, d.rounded() != d { throw bad(n) }
+                // An integer field's default must be an integer its dtype holds.
+                if dtype == .int64, Int64(exactly: d) == nil { throw bad(n) }
+                if dtype == .int32, Int32(exactly: d) == nil { throw bad(n) }
                 doubles.append(d)
             }
         }
@@ -155,7 +164,7 @@ public struct Pipeline: Sendable {
         case .float32: return Tensor(shape: shape, floats: rep(doubles).map(Float.init))
         case .float64: return Tensor(shape: shape, doubles: rep(doubles))
         case .int64: return Tensor(shape: shape, int64s: rep(doubles).map { Int64($0) })
-        case .int32: return Tensor(shape: shape, int32s: rep(doubles).map { Int32(clamping: Int64($0)) })
+        case .int32: return Tensor(shape: shape, int32s: rep(doubles).map { Int32($0) })
         }
     }
 

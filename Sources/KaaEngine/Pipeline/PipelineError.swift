@@ -1,8 +1,8 @@
 /// An error from parsing a pipeline spec, checking it against a model, or scoring through it.
 ///
-/// The ``code`` says whose fault it is: ``Code/invalidInput`` is the caller's (a request or a
-/// batch row; HTTP 400), ``Code/runtime`` is not (HTTP 500), ``Code/invalidSpec`` and
-/// ``Code/incompatibleModel`` belong to whoever built the snapshot. The ``message`` names the
+/// The ``code`` says whose fault it is: ``Code/invalidInput`` and ``Code/limitExceeded`` are
+/// the caller's (a request or a batch row; HTTP 400), ``Code/runtime`` is not (HTTP 500),
+/// ``Code/invalidSpec`` and ``Code/incompatibleModel`` belong to whoever built the snapshot. The ``message`` names the
 /// step (`pre step 2 (scale)`), the field and, for inputs, the row, and says what to do.
 public struct PipelineError: Error, Sendable, Equatable, CustomStringConvertible {
     /// What kind of failure this is. New codes may be added; switch with a `default`.
@@ -17,8 +17,13 @@ public struct PipelineError: Error, Sendable, Equatable, CustomStringConvertible
         /// or dtype, a graph input or output that does not exist, labels of the wrong length.
         public static let incompatibleModel = Code(name: "incompatible-model")
         /// The inputs of a call do not fit: a missing field, a wrong dtype or shape, an
-        /// unknown category, a class index out of range of the labels.
+        /// unknown category, a class index out of range of the labels, or values the graph
+        /// cannot compute with (``EngineError/Code/invalidInput``).
         public static let invalidInput = Code(name: "invalid-input")
+        /// The call would hold more memory than its ``RunLimits`` allow: the message says how
+        /// much it needed, which step asked and the limit. The caller's to change: a smaller
+        /// batch, or a higher per-call limit.
+        public static let limitExceeded = Code(name: "limit-exceeded")
         /// The graph failed on inputs the pipeline accepted.
         public static let runtime = Code(name: "runtime")
     }

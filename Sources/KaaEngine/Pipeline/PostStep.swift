@@ -225,12 +225,16 @@ struct PostStep: Sendable {
 
     // MARK: Running
 
-    /// Applies the step to `frame`.
-    func apply(_ frame: inout [String: Tensor]) throws(PipelineError) {
+    /// Applies the step to `frame`, counting what it makes on `meter`.
+    func apply(_ frame: inout [String: Tensor], meter: inout CallMeter) throws(PipelineError) {
         guard let t = frame[input] else { throw error("input", "`\(input)` was not computed", code: .runtime) }
         let n = t.shape.first ?? 0
+        func charge(_ count: Int, _ dtype: DType, _ field: String? = nil) throws(PipelineError) {
+            try meter.charge(count, of: dtype, step: at, field: field ?? writes.first)
+        }
         func scoresMatrix(_ what: String) throws(PipelineError) -> (values: [Double], k: Int) {
             guard t.rank == 2 else { throw error("input", "`\(input)` has shape \(t.shape); `\(what)` needs [N, classes]", code: .runtime) }
+            try charge(t.count, .float64)
             guard let d = t.storage.converted(to: .float64)?.doublesOrEmpty else { throw error("input", "`\(input)` holds \(t.dtype); `\(what)` needs numbers", code: .runtime) }
             return (d, t.shape[1])
         }
@@ -251,6 +255,8 @@ struct PostStep: Sendable {
             let (v, k) = try scoresMatrix("argmax")
             try checkLabels(labels, k)
             guard k > 0 else { throw error("input", "`\(input)` has no columns", code: .runtime) }
+            try charge(n, .int64)
+            try charge(n, .string)  // labels or keys: strings at most
             var idx = [Int](repeating: 0, count: n)
             for r in 0..<n {
                 var best = 0
@@ -264,6 +270,12 @@ struct PostStep: Sendable {
             let (v, k) = try scoresMatrix("top_k")
             try checkLabels(labels, k)
             guard kk <= k else { throw error("k", "\(kk) is more than the \(k) columns of `\(input)`", code: .runtime) }
+            // Indices and scores, then the two outputs.
+            try charge(n &* kk, .int64)
+            try charge(n &* kk, .float64, scores)
+            try charge(n &* kk, .string)
+            try charge(n &* kk, t.dtype == .float64 ? .float64 : .float32, scores)
+            try charge(k, .int64)
             var idx: [Int] = []
             idx.reserveCapacity(n * kk)
             var top: [Double] = []
@@ -291,6 +303,9 @@ struct PostStep: Sendable {
             guard t.rank == 1 || t.rank == 2 else { throw error("input", "`\(input)` has shape \(t.shape); `threshold` needs [N] or [N, columns]", code: .runtime) }
             let c = column ?? (w == 2 ? 1 : 0)
             guard c < w, column != nil || w <= 2 else { throw error("column", "`\(input)` has \(w) columns; set `column` to one of 0...\(w - 1)", code: .runtime) }
+            try charge(t.count, .float64)
+            try charge(n, .bool)
+            try charge(n, labels == nil ? .int64 : .string)
             var hits = [Bool](repeating: false, count: n)
             for r in 0..<n { hits[r] = v[r * w + c] >= threshold }
             frame[output] = labels.map { l in Tensor(shape: [n], strings: hits.map { l[$0 ? 1 : 0] }) }
@@ -299,8 +314,11 @@ struct PostStep: Sendable {
         case .softmax(_, let output):
             guard t.rank == 2 else { throw error("input", "`\(input)` has shape \(t.shape); `softmax` needs [N, classes]", code: .runtime) }
             let k = t.shape[1]
+            try charge(t.count, t.dtype)
             func softmax<F: BinaryFloatingPoint>(_ x: [F], _ exp: (F) -> F) -> [F] {
                 var out = x
+                // Empty: nothing to do (and `n` may be large).
+                guard !x.isEmpty else { return out }
                 for r in 0..<n {
                     let row = (r * k)..<((r + 1) * k)
                     let m = x[row].max() ?? 0
@@ -317,6 +335,7 @@ struct PostStep: Sendable {
             }
 
         case .labelMap(_, let output, let labels, let fallback):
+            try charge(t.count, .string)
             var out: [String] = []
             out.reserveCapacity(t.count)
             func miss(_ i: Int, _ what: String) throws(PipelineError) -> String {

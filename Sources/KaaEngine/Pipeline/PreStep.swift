@@ -173,8 +173,9 @@ struct PreStep: Sendable {
         }
     }
 
-    /// Applies a non-`select` step to `frame` (blocks of `n` rows).
-    func apply(_ frame: inout [String: Tensor], rows n: Int) throws(PipelineError) {
+    /// Applies a non-`select` step to `frame` (blocks of `n` rows), counting what it makes on
+    /// `meter`.
+    func apply(_ frame: inout [String: Tensor], rows n: Int, meter: inout CallMeter) throws(PipelineError) {
         switch op {
         case .select:
             break
@@ -182,9 +183,11 @@ struct PreStep: Sendable {
             var col = 0
             for f in fields {
                 let t = frame[f]!
-                let w = t.count / max(n, 1)
+                let w = t.shape.last ?? 1
                 let m = Array(mean[col..<(col + w)]), s = Array(scale[col..<(col + w)])
                 col += w
+                if t.dtype != .float64 { try meter.charge(t.count, of: .float64, step: at, field: f) }
+                try meter.charge(t.count, of: t.dtype == .float64 ? .float64 : .float32, step: at, field: f)
                 if case .float64(let v) = t.storage {
                     var out = v
                     for i in out.indices { out[i] = (out[i] - m[i % w]) / s[i % w] }
@@ -206,6 +209,8 @@ struct PreStep: Sendable {
             default: throw error(field, "is \(t.dtype); categories are strings or integers", code: .invalidInput)
             }
             let k = categories.count
+            if t.dtype != .string { try meter.charge(n, of: .string, step: at, field: field) }
+            try meter.charge(oneHot ? n &* k : n, of: oneHot ? .float32 : .int64, step: at, field: output)
             func unknownError(_ r: Int) -> PipelineError {
                 let shown = categories.prefix(10).map { "`\($0)`" }.joined(separator: ", ") + (k > 10 ? ", ... (\(k) in all)" : "")
                 return error(field, "unknown category `\(keys[r].prefix(80))`; known: \(shown)", row: r, code: .invalidInput)
@@ -231,6 +236,7 @@ struct PreStep: Sendable {
             }
         case .textHash(let field, let output, let hasher):
             guard let texts = frame[field]!.strings else { throw error(field, "is not a string field", code: .invalidInput) }
+            try meter.charge(n &* hasher.width, of: .float32, step: at, field: output)
             var out = [Float](repeating: 0, count: n * hasher.width)
             out.withUnsafeMutableBufferPointer { buffer in
                 for r in 0..<n {

@@ -13,13 +13,13 @@
 /// convert it. Without a pipeline a `Scorer` is the graph itself: its inputs and outputs are
 /// the model's.
 ///
-/// Immutable and `Sendable`: any number of threads may call ``run(_:)`` at once.
+/// Immutable and `Sendable`: any number of threads may call ``run(_:limits:)`` at once.
 public final class Scorer: Sendable {
     /// What a call sends: the pipeline's fields (batch dimension `N` first), then any graph
     /// inputs the pipeline does not fill, as the model declares them.
     public let inputs: [TensorSignature]
     /// What a call returns, in order. A sequence of maps (ZipMap's output) is a tensor
-    /// `[N, keys]` whose ``Tensor/mapKeys`` are set, as from ``Model/run(_:)``.
+    /// `[N, keys]` whose ``Tensor/mapKeys`` are set, as from ``Model/run(_:limits:)``.
     public let outputs: [TensorSignature]
     /// The value of one row (shape `[width]`) of each input that may be left out: a missing
     /// field takes it for every row. Batch readers use it for a row that lacks the field.
@@ -146,7 +146,15 @@ public final class Scorer: Sendable {
         var fixed = 1
         var open: [Int] = []
         for (i, d) in rest.enumerated() {
-            if case .fixed(let n) = d { fixed *= n } else { open.append(i) }
+            if case .fixed(let n) = d {
+                let (p, overflow) = fixed.multipliedReportingOverflow(by: n)
+                guard !overflow, p <= Limits.maxElements else {
+                    throw fail("into", "graph input `\(into)` \(describe) declares more than \(Limits.maxElements) values per row")
+                }
+                fixed = p
+            } else {
+                open.append(i)
+            }
         }
         var rowShape = rest.map { d -> Int in if case .fixed(let n) = d { n } else { 0 } }
         if open.isEmpty {
@@ -172,15 +180,22 @@ public final class Scorer: Sendable {
         }
     }
 
+    /// The most elements one input of the probe run may have, and what that run may hold: a
+    /// model whose one row needs more is bound by its signatures alone.
+    static let probeElements = 1 << 22
+    static let probeLimits = RunLimits(maxBytes: 256 << 20)
+
     /// What is known of the graph's outputs: their signatures, completed by one run on a row
-    /// of zeros (widths and map keys that signatures leave open). When that run fails, the
-    /// signatures alone are used and the rest is checked at run time.
+    /// of zeros (widths and map keys that signatures leave open). When that run fails, or its
+    /// row would be too large (``probeElements``, ``probeLimits``), the signatures alone are
+    /// used and the rest is checked at run time.
     static func graphOutputInfo(_ model: Model, selects: [String: Bound.Select]) -> [String: ValueInfo] {
-        var probe: [String: Tensor] = [:]
+        var probe: [String: Tensor]? = [:]
         for sig in model.inputs {
             let rest = selects[sig.name]?.rowShape ?? (sig.shape?.dropFirst().map { d in if case .fixed(let n) = d { n } else { 1 } } ?? [1])
             let shape = [1] + rest
-            let count = shape.reduce(1, *)
+            // A row the model declares absurdly wide is not made: the signatures are used.
+            guard let count = try? K.count(shape), count <= Self.probeElements else { probe = nil; break }
             let storage: Tensor.Storage = switch sig.dtype ?? .float32 {
             case .float32: .float32(.init(repeating: 0, count: count))
             case .float64: .float64(.init(repeating: 0, count: count))
@@ -189,9 +204,9 @@ public final class Scorer: Sendable {
             case .bool: .bool(.init(repeating: false, count: count))
             case .string: .string(.init(repeating: "", count: count))
             }
-            probe[sig.name] = Tensor(shape: shape, storage: storage)
+            probe?[sig.name] = Tensor(shape: shape, storage: storage)
         }
-        let ran = try? model.run(probe)
+        let ran = try? probe.map { try model.run($0, limits: Self.probeLimits) }
         var infos: [String: ValueInfo] = [:]
         for sig in model.outputs {
             var info = ValueInfo(dtype: sig.dtype, signature: sig)
@@ -226,26 +241,32 @@ public final class Scorer: Sendable {
     // MARK: Running
 
     /// Scores one batch: checks and converts the inputs, runs the pre steps, the graph and the
-    /// post steps, and returns ``outputs`` by name.
+    /// post steps, and returns ``outputs`` by name. A batch of zero rows gives zero rows.
     ///
-    /// Throws ``PipelineError``: ``PipelineError/Code/invalidInput`` when the inputs do not
-    /// fit (the caller's fault: a missing field without default, a wrong dtype or shape, an
-    /// unknown category; ``PipelineError/row`` says which row when one row is at fault),
-    /// ``PipelineError/Code/runtime`` when the graph fails on inputs the pipeline accepted.
-    public func run(_ given: [String: Tensor]) throws(PipelineError) -> [String: Tensor] {
-        guard let b = bound else { return try runGraph(given) }
+    /// Throws ``PipelineError``, never traps, whatever the inputs:
+    /// ``PipelineError/Code/invalidInput`` when the inputs do not fit (the caller's fault: a
+    /// missing field without default, a wrong dtype or shape, an unknown category, values the
+    /// graph cannot compute with; ``PipelineError/row`` says which row when one row is at
+    /// fault), ``PipelineError/Code/limitExceeded`` when the call would hold more memory than
+    /// `limits` allow (by default ``RunLimits/default``, 1 GiB: the pre and post steps' blocks
+    /// and the graph's run count together), ``PipelineError/Code/runtime`` when the graph fails
+    /// on inputs the pipeline accepted for a reason that is not theirs.
+    public func run(_ given: [String: Tensor], limits: RunLimits = .default) throws(PipelineError) -> [String: Tensor] {
+        guard let b = bound else { return try runGraph(given, limits: limits) }
+        var meter = CallMeter(limits)
         var frame: [String: Tensor] = [:]
         var graphInputs: [String: Tensor] = [:]
         var n: Int?
         for (name, t) in given {
             if let f = b.fields[name] {
-                let block = try Self.block(t, field: f)
+                let block = try Self.block(t, field: f, meter: &meter)
                 if let n, n != block.shape[0] {
                     throw PipelineError(.invalidInput, "has \(block.shape[0]) rows, other inputs have \(n); every input holds the same rows", field: name)
                 }
                 n = block.shape[0]
                 frame[name] = block
             } else if b.passthrough.contains(name) {
+                try Self.checkShape(t, field: name, send: nil)
                 graphInputs[name] = t
             } else {
                 throw PipelineError(.invalidInput, "is not an input of this model; it takes \(inputs.map { "`\($0.name)`" }.joined(separator: ", "))", field: name)
@@ -259,20 +280,31 @@ public final class Scorer: Sendable {
                 throw PipelineError(.invalidInput, "no input was given; send at least one of \(inputs.map { "`\($0.name)`" }.joined(separator: ", "))")
             }
             n = rows
+            try meter.charge(rows &* d.count, of: d.dtype, step: nil, field: f.name)
             frame[f.name] = Self.repeated(d, rows: rows)
         }
         let rows = n ?? 0
         for step in b.pre {
             if case .select(let into, let fields, _) = step.op {
                 let s = b.selects[into]!
+                // New arrays: blocks converted to the graph input's dtype, and their
+                // concatenation when there are several.
+                for f in fields where frame[f]!.dtype != s.dtype {
+                    try meter.charge(frame[f]!.count, of: .float64, step: step.at, field: f)
+                    try meter.charge(frame[f]!.count, of: s.dtype, step: step.at, field: f)
+                }
+                if fields.count > 1 {
+                    try meter.charge(fields.reduce(0) { $0 &+ frame[$1]!.count }, of: s.dtype, step: step.at, field: "into")
+                }
                 let storage = PreStep.concatenate(fields.map { frame[$0]! }, rows: rows, dtype: s.dtype)
                 graphInputs[into] = Tensor(shape: [rows] + s.rowShape, storage: storage)
             } else {
-                try step.apply(&frame, rows: rows)
+                try step.apply(&frame, rows: rows, meter: &meter)
             }
         }
-        var values = try runGraph(graphInputs)
-        for step in b.post { try step.apply(&values) }
+        var values: [String: Tensor] = [:]
+        meter.held = try runGraph(graphInputs, into: &values, limits: limits, held: meter.held)
+        for step in b.post { try step.apply(&values, meter: &meter) }
         var out: [String: Tensor] = [:]
         for o in b.outputs {
             guard let t = values[o.from] else { throw PipelineError(.runtime, "output `\(o.from)` was not computed") }
@@ -281,46 +313,70 @@ public final class Scorer: Sendable {
         return out
     }
 
-    /// Scores one batch as ``run(_:)``, writing the outputs into `outputs`.
+    /// Scores one batch as ``run(_:limits:)``, writing the outputs into `outputs`.
     ///
     /// Whatever `outputs` holds when called is handed back: a caller that keeps no other copy of
     /// the previous call's outputs lets their memory serve this call (see
-    /// ``Model/run(_:into:)``). Without a pipeline, such a call allocates no tensor memory.
-    public func run(_ given: [String: Tensor], into outputs: inout [String: Tensor]) throws(PipelineError) {
-        if bound == nil { try runGraph(given, into: &outputs) } else { outputs = try run(given) }
+    /// ``Model/run(_:into:limits:)``). Without a pipeline, such a call allocates no tensor memory.
+    public func run(_ given: [String: Tensor], into outputs: inout [String: Tensor], limits: RunLimits = .default) throws(PipelineError) {
+        if bound == nil { try runGraph(given, into: &outputs, limits: limits, held: 0) } else { outputs = try run(given, limits: limits) }
     }
 
-    private func runGraph(_ inputs: [String: Tensor]) throws(PipelineError) -> [String: Tensor] {
+    private func runGraph(_ inputs: [String: Tensor], limits: RunLimits) throws(PipelineError) -> [String: Tensor] {
         var out: [String: Tensor] = [:]
-        try runGraph(inputs, into: &out)
+        try runGraph(inputs, into: &out, limits: limits, held: 0)
         return out
     }
 
-    private func runGraph(_ inputs: [String: Tensor], into out: inout [String: Tensor]) throws(PipelineError) {
+    /// Runs the graph, the call already holding `held` bytes; returns what it holds after.
+    @discardableResult
+    private func runGraph(_ inputs: [String: Tensor], into out: inout [String: Tensor], limits: RunLimits, held: Int) throws(PipelineError) -> Int {
         do {
-            try model.run(inputs, into: &out)
+            return try model.run(inputs, into: &out, limits: limits, held: held)
         } catch let e as EngineError {
-            throw PipelineError(e.code == .invalidInput ? .invalidInput : .runtime, e.message)
+            let code: PipelineError.Code = switch e.code {
+            case .invalidInput: .invalidInput
+            case .limitExceeded: .limitExceeded
+            default: .runtime
+            }
+            throw PipelineError(code, e.message)
         } catch {
             throw PipelineError(.runtime, "\(error)")
         }
     }
 
-    /// A field's tensor as a `[N, width]` block of the field's dtype.
-    static func block(_ t: Tensor, field f: Pipeline.Field) throws(PipelineError) -> Tensor {
+    /// A field's tensor as a `[N, width]` block of the field's dtype; a conversion is counted
+    /// on `meter`.
+    static func block(_ t: Tensor, field f: Pipeline.Field, meter: inout CallMeter) throws(PipelineError) -> Tensor {
         let want = f.width == 1 ? "[N] or [N, 1]" : "[N, \(f.width)]"
         guard t.mapKeys == nil, t.rank >= 1 else {
             throw PipelineError(.invalidInput, "has shape \(t.shape); send \(f.dtype) \(want)", field: f.name)
         }
+        try checkShape(t, field: f.name, send: "\(f.dtype) \(want)")
         let rows = t.shape[0]
         let perRow = t.shape.dropFirst().reduce(1, *)
         guard perRow == f.width else {
             throw PipelineError(.invalidInput, "has shape \(t.shape) (\(perRow) value\(perRow == 1 ? "" : "s") per row); send \(f.dtype) \(want)", field: f.name)
         }
+        if t.dtype != f.dtype, t.dtype != .string, f.dtype != .string {
+            // Converted through float64: both arrays are made.
+            try meter.charge(t.count, of: .float64, step: nil, field: f.name)
+            try meter.charge(t.count, of: f.dtype, step: nil, field: f.name)
+        }
         guard let storage = t.storage.converted(to: f.dtype) else {
             throw PipelineError(.invalidInput, "is \(t.dtype); send \(f.dtype) \(want)", field: f.name)
         }
         return Tensor(shape: [rows, f.width], storage: storage)
+    }
+
+    /// Refuses a shape no tensor may have (see ``K/count(_:_:)``): a negative dimension, or
+    /// dimensions that multiply to more than 2^31 even where one is zero.
+    static func checkShape(_ t: Tensor, field: String, send: String?) throws(PipelineError) {
+        do { _ = try K.count(t.shape, "has shape \(t.shape)") } catch let e as EngineError {
+            throw PipelineError(.invalidInput, e.message + (send.map { "; send \($0)" } ?? ""), field: field)
+        } catch {
+            throw PipelineError(.invalidInput, "\(error)", field: field)
+        }
     }
 
     /// `row` (shape `[width]`) repeated `rows` times, as a `[rows, width]` block.
