@@ -131,8 +131,10 @@ public final class Node: Sendable {
         if let access {
             http = try HTTPServer(on: loop, address: try SocketAddress(resolving: config.httpAddr), configuration: config.http,
                                   streamer: { head in
+                                      // Only uploads stream; other requests are checked whole, below.
+                                      guard let sink = snapshots.streamer(head) else { return nil }
                                       if let refusal = access.check(head) { return RefusingSink(refusal) }
-                                      return snapshots.streamer(head)
+                                      return sink
                                   }) { request, responder in
                 if let refusal = access.check(request) { return responder.respond(refusal) }
                 routes.handle(request, responder)

@@ -1,6 +1,7 @@
 import Foundation
 public import KaaCore
 public import KaaIO
+import KaaEngine
 import Yams
 
 /// Everything a node is configured with. Sources, weakest first: defaults, the YAML file
@@ -132,7 +133,11 @@ public struct NodeConfig: Sendable {
         .integer("max_header_bytes", "request line + header bytes before 431", \.http.maxHeaderBytes, min: 256),
         .bytes("max_body_bytes", "request body bytes before 413 (snapshot uploads excepted)", \.http.maxBodyBytes),
         .duration("header_timeout", "time to receive a request's headers", \.http.headerTimeout),
-        .duration("body_timeout", "time to receive a request's body after its headers", \.http.bodyTimeout),
+        .duration("body_timeout", "a body stalled this long fails; after it, so does one under min_body_rate", \.http.bodyTimeout),
+        .bytes("min_body_rate", "bytes/s a body must average once body_timeout has passed", \.http.minBodyRate, min: 1),
+        .integer("max_header_count", "header fields (and trailers) of one request before 431", \.http.maxHeaderCount, min: 8),
+        .bytes("max_buffered_body_bytes", "request body bytes held for all connections together; past it 503",
+               \.http.maxBufferedBodyBytes, min: 1 << 20),
         .duration("idle_timeout", "idle keep-alive connections close after this", \.http.idleTimeout),
         .duration("shutdown_grace", "time in-flight requests get to finish on SIGTERM", \.shutdownGrace, allowZero: true),
 
@@ -155,6 +160,8 @@ public struct NodeConfig: Sendable {
         .integer("max_call_rows", "rows (first dimension) of one input of a call; past it 400", \.serving.callLimits.maxRows, min: 1),
         .integer("max_call_elements", "elements of all inputs of a call together; past it 400",
                  \.serving.callLimits.maxElements, min: 1),
+        .bytes("max_call_bytes", "memory one call's run may hold (intermediates, outputs); past it 400",
+               \.serving.runLimits.maxBytes, min: 1),
         .duration("load_retry_after", "after a failed load, calls get 503 this long before a retry",
                   \.serving.loadRetryAfter, allowZero: true),
         .duration("inline_threshold", "calls measuring under this run on the event loop (0: never)",
@@ -227,6 +234,10 @@ public struct NodeConfig: Sendable {
 
     /// Applies a YAML mapping of key → scalar.
     mutating func apply(yaml text: String, source: String) throws(ConfigError) {
+        // Anchors and aliases can make a small file expand without bound; a config needs none.
+        do { try YAMLSafety.check(text, what: "config files") } catch {
+            throw ConfigError("config file \(source): \(error.message)")
+        }
         let node: Yams.Node?
         do { node = try Yams.compose(yaml: text) } catch {
             throw ConfigError("config file \(source) is not valid YAML: \(error)")

@@ -302,23 +302,17 @@ struct SnapshotSummary: Encodable {
     }
 }
 
-/// Answers an upload that was refused from its head alone, reading at most a small body.
-///
-/// `maxBytes` is ``bodyLimit`` (64 KiB), where it was `Int.max`: a body up to that is read and
-/// dropped, and ``refusal`` is the answer; a longer one (or a `Content-Length` announcing one)
-/// makes the server stop reading at once, answer 413 and close the connection, so a refused
-/// upload costs the node no more than 64 KiB of reading. The 413 is the server's generic one
-/// today: answering ``refusal`` in its place needs the KaaIO change described in this branch's
-/// report (the server asks a sink whose limit was exceeded for its refusal).
+/// Answers an upload that was refused from its head alone: the server sends ``refusal`` at
+/// once, with `Connection: close`, and reads none of the body.
 final class RefusingSink: HTTPBodySink {
-    /// The most body bytes read before the server gives up on the request.
-    static let bodyLimit = 64 << 10
     /// The status and message this upload is refused with.
-    let refusal: HTTPResponse
-    init(_ refusal: HTTPResponse) { self.refusal = refusal }
-    var maxBytes: Int { Self.bodyLimit }
+    let response: HTTPResponse
+    init(_ response: HTTPResponse) { self.response = response }
+    /// The server answers with it at once and reads none of the body.
+    var refusal: HTTPResponse? { response }
+    var maxBytes: Int { 0 }
     func receive(_ chunk: [UInt8], ready: @escaping () -> Void) { ready() }
-    func finish(_ responder: HTTPResponder) { responder.respond(refusal) }
+    func finish(_ responder: HTTPResponder) { responder.respond(response) }
     func abort(_ reason: String) {}
 }
 
@@ -335,6 +329,9 @@ final class UploadSink: HTTPBodySink {
     }
 
     var maxBytes: Int { Int(clamping: api.store.configuration.maxArchiveBytes) }
+    /// Once the upload failed (a conflict or a bad manifest found early), the server answers
+    /// with the reason at once instead of reading the rest of the body.
+    var refusal: HTTPResponse? { failed.map(SnapshotAPI.response(for:)) }
 
     func receive(_ chunk: [UInt8], ready: @escaping () -> Void) {
         guard failed == nil else { return ready() } // drop the rest; the answer is the first error

@@ -133,4 +133,14 @@ import Testing
             }
         }
     }
+
+    @Test func aCallOverTheMemoryLimitIsRefusedAndTheNodeKeepsServing() throws {
+        try HostileRequestTests.withNode(extra: ["--max-call-bytes", "64KiB"]) { _, _, c, _ in
+            let rows = Array(repeating: "[5.1,3.5,1.4,0.2]", count: 4_000).joined(separator: ",")
+            let r = try ServingTests.post(c, "/v2/models/iris/infer",
+                #"{"inputs":[{"name":"input","shape":[4000,4],"datatype":"FP32","data":[\#(rows)]}]}"#)
+            #expect(r.status == 400, "\(r.text)")
+            #expect(r.text.contains("limit"), "\(r.text)")
+        }
+    }
 }

@@ -97,6 +97,7 @@ import Testing
         ("max_connections: -3\n", "max_connections `-3` must be a whole number of at least 1"),
         ("http_addr: [1, 2]\n", "`http_addr` must be a single value"),
         ("a: b: c\n", "is not valid YAML"),
+        ("data_dir: &d /tmp\nzone: *d\n", "may not use YAML anchors or aliases"),
     ])
     func badConfigFilesNameTheProblem(yaml: String, message: String) throws {
         let dir = TemporaryDirectory()

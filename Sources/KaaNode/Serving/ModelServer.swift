@@ -1,6 +1,6 @@
 import Foundation
 import KaaCore
-import KaaEngine
+public import KaaEngine
 import KaaIO
 import KaaSnapshot
 import Logging
@@ -21,6 +21,8 @@ public struct ServingConfig: Sendable {
     public var maxDeadline: Duration = .seconds(300)
     /// Rows and elements one call may send.
     public var callLimits = CallLimits.default
+    /// Memory one call's run may hold (its intermediates and outputs); past it the call is 400.
+    public var runLimits = RunLimits.default
     /// After a model fails to load, calls get 503 with the reason for this long before the
     /// next call tries again (a repository load request, or a new upload of it, tries at once).
     public var loadRetryAfter: Duration = .seconds(30)
@@ -137,7 +139,7 @@ public final class ModelServer {
         case .runInline(let call):
             var outputs = m.spareOutputs
             m.spareOutputs = [:]
-            let (result, runNanos) = ModelServer.execute(call, on: m, timed: cache.shouldTime(m), outputs: &outputs)
+            let (result, runNanos) = ModelServer.execute(call, on: m, timed: cache.shouldTime(m), limits: config.runLimits, outputs: &outputs)
             m.spareOutputs = outputs
             cache.note(runNanos, on: m)
             finish(call.completion, model: m.id.name, received: call.received, result)
@@ -159,10 +161,10 @@ public final class ModelServer {
         let ticket = nextTicket
         nextTicket &+= 1
         onPool[ticket] = call.completion
-        let timed = cache.shouldTime(m)
+        let timed = cache.shouldTime(m), limits = config.runLimits
         loop.offload({ () -> (CallResult, UInt64?) in
             var outputs: [String: Tensor] = [:]
-            return ModelServer.execute(call, on: m, timed: timed, outputs: &outputs)
+            return ModelServer.execute(call, on: m, timed: timed, limits: limits, outputs: &outputs)
         }) { [self] result, runNanos in
             onPool[ticket] = nil
             cache.note(runNanos, on: m)
@@ -210,10 +212,13 @@ public final class ModelServer {
     /// off the loop.
     /// `outputs` hands back an earlier call's outputs (see `Scorer.run(_:into:)`) and holds this
     /// call's when it returns.
-    static func execute(_ call: PendingCall, on m: LoadedModel, timed: Bool, outputs: inout [String: Tensor]) -> (CallResult, UInt64?) {
+    static func execute(_ call: PendingCall, on m: LoadedModel, timed: Bool, limits: RunLimits,
+                        outputs: inout [String: Tensor]) -> (CallResult, UInt64?) {
         let t0 = timed ? threadCPUNanoseconds() : 0
-        do { try m.scorer.run(call.request.inputs, into: &outputs) } catch {
-            let code: CallError.Code = error.code == .invalidInput ? .badRequest : .internal
+        do { try m.scorer.run(call.request.inputs, into: &outputs, limits: limits) } catch {
+            // The caller's values (and a call over the memory limit) are the caller's to fix;
+            // anything else is the engine's or the model's fault.
+            let code: CallError.Code = error.code == .invalidInput || error.code == .limitExceeded ? .badRequest : .internal
             return (.failure(CallError(code, "\(m.id): \(error.message)")), timed ? threadCPUNanoseconds() &- t0 : nil)
         }
         let ran = timed ? threadCPUNanoseconds() &- t0 : nil
