@@ -86,6 +86,8 @@ let package = Package(
             dependencies: [
                 "KaaCore", "CLibUV", "CHTTPParser",
                 .product(name: "Logging", package: "swift-log"),
+                // The peer plane's handshake and record protection (HKDF, HMAC, AES-GCM).
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             // Loop-confined state is never accessed from two threads; dynamic exclusivity
             // checks cost ~3% of a small request in release builds.
@@ -110,7 +112,7 @@ let package = Package(
             swiftSettings: strict),
 
         // Test support: raw sockets, process control. Never linked into the product.
-        .target(name: "KaaTestSupport", dependencies: ["KaaCore"], swiftSettings: strict),
+        .target(name: "KaaTestSupport", dependencies: ["KaaCore", "KaaIO"], swiftSettings: strict),
         // Counts the calling thread's heap allocations by interposing glibc's malloc family,
         // for the tests that check a path allocates nothing. Never linked into the product.
         .target(name: "KaaAllocationCounter"),

@@ -37,6 +37,9 @@ public struct Keyring: Sendable {
     /// Number of installed keys.
     public var keyCount: Int { keys.count }
 
+    /// The installed keys' bytes, primary first (the peer plane derives its own keys from them).
+    public var rawKeys: [[UInt8]] { keys }
+
     /// Adds a key accepted for decryption (it becomes primary only with ``usePrimary(_:)``, or
     /// when it is the first key).
     public mutating func install(_ key: [UInt8]) throws(WireError) {

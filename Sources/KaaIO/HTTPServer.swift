@@ -91,8 +91,10 @@ public final class HTTPServer: Sendable {
     }
 
     /// Starts the shutdown from the loop thread; `completion` runs on the loop when done.
-    public func shutdownOnLoop(grace: Duration, completion: @escaping () -> Void) {
-        core.value.shutdown(grace: grace, completion: completion)
+    /// `graceEnded` runs on the loop when the grace is over, before the connections still open
+    /// are closed: answers it gives then are written before their connections close.
+    public func shutdownOnLoop(grace: Duration, graceEnded: (() -> Void)? = nil, completion: @escaping () -> Void) {
+        core.value.shutdown(grace: grace, graceEnded: graceEnded, completion: completion)
     }
 
     deinit {
@@ -261,7 +263,7 @@ final class ServerCore {
         for connection in Array(connections.values) { connection.checkDeadline(now: now) }
     }
 
-    func shutdown(grace: Duration, completion: @escaping () -> Void) {
+    func shutdown(grace: Duration, graceEnded: (() -> Void)? = nil, completion: @escaping () -> Void) {
         drained.append(completion)
         guard !draining else { return }
         draining = true
@@ -272,7 +274,12 @@ final class ServerCore {
         } else {
             drainTimer = loop.schedule(after: grace) { [weak self] in
                 guard let self else { return }
-                for connection in Array(self.connections.values) { connection.tcp.close() }
+                // Last answers first: a connection whose answers are all given now writes them
+                // and closes by itself; the rest close at once.
+                graceEnded?()
+                for connection in Array(self.connections.values) where !connection.tcp.isClosingAfterFlush {
+                    connection.tcp.close()
+                }
             }
         }
     }

@@ -233,6 +233,9 @@ public final class TCPConnection: LoopHandle {
         if let delegate { delegate.connection(self, readEndedWith: error) } else { close() }
     }
 
+    /// Whether ``closeAfterFlush(linger:)`` was called: the connection closes by itself once written.
+    public var isClosingAfterFlush: Bool { closeWhenFlushed }
+
     /// Closes once everything queued is written: sends FIN, then discards what the peer still
     /// sends for up to `linger` (so the peer reads our last response instead of a reset).
     public func closeAfterFlush(linger: Duration = .seconds(2)) {

@@ -160,20 +160,20 @@ public final class GossipShell {
 
     /// Answers a peer's push-pull frame with this node's state, then merges the peer's.
     func answerPushPull(_ frame: Frame, _ responder: FrameResponder) {
-        guard !stopped else { return responder.fail("node is stopping") }
+        guard !stopped else { return responder.fail(.notReady, "node is stopping") }
         let remote: PushPullState
         do { remote = try WireCodec.decodePushPull(keyring.open(frame.payload)) } catch {
             droppedPackets += 1
             if droppedPackets.nonzeroBitCount == 1 {
                 logger.warning("refused push-pull", metadata: ["error": "\(error)", "dropped.total": "\(droppedPackets)"])
             }
-            responder.fail("push-pull refused: \(error)")
+            responder.fail(.badRequest, "push-pull refused: \(error)")
             return
         }
         do {
             responder.respond(try keyring.seal(WireCodec.encode(instance.makePushPullState(isJoin: remote.isJoin))))
         } catch {
-            responder.fail("cannot seal state: \(error)")
+            responder.fail(.internal, "cannot seal state: \(error)")
         }
         run(instance.onPushPull(remote, now: .now()))
     }

@@ -35,16 +35,9 @@ public final class Node: Sendable {
         var peer: FrameServer?
         var gossip: LoopBound<GossipShell>?
         var frames: FrameClient?
+        var serving: LoopBound<ModelServer>?
         var signals: [LoopBound<SignalWatcher>] = []
         var stopping = false
-    }
-
-    /// Peer-plane frame types the node answers.
-    public enum PeerFrameType {
-        /// Echoes its payload: a liveness check between nodes.
-        public static let ping: UInt16 = 1
-        /// SWIM push-pull state exchange.
-        public static let pushPull: UInt16 = GossipShell.pushPullFrameType
     }
 
     /// Creates the node, its data directory and its loop; binds nothing yet.
@@ -101,6 +94,21 @@ public final class Node: Sendable {
     /// The bound peer address.
     public var peerAddress: SocketAddress? { state.withLock { $0.peer?.localAddress } }
 
+    /// The keys the peer plane authenticates with: the gossip keyring's.
+    private var peerKeys: PeerKeys {
+        PeerKeys(keys: keyring.rawKeys, encrypt: config.peerEncryption && !keyring.isPlaintext)
+    }
+
+    /// The peer client's limits: as the listener's, with an idle timeout under the peers' so
+    /// this side is normally the one to close a quiet pooled connection.
+    private var peerClientConfiguration: FrameClient.Configuration {
+        var c = FrameClient.Configuration()
+        c.frameTimeout = config.peer.frameTimeout
+        c.maxFrameBytes = config.peer.maxFrameBytes
+        c.idleTimeout = config.peer.idleTimeout == .zero ? .zero : min(.seconds(30), config.peer.idleTimeout / 2)
+        return c
+    }
+
     /// Binds the HTTP and peer listeners and installs the signal handlers.
     public func start(handleSignals: Bool = true) throws {
         let readiness = LoopBound(Readiness(), loop: loop)
@@ -124,6 +132,8 @@ public final class Node: Sendable {
             }
         }
         snapshots.addRoutes(to: &router)
+        let frames = FrameClient(loop: loop, configuration: peerClientConfiguration, keys: peerKeys)
+        snapshots.addFetchRoute(to: &router, frames: frames)
         let gossipCell = LoopCell<GossipShell>(loop: loop)
         MembersRoute(gossip: gossipCell).add(to: &router)
         let routes = router
@@ -146,18 +156,32 @@ public final class Node: Sendable {
             }
         }
         loop.execute { readiness.value.mark(.http) }
-        let frames = FrameClient(loop: loop)
         let peer: FrameServer
         var gossipShell: LoopBound<GossipShell>?
+        let service = loop.runBlocking { [loop, store, logger] in
+            let service = PeerService()
+            service.register(PeerFrameType.ping) { frame, responder in responder.respond(frame.payload) }
+            service.register(PeerFrameType.pushPull) { frame, responder in
+                guard let gossip = gossipCell.value else { return responder.fail(.notReady, "gossip is not running yet") }
+                gossip.answerPushPull(frame, responder)
+            }
+            service.register(PeerFrameType.fetchSnapshot) { frame, responder in
+                ArchiveSender.serve(frame, responder, loop: loop, store: store, logger: logger)
+            }
+            return LoopBound(service, loop: loop)
+        }
         do {
-            peer = try FrameServer(on: loop, address: try SocketAddress(resolving: config.peerAddr)) { frame, responder in
-                switch frame.type {
-                case PeerFrameType.ping: responder.respond(frame.payload)
-                case PeerFrameType.pushPull:
-                    guard let gossip = gossipCell.value else { return responder.fail("gossip is not running yet") }
-                    gossip.answerPushPull(frame, responder)
-                default: responder.fail("unknown frame type \(frame.type); this node speaks types 1 (ping), 2 (push-pull)")
-                }
+            let refusals = Atomic<Int>(0)
+            peer = try FrameServer(on: loop, address: try SocketAddress(resolving: config.peerAddr), configuration: config.peer,
+                                   keys: peerKeys, onRefused: { [logger] why, address in
+                // The 1st, 2nd, 4th, 8th, ...: a peer retrying with the wrong key is no log flood.
+                let n = refusals.add(1, ordering: .relaxed).newValue
+                guard n.nonzeroBitCount == 1 else { return }
+                logger.warning("refused a peer connection", metadata: [
+                    "peer.addr": "\(address.map(\.description) ?? "?")", "reason": "\(why)", "refused.total": "\(n)",
+                ])
+            }) { frame, responder in
+                service.value.handle(frame, responder)
             }
             let info = NodeInfo(
                 id: nodeID, name: config.nodeName,
@@ -191,6 +215,7 @@ public final class Node: Sendable {
             $0.peer = peer
             $0.frames = frames
             $0.gossip = gossipShell
+            $0.serving = serving
         }
         if handleSignals {
             let watchers = try loop.runBlocking { [self] () throws -> [LoopBound<SignalWatcher>] in
@@ -215,12 +240,12 @@ public final class Node: Sendable {
 
     /// Starts the graceful shutdown; safe from any thread, idempotent.
     public func beginShutdown() {
-        let servers: (HTTPServer?, FrameServer?, [LoopBound<SignalWatcher>], LoopBound<GossipShell>?)? = state.withLock {
+        let servers: (HTTPServer?, FrameServer?, [LoopBound<SignalWatcher>], LoopBound<GossipShell>?, LoopBound<ModelServer>?)? = state.withLock {
             if $0.stopping { return nil }
             $0.stopping = true
-            return ($0.http, $0.peer, $0.signals, $0.gossip)
+            return ($0.http, $0.peer, $0.signals, $0.gossip, $0.serving)
         }
-        guard let (http, peer, signals, gossip) = servers else { return }
+        guard let (http, peer, signals, gossip, serving) = servers else { return }
         let grace = config.shutdownGrace
         let logger = self.logger
         loop.execute { [self] in
@@ -233,7 +258,8 @@ public final class Node: Sendable {
                 stopped.signal()
             }
             guard let http else { return finish() }
-            http.shutdownOnLoop(grace: grace) {
+            // Calls still running when the grace ends are answered (503), not dropped.
+            http.shutdownOnLoop(grace: grace, graceEnded: { serving?.value.endGrace() }) {
                 // Give the leave announcement a couple of protocol periods to travel.
                 self.loop.schedule(after: (gossip?.value.instance.settings.probeInterval ?? .zero) * 2) { finish() }
             }

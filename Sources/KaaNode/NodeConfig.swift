@@ -39,6 +39,10 @@ public struct NodeConfig: Sendable {
     public var clusterKeyFile: String?
     /// Gossip without encryption: only when explicitly asked for.
     public var gossipPlaintext = false
+    /// Encrypt peer-plane frames (they are authenticated with the cluster key either way).
+    public var peerEncryption = true
+    /// The peer listener's limits.
+    public var peer = FrameServer.Configuration()
     /// Model loading, eviction and admission.
     public var serving = ServingConfig()
     /// The tokens file (`kaa tokens create` prints its lines); when set, the control API needs
@@ -128,6 +132,12 @@ public struct NodeConfig: Sendable {
         .optionalText("advertise_host", "host other nodes reach this one at, when peer_addr binds 0.0.0.0", \.advertiseHost),
         .optionalText("cluster_key_file", "cluster key file (unset: <data_dir>/cluster.key, made if absent)", \.clusterKeyFile),
         .flag("gossip_plaintext", "true to gossip unencrypted (trusted networks and tests only)", \.gossipPlaintext),
+        .flag("peer_encryption", "encrypt peer-plane frames (authenticated by the cluster key either way)", \.peerEncryption),
+        .integer("max_peer_connections", "open peer-plane connections before new ones are closed", \.peer.maxConnections, min: 1),
+        .duration("peer_idle_timeout", "idle peer-plane connections close after this", \.peer.idleTimeout),
+        .duration("peer_frame_timeout", "time for the handshake, a frame, or a stream's next chunk", \.peer.frameTimeout),
+        .bytes("max_peer_buffered_bytes", "bytes of incoming peer frames held for all connections; past it, refused",
+               \.peer.maxBufferedBytes, min: 4 << 20),
 
         .integer("max_connections", "open HTTP connections before new ones get 503", \.http.maxConnections, min: 1),
         .integer("max_header_bytes", "request line + header bytes before 431", \.http.maxHeaderBytes, min: 256),

@@ -38,6 +38,26 @@ public struct SnapshotAPI: Sendable {
         loop.execute { for e in events { observer(e) } }
     }
 
+    /// Logs an ingest's result and, for a new snapshot, applies retention and tells the serving
+    /// side; returns `stored` or `already-present`. On the thread pool.
+    func ingested(_ result: IngestResult) -> String {
+        let outcome = result.outcome == .stored ? "stored" : "already-present"
+        logger.info("snapshot \(outcome)", metadata: [
+            "snapshot.id": "\(result.record.id)", "snapshot.digest": "\(result.record.digest)",
+            "snapshot.size": "\(result.record.size)",
+        ])
+        if result.outcome == .stored {
+            var events: [SnapshotAPI.Event] = [.stored(result.record.id)]
+            let report = try? store.applyRetention(name: result.record.id.name)
+            if let report, !report.deleted.isEmpty {
+                logger.info("retention removed old versions", metadata: ["snapshots": "\(report.deleted)"])
+                events += report.deleted.map { .removed($0) }
+            }
+            notify(events)
+        }
+        return outcome
+    }
+
     /// The streaming sink for `PUT /kaa/v1/snapshots/{name}[/{version}]`, or nil for other requests.
     /// What the head alone shows to be wrong is refused before a byte of the body is read.
     public func streamer(_ head: HTTPRequest) -> (any HTTPBodySink)? {
@@ -355,20 +375,7 @@ final class UploadSink: HTTPBodySink {
             do {
                 let result = try job.finish()
                 let summary = SnapshotSummary(result.record)
-                let outcome = result.outcome == .stored ? "stored" : "already-present"
-                api.logger.info("snapshot \(outcome)", metadata: [
-                    "snapshot.id": "\(result.record.id)", "snapshot.digest": "\(result.record.digest)",
-                    "snapshot.size": "\(result.record.size)",
-                ])
-                if result.outcome == .stored {
-                    var events: [SnapshotAPI.Event] = [.stored(result.record.id)]
-                    let report = try? api.store.applyRetention(name: result.record.id.name)
-                    if let report, !report.deleted.isEmpty {
-                        api.logger.info("retention removed old versions", metadata: ["snapshots": "\(report.deleted)"])
-                        events += report.deleted.map { .removed($0) }
-                    }
-                    api.notify(events)
-                }
+                let outcome = api.ingested(result)
                 struct Answer: Encodable {
                     var snapshot: SnapshotSummary
                     var outcome: String

@@ -37,6 +37,7 @@ public final class RawSocket {
         var offset = 0
         while offset < bytes.count {
             let n = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n < 0 && errno == EINTR { continue }
             guard n > 0 else { throw RawSocketError("send: \(String(cString: strerror(errno)))") }
             offset += n
         }
@@ -45,7 +46,8 @@ public final class RawSocket {
     /// Reads what is available: `nil` on EOF, throws on timeout or reset.
     public func readSome() throws -> [UInt8]? {
         var buffer = [UInt8](repeating: 0, count: 65536)
-        let n = recv(fd, &buffer, buffer.count, 0)
+        var n = recv(fd, &buffer, buffer.count, 0)
+        while n < 0 && errno == EINTR { n = recv(fd, &buffer, buffer.count, 0) } // a signal, not the peer
         if n == 0 { return nil }
         if n < 0 {
             let e = errno

@@ -108,6 +108,6 @@ import Testing
         #expect(Set(GossipLiveTests.view(a.http).keys) == ["a", "b"])
         #expect(Set(GossipLiveTests.view(b.http).keys) == ["a", "b"])
         #expect(Set(GossipLiveTests.view(intruder.http).keys) == ["intruder"])
-        #expect(a.process.stderr.contains("refused push-pull") || a.process.stderr.contains("dropped gossip packet"))
+        #expect(a.process.stderr.contains("refused a peer connection") || a.process.stderr.contains("dropped gossip packet"))
     }
 }

@@ -39,7 +39,9 @@ import Testing
                                    "--peer-addr", "127.0.0.1:0"])
         let peerPort = UInt16(try node.waitForLog(#"node started .*peer\.addr=127\.0\.0\.1:(\d+)"#))!
         let loop = EventLoop.start()
-        let client = FrameClient(loop: loop)
+        // The node made its cluster key on first start; the peer plane opens only with it.
+        let keyring = try ClusterKeyFile.load(dir.path + "/data/cluster.key")
+        let client = FrameClient(loop: loop, keys: PeerKeys(keys: keyring.rawKeys))
         let answer = try await client.request(to: HostPort(host: "127.0.0.1", port: peerPort),
                                               type: Node.PeerFrameType.ping, payload: [1, 2, 3], deadline: .seconds(5))
         #expect(answer.payload == [1, 2, 3])
@@ -128,5 +130,40 @@ import Testing
         let (nodeStatus, help, _) = try KaaProcess.run(["node", "--help"])
         #expect(nodeStatus == 0)
         for flag in NodeConfig.keys.map(\.flag) { #expect(help.contains(flag), "node --help lacks \(flag)") }
+    }
+
+    /// Calls still waiting or running when the shutdown grace ends are answered 503, not dropped
+    /// with their connection.
+    @Test func callsInFlightWhenTheGraceEndsAreAnswered() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let (node, port) = try NodeProcessTests.startNode(dir, extra: ["--inline-threshold", "0", "--model-concurrency", "1",
+                                                                       "--model-queue", "64", "--shutdown-grace", "0"])
+        try ServingTests.publish("digits-mlp", as: "digits", version: 1, port: port, dir: dir)
+        let row = "[" + (0..<64).map { String($0 % 16) }.joined(separator: ",") + "]"
+        let body = #"{"inputs":[{"name":"input","shape":[256,64],"datatype":"FP32","data":[\#(Array(repeating: row, count: 256).joined(separator: ","))]}]}"#
+        let c = try RawSocket(port: port, timeout: 30)
+        #expect(try ServingTests.post(c, "/v2/models/digits/infer", body).status == 200) // loaded
+        // One call per connection, all taken (most of them queued) before the signal.
+        let calls = 40
+        let clients = try (0..<calls).map { _ in try RawSocket(port: port, timeout: 30) }
+        for client in clients { try client.send(ServingTests.request("/v2/models/digits/infer", body)) }
+        var queued = 0.0
+        for _ in 0..<500 where queued < 20 {
+            queued = ServingTests.value("kaa_inference_queue_depth", in: try ServingTests.metrics(c)) ?? 0
+            if queued < 20 { usleep(10_000) }
+        }
+        #expect(queued >= 20, "calls waiting when the signal is sent")
+        node.signal(SIGTERM)
+        var statuses: [Int] = []
+        for client in clients {
+            guard let r = try? client.readResponse() else { break }
+            statuses.append(r.status)
+            if r.status != 200 { #expect(r.text.contains("the node is shutting down"), "\(r.text)") }
+        }
+        #expect(statuses.count == calls, "every call answered: \(statuses)")
+        #expect(statuses.allSatisfy { $0 == 200 || $0 == 503 })
+        #expect(statuses.contains(503), "the grace (0) ended with calls in flight")
+        #expect(node.wait() == 0)
     }
 }

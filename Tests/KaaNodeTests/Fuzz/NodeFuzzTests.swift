@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import KaaCluster
 import KaaCore
+import KaaIO
 import KaaNode
 @testable import KaaSnapshot
 import KaaTestSupport
@@ -108,6 +109,7 @@ import Testing
         let target = try FuzzTarget.start()
         defer { target.stop() }
         let keyring = try ClusterKeyFile.load(target.clusterKeyFile)
+        let peerKeys = PeerKeys(keys: keyring.rawKeys)
         let nodeID = NodeID(try String(contentsOfFile: target.dir.path + "/data/node-id", encoding: .utf8)
             .trimmingCharacters(in: .whitespacesAndNewlines))
         let fake = NodeInfo(id: NodeID("fuzz-peer-0000000000000001"), name: "fuzz",
@@ -122,8 +124,9 @@ import Testing
         let pushPull = WireCodec.encode(PushPullState(isJoin: true, members: [MemberState(info: fake, incarnation: 1, status: .alive)]))
         var m = Mutator(seed: 0x5eed_0003)
         let cases = 600 * NodeFuzzTests.scale
+        let hello = PeerHandshake.hello(keys: peerKeys, nonce: PeerHandshake.nonce())
         for i in 0..<cases {
-            switch m.int(0...3) {
+            switch m.int(0...4) {
             case 0:
                 // A gossip datagram, sealed with the cluster key, whose plaintext is mutated.
                 let plain = m.mutate(m.pick(packets), donors: packets)
@@ -135,22 +138,26 @@ import Testing
                 // Push-pull frames: sealed mutated state, or the frame itself mutated.
                 let plain = m.mutate(pushPull)
                 guard FuzzTarget.staysOnLoopback(pushPull: plain) else { continue }
-                var frame = FuzzTarget.frame(kind: 0, type: 2, id: UInt64(i), payload: try keyring.seal(plain))
+                var frame = Frame(kind: .request, type: 2, id: UInt64(i + 1), payload: try keyring.seal(plain)).body()
                 if m.chance(30) { frame = m.mutate(frame) }
-                try target.sendPeer(frame)
+                try target.sendPeer(keys: peerKeys) { [frame] peer in peer.record(frame) }
+            case 3:
+                // Frames (any kind, stream frames included) inside valid records, and broken records.
+                let ping = Frame(kind: .request, type: UInt16(m.int(0...4)), id: UInt64(i + 1), payload: Array("ping".utf8)).body()
+                let body = m.mutate(ping)
+                let raw = m.chance(20)
+                try target.sendPeer(keys: peerKeys) { [body] peer in raw ? m.mutate(peer.record(body)) : peer.record(body) }
             default:
-                let ping = FuzzTarget.frame(kind: 0, type: 1, id: UInt64(i), payload: Array("ping".utf8))
-                try target.sendPeer(m.chance(20) ? Array(repeating: ping, count: 3).joined() + m.mutate(ping) : m.mutate(ping))
+                // The handshake itself.
+                try target.sendHandshake(m.mutate(hello))
             }
             if i % 100 == 99 { try target.checkAlive("peer case \(i) (seed 0x5eed0003)") }
         }
         try target.checkAlive("the last peer case")
         // The peer plane still answers a well-formed ping.
-        let c = try RawSocket(port: target.peerPort, timeout: FuzzTarget.healthBound)
-        try c.send(FuzzTarget.frame(kind: 0, type: 1, id: 42, payload: [7, 7]))
-        var answer: [UInt8] = []
-        while answer.count < 17, let more = try c.readSome() { answer += more }
-        #expect(Array(answer.suffix(2)) == [7, 7], "ping answer \(answer)")
+        let c = try RawPeer(port: target.peerPort, keys: peerKeys, timeout: FuzzTarget.healthBound)
+        try c.send([Frame(kind: .request, type: 1, id: 42, payload: [7, 7])])
+        #expect(c.readFrame()?.payload == [7, 7])
         #expect(target.stopGracefully() == 0)
     }
 }
@@ -230,15 +237,23 @@ final class FuzzTarget {
         }
     }
 
-    /// Sends peer-plane bytes on a new connection and closes it after reading what comes back
-    /// (bounded: the node answers or closes, or the short read timeout ends the wait).
-    func sendPeer(_ bytes: [UInt8]) throws {
-        let c: RawSocket
-        do { c = try RawSocket(port: peerPort, timeout: 0.2) } catch {
+    /// Opens an authenticated peer connection, sends what `records` makes on it, and closes it
+    /// after reading what comes back (bounded: the node answers or closes, or the short read
+    /// timeout ends the wait).
+    func sendPeer(keys: PeerKeys, _ records: (RawPeer) -> [UInt8]) throws {
+        let c: RawPeer
+        do { c = try RawPeer(port: peerPort, keys: keys, timeout: 0.5) } catch {
             try checkAlive("a refused peer connection")
             throw RawSocketError("\(error); node stderr: \(node.stderr.suffix(3000))")
         }
-        do { try c.send(bytes) } catch { return }
+        do { try c.sendRaw(records(c)) } catch { return }
+        _ = try? c.socket.readSome()
+    }
+
+    /// Sends a (mutated) handshake hello and reads what comes back.
+    func sendHandshake(_ hello: [UInt8]) throws {
+        let c = try RawSocket(port: peerPort, timeout: 0.2)
+        do { try c.send(hello) } catch { return }
         _ = try? c.readSome()
     }
 
@@ -381,15 +396,6 @@ final class FuzzTarget {
         lines.append("? *a9\n: boom")
         return lines.joined(separator: "\n") + "\nversion: 1\n"
     }()
-
-    static func frame(kind: UInt8, type: UInt16, id: UInt64, payload: [UInt8]) -> [UInt8] {
-        var out: [UInt8] = []
-        withUnsafeBytes(of: UInt32(11 + payload.count).bigEndian) { out += $0 }
-        out.append(kind)
-        withUnsafeBytes(of: type.bigEndian) { out += $0 }
-        withUnsafeBytes(of: id.bigEndian) { out += $0 }
-        return out + payload
-    }
 
     /// Whether a mutated gossip packet, as the node would decode it, names only loopback
     /// addresses (or does not decode at all): the node then sends nothing off this machine.
