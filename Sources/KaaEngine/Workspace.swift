@@ -1,4 +1,4 @@
-import Synchronization
+import KaaCore
 
 /// What one kernel call produces: one tensor, or two (a classifier's labels and scores).
 ///
@@ -335,7 +335,7 @@ extension Tensor.Storage {
 /// gives it back; at most ``limit`` stay idle, so a burst of concurrent calls leaves no more
 /// memory behind than a few runs need.
 final class WorkspacePool: Sendable {
-    private let idle = Mutex<[Workspace]>([])
+    private let idle = Locked<[Workspace]>([])
     let limit: Int
 
     init(limit: Int) { self.limit = limit }

@@ -1,6 +1,7 @@
 internal import CLibUV
 import Dispatch
 import Foundation
+import KaaCore
 import Synchronization
 
 /// One libuv loop running on its own thread; it owns every handle opened on it.
@@ -11,11 +12,11 @@ import Synchronization
 public final class EventLoop: @unchecked Sendable {
     // SAFETY: `raw`, `handles`, `threadID` after start, and every handle are touched only on the
     // loop thread (checked by `assertInLoop()` in debug builds). `pending` is guarded by its
-    // Mutex. `threadID` is written once before the loop thread signals `started`, and read
+    // lock. `threadID` is written once before the loop thread signals `started`, and read
     // after that signal.
     let raw: UnsafeMutablePointer<uv_loop_t>
     private let wakeup: UnsafeMutablePointer<uv_async_t>
-    private let pending = Mutex<Pending>(Pending())
+    private let pending = Locked<Pending>(Pending())
     private var threadID: pthread_t?
     private var handles: [ObjectIdentifier: LoopHandle] = [:]
     private let finished = DispatchSemaphore(value: 0)
@@ -136,7 +137,7 @@ public final class EventLoop: @unchecked Sendable {
     public func runBlocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> T {
         if inLoop { return try body() }
         let done = DispatchSemaphore(value: 0)
-        let result = Mutex<Result<T, any Error>?>(nil)
+        let result = Locked<Result<T, any Error>?>(nil)
         execute {
             let r = Result { try body() }
             result.withLock { $0 = r }

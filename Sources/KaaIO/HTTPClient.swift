@@ -380,9 +380,7 @@ final class ClientConnection: TCPConnectionDelegate {
             return
         }
         receivedAny = true
-        let parsed = withUnsafePointer(to: &clientParserSettings) {
-            http_parser_execute(parser, $0, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count)
-        }
+        let parsed = http_parser_execute(parser, clientParserSettings, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count)
         if complete { return }
         if tooLarge {
             fail(HTTPClientError(.responseTooLarge, "response from \(address) exceeds \(core.configuration.maxResponseBytes) bytes"))
@@ -401,7 +399,7 @@ final class ClientConnection: TCPConnectionDelegate {
         }
         if error == nil && receivedAny {
             // A body delimited by the close: tell the parser the stream ended.
-            _ = withUnsafePointer(to: &clientParserSettings) { http_parser_execute(parser, $0, nil, 0) }
+            _ = http_parser_execute(parser, clientParserSettings, nil, 0)
             if complete { return }
         }
         if !receivedAny && reused && !exchange.retried && exchange.request.method.isIdempotent {
@@ -495,7 +493,9 @@ private func clientConnection(_ parser: UnsafeMutablePointer<http_parser>?) -> C
     Unmanaged<ClientConnection>.fromOpaque(parser!.pointee.data).takeUnretainedValue()
 }
 
-nonisolated(unsafe) private var clientParserSettings: http_parser_settings = {
+/// Made once and never written again (see the server's `serverParserSettings`).
+nonisolated(unsafe) private let clientParserSettings: UnsafePointer<http_parser_settings> = {
+    let p = UnsafeMutablePointer<http_parser_settings>.allocate(capacity: 1)
     var s = http_parser_settings()
     s.on_message_begin = { clientConnection($0).messageBegin() }
     s.on_header_field = { clientConnection($0).headerField(UnsafeRawBufferPointer(start: $1, count: $2)) }
@@ -503,5 +503,6 @@ nonisolated(unsafe) private var clientParserSettings: http_parser_settings = {
     s.on_headers_complete = { clientConnection($0).headersComplete() }
     s.on_body = { clientConnection($0).bodyBytes(UnsafeRawBufferPointer(start: $1, count: $2)) }
     s.on_message_complete = { clientConnection($0).messageComplete() }
-    return s
+    p.initialize(to: s)
+    return UnsafePointer(p)
 }()

@@ -138,9 +138,7 @@ final class HTTPServerConnection: TCPConnectionDelegate, CycleEndFlushable {
         let base = bytes.baseAddress?.assumingMemoryBound(to: CChar.self)
         feedStart = bytes.baseAddress
         feedEnd = bytes.baseAddress.map { $0 + bytes.count }
-        let parsed = withUnsafePointer(to: &serverParserSettings) { settings in
-            http_parser_execute(parser, settings, base, bytes.count)
-        }
+        let parsed = http_parser_execute(parser, serverParserSettings, base, bytes.count)
         feedStart = nil
         feedEnd = nil
         let code = kaa_http_errno(parser)
@@ -686,8 +684,11 @@ private func buffer(_ at: UnsafePointer<CChar>?, _ length: Int) -> UnsafeRawBuff
     UnsafeRawBufferPointer(start: at, count: length)
 }
 
-/// The request parser's callbacks; they forward to the connection in `parser.data`.
-nonisolated(unsafe) private var serverParserSettings: http_parser_settings = {
+/// The request parser's callbacks; they forward to the connection in `parser.data`. Made once
+/// and never written again, so every loop thread may read it (a global `var` passed as `&` would
+/// count as a write on each use, a race between loops).
+nonisolated(unsafe) private let serverParserSettings: UnsafePointer<http_parser_settings> = {
+    let p = UnsafeMutablePointer<http_parser_settings>.allocate(capacity: 1)
     var s = http_parser_settings()
     s.on_message_begin = { connection($0).messageBegin() }
     s.on_url = { connection($0).url(buffer($1, $2)) }
@@ -697,5 +698,6 @@ nonisolated(unsafe) private var serverParserSettings: http_parser_settings = {
     s.on_body = { connection($0).bodyBytes(buffer($1, $2)) }
     s.on_chunk_header = { connection($0).chunkHeader() }
     s.on_message_complete = { connection($0).messageComplete() }
-    return s
+    p.initialize(to: s)
+    return UnsafePointer(p)
 }()

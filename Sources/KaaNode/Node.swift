@@ -20,7 +20,7 @@ public final class Node: Sendable {
     private let dataLock: DataDirectoryLock
     /// The node's snapshot store and catalog, in its data directory.
     public let store: SnapshotStore
-    private let state = Mutex<State>(State())
+    private let state = Locked<State>(State())
     private let stopped = DispatchSemaphore(value: 0)
 
     /// This node's persisted id.

@@ -4,7 +4,6 @@ import KaaEngine
 public import KaaIO
 public import KaaSnapshot
 public import Logging
-import Synchronization
 
 /// The node's control API for snapshots and aliases (`/kaa/v1/...`).
 ///
@@ -413,7 +412,7 @@ final class IngestJob: Sendable {
 
     private let store: SnapshotStore
     private let request: IngestRequest
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     init(store: SnapshotStore, request: IngestRequest) {
         self.store = store

@@ -7,7 +7,7 @@ public final class RawSocket {
 
     /// Connects to `127.0.0.1:port` (or `host`); reads time out after `timeout` seconds.
     public init(port: UInt16, host: String = "127.0.0.1", timeout: Double = 5) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw RawSocketError("socket: \(String(cString: strerror(errno)))") }
         var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1e6))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -157,7 +157,7 @@ public final class SilentListener: Sendable {
     public let port: UInt16
 
     public init(backlog: Int32 = 0) throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         self.fd = fd
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
@@ -176,8 +176,13 @@ public final class SilentListener: Sendable {
         port = UInt16(bigEndian: addr.sin_port)
     }
 
-    /// Accepts one pending connection (blocking).
-    public func acceptOne() -> Int32 { accept(fd, nil, nil) }
+    /// Accepts one pending connection (blocking). Close-on-exec, as every socket here is: a
+    /// process another test spawns meanwhile must not hold it open after the test closes it.
+    public func acceptOne() -> Int32 {
+        let accepted = accept(fd, nil, nil)
+        if accepted >= 0 { _ = fcntl(accepted, F_SETFD, FD_CLOEXEC) }
+        return accepted
+    }
 
     deinit { close(fd) }
 }

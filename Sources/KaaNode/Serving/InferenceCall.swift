@@ -89,27 +89,29 @@ public protocol CallSink: Sendable {
 /// being completed is a bug that would leave a client hanging: debug builds trap, release
 /// builds deliver an `internal` error and log it.
 public final class CallCompletion: Sendable {
-    private let sink: Mutex<(any CallSink)?>
+    private let sink: any CallSink
+    /// Set by the first completion (one atomic exchange, no lock).
+    private let completed = Atomic<Bool>(false)
     /// Names the call in the log when it is dropped.
     let label: String
 
     public init(_ sink: any CallSink, label: String) {
-        self.sink = Mutex(sink)
+        self.sink = sink
         self.label = label
     }
 
     /// Delivers `result` unless the call was completed before; returns whether it did.
     @discardableResult
     public func complete(_ result: CallResult) -> Bool {
-        guard let sink = self.sink.withLock({ $0.take() }) else { return false }
+        guard completed.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return false }
         sink.deliver(result)
         return true
     }
 
-    public var isCompleted: Bool { sink.withLock { $0 == nil } }
+    public var isCompleted: Bool { completed.load(ordering: .acquiring) }
 
     deinit {
-        guard let sink = self.sink.withLock({ $0.take() }) else { return }
+        guard !completed.load(ordering: .acquiring) else { return }
         assertionFailure("call \(label) was dropped without an answer")
         Logger(label: "kaa.node").error("a call was dropped without an answer; answering it with an internal error",
                                         metadata: ["call": "\(label)"])
