@@ -49,19 +49,7 @@ for b in old new; do
     --to http://127.0.0.1:${port[$b]} >/dev/null
 done
 
-"$python" - "$work/body.json" <<'PY'
-import json, sys
-row = json.load(open("Tests/KaaEngineTests/Fixtures/digits-mlp/inputs.json"))["input"]["data"][:64]
-body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]}
-open(sys.argv[1], "w").write(json.dumps(body, separators=(",", ":")))
-PY
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-local f = io.open("$work/body.json", "rb")
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
-LUA
+write_digits_request "$work" "$python"
 for b in old new; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' --data-binary @"$work/body.json" \
     "http://127.0.0.1:${port[$b]}/v2/models/digits/infer")

@@ -49,19 +49,7 @@ done
   --to http://127.0.0.1:$kaa_port >/dev/null
 
 # The request body: the first row of the digits fixture, one 64-float row.
-"$python" - "$work/body.json" <<'PY'
-import json, sys
-row = json.load(open("Tests/KaaEngineTests/Fixtures/digits-mlp/inputs.json"))["input"]["data"][:64]
-body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]}
-open(sys.argv[1], "w").write(json.dumps(body, separators=(",", ":")))
-PY
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-local f = io.open("$work/body.json", "rb")
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
-LUA
+write_digits_request "$work" "$python"
 
 # Both servers must answer the body with 200 and the same probabilities (and onnxruntime's
 # reference values from the fixture) before anything is timed.

@@ -17,3 +17,22 @@ tck=$(getconf CLK_TCK)
 
 # The median of the numbers given as arguments (words).
 median() { printf '%s\n' $* | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# Writes $1/body.json (one 64-float row of the digits fixture as an Open Inference Protocol
+# request) and $1/post.lua (wrk posting it), with the Python at $2.
+write_digits_request() {
+  local dir=$1 python=$2
+  "$python" - "$dir/body.json" <<'PY'
+import json, sys
+row = json.load(open("Tests/KaaEngineTests/Fixtures/digits-mlp/inputs.json"))["input"]["data"][:64]
+body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]}
+open(sys.argv[1], "w").write(json.dumps(body, separators=(",", ":")))
+PY
+  cat > "$dir/post.lua" <<LUA
+wrk.method = "POST"
+local f = io.open("$dir/body.json", "rb")
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+LUA
+}

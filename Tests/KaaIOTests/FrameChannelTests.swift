@@ -378,18 +378,29 @@ import Testing
         let loop = EventLoop.start(name: "frames")
         defer { loop.shutdown() }
         let fake = try SilentListener(backlog: 4)
-        let client = FrameClient(loop: loop)
+        // The client never closes the connection as idle itself: on a loaded machine its own idle
+        // timeout could pass between the two requests, which is not the race this test is about.
+        var configuration = FrameClient.Configuration()
+        configuration.idleTimeout = .zero
+        let client = FrameClient(loop: loop, configuration: configuration)
         defer { client.shutdown() }
         let seen = Mutex<[UInt8]>([])
+        let events = Mutex<[String]>([]) // what the fake peer saw, for the failure message
         let peer = Thread {
             let first = fake.acceptOne()
-            if serverHandshake(first), let request = readFrame(first) { // answered
+            let shook = serverHandshake(first)
+            if shook, let request = readFrame(first) { // answered
+                events.withLock { $0.append("first: request \(request.payload)") }
                 writeAll(first, encode(Frame(kind: .response, type: request.type, id: request.id, payload: request.payload)))
+            } else {
+                events.withLock { $0.append("first: handshake \(shook), no request (errno \(errno))") }
             }
             if let request = readFrame(first) { seen.withLock { $0 += request.payload } } // read, then closed as idle
+            else { events.withLock { $0.append("first: no second request (errno \(errno))") } }
             close(first)
             let second = fake.acceptOne()
             if serverHandshake(second), let request = readFrame(second) {
+                events.withLock { $0.append("second: request \(request.payload)") }
                 writeAll(second, encode(Frame(kind: .response, type: request.type, id: request.id, payload: request.payload)))
             }
             _ = readFrame(second) // until the client closes
@@ -399,7 +410,7 @@ import Testing
         let address = HostPort(host: "127.0.0.1", port: fake.port)
         #expect(try await client.request(to: address, type: 1, payload: [1], deadline: .seconds(5)).payload == [1])
         #expect(try await client.request(to: address, type: 1, payload: [2], deadline: .seconds(5)).payload == [2])
-        #expect(seen.withLock { $0 } == [2])
+        #expect(seen.withLock { $0 } == [2], "the fake peer saw: \(events.withLock { $0 })")
     }
 }
 

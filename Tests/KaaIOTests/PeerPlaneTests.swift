@@ -130,6 +130,21 @@ import Testing
         }
     }
 
+    /// Sends `data` through `writer` in full chunks as fast as it takes them, then finishes;
+    /// `progress` hears how far it got. On the loop.
+    static func send(_ data: [UInt8], to writer: FrameStreamWriter, progress: @escaping (Int) -> Void = { _ in }) {
+        var offset = 0
+        func next() {
+            guard offset < data.count else { return writer.finish() }
+            let end = min(data.count, offset + FrameStreamWriter.maxChunkBytes)
+            let chunk = Array(data[offset..<end])
+            offset = end
+            progress(offset)
+            writer.write(chunk) { next() }
+        }
+        next()
+    }
+
     static func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
         var rng = SplitMix64(seed: seed)
         return (0..<count).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
@@ -141,16 +156,7 @@ import Testing
         let sent = Mutex(0)
         let p = try PeerFixture(keys: keys, streaming: { responder, loop in
             guard let writer = responder.respondStream(Array("head".utf8)) else { return }
-            var offset = 0
-            func next() {
-                guard offset < data.count else { return writer.finish() }
-                let end = min(data.count, offset + FrameStreamWriter.maxChunkBytes)
-                let chunk = Array(data[offset..<end])
-                offset = end
-                sent.withLock { $0 = offset }
-                writer.write(chunk) { next() }
-            }
-            next()
+            PeerPlaneTests.send(data, to: writer) { offset in sent.withLock { $0 = offset } }
         })
         defer { p.stop() }
         let client = FrameClient(loop: p.loop, keys: keys)
@@ -200,17 +206,7 @@ import Testing
         let answer: Frame = try await withCheckedThrowingContinuation { continuation in
             p.loop.execute {
                 client.requestStream(to: p.server.localAddress.hostPort, type: 4, payload: [], deadline: .seconds(10), receiver: nil,
-                                     body: { writer in
-                    var offset = 0
-                    func next() {
-                        guard offset < data.count else { return writer.finish() }
-                        let end = min(data.count, offset + FrameStreamWriter.maxChunkBytes)
-                        let chunk = Array(data[offset..<end])
-                        offset = end
-                        writer.write(chunk) { next() }
-                    }
-                    next()
-                }) { continuation.resume(with: $0) }
+                                     body: { writer in PeerPlaneTests.send(data, to: writer) }) { continuation.resume(with: $0) }
             }
         }
         let size = String(decoding: answer.payload.prefix { $0 != 0 && $0 < 128 && $0 >= 48 && $0 <= 57 }, as: UTF8.self)
