@@ -92,6 +92,12 @@ ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN {printf "%.3f",
 echo
 echo "new/old infer req/s: $(ratio "${rps[new-infer]}" "${rps[old-infer]}"); new/old infer CPU per request: $(ratio "${cpu[new-infer]}" "${cpu[old-infer]}")"
 echo "new/old health req/s: $(ratio "${rps[new-health]}" "${rps[old-health]}"); new/old health CPU per request: $(ratio "${cpu[new-health]}" "${cpu[old-health]}")"
+# Each round measures both builds back to back, so its new/old ratio cancels what the machine did
+# in that round; the geometric mean of those ratios is the fairer summary on a shared machine.
+geomean() { # old-list new-list
+  paste <(printf '%s\n' $1) <(printf '%s\n' $2) | awk '{s += log($2 / $1); n++} END {printf "%.3f", exp(s / n)}'
+}
+echo "per-round new/old, geometric mean: infer req/s $(geomean "${rps[old-infer]}" "${rps[new-infer]}"), infer CPU per request $(geomean "${cpu[old-infer]}" "${cpu[new-infer]}"); health req/s $(geomean "${rps[old-health]}" "${rps[new-health]}"), health CPU per request $(geomean "${cpu[old-health]}" "${cpu[new-health]}")"
 echo "spread of infer req/s over rounds: old $(printf '%s\n' ${rps[old-infer]} | sort -g | head -1)-$(printf '%s\n' ${rps[old-infer]} | sort -g | tail -1), new $(printf '%s\n' ${rps[new-infer]} | sort -g | head -1)-$(printf '%s\n' ${rps[new-infer]} | sort -g | tail -1)"
 echo "(medians of $rounds alternating rounds, ${duration}s each, $connections connections, wrk -t1; $pinning)"
 echo "reproduce: tools/bench-serving-ab.sh $rev $duration $connections $rounds"
