@@ -244,15 +244,19 @@ import Testing
         let client = FrameClient(loop: p.loop)
         defer { client.shutdown() }
         let peer = p.server.localAddress.hostPort
-        async let first = client.request(to: peer, type: 2, payload: Array("300".utf8), deadline: .seconds(5))
-        async let second = client.request(to: peer, type: 2, payload: Array("300".utf8), deadline: .seconds(5))
-        try await Task.sleep(for: .milliseconds(100))
+        // Type 5 is held unanswered until released, so the cap is reached whatever the machine's pace.
+        async let first = client.request(to: peer, type: 5, payload: [1], deadline: .seconds(30))
+        async let second = client.request(to: peer, type: 5, payload: [2], deadline: .seconds(30))
+        waitUntil(seconds: 30) { p.held.withLock { $0.count } == 2 }
+        #expect(p.held.withLock { $0.count } == 2)
+        defer { p.release() }
         await #expect { _ = try await client.request(to: peer, type: 1, payload: [], deadline: .seconds(5)) } throws: {
             ($0 as? FrameError)?.code == .remoteError && ($0 as? FrameError)?.remote == .overloaded && ($0 as? FrameError)?.message
                 == "overloaded: 2 requests on this connection are still being answered (limit 2); retry later"
         }
-        #expect(try await first.kind == .response)
-        #expect(try await second.kind == .response)
+        p.release()
+        #expect(try await first.payload == [1])
+        #expect(try await second.payload == [2])
     }
 
     @Test func framesTooLargeForTheLimitFailClearlyBothWays() async throws {
@@ -415,18 +419,21 @@ import Testing
 }
 
 /// A frame server on 127.0.0.1:0 whose handler echoes type 1, answers type 2 after the number
-/// of milliseconds in its payload, and answers type 3 with 2,000 bytes.
+/// of milliseconds in its payload, answers type 3 with 2,000 bytes, and holds type 5 until `release()`.
 final class PeerFixture: Sendable {
     let loop = EventLoop.start(name: "peer")
     let server: FrameServer
     var port: UInt16 { server.localAddress.port }
+    /// Type 5 requests, held unanswered until `release()`.
+    let held: Locked<[(FrameResponder, [UInt8])]>
 
     /// `streaming` answers type 4 (a stream test's own handler).
     init(keys: PeerKeys = .none, _ configure: (inout FrameServer.Configuration) -> Void = { _ in },
          streaming: (@Sendable (FrameResponder, EventLoop) -> Void)? = nil) throws {
         var configuration = FrameServer.Configuration()
         configure(&configuration)
-        let loop = self.loop
+        let loop = self.loop, held = Locked<[(FrameResponder, [UInt8])]>([])
+        self.held = held
         server = try FrameServer(on: loop, address: SocketAddress(resolving: HostPort(host: "127.0.0.1", port: 0)),
                                  configuration: configuration, keys: keys) { frame, responder in
             switch frame.type {
@@ -435,9 +442,16 @@ final class PeerFixture: Sendable {
                 let ms = Int64(String(decoding: frame.payload, as: UTF8.self)) ?? 0
                 loop.schedule(after: .milliseconds(ms)) { responder.respond(frame.payload) }
             case 3: responder.respond([UInt8](repeating: 3, count: 2000))
+            case 5: held.withLock { $0.append((responder, frame.payload)) }
             default: responder.respond(frame.payload)
             }
         }
+    }
+
+    /// Answers every held type 5 request with its own payload, on the loop.
+    func release() {
+        let answers = held.withLock { held in defer { held = [] }; return held }
+        loop.execute { for (responder, payload) in answers { responder.respond(payload) } }
     }
 
     func stop() {
