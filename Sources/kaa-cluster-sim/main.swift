@@ -12,6 +12,16 @@ import Glibc
 
 let which = CommandLine.arguments.dropFirst().first ?? "all"
 
+// `placement-digest NODES SNAPSHOTS SEED`: the digest of a seeded scenario's table, for the test
+// that checks another process computes the same one.
+if which == "placement-digest" {
+    let args = CommandLine.arguments.dropFirst(2).compactMap { Int($0) }
+    guard args.count == 3 else { fatalError("usage: kaa-cluster-sim placement-digest NODES SNAPSHOTS SEED") }
+    let s = PlacementScenario(nodes: args[0], snapshots: args[1], seed: UInt64(args[2]))
+    print(Placement.compute(nodes: s.nodes, snapshots: s.snapshots).digest)
+    exit(0)
+}
+
 /// Default settings, with overrides for tuning runs: KAA_SIM_PROBE_MS, KAA_SIM_SUSPICION_MULT,
 /// KAA_SIM_SUSPICION_MAX_MULT, KAA_SIM_CONFIRMATIONS, KAA_SIM_LAMBDA.
 func simSettings() -> SWIMSettings {
@@ -179,3 +189,36 @@ if which == "join" {
     let t = formCluster(sim, n: n, spacing: .milliseconds(5))
     print("converged: \(t.map { fmt($0.seconds) } ?? "no") events: \(counts.sorted { $0.key < $1.key })")
 }
+
+/// Placement figures: the load spread, what a join and a leave move, and the time to compute a
+/// table of 10,000 snapshots on 500 nodes (median of 5; run a release build for this figure).
+func placementFigures() {
+    var settings = Placement.Settings()
+    if let t = getenv("KAA_SIM_TOKENS").flatMap({ Int(String(cString: $0)) }) { settings.tokensPerWeight = t }
+    if let e = getenv("KAA_SIM_SLACK").flatMap({ Int(String(cString: $0)) }) { settings.loadSlackPercent = e }
+    print("placement, 10,000 snapshots of mixed sizes (10 KB-50 MB), replication 2, nodes of weight 1-8 in 3 zones, 10% with GPUs:")
+    for n in [5, 50, 500] {
+        let s = PlacementScenario(nodes: n + 1, snapshots: 10_000, seed: UInt64(n) &* 31)
+        let general = s.snapshots.filter { $0.accelerator == .none }
+        let sizes = Dictionary(uniqueKeysWithValues: general.map { ($0.key, $0.bytes) })
+        let before = Placement.compute(nodes: Array(s.nodes.prefix(n)), snapshots: general, settings: settings)
+        let after = Placement.compute(nodes: s.nodes, snapshots: general, settings: settings)
+        let total = Double(general.reduce(UInt64(0)) { $0 + $1.bytes } * 2)
+        let weight = Double(s.nodes.reduce(0) { $0 + $1.weight })
+        let ideal = total * Double(s.nodes[n].weight) / weight
+        let joined = Double(PlacementScenario.bytesMoved(from: before, to: after, sizes: sizes))
+        let left = Double(PlacementScenario.bytesMoved(from: after, to: before, sizes: sizes))
+        let own = Double(after.load[s.nodes[n].id] ?? 0)
+        print("  \(n) nodes: max/mean bytes per unit of capacity \(fmt(PlacementScenario.imbalance(before, Array(s.nodes.prefix(n))))); "
+              + "a join moves \(fmt(joined / ideal))x the newcomer's ideal share; its leave moves \(fmt(left / own))x its own bytes")
+    }
+    let s = PlacementScenario(nodes: 500, snapshots: 10_000, seed: 500)
+    var times: [Double] = []
+    for _ in 0..<5 {
+        let t0 = ContinuousClock.now
+        _ = Placement.compute(nodes: s.nodes, snapshots: s.snapshots)
+        times.append((ContinuousClock.now - t0).seconds * 1000)
+    }
+    print("  table of 10,000 snapshots on 500 nodes: \(fmt(percentile(times, 0.5))) ms (median of 5, one core)")
+}
+if which == "placement" || which == "all" { placementFigures() }

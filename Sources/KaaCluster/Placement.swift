@@ -1,0 +1,304 @@
+import Crypto
+
+/// Where each snapshot lives: for every snapshot, its ordered holders. A pure function of the
+/// live members, the cluster's snapshots and the replication factor: no sockets, no clock, no
+/// randomness, and only integer arithmetic and SHA-256, so every node that sees the same
+/// members and catalog computes the same table (and the same ``Table/digest``), whatever its
+/// process, build or CPU.
+///
+/// The method is consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam,
+/// "Consistent Hashing with Bounded Loads", SODA 2018), weighted by capacity:
+///
+/// - Each node puts `weight × tokensPerWeight` tokens on a 64-bit ring, at positions derived from
+///   its id (SHA-256 of the id seeds a SplitMix64 sequence). A snapshot's position is the
+///   SHA-256 of `name@version`; its preference list is the nodes met walking the ring clockwise
+///   from there. A join or a leave changes only the arcs next to the tokens it adds or removes,
+///   so it moves about its own share of snapshots and no more.
+/// - Bounded loads: a node takes a snapshot only while its bytes stay within `(1 + loadSlack)`
+///   times its fair share (its weight over the total weight, of all snapshots' bytes times the
+///   replication factor); a snapshot passes over a full node to the next on its list. So no
+///   node holds more than 1.25 times its share (with the default slack), whatever the hash did.
+///   Which snapshots a full node gives up is decided by deferred acceptance (each node ranks
+///   snapshots by a hash of its id and the snapshot's), so the outcome is as random as the hash
+///   and does not depend on the order snapshots are considered in.
+/// - Zones: the holders of a snapshot are in distinct zones whenever the eligible nodes span at
+///   least `replication` zones.
+/// - GPUs: a snapshot that requires a GPU is placed only on nodes with one (and is reported
+///   ``Table/unplaceable`` when there are none); one that prefers a GPU is placed on GPU nodes
+///   while they have room, then on others.
+///
+/// Why a ring rather than weighted rendezvous hashing: rendezvous needs a score per node per
+/// snapshot and a logarithm per score to weight it, 5 million logarithms for 10,000 snapshots
+/// on 500 nodes, and a libm logarithm may round differently on another machine, which would
+/// split the cluster's view. The ring needs one binary search per snapshot and integers only.
+public enum Placement {
+    /// A live member as placement sees it.
+    public struct Node: Sendable, Hashable {
+        public var id: NodeID
+        public var zone: String
+        /// Relative capacity, at least 1 (e.g. GiB of memory).
+        public var weight: Int
+        public var gpus: Int
+
+        public init(id: NodeID, zone: String = "", weight: Int = 1, gpus: Int = 0) {
+            self.id = id
+            self.zone = zone
+            self.weight = max(1, weight)
+            self.gpus = max(0, gpus)
+        }
+    }
+
+    /// What a snapshot asks of its holders' accelerators.
+    public enum Accelerator: Sendable, Hashable {
+        case none
+        /// Placed on GPU nodes while they have room, then on others.
+        case prefersGPU
+        /// Placed only on GPU nodes.
+        case requiresGPU
+    }
+
+    /// A snapshot as placement sees it.
+    public struct Snapshot: Sendable, Hashable {
+        public var name: String
+        public var version: Int
+        public var bytes: UInt64
+        public var accelerator: Accelerator
+
+        public init(name: String, version: Int, bytes: UInt64, accelerator: Accelerator = .none) {
+            self.name = name
+            self.version = version
+            self.bytes = bytes
+            self.accelerator = accelerator
+        }
+
+        /// `name@version`.
+        public var key: String { "\(name)@\(version)" }
+    }
+
+    public struct Settings: Sendable, Hashable {
+        /// Holders per snapshot.
+        public var replication = 2
+        /// A node holds at most `1 + loadSlack` times its fair share of bytes.
+        public var loadSlackPercent = 25
+        /// Ring tokens per unit of weight: more tokens, a smoother spread before the cap.
+        public var tokensPerWeight = 40
+        public init(replication: Int = 2, loadSlackPercent: Int = 25, tokensPerWeight: Int = 40) {
+            self.replication = max(1, replication)
+            self.loadSlackPercent = max(0, loadSlackPercent)
+            self.tokensPerWeight = max(1, tokensPerWeight)
+        }
+    }
+
+    /// The outcome: each snapshot's holders, best first.
+    public struct Table: Sendable {
+        /// Holders by snapshot key (`name@version`), in preference order.
+        public var holders: [String: [NodeID]]
+        /// Snapshots that got fewer than `replication` holders (fewer eligible nodes than that).
+        public var underReplicated: Set<String>
+        /// Snapshots that need a GPU when no node has one.
+        public var unplaceable: Set<String>
+        /// SHA-256 (hex) of the table's canonical text: equal digests, equal tables.
+        public var digest: String
+        /// Bytes each node is to hold.
+        public var load: [NodeID: UInt64]
+    }
+
+    /// Computes the table. Nodes and snapshots may come in any order; duplicate node ids count once.
+    public static func compute(nodes given: [Node], snapshots: [Snapshot], settings: Settings = .init()) -> Table {
+        // Canonical order: by id, one entry per id.
+        var seen = Set<NodeID>()
+        let nodes = given.sorted { $0.id < $1.id }.filter { seen.insert($0.id).inserted }
+        let ring = Ring(nodes: nodes, tokensPerWeight: settings.tokensPerWeight)
+        let gpuNodes = nodes.indices.filter { nodes[$0].gpus > 0 }
+        let totalWeight = nodes.reduce(0) { $0 + $1.weight }
+        let gpuWeight = gpuNodes.reduce(0) { $0 + nodes[$1].weight }
+
+        // Fair shares, in bytes, of what the eligible nodes hold in all.
+        var caps = [UInt64](repeating: 0, count: nodes.count)
+        let positioned = snapshots.map { (position: hash64(Array("kaa placement snapshot ".utf8) + Array($0.key.utf8)), snapshot: $0) }
+            .sorted { ($0.position, $0.snapshot.key) < ($1.position, $1.snapshot.key) }
+        if totalWeight > 0 {
+            var general: UInt64 = 0, gpuOnly: UInt64 = 0
+            for (_, s) in positioned {
+                let copies = UInt64(min(settings.replication, s.accelerator == .requiresGPU ? gpuNodes.count : nodes.count))
+                let (b, o) = s.bytes.multipliedReportingOverflow(by: copies)
+                let add = o ? UInt64.max / 4 : b
+                if s.accelerator == .requiresGPU { gpuOnly &+= add } else { general &+= add }
+            }
+            for i in nodes.indices {
+                let w = UInt64(nodes[i].weight)
+                var share = general / UInt64(totalWeight) * w
+                if nodes[i].gpus > 0, gpuWeight > 0 { share &+= gpuOnly / UInt64(gpuWeight) * w }
+                caps[i] = share + share / 100 * UInt64(settings.loadSlackPercent)
+            }
+        }
+
+        return assign(nodes: nodes, ring: ring, positioned: positioned, caps: caps, settings: settings)
+    }
+
+    /// Deferred acceptance: snapshots ask the nodes on their ring walk in turn; a node over its
+    /// cap gives up the snapshots it ranks lowest (by a hash of node and snapshot), which ask
+    /// their next node. The outcome does not depend on the order of asking.
+    static func assign(nodes: [Node], ring: Ring, positioned: [(position: UInt64, snapshot: Snapshot)],
+                       caps: [UInt64], settings: Settings) -> Table {
+        let count = positioned.count
+        let seeds = nodes.map { hash64(Array("kaa placement rank ".utf8) + Array($0.id.rawValue.utf8)) }
+        let zoneIndex: [Int] = {
+            var map: [String: Int] = [:]
+            return nodes.map { n in
+                if let z = map[n.zone] { return z }
+                map[n.zone] = map.count
+                return map.count - 1
+            }
+        }()
+        let zones = Set(zoneIndex).count
+        let gpuCount = nodes.filter { $0.gpus > 0 }.count
+        var candidates = [[Int32]](repeating: [], count: count)
+        var want = [Int](repeating: 0, count: count)
+        for (k, (position, s)) in positioned.enumerated() {
+            var list: [Int32] = []
+            ring.walk(from: position) { i in
+                if s.accelerator != .requiresGPU || nodes[i].gpus > 0 { list.append(Int32(i)) }
+                return true
+            }
+            if s.accelerator == .prefersGPU {
+                list = list.filter { nodes[Int($0)].gpus > 0 } + list.filter { nodes[Int($0)].gpus == 0 }
+            }
+            candidates[k] = list
+            want[k] = min(settings.replication, s.accelerator == .requiresGPU ? gpuCount : nodes.count)
+        }
+        var holding = [[Int32]](repeating: [], count: count)
+        var rejectedBy = [Set<Int32>](repeating: [], count: count)
+        var accepted = [[(rank: UInt64, snapshot: Int)]](repeating: [], count: nodes.count)
+        var loads = [UInt64](repeating: 0, count: nodes.count)
+        var queue = Array(0..<count)
+        while let k = queue.popLast() {
+            let s = positioned[k].snapshot
+            let distinct = zones >= want[k]
+            for candidate in candidates[k] where holding[k].count < want[k] {
+                let n = Int(candidate)
+                if holding[k].contains(candidate) || rejectedBy[k].contains(candidate) { continue }
+                if distinct && holding[k].contains(where: { zoneIndex[Int($0)] == zoneIndex[n] }) { continue }
+                let rank = splitMixOnce(seeds[n] ^ positioned[k].position)
+                holding[k].append(candidate)
+                accepted[n].append((rank, k))
+                loads[n] &+= s.bytes
+                // Over the cap: give up the lowest-ranked until within it (keeping at least one).
+                while loads[n] > caps[n] && accepted[n].count > 1 {
+                    let worst = accepted[n].indices.min { accepted[n][$0].rank < accepted[n][$1].rank }!
+                    let (_, loser) = accepted[n].remove(at: worst)
+                    loads[n] &-= positioned[loser].snapshot.bytes
+                    holding[loser].removeAll { $0 == candidate }
+                    rejectedBy[loser].insert(candidate)
+                    if loser != k { queue.append(loser) }
+                }
+            }
+        }
+        // A snapshot every eligible node turned away (all full, which the slack makes rare): the
+        // least loaded for their weight take it, past their caps, in zones it is not in yet first.
+        for k in positioned.indices where holding[k].count < want[k] {
+            let s = positioned[k].snapshot
+            var rest = candidates[k].filter { !holding[k].contains($0) }
+            rest.sort { a, b in
+                let la = (loads[Int(a)] &+ s.bytes).multipliedFullWidth(by: UInt64(nodes[Int(b)].weight))
+                let lb = (loads[Int(b)] &+ s.bytes).multipliedFullWidth(by: UInt64(nodes[Int(a)].weight))
+                return (la.high, la.low, a) < (lb.high, lb.low, b)
+            }
+            for zoned in zones >= want[k] ? [true, false] : [false] {
+                for n in rest where holding[k].count < want[k] && !holding[k].contains(n) {
+                    if zoned && holding[k].contains(where: { zoneIndex[Int($0)] == zoneIndex[Int(n)] }) { continue }
+                    holding[k].append(n)
+                    loads[Int(n)] &+= s.bytes
+                }
+            }
+        }
+        var holders: [String: [NodeID]] = [:]
+        holders.reserveCapacity(positioned.count)
+        var under = Set<String>(), unplaceable = Set<String>()
+        for (k, (_, s)) in positioned.enumerated() {
+            // In the snapshot's own order of preference.
+            let order = Dictionary(uniqueKeysWithValues: candidates[k].enumerated().map { ($1, $0) })
+            let list = holding[k].sorted { order[$0]! < order[$1]! }.map { nodes[Int($0)].id }
+            holders[s.key] = list
+            if list.count < settings.replication { under.insert(s.key) }
+            if s.accelerator == .requiresGPU && gpuCount == 0 { unplaceable.insert(s.key) }
+        }
+        var load: [NodeID: UInt64] = [:]
+        for i in nodes.indices { load[nodes[i].id] = loads[i] }
+        return Table(holders: holders, underReplicated: under, unplaceable: unplaceable, digest: digest(of: holders), load: load)
+    }
+
+    static func splitMixOnce(_ x: UInt64) -> UInt64 {
+        var state = x
+        return splitMix(&state)
+    }
+
+    /// SHA-256 of `key holder,holder\n` lines in key order.
+    static func digest(of holders: [String: [NodeID]]) -> String {
+        var hash = SHA256()
+        for key in holders.keys.sorted() {
+            hash.update(data: Array(key.utf8) + [0x20])
+            hash.update(data: Array(holders[key]!.map(\.rawValue).joined(separator: ",").utf8) + [0x0A])
+        }
+        return hash.finalize().map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// The first 8 bytes of SHA-256 of `bytes`, big-endian.
+    static func hash64(_ bytes: [UInt8]) -> UInt64 {
+        SHA256.hash(data: bytes).prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    /// The tokens of every node on the 64-bit ring, sorted.
+    struct Ring {
+        /// (position, node index), by position then index.
+        let tokens: [(position: UInt64, node: Int)]
+        let nodeCount: Int
+
+        init(nodes: [Node], tokensPerWeight: Int) {
+            var tokens: [(position: UInt64, node: Int)] = []
+            tokens.reserveCapacity(nodes.reduce(0) { $0 + min($1.weight * tokensPerWeight, 1 << 14) })
+            for (i, node) in nodes.enumerated() {
+                var state = Placement.hash64(Array("kaa placement node ".utf8) + Array(node.id.rawValue.utf8))
+                for _ in 0..<min(node.weight * tokensPerWeight, 1 << 14) {
+                    tokens.append((splitMix(&state), i))
+                }
+            }
+            tokens.sort { ($0.position, $0.node) < ($1.position, $1.node) }
+            self.tokens = tokens
+            nodeCount = nodes.count
+        }
+
+        /// Calls `visit` with each node once, in ring order from `position`, while it returns true.
+        func walk(from position: UInt64, _ visit: (Int) -> Bool) {
+            guard !tokens.isEmpty else { return }
+            var lo = 0, hi = tokens.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if tokens[mid].position < position { lo = mid + 1 } else { hi = mid }
+            }
+            var visited = [Bool](repeating: false, count: nodeCount)
+            var distinct = 0
+            var i = lo == tokens.count ? 0 : lo
+            for _ in 0..<tokens.count {
+                let n = tokens[i].node
+                if !visited[n] {
+                    visited[n] = true
+                    distinct += 1
+                    if !visit(n) { return }
+                    if distinct == nodeCount { return }
+                }
+                i += 1
+                if i == tokens.count { i = 0 }
+            }
+        }
+    }
+
+    /// SplitMix64: the next value of a deterministic sequence.
+    static func splitMix(_ state: inout UInt64) -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
