@@ -266,11 +266,12 @@ public struct SWIMInstance: Sendable {
         return [.send(makePacket(.nack(nack)), to: relay.replyTo)]
     }
 
-    /// A suspicion timer fired: declare the member dead if its suspicion has expired.
+    /// A suspicion timer fired: declare the member dead if its suspicion has expired, or wait
+    /// for the rest when the timer fired early (a loop's cached clock can run behind the
+    /// caller's; without this the suspicion would never expire).
     public mutating func onSuspicionTimeout(_ id: NodeID, now: Instant) -> [Directive] {
-        guard var record = records[id], record.member.status == .suspect, let suspicion = record.suspicion,
-              suspicion.deadline <= now
-        else { return [] }
+        guard var record = records[id], record.member.status == .suspect, let suspicion = record.suspicion else { return [] }
+        guard suspicion.deadline <= now else { return [.schedule(.suspicion(id), after: suspicion.deadline - now)] }
         record.member.status = .dead
         record.member.statusChangedAt = now
         record.suspicion = nil

@@ -112,6 +112,9 @@ final class TimerHandle: LoopHandle {
         let timer = cast(to: uv_timer_t.self)
         precondition(uv_timer_init(loop.raw, timer) == 0)
         adopt()
+        // The loop's clock is read once per iteration; a timer set late in a long iteration
+        // would otherwise fire early by that much.
+        uv_update_time(loop.raw)
         uv_timer_start(timer, { timer in
             let owner = LoopHandle.owner(UnsafeMutableRawPointer(timer!).assumingMemoryBound(to: uv_handle_t.self), as: TimerHandle.self)
             owner.fire()

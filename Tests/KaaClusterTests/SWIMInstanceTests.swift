@@ -143,7 +143,10 @@ extension [SWIMInstance.Directive] {
         #expect(s.confirmations == 1)
         // 5.4 − 4.5 · log 2 / log 3 ≈ 2.56 s after the start.
         #expect(abs(s.timeout.seconds - 2.561) < 0.01)
-        #expect(swim.onSuspicionTimeout(id, now: Harness.at(10.25)).isEmpty)  // not yet
+        // Not yet: the timer is set again for the rest.
+        let early = swim.onSuspicionTimeout(id, now: Harness.at(10.25))
+        #expect(early.events.isEmpty)
+        #expect(early.timers.count == 1 && early.timers[0].0 == .suspicion(id) && abs(early.timers[0].1.seconds - 2.311) < 0.01)
         d = swim.onPacket(Packet(message: .gossip, updates: [.suspect(id, incarnation: 0, from: NodeID("node-3"))]), now: Harness.at(10.3))
         #expect(try #require(swim.suspicion(of: id)).timeout == .milliseconds(900))
         #expect(d.timers.contains { $0.0 == .suspicion(id) && $0.1 == .milliseconds(600) })
@@ -155,6 +158,22 @@ extension [SWIMInstance.Directive] {
         #expect(swim.member(id)?.status == .dead)
         _ = swim.onProtocolPeriod(now: Harness.at(10.9 + 300))
         #expect(swim.member(id) == nil)
+    }
+
+    /// A loop timer can fire a little before the instant its caller reads (libuv's cached
+    /// clock): the suspicion is set again for the rest instead of never expiring. Seen live
+    /// with three nodes, where no confirmation comes to set it again.
+    @Test func aSuspicionTimerThatFiresEarlyIsSetAgain() throws {
+        var swim = Harness.instance(others: 2)  // n = 3: k = 0, timeout 0.9 s
+        let id = NodeID("node-2")
+        var d = swim.onPacket(Packet(message: .gossip, updates: [.suspect(id, incarnation: 0, from: NodeID("node-1"))]), now: Harness.at(10))
+        #expect(d.timers.contains { $0.0 == .suspicion(id) && $0.1 == .milliseconds(900) })
+        d = swim.onSuspicionTimeout(id, now: Harness.at(10.899))
+        #expect(swim.member(id)?.status == .suspect)
+        let again = try #require(d.timers.first { $0.0 == .suspicion(id) })
+        d = swim.onSuspicionTimeout(id, now: Harness.at(10.899) + again.1)
+        #expect(swim.member(id)?.status == .dead)
+        #expect(d.events.count == 1)
     }
 
     @Test func suspicionFormulaMatchesLifeguard() {
