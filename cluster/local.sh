@@ -2,8 +2,8 @@
 # Starts a local Kaa cluster of N nodes on loopback and keeps it in the foreground until
 # Ctrl-C, which stops every node gracefully (SIGTERM by pid).
 # Usage: cluster/local.sh [N=3] [first HTTP port=7070]   (KAA=path/to/kaa to use another binary)
-# Unless KAA_SAMPLES=0, the sample snapshots are published to every node (cluster/samples.sh)
-# and their example rows scored.
+# Unless KAA_SAMPLES=0, the sample snapshots are published once, to the first node, which
+# places them on two nodes each (cluster/samples.sh), and their example rows are scored.
 # Node i listens for HTTP on port+i-1 and for peers on port+876+i-1; data under .kaa-run/node-i.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,14 +48,14 @@ done
 echo
 "$kaa" members --to "http://127.0.0.1:$base"
 if [ "${KAA_SAMPLES:-1}" != 0 ]; then
-  # Until replication lands, every node gets its own copy of each sample.
-  urls=(); for i in $(seq 1 "$count"); do urls+=("http://127.0.0.1:$((base + i - 1))"); done
-  KAA="$kaa" cluster/samples.sh "${urls[@]}"
+  # Published once, to the first node: the cluster keeps each on `replication` (2) nodes.
+  KAA="$kaa" cluster/samples.sh "http://127.0.0.1:$base"
 fi
 echo
 echo "local cluster of $count nodes is up: HTTP on 127.0.0.1:$base..$((base + count - 1)); Ctrl-C stops it."
 echo "try: export KAA_TOKEN_FILE=$PWD/.kaa-run/admin.token   # the control API needs a token"
 echo "     $kaa members --to http://127.0.0.1:$base"
-echo "     $kaa predict iris-logreg --input '{\"sepal_length\": 5.1, \"sepal_width\": 3.5, \"petal_length\": 1.4, \"petal_width\": 0.2}' --to http://127.0.0.1:$base"
+echo "     $kaa placement --to http://127.0.0.1:$base"
+echo "     $kaa predict iris-logreg --to \$($kaa placement --holders-of iris-logreg --to http://127.0.0.1:$base | head -n 1) --input '{\"sepal_length\": 5.1, \"sepal_width\": 3.5, \"petal_length\": 1.4, \"petal_width\": 0.2}'"
 echo "     curl -s -H \"Authorization: Bearer \$(cat .kaa-run/admin.token)\" http://127.0.0.1:$base/metrics | grep kaa_"
 wait "${pids[@]}"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds a snapshot of every sample under snapshots/ (version 1, reproducible bytes, with its
-# pipeline.yaml when there is one), publishes them to each node given, and scores each
-# sample's example rows (snapshots/NAME/example.jsonl) on the first node with `kaa predict`.
-# Usage: cluster/samples.sh http://127.0.0.1:7070 [http://... ...]   (KAA=path/to/kaa)
+# pipeline.yaml when there is one), publishes them once, to the first node given (the cluster
+# places them and makes the copies), shows where they landed, and scores each sample's example
+# rows (snapshots/NAME/example.jsonl) with `kaa predict` on a node that holds it.
+# Usage: cluster/samples.sh http://127.0.0.1:7070   (KAA=path/to/kaa)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kaa=${KAA:-.build/release/kaa}
@@ -17,17 +18,20 @@ for dir in snapshots/*/; do
   [ -f "$dir/pipeline.yaml" ] && args+=(--pipeline "$dir/pipeline.yaml")
   "$kaa" "${args[@]}" >/dev/null
 done
-for url in "$@"; do
-  if ! "$kaa" publish "$out" --to "$url"; then
-    echo "publishing the samples to $url failed; if a sample changed since the last run," \
-         "its version 1 differs from the stored one: remove .kaa-run and start again" >&2
-    exit 1
-  fi
-done
+if ! "$kaa" publish "$out" --to "$1"; then
+  echo "publishing the samples to $1 failed; if a sample changed since the last run," \
+       "its version 1 differs from the stored one: remove .kaa-run and start again" >&2
+  exit 1
+fi
+echo
+echo "\$ kaa placement --to $1"
+"$kaa" placement --to "$1"
 for dir in snapshots/*/; do
   name=$(basename "$dir")
   [ -f "$dir/example.jsonl" ] || continue
+  # Until nodes forward calls to a holder, a call goes to a node that holds the model.
+  holder=$("$kaa" placement --to "$1" --holders-of "$name" | head -n 1)
   echo
-  echo "\$ kaa predict $name --file $dir""example.jsonl --to $1"
-  "$kaa" predict "$name" --file "$dir/example.jsonl" --to "$1"
+  echo "\$ kaa predict $name --file $dir""example.jsonl --to $holder"
+  "$kaa" predict "$name" --file "$dir/example.jsonl" --to "$holder"
 done

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job: builds Kaa and runs a local three-node cluster in the foreground until Ctrl-C.
-# The nodes find each other by encrypted gossip; each gets the sample snapshots and serves them
-# over the Open Inference Protocol, and the example rows of each sample are scored with
-# `kaa predict` (cluster/samples.sh).
+# The nodes find each other by encrypted gossip; the sample snapshots are published once, to the
+# first node, the cluster places each on two nodes (`kaa placement` shows where), and the example
+# rows of each sample are scored with `kaa predict` on a node that holds it (cluster/samples.sh).
 # Usage: tools/run.sh [nodes, default 3] [first HTTP port, default 7070]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -101,6 +101,18 @@ public enum Placement {
         public var digest: String
         /// Bytes each node is to hold.
         public var load: [NodeID: UInt64]
+
+        public init(holders: [String: [NodeID]], underReplicated: Set<String>, unplaceable: Set<String>, digest: String,
+                    load: [NodeID: UInt64]) {
+            self.holders = holders
+            self.underReplicated = underReplicated
+            self.unplaceable = unplaceable
+            self.digest = digest
+            self.load = load
+        }
+
+        /// The table of an empty cluster.
+        public static let empty = Table(holders: [:], underReplicated: [], unplaceable: [], digest: Placement.digest(of: [:]), load: [:])
     }
 
     /// Computes the table. Nodes and snapshots may come in any order; duplicate node ids count once.

@@ -34,3 +34,22 @@ struct MembersRoute: Sendable {
         }
     }
 }
+
+/// `GET /kaa/v1/placement[?under_replicated=true]`: the placement table as this node computes
+/// it, with each holder's state.
+struct PlacementRoute: Sendable {
+    /// Set on the loop once replication runs; read on the loop.
+    let replicator: LoopCell<Replicator>
+
+    func add(to router: inout HTTPRouter) {
+        router.add(.get, "/kaa/v1/placement") { [replicator] request, responder in
+            guard let replicator = replicator.value else {
+                return responder.respond(.error(.serviceUnavailable, "replication is not running yet"))
+            }
+            let only = request.query["under_replicated"].map { $0 == "true" || $0 == "1" } ?? false
+            let body = replicator.placementJSON(underReplicatedOnly: only)
+            let data = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data()
+            responder.respond(.json(.ok, Array(data)))
+        }
+    }
+}

@@ -30,6 +30,9 @@ public final class Node: Sendable {
     /// Who may call what; nil when no tokens file is configured (everything open).
     private let access: AccessPolicy?
 
+    /// Set on the loop once gossip runs.
+    private let replicator: LoopCell<Replicator>
+
     private struct State {
         var http: HTTPServer?
         var peer: FrameServer?
@@ -87,6 +90,7 @@ public final class Node: Sendable {
             self.keyring = try ClusterKeyFile.load(file)
         }
         self.loop = EventLoop.start(name: "kaa-node")
+        self.replicator = LoopCell<Replicator>(loop: loop)
     }
 
     /// The bound HTTP address (the real port when 0 was asked for).
@@ -123,26 +127,33 @@ public final class Node: Sendable {
             readiness.value.mark(.store)
             return LoopBound(server, loop: loop)
         }
-        InferenceAPI(server: serving, metrics: metrics, store: store, config: config.serving).addRoutes(to: &router)
-        let snapshots = SnapshotAPI(store: store, loop: loop, logger: logger) { event in
+        let replicatorCell = replicator
+        InferenceAPI(server: serving, metrics: metrics, store: store, config: config.serving,
+                     moreMetrics: { replicatorCell.value?.metricsText ?? "" }).addRoutes(to: &router)
+        var snapshots = SnapshotAPI(store: store, loop: loop, logger: logger) { event in
             switch event {
             case .stored(let id): serving.value.stored(id)
             case .removed(let id): serving.value.removed(id)
             case .aliasSet(let name, let alias, let version): serving.value.aliasSet(name: name, alias: alias, version: version)
             }
+            // What this node holds is cluster state.
+            replicatorCell.value?.storeChanged(event)
         }
-        snapshots.addRoutes(to: &router)
+        snapshots.replicator = replicatorCell
+        let snapshotAPI = snapshots
+        snapshotAPI.addRoutes(to: &router)
         let frames = FrameClient(loop: loop, configuration: peerClientConfiguration, keys: peerKeys)
-        snapshots.addFetchRoute(to: &router, frames: frames)
+        snapshotAPI.addFetchRoute(to: &router, frames: frames)
         let gossipCell = LoopCell<GossipShell>(loop: loop)
         MembersRoute(gossip: gossipCell).add(to: &router)
+        PlacementRoute(replicator: replicatorCell).add(to: &router)
         let routes = router
         let http: HTTPServer
         if let access {
             http = try HTTPServer(on: loop, address: try SocketAddress(resolving: config.httpAddr), configuration: config.http,
                                   streamer: { head in
                                       // Only uploads stream; other requests are checked whole, below.
-                                      guard let sink = snapshots.streamer(head) else { return nil }
+                                      guard let sink = snapshotAPI.streamer(head) else { return nil }
                                       if let refusal = access.check(head) { return RefusingSink(refusal) }
                                       return sink
                                   }) { request, responder in
@@ -151,7 +162,7 @@ public final class Node: Sendable {
             }
         } else {
             http = try HTTPServer(on: loop, address: try SocketAddress(resolving: config.httpAddr),
-                                  configuration: config.http, streamer: snapshots.streamer) { request, responder in
+                                  configuration: config.http, streamer: snapshotAPI.streamer) { request, responder in
                 routes.handle(request, responder)
             }
         }
@@ -167,6 +178,10 @@ public final class Node: Sendable {
             }
             service.register(PeerFrameType.fetchSnapshot) { frame, responder in
                 ArchiveSender.serve(frame, responder, loop: loop, store: store, logger: logger)
+            }
+            service.register(PeerFrameType.holdings) { frame, responder in
+                guard let replicator = replicatorCell.value else { return responder.fail(.notReady, "replication is not running yet") }
+                replicator.answer(frame, responder)
             }
             return LoopBound(service, loop: loop)
         }
@@ -194,7 +209,11 @@ public final class Node: Sendable {
             let keyring = self.keyring, logger = self.logger, dataDir = config.dataDir
             let seeds = config.seeds.filter { $0 != info.peerAddress }
             let udpAddress = peer.localAddress
-            let gossip = try loop.runBlocking { [loop] () throws -> LoopBound<GossipShell> in
+            let replication = Replicator.Settings(
+                replication: config.replication, repairGrace: config.repairGrace, repairConcurrency: config.repairConcurrency,
+                repairBandwidth: config.repairBandwidth, settle: config.placementSettle, publishTimeout: config.publishTimeout,
+                retainVersions: config.retainVersions, retainDrafts: config.retainDrafts)
+            let gossip = try loop.runBlocking { [loop, store] () throws -> LoopBound<GossipShell> in
                 readiness.value.mark(.peer)
                 let shell = GossipShell(loop: loop, instance: instance, keyring: keyring, frames: frames,
                                         incarnationFile: dataDir + "/incarnation", logger: logger)
@@ -202,6 +221,10 @@ public final class Node: Sendable {
                 readiness.value.mark(.gossip)
                 // Set on the loop, where push-pull frames and the members route read it.
                 gossipCell.value = shell
+                let replicator = Replicator(loop: loop, store: store, api: snapshotAPI, frames: frames, gossip: shell,
+                                            settings: replication, logger: logger)
+                replicatorCell.value = replicator
+                replicator.start()
                 readiness.value.mark(.members)
                 return LoopBound(shell, loop: loop)
             }
@@ -246,10 +269,12 @@ public final class Node: Sendable {
             return ($0.http, $0.peer, $0.signals, $0.gossip, $0.serving)
         }
         guard let (http, peer, signals, gossip, serving) = servers else { return }
+        let replicator = self.replicator
         let grace = config.shutdownGrace
         let logger = self.logger
         loop.execute { [self] in
             for watcher in signals { watcher.value.close() }
+            replicator.value?.stop()
             gossip?.value.leave() // tell the others before going quiet
             let finish = { [self] in
                 gossip?.value.stop()

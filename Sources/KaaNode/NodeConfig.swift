@@ -50,6 +50,18 @@ public struct NodeConfig: Sendable {
     public var tokensFile: String?
     /// Whether inference needs a token with scope `infer` too (only with a tokens file).
     public var requireInferToken = false
+    /// Copies of each snapshot the cluster keeps (on distinct nodes, in distinct zones when it can).
+    public var replication = 2
+    /// How long a dead member's copies wait before they are made again elsewhere.
+    public var repairGrace: Duration = .seconds(30)
+    /// Copies this node fetches at once.
+    public var repairConcurrency = 4
+    /// Bytes per second this node's fetches may take together; 0: unlimited.
+    public var repairBandwidth = 0
+    /// Moves start once every live node computed its table from the same members, or after this.
+    public var placementSettle: Duration = .seconds(10)
+    /// How long a publish waits for its write quorum before it answers 202 (stored, still copying).
+    public var publishTimeout: Duration = .seconds(30)
 
     public init() {}
 
@@ -159,6 +171,14 @@ public struct NodeConfig: Sendable {
         .bytes("max_model_bytes", "largest model file a snapshot may hold", \.maxModelBytes, min: 1),
         .bytes("max_content_bytes", "largest sum of the files of one snapshot", \.maxContentBytes, min: 1),
         .integer("max_concurrent_uploads", "snapshot uploads taken at once; past it 503", \.maxConcurrentUploads, min: 1),
+
+        .integer("replication", "copies of each snapshot the cluster keeps, on distinct nodes", \.replication, min: 1, max: 16),
+        .duration("repair_grace", "a dead member's copies are made again elsewhere after this", \.repairGrace, allowZero: true),
+        .integer("repair_concurrency", "copies this node fetches at once", \.repairConcurrency, min: 1),
+        .bytes("repair_bandwidth", "bytes/s this node's fetches take together (0: unlimited)", \.repairBandwidth),
+        .duration("placement_settle", "moves wait until all nodes see the same members, at most this",
+                  \.placementSettle, allowZero: true),
+        .duration("publish_timeout", "a publish waits this long for its copies, then answers 202", \.publishTimeout),
 
         .bytes("memory_budget", "bytes loaded models may hold before LRU eviction", \.serving.memoryBudget),
         .list("pinned_models", "models (name or name@version, comma-separated) loaded at start, kept", \.serving.pinned),

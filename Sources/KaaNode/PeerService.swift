@@ -22,12 +22,16 @@ extension Node {
         public static let pushPull: UInt16 = 2
         /// A snapshot's archive by name, version and digest, as a stream.
         public static let fetchSnapshot: UInt16 = 3
+        /// Anti-entropy of the cluster's holdings and placement digests.
+        public static let holdings: UInt16 = 4
 
         public static let all: [Entry] = [
             Entry(type: ping, name: "ping", summary: "any bytes; answered with the same bytes"),
             Entry(type: pushPull, name: "push-pull", summary: "this node's membership view; answered with the peer's"),
             Entry(type: fetchSnapshot, name: "fetch-snapshot",
                   summary: "JSON `{name, version, digest?}`; answered with JSON `{size, digest}` and the archive as a stream"),
+            Entry(type: holdings, name: "holdings",
+                  summary: "JSON `{from, entry, summary, members, table}`; answered with JSON `{from, entries, members, table}`"),
         ]
 
         /// `1 (ping), 2 (push-pull), ...`, for the unknown-type error.
@@ -192,15 +196,24 @@ final class ArchiveReceiver: FrameStreamReceiver {
     var job: IngestJob?
     private var failed: SnapshotError?
     private let done: (Result<IngestResult, SnapshotError>) -> Void
+    /// Holds a chunk back (a bandwidth limit) before it is taken; nil takes it at once.
+    private let pace: ((Int, @escaping () -> Void) -> Void)?
     private var finished = false
 
-    init(loop: EventLoop, done: @escaping (Result<IngestResult, SnapshotError>) -> Void) {
+    init(loop: EventLoop, pace: ((Int, @escaping () -> Void) -> Void)? = nil, done: @escaping (Result<IngestResult, SnapshotError>) -> Void) {
         self.loop = loop
+        self.pace = pace
         self.done = done
     }
 
     func receive(_ chunk: [UInt8], consumed: @escaping () -> Void) {
-        guard failed == nil, let job else { return consumed() } // drained after a failure
+        guard failed == nil, job != nil else { return consumed() } // drained after a failure
+        guard let pace else { return take(chunk, consumed: consumed) }
+        pace(chunk.count) { [self] in take(chunk, consumed: consumed) }
+    }
+
+    private func take(_ chunk: [UInt8], consumed: @escaping () -> Void) {
+        guard failed == nil, let job else { return consumed() }
         loop.offload({ () -> SnapshotError? in
             do throws(SnapshotError) { try job.append(chunk); return nil } catch { return error }
         }) { [self] error in

@@ -22,6 +22,8 @@ public struct SnapshotAPI: Sendable {
     let logger: Logger
     /// Called on the loop after each change.
     let observer: @Sendable (Event) -> Void
+    /// In a node, the replicator: a publish answers once its copies are made (the write quorum).
+    var replicator: LoopCell<Replicator>?
 
     public init(store: SnapshotStore, loop: EventLoop, logger: Logger, observer: @escaping @Sendable (Event) -> Void = { _ in }) {
         self.store = store
@@ -277,6 +279,11 @@ public struct SnapshotAPI: Sendable {
         }
     }
 
+    /// `value` as a JSON response with `status`.
+    static func json<T: Encodable>(_ status: HTTPStatus, _ value: T) -> HTTPResponse {
+        do { return .json(status, try encode(value)) } catch { return .error(.internalServerError, "cannot encode the answer: \(error)") }
+    }
+
     static func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
@@ -370,25 +377,45 @@ final class UploadSink: HTTPBodySink {
             return
         }
         let job = self.job, api = self.api
-        api.loop.offload({ () -> HTTPResponse in
-            do {
-                let result = try job.finish()
-                let summary = SnapshotSummary(result.record)
-                let outcome = api.ingested(result)
-                struct Answer: Encodable {
-                    var snapshot: SnapshotSummary
-                    var outcome: String
-                    var assignedVersion: Bool
-                    enum CodingKeys: String, CodingKey { case snapshot, outcome, assignedVersion = "assigned_version" }
-                }
-                let body = try SnapshotAPI.encode(Answer(snapshot: summary, outcome: outcome, assignedVersion: result.assignedVersion))
-                return .json(result.outcome == .stored ? .created : .ok, body)
-            } catch let error as SnapshotError {
-                return SnapshotAPI.response(for: error)
-            } catch {
-                return .error(.internalServerError, "\(error)")
+        struct Answer: Encodable {
+            var snapshot: SnapshotSummary
+            var outcome: String
+            var assignedVersion: Bool
+            var holders: [String]?
+            var readyHolders: [String]?
+            var replicated: Bool?
+            enum CodingKeys: String, CodingKey {
+                case snapshot, outcome, holders, replicated
+                case assignedVersion = "assigned_version", readyHolders = "ready_holders"
             }
-        }) { responder.respond($0) }
+        }
+        api.loop.offload({ () -> Result<(IngestResult, Answer), SnapshotError> in
+            do throws(SnapshotError) {
+                let result = try job.finish()
+                let outcome = api.ingested(result)
+                return .success((result, Answer(snapshot: SnapshotSummary(result.record), outcome: outcome,
+                                                assignedVersion: result.assignedVersion)))
+            } catch {
+                return .failure(error)
+            }
+        }) { result in
+            switch result {
+            case .failure(let error):
+                responder.respond(SnapshotAPI.response(for: error))
+            case .success(let (result, answer)):
+                let status: HTTPStatus = result.outcome == .stored ? .created : .ok
+                guard let replicator = api.replicator?.value else { return responder.respond(SnapshotAPI.json(status, answer)) }
+                // The write quorum: answered once the table's holders have their copies, or
+                // with 202 when the publish timeout passes first.
+                replicator.awaitQuorum(result.record.id, record: result.record) { quorum in
+                    var answer = answer
+                    answer.holders = quorum.holders
+                    answer.readyHolders = quorum.ready
+                    answer.replicated = quorum.replicated
+                    responder.respond(SnapshotAPI.json(quorum.timedOut ? HTTPStatus(202, "Accepted") : status, answer))
+                }
+            }
+        }
     }
 
     func abort(_ reason: String) {

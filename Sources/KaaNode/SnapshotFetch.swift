@@ -8,9 +8,10 @@ extension SnapshotAPI {
     /// archive streams straight into the store's ingest, which verifies it as it does an
     /// upload. `done` runs on the loop with the outcome (`stored`, `already-present`).
     func fetch(_ id: SnapshotID, digest: SnapshotDigest?, from peer: HostPort, frames: FrameClient,
-               deadline: Duration = .seconds(30), done: @escaping (Result<(String, SnapshotRecord), SnapshotError>) -> Void) {
+               deadline: Duration = .seconds(30), pace: ((Int, @escaping () -> Void) -> Void)? = nil,
+               done: @escaping (Result<(String, SnapshotRecord), SnapshotError>) -> Void) {
         let api = self
-        let receiver = ArchiveReceiver(loop: loop) { result in
+        let receiver = ArchiveReceiver(loop: loop, pace: pace) { result in
             switch result {
             case .failure(let error): done(.failure(error))
             case .success(let ingest):

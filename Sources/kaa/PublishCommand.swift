@@ -87,7 +87,7 @@ struct PublishCommand: AsyncParsableCommand {
                 done += 1
                 bar.update(done)
                 switch result {
-                case .success(let line): if line.hasSuffix("already present") { present += 1 } else { stored += 1 }
+                case .success(let line): if line.contains(" already present") { present += 1 } else { stored += 1 }
                 case .failure(let error): failures.append("\((file as NSString).lastPathComponent): \(error.description)")
                 }
                 launch()
@@ -135,14 +135,25 @@ struct Uploader: Sendable {
             return .failure(CommandFailure("\(file): \(error.message)"))
         }
         bar?.finish()
-        guard response.status == 200 || response.status == 201,
-              let snapshot = response.json?["snapshot"] as? [String: Any],
+        guard response.status == 200 || response.status == 201 || response.status == 202,
+              let object = response.json, let snapshot = object["snapshot"] as? [String: Any],
               let name = snapshot["name"] as? String, let version = snapshot["version"] as? Int,
               let digest = snapshot["digest"] as? String else {
             return .failure(CommandFailure("\(file): refused (HTTP \(response.status)): \(response.errorMessage)"))
         }
-        let outcome = response.status == 201 ? "stored" : "already present"
-        return .success("\(name)@\(version) \(digest) \(outcome)")
+        let outcome = (object["outcome"] as? String) == "stored" ? "stored" : "already present"
+        var line = "\(name)@\(version) \(digest) \(outcome)"
+        // In a cluster the node answers once the snapshot's holders have it (the write quorum).
+        if let holders = object["holders"] as? [String] {
+            let ready = object["ready_holders"] as? [String] ?? []
+            line += " on \(ready.joined(separator: ", "))"
+            if response.status == 202 {
+                line += "; still copying to \(holders.filter { !ready.contains($0) }.joined(separator: ", ")) (the node's publish_timeout passed)"
+            } else if object["replicated"] as? Bool == false {
+                line += "; under-replicated: fewer live nodes than the replication factor, copied as nodes join"
+            }
+        }
+        return .success(line)
     }
 }
 

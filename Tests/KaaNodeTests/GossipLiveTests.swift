@@ -15,10 +15,10 @@ import Testing
     }
 
     static func start(_ name: String, in dir: TemporaryDirectory, seeds: [UInt16], keyFile: String?,
-                      peerPort: UInt16 = 0, dataDir: String? = nil) throws -> Running {
+                      peerPort: UInt16 = 0, dataDir: String? = nil, extra: [String] = [], logLevel: String = "debug") throws -> Running {
         let data = dataDir ?? dir.path + "/" + name
         var args = ["node", "--data-dir", data, "--http-addr", "127.0.0.1:0", "--peer-addr", "127.0.0.1:\(peerPort)",
-                    "--node-name", name, "--log-level", "debug"]
+                    "--node-name", name, "--log-level", logLevel] + extra
         if !seeds.isEmpty { args += ["--seeds", seeds.map { "127.0.0.1:\($0)" }.joined(separator: ",")] }
         if let keyFile { args += ["--cluster-key-file", keyFile] }
         let p = try KaaProcess(args)

@@ -12,6 +12,8 @@ struct InferenceAPI: Sendable {
     let metrics: ServingMetrics
     let store: SnapshotStore
     let config: ServingConfig
+    /// More `/metrics` lines, read on the loop (the node's replication figures).
+    var moreMetrics: (@Sendable () -> String)? = nil
 
     func addRoutes(to router: inout HTTPRouter) {
         let api = self
@@ -84,7 +86,8 @@ struct InferenceAPI: Sendable {
         }
         router.add(.get, "/metrics") { _, responder in
             let metrics = api.metrics
-            api.server.loop.offload({ metrics.exposition() }) { body in
+            let more = api.moreMetrics?() ?? ""
+            api.server.loop.offload({ metrics.exposition() + Array(more.utf8) }) { body in
                 responder.respond(HTTPResponse(headers: ["content-type": "text/plain; version=0.0.4"], body: body))
             }
         }

@@ -1,0 +1,238 @@
+/// One copy of a snapshot on one node, as the cluster learns of it.
+public struct Holding: Hashable, Sendable, Codable {
+    /// A copy's life: fetching → ready → draining → gone (a gone copy is no longer listed).
+    /// Verification happens while the bytes arrive (the store's ingest), so a copy is `ready`
+    /// the moment the store has it.
+    public enum State: String, Sendable, Codable {
+        case fetching, ready, draining
+    }
+
+    public var name: String
+    public var version: Int
+    /// `sha256:<hex>`.
+    public var digest: String
+    public var size: UInt64
+    public var state: State
+    /// An unsigned upload that the node numbered itself; retention counts drafts apart.
+    public var draft: Bool
+    /// An alias on the holder points at it: retention keeps it.
+    public var aliased: Bool
+
+    public init(name: String, version: Int, digest: String, size: UInt64, state: State, draft: Bool = false, aliased: Bool = false) {
+        self.name = name
+        self.version = version
+        self.digest = digest
+        self.size = size
+        self.state = state
+        self.draft = draft
+        self.aliased = aliased
+    }
+
+    /// `name@version`, the key placement uses.
+    public var key: String { "\(name)@\(version)" }
+
+    // On the wire as `[name, version, digest, size, state, flags]`: ten thousand holdings in
+    // about a megabyte.
+    public init(from decoder: any Decoder) throws {
+        var c = try decoder.unkeyedContainer()
+        name = try c.decode(String.self)
+        version = try c.decode(Int.self)
+        digest = try c.decode(String.self)
+        size = try c.decode(UInt64.self)
+        let code = try c.decode(Int.self)
+        let flags = try c.decode(Int.self)
+        switch code {
+        case 0: state = .fetching
+        case 1: state = .ready
+        case 2: state = .draining
+        default: throw DecodingError.dataCorruptedError(in: c, debugDescription: "holding state \(code) is not 0, 1 or 2")
+        }
+        draft = flags & 1 != 0
+        aliased = flags & 2 != 0
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.unkeyedContainer()
+        try c.encode(name)
+        try c.encode(version)
+        try c.encode(digest)
+        try c.encode(size)
+        try c.encode(state == .fetching ? 0 : state == .ready ? 1 : 2)
+        try c.encode((draft ? 1 : 0) | (aliased ? 2 : 0))
+    }
+}
+
+/// Every node's holdings as this node knows them: cluster state, spread by anti-entropy.
+///
+/// Each node is the only author of its own entry and stamps it with a generation that only
+/// grows (the shell uses the wall clock in milliseconds, at least one more than the last, so
+/// a restarted node's entry still supersedes the one it wrote before). An exchange sends the
+/// generations first (``summary``) and then only the entries the other side lacks
+/// (``newer(than:)``): the digest first, the differences only when they differ.
+public struct HoldingsBook: Sendable {
+    public struct Entry: Sendable, Codable, Equatable {
+        public var generation: UInt64
+        public var holdings: [Holding]
+        public init(generation: UInt64, holdings: [Holding]) {
+            self.generation = generation
+            self.holdings = holdings
+        }
+    }
+
+    public private(set) var entries: [NodeID: Entry] = [:]
+
+    public init() {}
+
+    /// Takes `entry` for `node` if it is newer than what is known; returns whether it did.
+    @discardableResult
+    public mutating func merge(_ node: NodeID, _ entry: Entry) -> Bool {
+        if let known = entries[node], known.generation >= entry.generation { return false }
+        entries[node] = entry
+        return true
+    }
+
+    /// Forgets a node (one that left the membership view for good).
+    public mutating func forget(_ node: NodeID) { entries[node] = nil }
+
+    /// The generation of every entry: what an exchange sends first.
+    public var summary: [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        for (node, entry) in entries { out[node.rawValue] = entry.generation }
+        return out
+    }
+
+    /// The entries newer than `summary` says the other side has, oldest generations first,
+    /// while their holdings number at most `maxHoldings` (at least one entry is always given):
+    /// the rest go on a later exchange, so an answer fits in a frame.
+    public func newer(than summary: [String: UInt64], maxHoldings: Int = .max) -> [String: Entry] {
+        var out: [String: Entry] = [:]
+        var count = 0
+        let candidates = entries.filter { $0.value.generation > (summary[$0.key.rawValue] ?? 0) }
+            .sorted { ($0.value.generation, $0.key) < ($1.value.generation, $1.key) }
+        for (node, entry) in candidates {
+            if !out.isEmpty && count + entry.holdings.count > maxHoldings { break }
+            out[node.rawValue] = entry
+            count += entry.holdings.count
+        }
+        return out
+    }
+
+    /// For each snapshot key, the nodes among `nodes` whose copy is ready.
+    public func ready(among nodes: Set<NodeID>) -> [String: Set<NodeID>] {
+        var out: [String: Set<NodeID>] = [:]
+        for (node, entry) in entries where nodes.contains(node) {
+            for h in entry.holdings where h.state == .ready { out[h.key, default: []].insert(node) }
+        }
+        return out
+    }
+
+    /// Every snapshot a node has ready (the cluster's catalog), one record per key, aliased
+    /// where any holder has an alias on it, then cut by cluster-wide retention: per model, the
+    /// newest `retainVersions` published versions and `retainDrafts` drafts, plus every
+    /// aliased version. What retention cuts is in ``retired``.
+    public func catalog(retainVersions: Int, retainDrafts: Int) -> (kept: [String: Holding], retired: Set<String>) {
+        var all: [String: Holding] = [:]
+        for entry in entries.values {
+            for h in entry.holdings where h.state == .ready {
+                var h = h
+                if let known = all[h.key] { h.aliased = h.aliased || known.aliased; h.size = max(h.size, known.size) }
+                all[h.key] = h
+            }
+        }
+        var byName: [String: [Holding]] = [:]
+        for h in all.values { byName[h.name, default: []].append(h) }
+        var kept: [String: Holding] = [:], retired = Set<String>()
+        for versions in byName.values {
+            let sorted = versions.sorted { $0.version > $1.version }
+            let published = sorted.filter { !$0.draft }, drafts = sorted.filter(\.draft)
+            let keep = Set(published.prefix(max(1, retainVersions)).map(\.key) + drafts.prefix(max(1, retainDrafts)).map(\.key))
+            for h in sorted {
+                if keep.contains(h.key) || h.aliased { kept[h.key] = h } else { retired.insert(h.key) }
+            }
+        }
+        return (kept, retired)
+    }
+}
+
+/// What a node does about its copies, given the table and what the cluster holds: a pure
+/// function, so every rule is testable by hand.
+public enum ReplicationPlan {
+    public struct Input: Sendable {
+        public var me: NodeID
+        public var table: Placement.Table
+        /// Holders by key whose copy is ready, live nodes only (this node included).
+        public var ready: [String: Set<NodeID>]
+        /// This node's own copies, by key.
+        public var local: [String: Holding]
+        /// Keys this node is fetching now.
+        public var fetching: Set<String>
+        /// Keys cluster-wide retention cut (``HoldingsBook/catalog(retainVersions:retainDrafts:)``).
+        public var retired: Set<String> = []
+        public var replication: Int
+        /// Whether moves may start: the live members' table digests agree, or the settle time passed.
+        public var settled: Bool
+
+        public init(me: NodeID, table: Placement.Table, ready: [String: Set<NodeID>], local: [String: Holding],
+                    fetching: Set<String>, retired: Set<String> = [], replication: Int, settled: Bool) {
+            self.me = me
+            self.retired = retired
+            self.table = table
+            self.ready = ready
+            self.local = local
+            self.fetching = fetching
+            self.replication = replication
+            self.settled = settled
+        }
+    }
+
+    public struct Fetch: Sendable, Equatable {
+        public var key: String
+        /// Live nodes with a ready copy, table holders first.
+        public var sources: [NodeID]
+        public init(key: String, sources: [NodeID]) {
+            self.key = key
+            self.sources = sources
+        }
+    }
+
+    public struct Decision: Sendable, Equatable {
+        /// Copies to make here, fewest ready copies first.
+        public var fetch: [Fetch] = []
+        /// Copies to delete here: this node is not a holder and `replication` holders have theirs ready.
+        public var drop: [String] = []
+        public init(fetch: [Fetch] = [], drop: [String] = []) {
+            self.fetch = fetch
+            self.drop = drop
+        }
+    }
+
+    public static func decide(_ input: Input) -> Decision {
+        var decision = Decision()
+        guard input.settled else { return decision }
+        var wanted: [(key: String, copies: Int, sources: [NodeID])] = []
+        for (key, holders) in input.table.holders where holders.contains(input.me) {
+            if input.local[key]?.state == .ready || input.fetching.contains(key) { continue }
+            let ready = input.ready[key] ?? []
+            let preferred = holders.filter { $0 != input.me && ready.contains($0) }
+            let others = ready.subtracting(holders).subtracting([input.me]).sorted()
+            let sources = preferred + others
+            if sources.isEmpty { continue }
+            wanted.append((key, ready.count, sources))
+        }
+        wanted.sort { ($0.copies, $0.key) < ($1.copies, $1.key) }
+        decision.fetch = wanted.map { Fetch(key: $0.key, sources: $0.sources) }
+        // Make before break: a copy goes only once the table's holders have theirs ready.
+        for (key, holding) in input.local where holding.state == .ready {
+            guard let holders = input.table.holders[key], !holders.isEmpty, !holders.contains(input.me) else { continue }
+            let ready = input.ready[key] ?? []
+            let confirmed = holders.filter { ready.contains($0) }.count
+            if confirmed >= min(input.replication, holders.count) && confirmed >= 1 { decision.drop.append(key) }
+        }
+        // Retention, cluster-wide: a version the cluster no longer keeps goes, unless aliased here.
+        for (key, holding) in input.local where holding.state == .ready && input.retired.contains(key) && !holding.aliased {
+            decision.drop.append(key)
+        }
+        decision.drop.sort()
+        return decision
+    }
+}

@@ -1,0 +1,534 @@
+import Foundation
+import KaaCluster
+import KaaCore
+import KaaIO
+import KaaSnapshot
+import Logging
+
+/// Keeps this node's copies where the placement table says they belong: it spreads what the
+/// node holds (anti-entropy of ``HoldingsBook`` over `holdings` frames), computes the table
+/// from the live members and the cluster's catalog, fetches what the node should hold from a
+/// ready holder, deletes what it should not once `replication` holders have theirs ready, and
+/// answers publishes once their write quorum is met. Loop-confined.
+final class Replicator {
+    struct Settings {
+        var replication = 2
+        var repairGrace: Duration = .seconds(30)
+        var repairConcurrency = 4
+        /// Bytes per second for all fetches together; 0: unlimited.
+        var repairBandwidth = 0
+        var settle: Duration = .seconds(10)
+        var publishTimeout: Duration = .seconds(30)
+        var retainVersions = 5
+        var retainDrafts = 5
+        var tick: Duration = .seconds(1)
+    }
+
+    let loop: EventLoop
+    let store: SnapshotStore
+    let api: SnapshotAPI
+    let frames: FrameClient
+    let settings: Settings
+    let logger: Logger
+    let me: NodeID
+    private let gossip: GossipShell
+
+    private var book = HoldingsBook()
+    private var generation: UInt64 = 0
+    private var local: [String: Holding] = [:]
+    private var fetching: [String: Instant] = [:]
+    private var dropping: Set<String> = []
+    private(set) var table = Placement.Table.empty
+    private var retired = Set<String>()
+    /// The catalog the table was computed from, by key.
+    private var kept: [String: Holding] = [:]
+    /// The node set the table was computed from.
+    private var tableNodes = "-"
+    /// The digest of the node set the table was computed from, and when it last changed.
+    private var membersDigest = ""
+    private var membersChangedAt = Instant.now()
+    /// What each peer last said its node set and table were.
+    private var peerMembersDigest: [NodeID: String] = [:]
+    private var peerTableDigest: [NodeID: String] = [:]
+    private var pushPending = false
+    private var waiters: [String: [(until: Instant, done: (QuorumOutcome) -> Void)]] = [:]
+    private var stopped = false
+    /// Bandwidth pacing: the instant before which the next fetched byte should not be taken.
+    private var paceNext = Instant.now()
+
+    // Metrics.
+    private(set) var repairBytes: UInt64 = 0
+    private(set) var tableChanges = 0
+    private(set) var fetchFailures = 0
+    private(set) var copiesDropped = 0
+
+    init(loop: EventLoop, store: SnapshotStore, api: SnapshotAPI, frames: FrameClient, gossip: GossipShell,
+         settings: Settings, logger: Logger) {
+        self.loop = loop
+        self.store = store
+        self.api = api
+        self.frames = frames
+        self.gossip = gossip
+        self.settings = settings
+        self.logger = logger
+        self.me = gossip.instance.myself.id
+    }
+
+    /// Reads the store, then runs the exchange and the plan every tick.
+    func start() {
+        reloadLocal { [self] in
+            gossip.subscribe { [weak self] _ in self?.recompute() }
+            scheduleTick()
+        }
+    }
+
+    func stop() { stopped = true }
+
+    private func scheduleTick() {
+        loop.schedule(after: settings.tick) { [weak self] in
+            guard let self, !self.stopped else { return }
+            self.exchangeWithOnePeer()
+            self.recompute()
+            self.act()
+            self.expireWaiters()
+            self.scheduleTick()
+        }
+    }
+
+    // MARK: local holdings
+
+    /// The store changed (an upload, a fetch, retention, an alias): updates this node's entry.
+    func storeChanged(_ event: SnapshotAPI.Event) {
+        switch event {
+        case .removed(let id):
+            guard local.removeValue(forKey: "\(id.name)@\(id.version)") != nil else { return }
+            publishLocal()
+        case .stored(let id):
+            let store = self.store
+            loop.offload({ try? store.record(id) }) { [self] record in
+                guard !stopped, let record, record.state == .ready else { return }
+                let key = "\(id.name)@\(id.version)"
+                if local[key] != nil { return }
+                local[key] = Holding(name: id.name, version: id.version, digest: record.digest.description, size: record.size,
+                                     state: .ready, draft: record.isDraft)
+                publishLocal()
+            }
+        case .aliasSet:
+            reloadLocal()
+        }
+    }
+
+    /// Re-reads this node's copies from the store (off the loop), then spreads them.
+    func reloadLocal(then: @escaping () -> Void = {}) {
+        let store = self.store
+        loop.offload({ () -> [String: Holding] in
+            let records = (try? store.list()) ?? []
+            let aliases = (try? store.allAliases()) ?? [:]
+            var out: [String: Holding] = [:]
+            for r in records where r.state == .ready {
+                let aliased = aliases[r.id.name]?.values.contains(r.id.version) ?? false
+                let h = Holding(name: r.id.name, version: r.id.version, digest: r.digest.description, size: r.size,
+                                state: .ready, draft: r.isDraft, aliased: aliased)
+                out[h.key] = h
+            }
+            return out
+        }) { [self] holdings in
+            guard !stopped else { return }
+            local = holdings
+            publishLocal()
+            then()
+        }
+    }
+
+    /// A new generation of this node's entry, in the book and soon at the peers.
+    private func publishLocal() {
+        var entries = Array(local.values)
+        for key in fetching.keys where local[key] == nil {
+            if let h = kept[key] {
+                var f = h
+                f.state = .fetching
+                f.aliased = false
+                entries.append(f)
+            }
+        }
+        entries.sort { ($0.name, $0.version) < ($1.name, $1.version) }
+        let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
+        generation = max(generation + 1, now)
+        book.merge(me, .init(generation: generation, holdings: entries))
+        recompute()
+        schedulePush()
+    }
+
+    /// Pushes this node's entry to every live peer, at most every 200 ms.
+    private func schedulePush() {
+        guard !pushPending else { return }
+        pushPending = true
+        loop.schedule(after: .milliseconds(200)) { [weak self] in
+            guard let self, !self.stopped else { return }
+            self.pushPending = false
+            for peer in self.livePeers() { self.exchange(with: peer) }
+        }
+    }
+
+    // MARK: the exchange
+
+    struct ExchangeRequest: Codable {
+        var from: String
+        var entry: HoldingsBook.Entry?
+        var summary: [String: UInt64]
+        var members: String
+        var table: String
+    }
+
+    struct ExchangeAnswer: Codable {
+        var from: String
+        var entries: [String: HoldingsBook.Entry]
+        var members: String
+        var table: String
+    }
+
+    private func livePeers() -> [Member] {
+        gossip.instance.members.filter { $0.status.isReachable && $0.id != me }
+    }
+
+    private func exchangeWithOnePeer() {
+        let peers = livePeers()
+        guard let peer = peers.randomElement() else { return }
+        exchange(with: peer)
+    }
+
+    private func exchange(with peer: Member) {
+        let request = ExchangeRequest(from: me.rawValue, entry: book.entries[me], summary: book.summary,
+                                      members: membersDigest, table: table.digest)
+        guard let payload = try? JSONEncoder().encode(request) else { return }
+        let bound = LoopBound(self, loop: loop)
+        frames.request(to: peer.info.peerAddress, type: Node.PeerFrameType.holdings, payload: Array(payload),
+                       deadline: .seconds(10)) { result in
+            let self_ = bound.value
+            self_.received(result, from: peer)
+        }
+    }
+
+    private func received(_ result: Result<Frame, FrameError>, from peer: Member) {
+        guard !stopped else { return }
+        switch result {
+        case .failure(let error):
+            logger.debug("holdings exchange failed", metadata: ["peer": "\(peer.info.name)", "error": "\(error.message)"])
+        case .success(let frame):
+            guard let answer = try? JSONDecoder().decode(ExchangeAnswer.self, from: Data(frame.payload)) else {
+                return logger.warning("a peer's holdings answer does not decode", metadata: ["peer": "\(peer.info.name)"])
+            }
+            peerMembersDigest[NodeID(answer.from)] = answer.members
+            peerTableDigest[NodeID(answer.from)] = answer.table
+            take(answer.entries)
+        }
+    }
+
+    /// Answers a peer's `holdings` frame: takes its entry, sends what it lacks.
+    func answer(_ frame: Frame, _ responder: FrameResponder) {
+        let request: ExchangeRequest
+        do { request = try JSONDecoder().decode(ExchangeRequest.self, from: Data(frame.payload)) } catch {
+            return responder.fail(.badRequest, "holdings wants JSON {from, entry, summary, members, table}: \(error)")
+        }
+        let from = NodeID(request.from)
+        peerMembersDigest[from] = request.members
+        peerTableDigest[from] = request.table
+        if let entry = request.entry, from != me { take([request.from: entry]) }
+        let answer = ExchangeAnswer(from: me.rawValue, entries: book.newer(than: request.summary, maxHoldings: 25_000), members: membersDigest,
+                                    table: table.digest)
+        guard let payload = try? JSONEncoder().encode(answer) else { return responder.fail(.internal, "cannot encode holdings") }
+        responder.respond(Array(payload))
+    }
+
+    private func take(_ entries: [String: HoldingsBook.Entry]) {
+        var changed = false
+        for (node, entry) in entries where NodeID(node) != me {
+            if book.merge(NodeID(node), entry) { changed = true }
+        }
+        if changed {
+            recompute()
+            act()
+            checkWaiters()
+        }
+    }
+
+    // MARK: the table
+
+    /// The nodes placement sees: live members, and dead ones within the repair grace (a node
+    /// back within it causes no copy). Members that left are out at once.
+    private func placementNodes(now: Instant) -> [Placement.Node] {
+        gossip.members.compactMap { m -> Placement.Node? in
+            let counted = m.status.isReachable || (m.status == .dead && now - m.statusChangedAt < settings.repairGrace)
+            guard counted else { return nil }
+            let gib = Int(min(m.info.capacity.memoryBytes >> 30, 256))
+            return Placement.Node(id: m.id, zone: m.info.zone, weight: max(1, gib), gpus: Int(m.info.capacity.gpuCount))
+        }
+    }
+
+    func recompute() {
+        let now = Instant.now()
+        let nodes = placementNodes(now: now)
+        let ids = nodes.map(\.id.rawValue).sorted().joined(separator: ",")
+        if ids != membersDigest {
+            membersDigest = ids
+            membersChangedAt = now
+        }
+        // The same nodes and the same catalog: the same table.
+        let catalog = book.catalog(retainVersions: settings.retainVersions, retainDrafts: settings.retainDrafts)
+        guard ids != tableNodes || catalog.kept != kept || catalog.retired != retired else { return }
+        tableNodes = ids
+        let snapshots = catalog.kept.values.map { Placement.Snapshot(name: $0.name, version: $0.version, bytes: $0.size) }
+        let next = Placement.compute(nodes: nodes, snapshots: snapshots, settings: .init(replication: settings.replication))
+        kept = catalog.kept
+        retired = catalog.retired
+        if next.digest != table.digest {
+            tableChanges += 1
+            table = next
+        }
+    }
+
+    /// Whether moves may start: every live peer computed its table from the same node set, or
+    /// this node's set has not changed for the settle time.
+    var settled: Bool {
+        let peers = livePeers()
+        if peers.allSatisfy({ peerMembersDigest[$0.id] == membersDigest }) { return true }
+        return Instant.now() - membersChangedAt >= settings.settle
+    }
+
+    private var liveIDs: Set<NodeID> { Set(livePeers().map(\.id) + [me]) }
+
+    // MARK: moves
+
+    private func act() {
+        guard !stopped else { return }
+        let input = ReplicationPlan.Input(me: me, table: table, ready: book.ready(among: liveIDs), local: local,
+                                          fetching: Set(fetching.keys), retired: retired, replication: settings.replication,
+                                          settled: settled)
+        let decision = ReplicationPlan.decide(input)
+        for fetch in decision.fetch where fetching.count < settings.repairConcurrency {
+            start(fetch)
+        }
+        for key in decision.drop where !dropping.contains(key) {
+            drop(key)
+        }
+    }
+
+    private func start(_ fetch: ReplicationPlan.Fetch) {
+        guard let holding = kept[fetch.key],
+              let id = try? SnapshotID(name: holding.name, version: holding.version),
+              let source = fetch.sources.first,
+              let peer = gossip.members.first(where: { $0.id == source }) else { return }
+        fetching[fetch.key] = Instant.now()
+        let digest = try? SnapshotDigest(parsing: holding.digest)
+        let why = table.holders[fetch.key]?.contains(me) == true ? "this node is a holder in the table" : "repair"
+        logger.info("fetching a copy", metadata: ["snapshot": "\(fetch.key)", "from": "\(peer.info.name)", "reason": "\(why)",
+                                                  "bytes": "\(holding.size)"])
+        publishLocal()
+        let started = Instant.now()
+        api.fetch(id, digest: digest, from: peer.info.peerAddress, frames: frames, deadline: fetchDeadline(holding.size),
+                  pace: settings.repairBandwidth > 0 ? { [weak self] bytes, go in self?.pace(bytes, go) ?? go() } : nil) { [weak self] result in
+            guard let self, !self.stopped else { return }
+            self.fetching[fetch.key] = nil
+            switch result {
+            case .success(let (outcome, record)):
+                self.repairBytes += outcome == "stored" ? record.size : 0
+                self.logger.info("copy ready", metadata: ["snapshot": "\(fetch.key)", "from": "\(peer.info.name)",
+                                                          "seconds": "\(Double((Instant.now() - started).nanosecondsClamped) / 1e9)"])
+                self.local[fetch.key] = Holding(name: record.id.name, version: record.id.version, digest: record.digest.description,
+                                                size: record.size, state: .ready, draft: record.isDraft)
+                self.publishLocal()
+                self.act()
+            case .failure(let error):
+                self.fetchFailures += 1
+                self.logger.warning("fetching a copy failed", metadata: ["snapshot": "\(fetch.key)", "from": "\(peer.info.name)",
+                                                                         "error": "\(error.message)"])
+                self.publishLocal()
+            }
+        }
+    }
+
+    /// A minute, plus a second per 10 MB, plus what the bandwidth limit makes it take.
+    private func fetchDeadline(_ bytes: UInt64) -> Duration {
+        var seconds = 60 + Int64(bytes / 10_000_000)
+        if settings.repairBandwidth > 0 { seconds += Int64(bytes / UInt64(settings.repairBandwidth)) * 2 }
+        return .seconds(seconds)
+    }
+
+    /// Holds a fetched chunk back until the bandwidth limit allows it.
+    private func pace(_ bytes: Int, _ go: @escaping () -> Void) {
+        let now = Instant.now()
+        if paceNext < now { paceNext = now }
+        let wait = paceNext - now
+        paceNext = paceNext + .nanoseconds(Int64(Double(bytes) / Double(settings.repairBandwidth) * 1e9))
+        if wait <= .zero { go() } else { loop.schedule(after: wait, go) }
+    }
+
+    private func drop(_ key: String) {
+        guard let holding = local[key], let id = try? SnapshotID(name: holding.name, version: holding.version) else { return }
+        dropping.insert(key)
+        let why = retired.contains(key) ? "retention: the cluster keeps newer versions" : "no longer a holder; the table's holders have theirs ready"
+        let store = self.store
+        loop.offload({ () -> SnapshotError? in
+            do throws(SnapshotError) { try store.remove(id); return nil } catch { return error }
+        }) { [self] error in
+            dropping.remove(key)
+            if let error {
+                if error.code != .notFound {
+                    logger.notice("a copy to drop stays", metadata: ["snapshot": "\(key)", "error": "\(error.message)"])
+                }
+            } else {
+                copiesDropped += 1
+                logger.info("copy dropped", metadata: ["snapshot": "\(key)", "reason": "\(why)"])
+                local[key] = nil
+                publishLocal()
+                api.notify([.removed(id)])
+            }
+        }
+    }
+
+    // MARK: publishes
+
+    /// How a publish ended: the table's holders, those with a ready copy, and whether the
+    /// write quorum was met.
+    struct QuorumOutcome {
+        var holders: [String]
+        var ready: [String]
+        var replicated: Bool
+        /// Fewer eligible live nodes than the replication factor.
+        var degraded: Bool
+        var timedOut: Bool
+    }
+
+    /// Calls `done` once `replication` holders of `id` have it ready (or fewer, when fewer
+    /// nodes are there), or when the publish timeout passes.
+    func awaitQuorum(_ id: SnapshotID, record: SnapshotRecord, done: @escaping (QuorumOutcome) -> Void) {
+        let key = "\(id.name)@\(id.version)"
+        if local[key] == nil {
+            local[key] = Holding(name: id.name, version: id.version, digest: record.digest.description, size: record.size,
+                                 state: .ready, draft: record.isDraft)
+            publishLocal()
+        }
+        if let outcome = quorum(key, timedOut: false) { return done(outcome) }
+        waiters[key, default: []].append((Instant.now() + settings.publishTimeout, done))
+        // The holders learn of it from the push; pull their answers sooner than the tick.
+        act()
+    }
+
+    private func quorum(_ key: String, timedOut: Bool) -> QuorumOutcome? {
+        guard let holders = table.holders[key] else { return nil }
+        let ready = book.ready(among: liveIDs)[key] ?? []
+        let readyHolders = holders.filter { ready.contains($0) }
+        let need = min(settings.replication, holders.count)
+        let met = readyHolders.count >= need && !holders.isEmpty
+        guard met || timedOut else { return nil }
+        let names = Dictionary(gossip.members.map { ($0.id, $0.info.name) }, uniquingKeysWith: { a, _ in a })
+        return QuorumOutcome(holders: holders.map { names[$0] ?? $0.rawValue }, ready: readyHolders.map { names[$0] ?? $0.rawValue },
+                             replicated: met && holders.count >= settings.replication,
+                             degraded: holders.count < settings.replication, timedOut: timedOut && !met)
+    }
+
+    private func checkWaiters() {
+        for key in Array(waiters.keys) {
+            guard let outcome = quorum(key, timedOut: false) else { continue }
+            let list = waiters.removeValue(forKey: key) ?? []
+            for w in list { w.done(outcome) }
+        }
+    }
+
+    private func expireWaiters() {
+        checkWaiters()
+        let now = Instant.now()
+        for key in Array(waiters.keys) {
+            var list = waiters[key]!
+            let expired = list.filter { $0.until <= now }
+            list.removeAll { $0.until <= now }
+            waiters[key] = list.isEmpty ? nil : list
+            if !expired.isEmpty, let outcome = quorum(key, timedOut: true) ?? fallbackOutcome() {
+                for w in expired { w.done(outcome) }
+            }
+        }
+    }
+
+    private func fallbackOutcome() -> QuorumOutcome? {
+        QuorumOutcome(holders: [], ready: [], replicated: false, degraded: false, timedOut: true)
+    }
+
+    // MARK: what operators see
+
+    /// `GET /kaa/v1/placement`.
+    func placementJSON(underReplicatedOnly: Bool) -> [String: Any] {
+        let live = liveIDs
+        let names = Dictionary(gossip.members.map { ($0.id, $0.info.name) }, uniquingKeysWith: { a, _ in a })
+        let http = Dictionary(gossip.members.map { ($0.id, $0.info.httpAddress.description) }, uniquingKeysWith: { a, _ in a })
+        var states: [String: [NodeID: Holding.State]] = [:]
+        for (node, entry) in book.entries where live.contains(node) {
+            for h in entry.holdings { states[h.key, default: [:]][node] = h.state }
+        }
+        var rows: [[String: Any]] = []
+        var under = 0
+        for key in table.holders.keys.sorted() {
+            let holders = table.holders[key]!
+            let ready = holders.filter { states[key]?[$0] == .ready }.count
+            let met = ready >= settings.replication
+            if !met { under += 1 }
+            if underReplicatedOnly && met { continue }
+            let parts = key.split(separator: "@", maxSplits: 1)
+            var others: [[String: Any]] = []
+            for (node, state) in (states[key] ?? [:]).sorted(by: { $0.key < $1.key }) where !holders.contains(node) {
+                others.append(["id": node.rawValue, "name": names[node] ?? node.rawValue, "state": state.rawValue])
+            }
+            rows.append([
+                "name": String(parts[0]), "version": Int(parts.count > 1 ? parts[1] : "") ?? 0,
+                "holders": holders.map { node -> [String: Any] in
+                    ["id": node.rawValue, "name": names[node] ?? node.rawValue, "http_addr": http[node] ?? "",
+                     "state": live.contains(node) ? (states[key]?[node]?.rawValue ?? "missing") : "down"]
+                },
+                "others": others, "ready": ready, "replicated": met,
+            ])
+        }
+        let peers = livePeers()
+        var load: [String: UInt64] = [:]
+        for (node, bytes) in table.load { load[names[node] ?? node.rawValue] = bytes }
+        var out: [String: Any] = ["digest": table.digest, "replication": settings.replication, "settled": settled]
+        out["digests_agree"] = peers.allSatisfy { peerTableDigest[$0.id] == table.digest }
+        out["snapshots_total"] = table.holders.count
+        out["under_replicated"] = under
+        out["fetching"] = fetching.count
+        out["snapshots"] = rows
+        out["load"] = load
+        return out
+    }
+
+    /// Lines for `/metrics`.
+    var metricsText: String {
+        let ready = book.ready(among: liveIDs)
+        let under = table.holders.filter { key, holders in holders.filter { ready[key]?.contains($0) == true }.count < settings.replication }.count
+        return """
+        # HELP kaa_snapshots_under_replicated Snapshots with fewer ready holders than the replication factor.
+        # TYPE kaa_snapshots_under_replicated gauge
+        kaa_snapshots_under_replicated \(under)
+        # HELP kaa_placement_snapshots Snapshots in this node's placement table.
+        # TYPE kaa_placement_snapshots gauge
+        kaa_placement_snapshots \(table.holders.count)
+        # HELP kaa_copies_fetching Copies this node is fetching now.
+        # TYPE kaa_copies_fetching gauge
+        kaa_copies_fetching \(fetching.count)
+        # HELP kaa_copies_draining Copies this node is deleting now.
+        # TYPE kaa_copies_draining gauge
+        kaa_copies_draining \(dropping.count)
+        # HELP kaa_repair_bytes_total Bytes of snapshots this node fetched from peers.
+        # TYPE kaa_repair_bytes_total counter
+        kaa_repair_bytes_total \(repairBytes)
+        # HELP kaa_copy_fetch_failures_total Fetches of a copy that failed.
+        # TYPE kaa_copy_fetch_failures_total counter
+        kaa_copy_fetch_failures_total \(fetchFailures)
+        # HELP kaa_copies_dropped_total Copies this node deleted (no longer a holder, or retired).
+        # TYPE kaa_copies_dropped_total counter
+        kaa_copies_dropped_total \(copiesDropped)
+        # HELP kaa_placement_table_changes_total Times this node's placement table changed.
+        # TYPE kaa_placement_table_changes_total counter
+        kaa_placement_table_changes_total \(tableChanges)
+
+        """
+    }
+}

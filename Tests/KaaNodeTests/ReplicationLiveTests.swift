@@ -1,0 +1,138 @@
+import Foundation
+import Glibc
+import KaaCore
+import KaaSnapshot
+import KaaTestSupport
+import Testing
+
+/// Placement and replication on five real nodes on loopback (replication 2): a publish to one
+/// node ends on exactly the table's holders; a killed node's copies are made again after the
+/// repair grace; when it comes back with its data, the cluster moves copies back without any
+/// snapshot ever having fewer than two ready copies.
+@Suite(.serialized) struct ReplicationLiveTests {
+    /// The placement as node `port` sees it.
+    static func placement(_ port: UInt16) -> [String: Any]? {
+        guard let c = try? RawSocket(port: port, timeout: 10),
+              (try? c.send("GET /kaa/v1/placement HTTP/1.1\r\nHost: x\r\n\r\n")) != nil,
+              let r = try? c.readResponse(), r.status == 200 else { return nil }
+        return try? JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any]
+    }
+
+    /// Per snapshot key: its table holders, and the live nodes with a ready copy.
+    static func copies(_ placement: [String: Any]) -> [String: (holders: [String], ready: Set<String>)] {
+        var out: [String: (holders: [String], ready: Set<String>)] = [:]
+        for s in placement["snapshots"] as? [[String: Any]] ?? [] {
+            let key = "\(s["name"] as? String ?? "?")@\(s["version"] as? Int ?? 0)"
+            let holders = s["holders"] as? [[String: Any]] ?? [], others = s["others"] as? [[String: Any]] ?? []
+            let ready = (holders + others).filter { $0["state"] as? String == "ready" }.compactMap { $0["name"] as? String }
+            out[key] = (holders.compactMap { $0["name"] as? String }, Set(ready))
+        }
+        return out
+    }
+
+    /// Every snapshot on exactly its table holders, ready, and every node with the same table.
+    static func atRest(_ ports: [UInt16], expecting count: Int) -> Bool { whyNotAtRest(ports, expecting: count) == nil }
+
+    /// What keeps the cluster from being at rest, nil when it is.
+    static func whyNotAtRest(_ ports: [UInt16], expecting count: Int) -> String? {
+        let views = ports.map { placement($0) }
+        guard let first = views.first ?? nil, let digest = first["digest"] as? String else { return "no placement from the first node" }
+        for (port, view) in zip(ports, views) {
+            guard let view else { return "no placement from :\(port)" }
+            if (view["digest"] as? String) != digest { return ":\(port) has table \(view["digest"] ?? "?"), the first \(digest)" }
+            if (view["digests_agree"] as? Bool) != true { return ":\(port) has not heard the same table from every peer" }
+        }
+        let c = copies(first)
+        if c.count != count { return "\(c.count) snapshots in the table, not \(count)" }
+        for (key, v) in c.sorted(by: { $0.key < $1.key }) where v.holders.count != 2 || Set(v.holders) != v.ready {
+            return "\(key): holders \(v.holders), ready copies on \(v.ready.sorted())"
+        }
+        return nil
+    }
+
+    @Test func fiveNodesKeepTwoCopiesThroughAKillAndARejoin() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let key = dir.path + "/cluster.key"
+        #expect(try KaaProcess.run(["keys", "cluster", "--out", key]).0 == 0)
+        let generated = Int(ProcessInfo.processInfo.environment["KAA_LIVE_SNAPSHOTS"] ?? "") ?? 1_000
+        // The samples, and `generated` small snapshots of the iris model under other names,
+        // built in this process.
+        let repo = ServingTests.repo
+        let out = dir.path + "/snapshots"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        for i in 0..<generated {
+            _ = try SnapshotBuilder.build(SnapshotBuildRequest(modelPath: repo + "/snapshots/iris-logreg/model.onnx", name: "gen-\(i)",
+                                                               version: 1, createdAt: Date(timeIntervalSince1970: 0)),
+                                          to: out + "/gen-\(i).kaa")
+        }
+        var samples = 0
+        for sample in try FileManager.default.contentsOfDirectory(atPath: repo + "/snapshots").sorted()
+        where FileManager.default.fileExists(atPath: "\(repo)/snapshots/\(sample)/model.onnx") {
+            var args = ["snapshot", "build", "--model", "\(repo)/snapshots/\(sample)/model.onnx", "--name", sample, "--version", "1",
+                        "--out", "\(out)/\(sample).kaa"]
+            if FileManager.default.fileExists(atPath: "\(repo)/snapshots/\(sample)/pipeline.yaml") {
+                args += ["--pipeline", "\(repo)/snapshots/\(sample)/pipeline.yaml"]
+            }
+            let built = try KaaProcess.run(args)
+            #expect(built.0 == 0, "\(built.2)")
+            samples += 1
+        }
+        let total = generated + samples
+
+        let extra = ["--replication", "2", "--repair-grace", "3s", "--placement-settle", "5s"]
+        var nodes = [try GossipLiveTests.start("n1", in: dir, seeds: [], keyFile: key, extra: extra, logLevel: "info")]
+        for i in 2...5 {
+            nodes.append(try GossipLiveTests.start("n\(i)", in: dir, seeds: [nodes[0].peer], keyFile: key, extra: extra, logLevel: "info"))
+        }
+        defer { for n in nodes { n.process.signal(SIGTERM); n.process.wait() } }
+        #expect(GossipLiveTests.within(30) { nodes.allSatisfy { GossipLiveTests.view($0.http).values.filter { $0.0 == "alive" }.count == 5 } } != nil)
+
+        // Publish everything to one node; each publish answers once two holders have it.
+        let published = try KaaProcess.run(["publish", out, "--to", "http://127.0.0.1:\(nodes[0].http)", "--timeout", "120"], timeout: 900)
+        try #require(published.0 == 0, "\(published.1)\(published.2)")
+        #expect(published.1.contains("\(total) stored, 0 already present, 0 failed"), "\(published.1)")
+        let settled = GossipLiveTests.within(120) { ReplicationLiveTests.atRest(nodes.map(\.http), expecting: total) }
+        try #require(settled != nil, "the cluster did not settle: \(ReplicationLiveTests.whyNotAtRest(nodes.map(\.http), expecting: total) ?? "")")
+        // Each node's store holds exactly what the table gives it.
+        let table = ReplicationLiveTests.copies(try #require(ReplicationLiveTests.placement(nodes[0].http)))
+        for n in nodes {
+            let c = try RawSocket(port: n.http, timeout: 30)
+            try c.send("GET /kaa/v1/snapshots HTTP/1.1\r\nHost: x\r\n\r\n")
+            let listed = try #require(try JSONSerialization.jsonObject(with: Data(c.readResponse().body)) as? [String: Any])
+            let stored = Set((listed["snapshots"] as? [[String: Any]] ?? []).map { "\($0["name"] as? String ?? "?")@\($0["version"] as? Int ?? 0)" })
+            let expected = Set(table.filter { $0.value.holders.contains(n.name) }.map(\.key))
+            #expect(stored == expected, "\(n.name) holds \(stored.count), its share is \(expected.count)")
+        }
+
+        // SIGKILL one node: after the grace, every snapshot is back at two ready copies.
+        let victim = nodes[2]
+        victim.process.signal(SIGKILL)
+        victim.process.wait()
+        let survivors = nodes.filter { $0.name != victim.name }
+        let killedAt = Date()
+        #expect(GossipLiveTests.within(60) { survivors.allSatisfy { GossipLiveTests.view($0.http)[victim.name]?.0 == "dead" } } != nil)
+        let repaired = GossipLiveTests.within(180) { ReplicationLiveTests.atRest(survivors.map(\.http), expecting: total) }
+        #expect(repaired != nil, "no repair: \(ReplicationLiveTests.whyNotAtRest(survivors.map(\.http), expecting: total) ?? "")")
+        print("replication: \(total) snapshots back at 2 copies \(String(format: "%.1f", Date().timeIntervalSince(killedAt))) s after a SIGKILL (repair grace 3 s)")
+
+        // It comes back with its data: copies move back, and sampling every 100 ms never shows
+        // a snapshot with fewer than two ready copies.
+        nodes[2] = try GossipLiveTests.start(victim.name, in: dir, seeds: [nodes[0].peer], keyFile: key, peerPort: victim.peer,
+                                             extra: extra, logLevel: "info")
+        var lowest = Int.max, samplesTaken = 0
+        let rebalanced = GossipLiveTests.within(180) {
+            if let p = ReplicationLiveTests.placement(nodes[0].http) {
+                samplesTaken += 1
+                for (key, c) in ReplicationLiveTests.copies(p) where c.ready.count < lowest {
+                    lowest = c.ready.count
+                    if lowest < 2 { Issue.record("\(key) had \(c.ready.count) ready copies during the rebalance") }
+                }
+            }
+            return ReplicationLiveTests.atRest(nodes.map(\.http), expecting: total)
+                && GossipLiveTests.view(nodes[0].http)[victim.name]?.0 == "alive"
+        }
+        #expect(rebalanced != nil, "the rejoined node did not get its share back: \(ReplicationLiveTests.whyNotAtRest(nodes.map(\.http), expecting: total) ?? "")")
+        #expect(lowest >= 2 && samplesTaken > 0, "lowest \(lowest) over \(samplesTaken) samples")
+    }
+}
