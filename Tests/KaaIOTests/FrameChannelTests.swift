@@ -247,7 +247,10 @@ import Testing
         // Type 5 is held unanswered until released, so the cap is reached whatever the machine's pace.
         async let first = client.request(to: peer, type: 5, payload: [1], deadline: .seconds(30))
         async let second = client.request(to: peer, type: 5, payload: [2], deadline: .seconds(30))
-        waitUntil(seconds: 30) { p.held.withLock { $0.count } == 2 }
+        // Polled with Task.sleep: a blocking wait would hold one of the few threads the two
+        // requests need to start.
+        let until = ContinuousClock.now + .seconds(60)
+        while p.held.withLock({ $0.count }) < 2 && ContinuousClock.now < until { try await Task.sleep(for: .milliseconds(5)) }
         #expect(p.held.withLock { $0.count } == 2)
         defer { p.release() }
         await #expect { _ = try await client.request(to: peer, type: 1, payload: [], deadline: .seconds(5)) } throws: {

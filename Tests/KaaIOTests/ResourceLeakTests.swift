@@ -165,8 +165,8 @@ struct ResourceLeakTests {
     }
 }
 
-/// Polls `condition` for up to `seconds`.
-func waitUntil(seconds: Double = 5, _ condition: () -> Bool) {
-    let deadline = Date().addingTimeInterval(seconds)
+/// Polls `condition` for up to 5 seconds.
+func waitUntil(_ condition: () -> Bool) {
+    let deadline = Date().addingTimeInterval(5)
     while !condition() && Date() < deadline { usleep(5_000) }
 }
