@@ -73,11 +73,25 @@ public struct HoldingsBook: Sendable {
     public struct Entry: Sendable, Codable, Equatable {
         public var generation: UInt64
         public var holdings: [Holding]
-        public init(generation: UInt64, holdings: [Holding]) {
+        /// The node is stopping and hands its copies over: placement leaves it out, and its
+        /// ready copies still count as sources until it is gone.
+        public var leaving: Bool
+        public init(generation: UInt64, holdings: [Holding], leaving: Bool = false) {
             self.generation = generation
             self.holdings = holdings
+            self.leaving = leaving
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            generation = try c.decode(UInt64.self, forKey: .generation)
+            holdings = try c.decode([Holding].self, forKey: .holdings)
+            leaving = try c.decodeIfPresent(Bool.self, forKey: .leaving) ?? false
         }
     }
+
+    /// Nodes whose newest entry says they are leaving.
+    public var leaving: Set<NodeID> { Set(entries.filter(\.value.leaving).map(\.key)) }
 
     public private(set) var entries: [NodeID: Entry] = [:]
 

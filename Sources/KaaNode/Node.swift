@@ -11,8 +11,9 @@ import Synchronization
 /// One `kaa node` process: the event loop, the HTTP API, the peer plane, and their lifecycle.
 ///
 /// `start()` binds everything or throws; SIGTERM/SIGINT begin a graceful shutdown: readiness
-/// turns false, listeners close, in-flight requests get `shutdownGrace` to finish, then every
-/// connection closes and `waitUntilStopped()` returns.
+/// turns false, the node's snapshot copies are handed over to other nodes (within
+/// `leave_timeout`), listeners close, in-flight requests get `shutdownGrace` to finish, then
+/// every connection closes and `waitUntilStopped()` returns.
 public final class Node: Sendable {
     public let config: NodeConfig
     public let logger: Logger
@@ -212,6 +213,7 @@ public final class Node: Sendable {
             let replication = Replicator.Settings(
                 replication: config.replication, repairGrace: config.repairGrace, repairConcurrency: config.repairConcurrency,
                 repairBandwidth: config.repairBandwidth, settle: config.placementSettle, publishTimeout: config.publishTimeout,
+                leaveTimeout: config.leaveTimeout,
                 retainVersions: config.retainVersions, retainDrafts: config.retainDrafts)
             let gossip = try loop.runBlocking { [loop, store] () throws -> LoopBound<GossipShell> in
                 readiness.value.mark(.peer)
@@ -270,24 +272,34 @@ public final class Node: Sendable {
         }
         guard let (http, peer, signals, gossip, serving) = servers else { return }
         let replicator = self.replicator
-        let grace = config.shutdownGrace
-        let logger = self.logger
         loop.execute { [self] in
             for watcher in signals { watcher.value.close() }
-            replicator.value?.stop()
-            gossip?.value.leave() // tell the others before going quiet
-            let finish = { [self] in
-                gossip?.value.stop()
-                peer?.shutdownOnLoop()
-                logger.info("node stopped")
-                stopped.signal()
+            // First the copies this node holds are made elsewhere (bounded by leave_timeout).
+            guard let handover = replicator.value else { return stopServing(http: http, peer: peer, gossip: gossip, serving: serving) }
+            handover.beginLeave { [self] in
+                handover.stop()
+                stopServing(http: http, peer: peer, gossip: gossip, serving: serving)
             }
-            guard let http else { return finish() }
-            // Calls still running when the grace ends are answered (503), not dropped.
-            http.shutdownOnLoop(grace: grace, graceEnded: { serving?.value.endGrace() }) {
-                // Give the leave announcement a couple of protocol periods to travel.
-                self.loop.schedule(after: (gossip?.value.instance.settings.probeInterval ?? .zero) * 2) { finish() }
-            }
+        }
+    }
+
+    /// The rest of a graceful shutdown, on the loop: leave gossip, let calls finish within the
+    /// grace, close everything.
+    private func stopServing(http: HTTPServer?, peer: FrameServer?, gossip: LoopBound<GossipShell>?, serving: LoopBound<ModelServer>?) {
+        let grace = config.shutdownGrace
+        let logger = self.logger
+        gossip?.value.leave() // tell the others before going quiet
+        let finish = { [self] in
+            gossip?.value.stop()
+            peer?.shutdownOnLoop()
+            logger.info("node stopped")
+            stopped.signal()
+        }
+        guard let http else { return finish() }
+        // Calls still running when the grace ends are answered (503), not dropped.
+        http.shutdownOnLoop(grace: grace, graceEnded: { serving?.value.endGrace() }) {
+            // Give the leave announcement a couple of protocol periods to travel.
+            self.loop.schedule(after: (gossip?.value.instance.settings.probeInterval ?? .zero) * 2) { finish() }
         }
     }
 

@@ -62,6 +62,8 @@ public struct NodeConfig: Sendable {
     public var placementSettle: Duration = .seconds(10)
     /// How long a publish waits for its write quorum before it answers 202 (stored, still copying).
     public var publishTimeout: Duration = .seconds(30)
+    /// How long a stopping node waits for its copies to be made on other nodes before it leaves.
+    public var leaveTimeout: Duration = .seconds(60)
 
     public init() {}
 
@@ -179,6 +181,8 @@ public struct NodeConfig: Sendable {
         .duration("placement_settle", "moves wait until all nodes see the same members, at most this",
                   \.placementSettle, allowZero: true),
         .duration("publish_timeout", "a publish waits this long for its copies, then answers 202", \.publishTimeout),
+        .duration("leave_timeout", "on SIGTERM, time to hand this node's copies over before leaving",
+                  \.leaveTimeout, allowZero: true),
 
         .bytes("memory_budget", "bytes loaded models may hold before LRU eviction", \.serving.memoryBudget),
         .list("pinned_models", "models (name or name@version, comma-separated) loaded at start, kept", \.serving.pinned),

@@ -19,6 +19,8 @@ final class Replicator {
         var repairBandwidth = 0
         var settle: Duration = .seconds(10)
         var publishTimeout: Duration = .seconds(30)
+        /// How long a stopping node waits for its copies to be made elsewhere before it leaves.
+        var leaveTimeout: Duration = .seconds(60)
         var retainVersions = 5
         var retainDrafts = 5
         var tick: Duration = .seconds(1)
@@ -57,6 +59,10 @@ final class Replicator {
     private var paceNext = Instant.now()
 
     // Metrics.
+    /// Set once a graceful leave began: the node hands its copies over, then calls `leaveDone`.
+    private var leavingSince: Instant?
+    private var leaveDone: (() -> Void)?
+
     private(set) var repairBytes: UInt64 = 0
     private(set) var tableChanges = 0
     private(set) var fetchFailures = 0
@@ -91,6 +97,7 @@ final class Replicator {
             self.recompute()
             self.act()
             self.expireWaiters()
+            self.checkLeave()
             self.scheduleTick()
         }
     }
@@ -154,7 +161,7 @@ final class Replicator {
         entries.sort { ($0.name, $0.version) < ($1.name, $1.version) }
         let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
         generation = max(generation + 1, now)
-        book.merge(me, .init(generation: generation, holdings: entries))
+        book.merge(me, .init(generation: generation, holdings: entries, leaving: leavingSince != nil))
         recompute()
         schedulePush()
     }
@@ -249,6 +256,7 @@ final class Replicator {
             recompute()
             act()
             checkWaiters()
+            checkLeave()
         }
     }
 
@@ -257,7 +265,9 @@ final class Replicator {
     /// The nodes placement sees: live members, and dead ones within the repair grace (a node
     /// back within it causes no copy). Members that left are out at once.
     private func placementNodes(now: Instant) -> [Placement.Node] {
-        gossip.members.compactMap { m -> Placement.Node? in
+        let leaving = book.leaving
+        return gossip.members.compactMap { m -> Placement.Node? in
+            guard !leaving.contains(m.id) else { return nil }
             let counted = m.status.isReachable || (m.status == .dead && now - m.statusChangedAt < settings.repairGrace)
             guard counted else { return nil }
             let gib = Int(min(m.info.capacity.memoryBytes >> 30, 256))
@@ -301,6 +311,8 @@ final class Replicator {
 
     private func act() {
         guard !stopped else { return }
+        // A leaving node keeps what it has (it may come back with it) and copies nothing.
+        if leavingSince != nil { return checkLeave() }
         let input = ReplicationPlan.Input(me: me, table: table, ready: book.ready(among: liveIDs), local: local,
                                           fetching: Set(fetching.keys), retired: retired, replication: settings.replication,
                                           settled: settled)
@@ -384,6 +396,47 @@ final class Replicator {
                 api.notify([.removed(id)])
             }
         }
+    }
+
+    // MARK: a graceful leave
+
+    /// Hands this node's copies over before it stops: announces that it is leaving (placement
+    /// leaves it out, so the others make the copies it holds), and calls `done` once every copy
+    /// it has is ready on `replication` other live nodes (all of them, when fewer), or when
+    /// `leaveTimeout` passes. At once when no other node is there to take them.
+    func beginLeave(done: @escaping () -> Void) {
+        guard leavingSince == nil, !stopped, settings.leaveTimeout > .zero else { return done() }
+        guard !livePeers().filter({ !book.leaving.contains($0.id) }).isEmpty else { return done() }
+        leavingSince = Instant.now()
+        leaveDone = done
+        logger.notice("leaving: handing this node's copies over before it stops",
+                      metadata: ["copies": "\(local.count)", "timeout": "\(settings.leaveTimeout)"])
+        publishLocal()
+        for peer in livePeers() { exchange(with: peer) }
+    }
+
+    /// Copies not yet ready on enough other nodes, while leaving.
+    private var notHandedOver: Int {
+        let eligible = Set(livePeers().map(\.id)).subtracting(book.leaving)
+        let need = min(settings.replication, eligible.count)
+        guard need > 0 else { return 0 }
+        let ready = book.ready(among: eligible)
+        return local.keys.filter { !retired.contains($0) && (ready[$0]?.count ?? 0) < need }.count
+    }
+
+    private func checkLeave() {
+        guard let since = leavingSince, let done = leaveDone else { return }
+        let left = notHandedOver
+        let timedOut = Instant.now() - since >= settings.leaveTimeout
+        guard left == 0 || timedOut else { return }
+        leaveDone = nil
+        if left == 0 {
+            logger.notice("leaving: every copy is on other nodes", metadata: ["seconds": "\(Double((Instant.now() - since).nanosecondsClamped) / 1e9)"])
+        } else {
+            logger.warning("leaving before every copy is on other nodes (leave_timeout passed); they are made again after the repair grace",
+                           metadata: ["copies.not_handed_over": "\(left)"])
+        }
+        done()
     }
 
     // MARK: publishes

@@ -85,7 +85,11 @@ import Testing
         for i in 2...5 {
             nodes.append(try GossipLiveTests.start("n\(i)", in: dir, seeds: [nodes[0].peer], keyFile: key, extra: extra, logLevel: "info"))
         }
-        defer { for n in nodes { n.process.signal(SIGTERM); n.process.wait() } }
+        defer {
+            // All at once: nodes stopping together have no one to hand their copies to.
+            for n in nodes { n.process.signal(SIGTERM) }
+            for n in nodes { n.process.wait(timeout: 60) }
+        }
         #expect(GossipLiveTests.within(30) { nodes.allSatisfy { GossipLiveTests.view($0.http).values.filter { $0.0 == "alive" }.count == 5 } } != nil)
 
         // Publish everything to one node; each publish answers once two holders have it.
@@ -134,5 +138,32 @@ import Testing
         }
         #expect(rebalanced != nil, "the rejoined node did not get its share back: \(ReplicationLiveTests.whyNotAtRest(nodes.map(\.http), expecting: total) ?? "")")
         #expect(lowest >= 2 && samplesTaken > 0, "lowest \(lowest) over \(samplesTaken) samples")
+
+        // A graceful stop hands the node's copies over first: no snapshot has fewer than two
+        // ready copies on live nodes at any sample, before or after it is gone.
+        let leaver = nodes[3]
+        leaver.process.signal(SIGTERM)
+        let started = Date()
+        lowest = Int.max
+        samplesTaken = 0
+        var exited = false
+        while Date().timeIntervalSince(started) < 120 && !exited {
+            if let p = ReplicationLiveTests.placement(nodes[0].http) {
+                samplesTaken += 1
+                for (key, c) in ReplicationLiveTests.copies(p) where c.ready.count < lowest {
+                    lowest = c.ready.count
+                    if lowest < 2 { Issue.record("\(key) had \(c.ready.count) ready copies while \(leaver.name) left") }
+                }
+            }
+            exited = !leaver.process.process.isRunning
+            usleep(100_000)
+        }
+        #expect(exited, "\(leaver.name) did not stop within 120 s")
+        print("replication: a graceful stop handed \(leaver.name)'s copies over and exited in \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
+        let remaining = nodes.filter { $0.name != leaver.name }
+        #expect(GossipLiveTests.within(60) { ReplicationLiveTests.atRest(remaining.map(\.http), expecting: total) } != nil,
+                "after the leave: \(ReplicationLiveTests.whyNotAtRest(remaining.map(\.http), expecting: total) ?? "")")
+        #expect(lowest >= 2 && samplesTaken > 0, "lowest \(lowest) over \(samplesTaken) samples while a node left")
+        #expect(leaver.process.stderr.contains("leaving: every copy is on other nodes"), "\(leaver.process.stderr.suffix(2000))")
     }
 }
