@@ -40,6 +40,10 @@ final class Replicator {
     private var local: [String: Holding] = [:]
     private var fetching: [String: Instant] = [:]
     private var dropping: Set<String> = []
+    /// When a fetch or a drop of a key last failed: it is not tried again for `retryAfter`, so a
+    /// broken source or a leased copy costs one log line a while, not one a second.
+    private var failedAt: [String: Instant] = [:]
+    private let retryAfter: Duration = .seconds(10)
     private(set) var table = Placement.Table.empty
     private var retired = Set<String>()
     /// The catalog the table was computed from, by key.
@@ -317,10 +321,12 @@ final class Replicator {
                                           fetching: Set(fetching.keys), retired: retired, replication: settings.replication,
                                           settled: settled)
         let decision = ReplicationPlan.decide(input)
-        for fetch in decision.fetch where fetching.count < settings.repairConcurrency {
+        let now = Instant.now()
+        failedAt = failedAt.filter { now - $0.value < retryAfter }
+        for fetch in decision.fetch where fetching.count < settings.repairConcurrency && failedAt[fetch.key] == nil {
             start(fetch)
         }
-        for key in decision.drop where !dropping.contains(key) {
+        for key in decision.drop where !dropping.contains(key) && failedAt[key] == nil {
             drop(key)
         }
     }
@@ -352,6 +358,7 @@ final class Replicator {
                 self.act()
             case .failure(let error):
                 self.fetchFailures += 1
+                self.failedAt[fetch.key] = Instant.now()
                 self.logger.warning("fetching a copy failed", metadata: ["snapshot": "\(fetch.key)", "from": "\(peer.info.name)",
                                                                          "error": "\(error.message)"])
                 self.publishLocal()
@@ -385,6 +392,7 @@ final class Replicator {
         }) { [self] error in
             dropping.remove(key)
             if let error {
+                failedAt[key] = Instant.now()
                 if error.code != .notFound {
                     logger.notice("a copy to drop stays", metadata: ["snapshot": "\(key)", "error": "\(error.message)"])
                 }
