@@ -246,8 +246,8 @@ public enum Placement {
         var under = Set<String>(), unplaceable = Set<String>()
         for (k, (_, s)) in positioned.enumerated() {
             // In the snapshot's own order of preference.
-            let order = Dictionary(uniqueKeysWithValues: candidates[k].enumerated().map { ($1, $0) })
-            let list = holding[k].sorted { order[$0]! < order[$1]! }.map { nodes[Int($0)].id }
+            let list = holding[k].map { (rank: candidates[k].firstIndex(of: $0) ?? .max, node: $0) }
+                .sorted { $0.rank < $1.rank }.map { nodes[Int($0.node)].id }
             holders[s.key] = list
             if list.count < settings.replication { under.insert(s.key) }
             if s.accelerator == .requiresGPU && gpuCount == 0 { unplaceable.insert(s.key) }
