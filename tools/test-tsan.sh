@@ -11,11 +11,12 @@ tools/python-env.sh test >/dev/null
 swift build --build-tests --sanitize=thread --scratch-path .build-tsan
 suites="ModelServerTests|CallCompletionTests|AdmissionTests|SnapshotAPITests|FrameChannelTests|PeerPlaneTests|HTTPServerTests"
 suites+="|StreamingBodyTests|HTTPClientTests|LoopTests|HostResolverTests|NodeProcessTests|AccessControlTests|GossipLiveTests"
-suites+="|SnapshotTransferTests/aNodeFetches|HostileRequestTests"
+suites+="|SnapshotTransferTests/aNodeFetches|HostileRequestTests|ReplicationLiveTests"
 log=$(mktemp /tmp/kaa-tsan.XXXXXX)
 trap 'rm -f "$log"' EXIT
 status=0
-TSAN_OPTIONS="halt_on_error=0 exitcode=66 ${TSAN_OPTIONS:-}" \
+# The replication test with 30 snapshots besides the samples: enough to move copies both ways.
+KAA_LIVE_SNAPSHOTS=${KAA_LIVE_SNAPSHOTS:-30} TSAN_OPTIONS="halt_on_error=0 exitcode=66 ${TSAN_OPTIONS:-}" \
   swift test --skip-build --sanitize=thread --scratch-path .build-tsan --filter "$suites" "$@" 2>&1 | tee "$log" || status=$?
 races=$(grep -c "WARNING: ThreadSanitizer" "$log" || true)
 if [ "$races" != 0 ]; then
