@@ -27,15 +27,8 @@ new=$PWD/.build/release/kaa
 
 source tools/bench-wrk-common.sh
 
-work=$(mktemp -d /tmp/kaa-bench-ab.XXXXXX)
+bench_workspace bench-ab
 base=$((20000 + RANDOM % 10000))
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 declare -A port pid bin
 bin[old]=$old; bin[new]=$new

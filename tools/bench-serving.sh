@@ -27,15 +27,8 @@ kaa=$PWD/.build/release/kaa
 
 source tools/bench-wrk-common.sh
 
-work=$(mktemp -d /tmp/kaa-bench-serving.XXXXXX)
+bench_workspace bench-serving
 kaa_port=$((20000 + RANDOM % 10000)); peer_port=$((kaa_port + 1)); fastapi_port=$((kaa_port + 2))
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 "${pin_server[@]}" "$kaa" node --data-dir "$work/data" --http-addr 127.0.0.1:$kaa_port \
   --peer-addr 127.0.0.1:$peer_port --log-level warning 2>"$work/kaa.log" & kaa_pid=$!; pids+=($kaa_pid)

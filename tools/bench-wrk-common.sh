@@ -8,6 +8,16 @@ else
   pin_client=(); pin_server=(); pinning="not pinned (fewer than 2 CPUs or no taskset)"
 fi
 
+# Makes the work directory $work (named after $1) and the list $pids of processes the script
+# starts; on exit every one of them is stopped by pid and the directory removed.
+bench_workspace() {
+  work=$(mktemp -d "/tmp/kaa-$1.XXXXXX")
+  pids=()
+  trap 'for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+        for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+        rm -rf "$work"' EXIT
+}
+
 # wrk's latency figures ("812.00us", "2.71ms", "1.02s") in microseconds.
 to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} }'; }
 
