@@ -210,11 +210,7 @@ public final class Node: Sendable {
             let keyring = self.keyring, logger = self.logger, dataDir = config.dataDir
             let seeds = config.seeds.filter { $0 != info.peerAddress }
             let udpAddress = peer.localAddress
-            let replication = Replicator.Settings(
-                replication: config.replication, repairGrace: config.repairGrace, repairConcurrency: config.repairConcurrency,
-                repairBandwidth: config.repairBandwidth, settle: config.placementSettle, publishTimeout: config.publishTimeout,
-                leaveTimeout: config.leaveTimeout,
-                retainVersions: config.retainVersions, retainDrafts: config.retainDrafts)
+            let replication = Replicator.Settings(config)
             let gossip = try loop.runBlocking { [loop, store] () throws -> LoopBound<GossipShell> in
                 readiness.value.mark(.peer)
                 let shell = GossipShell(loop: loop, instance: instance, keyring: keyring, frames: frames,

@@ -11,19 +11,23 @@ import Logging
 /// ready holder, deletes what it should not once `replication` holders have theirs ready, and
 /// answers publishes once their write quorum is met. Loop-confined.
 final class Replicator {
+    /// The node's settings this uses (``NodeConfig`` documents each), and how often it acts.
     struct Settings {
-        var replication = 2
-        var repairGrace: Duration = .seconds(30)
-        var repairConcurrency = 4
-        /// Bytes per second for all fetches together; 0: unlimited.
-        var repairBandwidth = 0
-        var settle: Duration = .seconds(10)
-        var publishTimeout: Duration = .seconds(30)
-        /// How long a stopping node waits for its copies to be made elsewhere before it leaves.
-        var leaveTimeout: Duration = .seconds(60)
-        var retainVersions = 5
-        var retainDrafts = 5
+        var replication, repairConcurrency, repairBandwidth, retainVersions, retainDrafts: Int
+        var repairGrace, settle, publishTimeout, leaveTimeout: Duration
         var tick: Duration = .seconds(1)
+
+        init(_ config: NodeConfig) {
+            replication = config.replication
+            repairConcurrency = config.repairConcurrency
+            repairBandwidth = config.repairBandwidth
+            retainVersions = config.retainVersions
+            retainDrafts = config.retainDrafts
+            repairGrace = config.repairGrace
+            settle = config.placementSettle
+            publishTimeout = config.publishTimeout
+            leaveTimeout = config.leaveTimeout
+        }
     }
 
     let loop: EventLoop
@@ -38,7 +42,7 @@ final class Replicator {
     private var book = HoldingsBook()
     private var generation: UInt64 = 0
     private var local: [String: Holding] = [:]
-    private var fetching: [String: Instant] = [:]
+    private var fetching: Set<String> = []
     private var dropping: Set<String> = []
     /// When a fetch or a drop of a key last failed: it is not tried again for `retryAfter`, so a
     /// broken source or a leased copy costs one log line a while, not one a second.
@@ -48,8 +52,6 @@ final class Replicator {
     private var retired = Set<String>()
     /// The catalog the table was computed from, by key.
     private var kept: [String: Holding] = [:]
-    /// The node set the table was computed from.
-    private var tableNodes = "-"
     /// The digest of the node set the table was computed from, and when it last changed.
     private var membersDigest = ""
     private var membersChangedAt = Instant.now()
@@ -112,16 +114,15 @@ final class Replicator {
     func storeChanged(_ event: SnapshotAPI.Event) {
         switch event {
         case .removed(let id):
-            guard local.removeValue(forKey: "\(id.name)@\(id.version)") != nil else { return }
+            guard local.removeValue(forKey: id.description) != nil else { return }
             publishLocal()
         case .stored(let id):
+            // A fetch or a publish through this node has put it in `local` already.
+            guard local[id.description] == nil else { return }
             let store = self.store
             loop.offload({ try? store.record(id) }) { [self] record in
-                guard !stopped, let record, record.state == .ready else { return }
-                let key = "\(id.name)@\(id.version)"
-                if local[key] != nil { return }
-                local[key] = Holding(name: id.name, version: id.version, digest: record.digest.description, size: record.size,
-                                     state: .ready, draft: record.isDraft)
+                guard !stopped, let record, record.state == .ready, local[id.description] == nil else { return }
+                local[id.description] = Holding(record)
                 publishLocal()
             }
         case .aliasSet:
@@ -137,10 +138,7 @@ final class Replicator {
             let aliases = (try? store.allAliases()) ?? [:]
             var out: [String: Holding] = [:]
             for r in records where r.state == .ready {
-                let aliased = aliases[r.id.name]?.values.contains(r.id.version) ?? false
-                let h = Holding(name: r.id.name, version: r.id.version, digest: r.digest.description, size: r.size,
-                                state: .ready, draft: r.isDraft, aliased: aliased)
-                out[h.key] = h
+                out[r.id.description] = Holding(r, aliased: aliases[r.id.name]?.values.contains(r.id.version) ?? false)
             }
             return out
         }) { [self] holdings in
@@ -154,7 +152,7 @@ final class Replicator {
     /// A new generation of this node's entry, in the book and soon at the peers.
     private func publishLocal() {
         var entries = Array(local.values)
-        for key in fetching.keys where local[key] == nil {
+        for key in fetching where local[key] == nil {
             if let h = kept[key] {
                 var f = h
                 f.state = .fetching
@@ -283,14 +281,14 @@ final class Replicator {
         let now = Instant.now()
         let nodes = placementNodes(now: now)
         let ids = nodes.map(\.id.rawValue).sorted().joined(separator: ",")
-        if ids != membersDigest {
+        let nodesChanged = ids != membersDigest
+        if nodesChanged {
             membersDigest = ids
             membersChangedAt = now
         }
         // The same nodes and the same catalog: the same table.
         let catalog = book.catalog(retainVersions: settings.retainVersions, retainDrafts: settings.retainDrafts)
-        guard ids != tableNodes || catalog.kept != kept || catalog.retired != retired else { return }
-        tableNodes = ids
+        guard nodesChanged || catalog.kept != kept || catalog.retired != retired else { return }
         let snapshots = catalog.kept.values.map { Placement.Snapshot(name: $0.name, version: $0.version, bytes: $0.size) }
         let next = Placement.compute(nodes: nodes, snapshots: snapshots, settings: .init(replication: settings.replication))
         kept = catalog.kept
@@ -318,7 +316,7 @@ final class Replicator {
         // A leaving node keeps what it has (it may come back with it) and copies nothing.
         if leavingSince != nil { return checkLeave() }
         let input = ReplicationPlan.Input(me: me, table: table, ready: book.ready(among: liveIDs), local: local,
-                                          fetching: Set(fetching.keys), retired: retired, replication: settings.replication,
+                                          fetching: fetching, retired: retired, replication: settings.replication,
                                           settled: settled)
         let decision = ReplicationPlan.decide(input)
         let now = Instant.now()
@@ -336,7 +334,7 @@ final class Replicator {
               let id = try? SnapshotID(name: holding.name, version: holding.version),
               let source = fetch.sources.first,
               let peer = gossip.members.first(where: { $0.id == source }) else { return }
-        fetching[fetch.key] = Instant.now()
+        fetching.insert(fetch.key)
         let digest = try? SnapshotDigest(parsing: holding.digest)
         let why = table.holders[fetch.key]?.contains(me) == true ? "this node is a holder in the table" : "repair"
         logger.info("fetching a copy", metadata: ["snapshot": "\(fetch.key)", "from": "\(peer.info.name)", "reason": "\(why)",
@@ -346,14 +344,13 @@ final class Replicator {
         api.fetch(id, digest: digest, from: peer.info.peerAddress, frames: frames, deadline: fetchDeadline(holding.size),
                   pace: settings.repairBandwidth > 0 ? { [weak self] bytes, go in self?.pace(bytes, go) ?? go() } : nil) { [weak self] result in
             guard let self, !self.stopped else { return }
-            self.fetching[fetch.key] = nil
+            self.fetching.remove(fetch.key)
             switch result {
             case .success(let (outcome, record)):
                 self.repairBytes += outcome == "stored" ? record.size : 0
                 self.logger.info("copy ready", metadata: ["snapshot": "\(fetch.key)", "from": "\(peer.info.name)",
                                                           "seconds": "\(Double((Instant.now() - started).nanosecondsClamped) / 1e9)"])
-                self.local[fetch.key] = Holding(name: record.id.name, version: record.id.version, digest: record.digest.description,
-                                                size: record.size, state: .ready, draft: record.isDraft)
+                self.local[fetch.key] = Holding(record)
                 self.publishLocal()
                 self.act()
             case .failure(let error):
@@ -454,72 +451,76 @@ final class Replicator {
     struct QuorumOutcome {
         var holders: [String]
         var ready: [String]
+        /// The quorum was met with `replication` holders (not fewer, for want of nodes).
         var replicated: Bool
-        /// Fewer eligible live nodes than the replication factor.
-        var degraded: Bool
         var timedOut: Bool
     }
 
     /// Calls `done` once `replication` holders of `id` have it ready (or fewer, when fewer
     /// nodes are there), or when the publish timeout passes.
     func awaitQuorum(_ id: SnapshotID, record: SnapshotRecord, done: @escaping (QuorumOutcome) -> Void) {
-        let key = "\(id.name)@\(id.version)"
+        let key = id.description
         if local[key] == nil {
-            local[key] = Holding(name: id.name, version: id.version, digest: record.digest.description, size: record.size,
-                                 state: .ready, draft: record.isDraft)
+            local[key] = Holding(record)
             publishLocal()
         }
-        if let outcome = quorum(key, timedOut: false) { return done(outcome) }
+        if let outcome = quorum(key, ready: book.ready(among: liveIDs), timedOut: false) { return done(outcome) }
         waiters[key, default: []].append((Instant.now() + settings.publishTimeout, done))
         // The holders learn of it from the push; pull their answers sooner than the tick.
         act()
     }
 
-    private func quorum(_ key: String, timedOut: Bool) -> QuorumOutcome? {
-        guard let holders = table.holders[key] else { return nil }
-        let ready = book.ready(among: liveIDs)[key] ?? []
-        let readyHolders = holders.filter { ready.contains($0) }
-        let need = min(settings.replication, holders.count)
-        let met = readyHolders.count >= need && !holders.isEmpty
+    /// The outcome for `key` given the ready copies, nil while its quorum is not met (unless
+    /// `timedOut`).
+    private func quorum(_ key: String, ready: [String: Set<NodeID>], timedOut: Bool) -> QuorumOutcome? {
+        let holders = table.holders[key] ?? []
+        let readyHolders = holders.filter { ready[key]?.contains($0) == true }
+        let met = !holders.isEmpty && readyHolders.count >= min(settings.replication, holders.count)
         guard met || timedOut else { return nil }
-        let names = Dictionary(gossip.members.map { ($0.id, $0.info.name) }, uniquingKeysWith: { a, _ in a })
+        let names = memberNames
         return QuorumOutcome(holders: holders.map { names[$0] ?? $0.rawValue }, ready: readyHolders.map { names[$0] ?? $0.rawValue },
-                             replicated: met && holders.count >= settings.replication,
-                             degraded: holders.count < settings.replication, timedOut: timedOut && !met)
+                             replicated: met && holders.count >= settings.replication, timedOut: !met)
     }
 
     private func checkWaiters() {
+        guard !waiters.isEmpty else { return }
+        let ready = book.ready(among: liveIDs)
         for key in Array(waiters.keys) {
-            guard let outcome = quorum(key, timedOut: false) else { continue }
-            let list = waiters.removeValue(forKey: key) ?? []
-            for w in list { w.done(outcome) }
+            guard let outcome = quorum(key, ready: ready, timedOut: false) else { continue }
+            for w in waiters.removeValue(forKey: key) ?? [] { w.done(outcome) }
         }
     }
 
     private func expireWaiters() {
         checkWaiters()
         let now = Instant.now()
+        let ready = book.ready(among: liveIDs)
         for key in Array(waiters.keys) {
-            var list = waiters[key]!
-            let expired = list.filter { $0.until <= now }
-            list.removeAll { $0.until <= now }
-            waiters[key] = list.isEmpty ? nil : list
-            if !expired.isEmpty, let outcome = quorum(key, timedOut: true) ?? fallbackOutcome() {
-                for w in expired { w.done(outcome) }
-            }
+            let expired = waiters[key]!.filter { $0.until <= now }
+            guard !expired.isEmpty else { continue }
+            waiters[key]!.removeAll { $0.until <= now }
+            if waiters[key]!.isEmpty { waiters[key] = nil }
+            let outcome = quorum(key, ready: ready, timedOut: true)!
+            for w in expired { w.done(outcome) }
         }
-    }
-
-    private func fallbackOutcome() -> QuorumOutcome? {
-        QuorumOutcome(holders: [], ready: [], replicated: false, degraded: false, timedOut: true)
     }
 
     // MARK: what operators see
 
+    private var memberNames: [NodeID: String] {
+        Dictionary(gossip.members.map { ($0.id, $0.info.name) }, uniquingKeysWith: { a, _ in a })
+    }
+
+    /// Table holders of `key` with a ready copy.
+    private func readyHolders(_ key: String, _ ready: [String: Set<NodeID>]) -> Int {
+        (table.holders[key] ?? []).filter { ready[key]?.contains($0) == true }.count
+    }
+
     /// `GET /kaa/v1/placement`.
     func placementJSON(underReplicatedOnly: Bool) -> [String: Any] {
         let live = liveIDs
-        let names = Dictionary(gossip.members.map { ($0.id, $0.info.name) }, uniquingKeysWith: { a, _ in a })
+        let names = memberNames
+        let readyCopies = book.ready(among: live)
         let http = Dictionary(gossip.members.map { ($0.id, $0.info.httpAddress.description) }, uniquingKeysWith: { a, _ in a })
         var states: [String: [NodeID: Holding.State]] = [:]
         for (node, entry) in book.entries where live.contains(node) {
@@ -529,17 +530,16 @@ final class Replicator {
         var under = 0
         for key in table.holders.keys.sorted() {
             let holders = table.holders[key]!
-            let ready = holders.filter { states[key]?[$0] == .ready }.count
+            let ready = readyHolders(key, readyCopies)
             let met = ready >= settings.replication
             if !met { under += 1 }
             if underReplicatedOnly && met { continue }
-            let parts = key.split(separator: "@", maxSplits: 1)
             var others: [[String: Any]] = []
             for (node, state) in (states[key] ?? [:]).sorted(by: { $0.key < $1.key }) where !holders.contains(node) {
                 others.append(["id": node.rawValue, "name": names[node] ?? node.rawValue, "state": state.rawValue])
             }
             rows.append([
-                "name": String(parts[0]), "version": Int(parts.count > 1 ? parts[1] : "") ?? 0,
+                "name": kept[key]?.name ?? key, "version": kept[key]?.version ?? 0,
                 "holders": holders.map { node -> [String: Any] in
                     ["id": node.rawValue, "name": names[node] ?? node.rawValue, "http_addr": http[node] ?? "",
                      "state": live.contains(node) ? (states[key]?[node]?.rawValue ?? "missing") : "down"]
@@ -563,7 +563,7 @@ final class Replicator {
     /// Lines for `/metrics`.
     var metricsText: String {
         let ready = book.ready(among: liveIDs)
-        let under = table.holders.filter { key, holders in holders.filter { ready[key]?.contains($0) == true }.count < settings.replication }.count
+        let under = table.holders.keys.filter { readyHolders($0, ready) < settings.replication }.count
         return """
         # HELP kaa_snapshots_under_replicated Snapshots with fewer ready holders than the replication factor.
         # TYPE kaa_snapshots_under_replicated gauge
@@ -591,5 +591,13 @@ final class Replicator {
         kaa_placement_table_changes_total \(tableChanges)
 
         """
+    }
+}
+
+extension Holding {
+    /// A ready copy of a stored snapshot.
+    init(_ record: SnapshotRecord, aliased: Bool = false) {
+        self.init(name: record.id.name, version: record.id.version, digest: record.digest.description, size: record.size,
+                  state: .ready, draft: record.isDraft, aliased: aliased)
     }
 }
