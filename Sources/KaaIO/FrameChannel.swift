@@ -422,7 +422,7 @@ struct FrameLimits {
     let idleTimeoutMs: UInt64
 
     init(maxFrameBytes: Int, frameTimeout: Duration, minFrameRate: Int, idleTimeout: Duration,
-         maxUnansweredRequests: Int, maxStreams: Int = 16) {
+         maxUnansweredRequests: Int, maxStreams: Int) {
         // A record's length field is 32 bits wide, and a stream chunk must fit in one.
         self.maxFrameBytes = min(max(maxFrameBytes, Frame.headerSize + 32), Int(UInt32.max))
         self.frameTimeout = frameTimeout

@@ -60,7 +60,7 @@ struct PublishCommand: AsyncParsableCommand {
     private func publishOne(_ file: String, client: HTTPClient, address: HostPort, progress: Bool) async throws {
         let result = await Uploader(client: client, address: address, deadline: node.deadline, token: try node.token).upload(file, progress: progress)
         switch result {
-        case .success(let line): print(line)
+        case .success(let uploaded): print(uploaded.line)
         case .failure(let error): throw error
         }
     }
@@ -74,7 +74,7 @@ struct PublishCommand: AsyncParsableCommand {
         let bar = ProgressBar(total: files.count, label: "publishing")
         var stored = 0, present = 0, failures: [String] = []
         var done = 0
-        await withTaskGroup(of: (String, Result<String, CommandFailure>).self) { group in
+        await withTaskGroup(of: (String, Result<Uploaded, CommandFailure>).self) { group in
             var next = 0
             func launch() {
                 guard next < files.count else { return }
@@ -87,7 +87,7 @@ struct PublishCommand: AsyncParsableCommand {
                 done += 1
                 bar.update(done)
                 switch result {
-                case .success(let line): if line.contains(" already present") { present += 1 } else { stored += 1 }
+                case .success(let uploaded): if uploaded.stored { stored += 1 } else { present += 1 }
                 case .failure(let error): failures.append("\((file as NSString).lastPathComponent): \(error.description)")
                 }
                 launch()
@@ -110,7 +110,7 @@ struct Uploader: Sendable {
     /// The bearer token sent with each upload, if any.
     let token: String?
 
-    func upload(_ file: String, progress: Bool) async -> Result<String, CommandFailure> {
+    func upload(_ file: String, progress: Bool) async -> Result<Uploaded, CommandFailure> {
         let archive: VerifiedArchive
         do { archive = try SnapshotArchive.verify(path: file) } catch {
             return .failure(CommandFailure("\(file): \(error.message)"))
@@ -141,8 +141,8 @@ struct Uploader: Sendable {
               let digest = snapshot["digest"] as? String else {
             return .failure(CommandFailure("\(file): refused (HTTP \(response.status)): \(response.errorMessage)"))
         }
-        let outcome = (object["outcome"] as? String) == "stored" ? "stored" : "already present"
-        var line = "\(name)@\(version) \(digest) \(outcome)"
+        let stored = (object["outcome"] as? String) == "stored"
+        var line = "\(name)@\(version) \(digest) \(stored ? "stored" : "already present")"
         // In a cluster the node answers once the snapshot's holders have it (the write quorum).
         if let holders = object["holders"] as? [String] {
             let ready = object["ready_holders"] as? [String] ?? []
@@ -153,8 +153,14 @@ struct Uploader: Sendable {
                 line += "; under-replicated: fewer live nodes than the replication factor, copied as nodes join"
             }
         }
-        return .success(line)
+        return .success(Uploaded(line: line, stored: stored))
     }
+}
+
+/// One upload's outcome: the line printed for it, and whether the node stored it anew.
+struct Uploaded: Sendable {
+    var line: String
+    var stored: Bool
 }
 
 /// Reads a file in 1 MiB pieces for an upload; used by one upload at a time.
