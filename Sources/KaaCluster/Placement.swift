@@ -129,11 +129,12 @@ public enum Placement {
         var caps = [UInt64](repeating: 0, count: nodes.count)
         let positioned = snapshots.map { (position: hash64(Array("kaa placement snapshot ".utf8) + Array($0.key.utf8)), snapshot: $0) }
             .sorted { ($0.position, $0.snapshot.key) < ($1.position, $1.snapshot.key) }
+        // Holders each snapshot gets: the factor, or every eligible node when there are fewer.
+        let want = positioned.map { min(settings.replication, $0.snapshot.accelerator == .requiresGPU ? gpuNodes.count : nodes.count) }
         if totalWeight > 0 {
             var general: UInt64 = 0, gpuOnly: UInt64 = 0
-            for (_, s) in positioned {
-                let copies = UInt64(min(settings.replication, s.accelerator == .requiresGPU ? gpuNodes.count : nodes.count))
-                let (b, o) = s.bytes.multipliedReportingOverflow(by: copies)
+            for (k, (_, s)) in positioned.enumerated() {
+                let (b, o) = s.bytes.multipliedReportingOverflow(by: UInt64(want[k]))
                 let add = o ? UInt64.max / 4 : b
                 if s.accelerator == .requiresGPU { gpuOnly &+= add } else { general &+= add }
             }
@@ -145,13 +146,13 @@ public enum Placement {
             }
         }
 
-        return assign(nodes: nodes, ring: ring, positioned: positioned, caps: caps, settings: settings)
+        return assign(nodes: nodes, ring: ring, positioned: positioned, want: want, caps: caps, settings: settings)
     }
 
     /// Deferred acceptance: snapshots ask the nodes on their ring walk in turn; a node over its
     /// cap gives up the snapshots it ranks lowest (by a hash of node and snapshot), which ask
     /// their next node. The outcome does not depend on the order of asking.
-    static func assign(nodes: [Node], ring: Ring, positioned: [(position: UInt64, snapshot: Snapshot)],
+    static func assign(nodes: [Node], ring: Ring, positioned: [(position: UInt64, snapshot: Snapshot)], want: [Int],
                        caps: [UInt64], settings: Settings) -> Table {
         let count = positioned.count
         let seeds = nodes.map { hash64(Array("kaa placement rank ".utf8) + Array($0.id.rawValue.utf8)) }
@@ -171,7 +172,6 @@ public enum Placement {
         // is what made tables of 10,000 snapshots slow.
         var candidates = [[Int32]](repeating: [], count: count)
         var complete = [Bool](repeating: false, count: count)
-        var want = [Int](repeating: 0, count: count)
         func walk(_ k: Int, limit: Int) -> [Int32] {
             let s = positioned[k].snapshot
             var list: [Int32] = []
@@ -185,7 +185,6 @@ public enum Placement {
             return list
         }
         for (k, (_, s)) in positioned.enumerated() {
-            want[k] = min(settings.replication, s.accelerator == .requiresGPU ? gpuCount : nodes.count)
             // A GPU preference reorders the whole walk.
             let limit = s.accelerator == .prefersGPU ? Int.max : max(8, 4 * want[k])
             candidates[k] = walk(k, limit: limit)
