@@ -9,9 +9,6 @@ import Logging
 /// keyring, push-pull state over peer frames, and the machine's timers as loop timers.
 /// Loop-confined; the rest of the node reads ``members`` and subscribes to events.
 public final class GossipShell {
-    /// Peer frame type of a push-pull exchange (payload: sealed `PushPullState`).
-    public static let pushPullFrameType: UInt16 = 2
-
     let loop: EventLoop
     private(set) var instance: SWIMInstance
     private let keyring: Keyring
@@ -139,7 +136,7 @@ public final class GossipShell {
             return
         }
         let bound = LoopBound(self, loop: loop)
-        frames.request(to: peer, type: GossipShell.pushPullFrameType, payload: payload, deadline: .seconds(3)) { result in
+        frames.request(to: peer, type: Node.PeerFrameType.pushPull, payload: payload, deadline: .seconds(3)) { result in
             let shell = bound.value
             guard !shell.stopped else { return }
             switch result {
