@@ -245,15 +245,17 @@ import Testing
         defer { client.shutdown() }
         let peer = p.server.localAddress.hostPort
         // Type 5 is held unanswered until released, so the cap is reached whatever the machine's pace.
-        async let first = client.request(to: peer, type: 5, payload: [1], deadline: .seconds(30))
-        async let second = client.request(to: peer, type: 5, payload: [2], deadline: .seconds(30))
+        async let first = client.request(to: peer, type: 5, payload: [1], deadline: .seconds(900))
+        async let second = client.request(to: peer, type: 5, payload: [2], deadline: .seconds(900))
         // Polled with Task.sleep: a blocking wait would hold one of the few threads the two
-        // requests need to start.
-        let until = ContinuousClock.now + .seconds(60)
+        // requests need to start. The limit only turns a hang into a failure: under
+        // ThreadSanitizer, with every suite running at once on two cores, the two requests took
+        // over a minute to arrive.
+        let until = ContinuousClock.now + .seconds(600)
         while p.held.withLock({ $0.count }) < 2 && ContinuousClock.now < until { try await Task.sleep(for: .milliseconds(5)) }
         #expect(p.held.withLock { $0.count } == 2)
         defer { p.release() }
-        await #expect { _ = try await client.request(to: peer, type: 1, payload: [], deadline: .seconds(5)) } throws: {
+        await #expect { _ = try await client.request(to: peer, type: 1, payload: [], deadline: .seconds(600)) } throws: {
             ($0 as? FrameError)?.code == .remoteError && ($0 as? FrameError)?.remote == .overloaded && ($0 as? FrameError)?.message
                 == "overloaded: 2 requests on this connection are still being answered (limit 2); retry later"
         }
