@@ -17,8 +17,11 @@ public struct Holding: Hashable, Sendable, Codable {
     public var draft: Bool
     /// An alias on the holder points at it: retention keeps it.
     public var aliased: Bool
+    /// What its manifest asks of a holder's accelerators.
+    public var accelerator: Placement.Accelerator
 
-    public init(name: String, version: Int, digest: String, size: UInt64, state: State, draft: Bool = false, aliased: Bool = false) {
+    public init(name: String, version: Int, digest: String, size: UInt64, state: State, draft: Bool = false, aliased: Bool = false,
+                accelerator: Placement.Accelerator = .none) {
         self.name = name
         self.version = version
         self.digest = digest
@@ -26,6 +29,7 @@ public struct Holding: Hashable, Sendable, Codable {
         self.state = state
         self.draft = draft
         self.aliased = aliased
+        self.accelerator = accelerator
     }
 
     /// `name@version`, the key placement uses.
@@ -49,6 +53,7 @@ public struct Holding: Hashable, Sendable, Codable {
         }
         draft = flags & 1 != 0
         aliased = flags & 2 != 0
+        accelerator = flags & 4 != 0 ? .requiresGPU : flags & 8 != 0 ? .prefersGPU : .none
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -58,7 +63,7 @@ public struct Holding: Hashable, Sendable, Codable {
         try c.encode(digest)
         try c.encode(size)
         try c.encode(state == .fetching ? 0 : state == .ready ? 1 : 2)
-        try c.encode((draft ? 1 : 0) | (aliased ? 2 : 0))
+        try c.encode((draft ? 1 : 0) | (aliased ? 2 : 0) | (accelerator == .requiresGPU ? 4 : accelerator == .prefersGPU ? 8 : 0))
     }
 }
 
@@ -143,13 +148,15 @@ public struct HoldingsBook: Sendable {
     /// Every snapshot a node has ready (the cluster's catalog), one record per key, aliased
     /// where any holder has an alias on it, then cut by cluster-wide retention: per model, the
     /// newest `retainVersions` published versions and `retainDrafts` drafts, plus every
-    /// aliased version. What retention cuts is in ``retired``.
-    public func catalog(retainVersions: Int, retainDrafts: Int) -> (kept: [String: Holding], retired: Set<String>) {
+    /// aliased version: one a holder marks aliased, or one whose key is in `aliased` (the
+    /// cluster's alias register). What retention cuts is in ``retired``.
+    public func catalog(retainVersions: Int, retainDrafts: Int, aliased: Set<String> = []) -> (kept: [String: Holding], retired: Set<String>) {
         var all: [String: Holding] = [:]
         for entry in entries.values {
             for h in entry.holdings where h.state == .ready {
                 var h = h
                 if let known = all[h.key] { h.aliased = h.aliased || known.aliased; h.size = max(h.size, known.size) }
+                if aliased.contains(h.key) { h.aliased = true }
                 all[h.key] = h
             }
         }

@@ -203,7 +203,7 @@ public final class Node: Sendable {
                 id: nodeID, name: config.nodeName,
                 peerAddress: advertised(config.peerAddr, port: peer.localAddress.port),
                 httpAddress: advertised(config.httpAddr, port: http.localAddress.port),
-                zone: config.zone, capacity: Node.capacity(),
+                zone: config.zone, capacity: Node.capacity(gpus: config.gpus),
                 startedAtUnixMilliseconds: UInt64(Date().timeIntervalSince1970 * 1000))
             var rng = SystemRandomNumberGenerator()
             let instance = SWIMInstance(myself: info, incarnation: firstIncarnation, seed: rng.next())
@@ -316,10 +316,10 @@ public final class Node: Sendable {
         return HostPort(host: address.host, port: port)
     }
 
-    /// Cores and memory of this machine (GPUs come with the GPU work).
-    static func capacity() -> Capacity {
+    /// Cores and memory of this machine, and the GPUs it offers placement.
+    static func capacity(gpus: Int) -> Capacity {
         Capacity(cores: UInt32(ProcessInfo.processInfo.activeProcessorCount),
-                 memoryBytes: ProcessInfo.processInfo.physicalMemory)
+                 memoryBytes: ProcessInfo.processInfo.physicalMemory, gpuCount: UInt32(max(0, gpus)))
     }
 
     static func addHealthRoutes(to router: inout HTTPRouter, ready: ReadyFlag) {

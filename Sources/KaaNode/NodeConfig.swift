@@ -33,6 +33,14 @@ public struct NodeConfig: Sendable {
     public var nodeName = ProcessInfo.processInfo.hostName
     /// Failure domain (rack, room, zone) for placement; may be empty.
     public var zone = ""
+    /// GPUs this node offers placement: snapshots that require one go only to nodes with one.
+    /// By default, the NVIDIA GPUs the driver lists under `/proc/driver/nvidia/gpus`.
+    public var gpus = NodeConfig.detectedGPUs()
+
+    /// How many GPUs the NVIDIA driver lists (0 without the driver).
+    public static func detectedGPUs() -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/driver/nvidia/gpus"))?.count ?? 0
+    }
     /// The host other nodes reach this one at, when `peer_addr` binds a wildcard address.
     public var advertiseHost: String?
     /// The cluster key file (default `<data_dir>/cluster.key`, created on first start).
@@ -138,6 +146,7 @@ public struct NodeConfig: Sendable {
             c.logLevel = v },
         .text("node_name", "the name operators see, as in `kaa members`", \.nodeName),
         .text("zone", "failure domain (rack, room, zone) for placement; may be empty", \.zone),
+        .integer("gpus", "GPUs offered to placement (default: those the NVIDIA driver lists)", \.gpus, min: 0, max: 64),
         Key("seeds", "peer addresses (HOST:PORT,...) to join through; none on the first node",
             show: { $0.seeds.isEmpty ? nil : $0.seeds.map(\.description).joined(separator: ",") }) { c, v throws(ConfigError) in
             var seeds: [HostPort] = []

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import KaaCluster
 import KaaCore
@@ -59,6 +60,14 @@ final class Replicator {
     private var peerMembersDigest: [NodeID: String] = [:]
     private var peerTableDigest: [NodeID: String] = [:]
     private var pushPending = false
+    /// The cluster's alias register (every node keeps all of it, persisted in the store), the
+    /// digest exchanges compare, the versions it points at (retention keeps them), and the
+    /// records written or taken here since the last push.
+    private var aliasBook: [String: AliasRecord] = [:]
+    private(set) var aliasDigest = ""
+    private var aliasTargets = Set<String>()
+    private var aliasesToPush: [AliasRecord] = []
+    private var reloadPending = false
     private var waiters: [String: [(until: Instant, done: (QuorumOutcome) -> Void)]] = [:]
     private var stopped = false
     /// Bandwidth pacing: the instant before which the next fetched byte should not be taken.
@@ -88,9 +97,14 @@ final class Replicator {
 
     /// Reads the store, then runs the exchange and the plan every tick.
     func start() {
-        reloadLocal { [self] in
-            gossip.subscribe { [weak self] _ in self?.recompute() }
-            scheduleTick()
+        let store = self.store
+        loop.offload({ (try? store.aliasRecords()) ?? [] }) { [self] records in
+            for r in records { aliasBook[r.key] = r }
+            aliasBookChanged()
+            reloadLocal { [self] in
+                gossip.subscribe { [weak self] _ in self?.recompute() }
+                scheduleTick()
+            }
         }
     }
 
@@ -126,7 +140,14 @@ final class Replicator {
                 publishLocal()
             }
         case .aliasSet:
-            reloadLocal()
+            // Which copies are aliased; many alias changes at once cost one read.
+            guard !reloadPending else { return }
+            reloadPending = true
+            loop.schedule(after: .milliseconds(100)) { [weak self] in
+                guard let self, !self.stopped else { return }
+                self.reloadPending = false
+                self.reloadLocal()
+            }
         }
     }
 
@@ -168,14 +189,17 @@ final class Replicator {
         schedulePush()
     }
 
-    /// Pushes this node's entry to every live peer, at most every 200 ms.
+    /// Pushes this node's entry, and the alias records new here, to every live peer, at most
+    /// every 200 ms.
     private func schedulePush() {
         guard !pushPending else { return }
         pushPending = true
         loop.schedule(after: .milliseconds(200)) { [weak self] in
             guard let self, !self.stopped else { return }
             self.pushPending = false
-            for peer in self.livePeers() { self.exchange(with: peer) }
+            let aliases = self.aliasesToPush
+            self.aliasesToPush = []
+            for peer in self.livePeers() { self.exchange(with: peer, aliases: aliases) }
         }
     }
 
@@ -187,6 +211,9 @@ final class Replicator {
         var summary: [String: UInt64]
         var members: String
         var table: String
+        /// The digest of the sender's alias register, and the records new there (on a push).
+        var aliases: String?
+        var aliasRecords: [AliasRecord]?
     }
 
     struct ExchangeAnswer: Codable {
@@ -194,6 +221,8 @@ final class Replicator {
         var entries: [String: HoldingsBook.Entry]
         var members: String
         var table: String
+        /// The whole alias register, when the asker's digest differed.
+        var aliasRecords: [AliasRecord]?
     }
 
     private func livePeers() -> [Member] {
@@ -206,9 +235,10 @@ final class Replicator {
         exchange(with: peer)
     }
 
-    private func exchange(with peer: Member) {
+    private func exchange(with peer: Member, aliases: [AliasRecord] = []) {
         let request = ExchangeRequest(from: me.rawValue, entry: book.entries[me], summary: book.summary,
-                                      members: membersDigest, table: table.digest)
+                                      members: membersDigest, table: table.digest, aliases: aliasDigest,
+                                      aliasRecords: aliases.isEmpty ? nil : aliases)
         guard let payload = try? JSONEncoder().encode(request) else { return }
         let bound = LoopBound(self, loop: loop)
         frames.request(to: peer.info.peerAddress, type: Node.PeerFrameType.holdings, payload: Array(payload),
@@ -230,6 +260,7 @@ final class Replicator {
             peerMembersDigest[NodeID(answer.from)] = answer.members
             peerTableDigest[NodeID(answer.from)] = answer.table
             take(answer.entries)
+            if let records = answer.aliasRecords { takeAliases(records) }
         }
     }
 
@@ -243,8 +274,14 @@ final class Replicator {
         peerMembersDigest[from] = request.members
         peerTableDigest[from] = request.table
         if let entry = request.entry, from != me { take([request.from: entry]) }
-        let answer = ExchangeAnswer(from: me.rawValue, entries: book.newer(than: request.summary, maxHoldings: 25_000), members: membersDigest,
-                                    table: table.digest)
+        if let records = request.aliasRecords { takeAliases(records) }
+        // The register when it differs, newest records first and at most 20,000 of them, with
+        // fewer holdings beside them: an answer stays under about 3.5 MB.
+        let differ = request.aliases != nil && request.aliases != aliasDigest
+        let aliases = differ ? Array(aliasBook.values.sorted { $0.stamp > $1.stamp }.prefix(20_000)) : nil
+        let answer = ExchangeAnswer(from: me.rawValue,
+                                    entries: book.newer(than: request.summary, maxHoldings: max(5_000, 25_000 - (aliases?.count ?? 0))),
+                                    members: membersDigest, table: table.digest, aliasRecords: aliases)
         guard let payload = try? JSONEncoder().encode(answer) else { return responder.fail(.internal, "cannot encode holdings") }
         responder.respond(Array(payload))
     }
@@ -260,6 +297,85 @@ final class Replicator {
             checkWaiters()
             checkLeave()
         }
+    }
+
+    // MARK: aliases
+
+    /// Records from a peer: those that supersede this node's are written to the store (off
+    /// the loop), then take effect here and in serving.
+    private func takeAliases(_ records: [AliasRecord]) {
+        let newer = records.filter { r in aliasBook[r.key].map { r.supersedes($0) } ?? true }
+        guard !newer.isEmpty, !stopped else { return }
+        let store = self.store
+        loop.offload({ () -> Result<[AliasRecord], SnapshotError> in
+            do throws(SnapshotError) { return .success(try store.applyAliases(newer)) } catch { return .failure(error) }
+        }) { [self] result in
+            switch result {
+            case .failure(let error):
+                logger.warning("cannot store aliases from a peer", metadata: ["error": "\(error.message)"])
+            case .success(let taken):
+                adopt(taken, push: false)
+            }
+        }
+    }
+
+    /// An alias this node's API wrote to the store: it takes effect here and goes to every peer.
+    func wroteAlias(_ record: AliasRecord) { adopt([record], push: true) }
+
+    private func adopt(_ records: [AliasRecord], push: Bool) {
+        var changed: [AliasRecord] = []
+        for r in records where aliasBook[r.key].map({ r.supersedes($0) }) ?? true {
+            aliasBook[r.key] = r
+            changed.append(r)
+        }
+        guard !changed.isEmpty else { return }
+        for r in changed {
+            logger.info(r.version == nil ? "alias removed" : "alias set", metadata: [
+                "model.name": "\(r.name)", "alias": "\(r.alias)", "model.version": "\(r.version.map(String.init) ?? "none")",
+                "by": "\(r.author.isEmpty ? "this node" : memberNames[NodeID(r.author)] ?? r.author)",
+            ])
+        }
+        api.notify(changed.map { .aliasSet(name: $0.name, alias: $0.alias, version: $0.version) })
+        aliasesToPush += changed
+        aliasBookChanged()
+        recompute()
+        if push { schedulePush() }
+    }
+
+    private func aliasBookChanged() {
+        var hash = SHA256()
+        aliasTargets = []
+        for key in aliasBook.keys.sorted() {
+            let r = aliasBook[key]!
+            hash.update(data: Array("\(key)\u{0}\(r.version.map(String.init) ?? "-")\u{0}\(r.stamp)\u{0}\(r.author)\n".utf8))
+            if let v = r.version { aliasTargets.insert("\(r.name)@\(v)") }
+        }
+        aliasDigest = aliasBook.isEmpty ? "" : hash.finalize().map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Why `alias` of `name` may not move to `version` now, or nil when it may: the version
+    /// has `replication` ready holders (as many as it has holders, when the cluster is
+    /// smaller). 404 when no node has that version, 409 naming the holders still missing.
+    func aliasRefusal(name: String, alias: String, version: Int) -> HTTPResponse? {
+        let key = "\(name)@\(version)"
+        let live = liveIDs
+        let ready = book.ready(among: live)[key] ?? []
+        guard let holders = table.holders[key], !holders.isEmpty else {
+            if ready.count >= min(settings.replication, live.count) { return nil }
+            let versions = Set(kept.values.filter { $0.name == name }.map(\.version)).sorted()
+            if versions.isEmpty { return .error(.notFound, "model `\(name)` is not stored on any node of the cluster") }
+            return .error(.notFound, "model `\(name)` has no version \(version) in the cluster; versions: \(versions.map(String.init).joined(separator: ", "))")
+        }
+        let need = min(settings.replication, holders.count)
+        let readyHolders = holders.filter { ready.contains($0) }
+        guard readyHolders.count < need else { return nil }
+        let names = memberNames
+        var states: [NodeID: Holding.State] = [:]
+        for node in holders { states[node] = book.entries[node]?.holdings.first(where: { $0.key == key })?.state }
+        let missing = holders.filter { !ready.contains($0) }.map { node in
+            "\(names[node] ?? node.rawValue) (\(live.contains(node) ? states[node]?.rawValue ?? "no copy yet" : "down"))"
+        }
+        return .error(.conflict, "alias `\(alias)` stays: \(key) has \(readyHolders.count) of the \(need) ready holders it needs; missing: \(missing.joined(separator: ", ")). It can move once they are ready (`kaa placement --holders-of \(name)`)")
     }
 
     // MARK: the table
@@ -287,9 +403,11 @@ final class Replicator {
             membersChangedAt = now
         }
         // The same nodes and the same catalog: the same table.
-        let catalog = book.catalog(retainVersions: settings.retainVersions, retainDrafts: settings.retainDrafts)
+        let catalog = book.catalog(retainVersions: settings.retainVersions, retainDrafts: settings.retainDrafts, aliased: aliasTargets)
         guard nodesChanged || catalog.kept != kept || catalog.retired != retired else { return }
-        let snapshots = catalog.kept.values.map { Placement.Snapshot(name: $0.name, version: $0.version, bytes: $0.size) }
+        let snapshots = catalog.kept.values.map {
+            Placement.Snapshot(name: $0.name, version: $0.version, bytes: $0.size, accelerator: $0.accelerator)
+        }
         let next = Placement.compute(nodes: nodes, snapshots: snapshots, settings: .init(replication: settings.replication))
         kept = catalog.kept
         retired = catalog.retired
@@ -382,10 +500,12 @@ final class Replicator {
     private func drop(_ key: String) {
         guard let holding = local[key], let id = try? SnapshotID(name: holding.name, version: holding.version) else { return }
         dropping.insert(key)
-        let why = retired.contains(key) ? "retention: the cluster keeps newer versions" : "no longer a holder; the table's holders have theirs ready"
+        let retiredOnly = retired.contains(key)
+        let why = retiredOnly ? "retention: the cluster keeps newer versions" : "no longer a holder; the table's holders have theirs ready"
         let store = self.store
         loop.offload({ () -> SnapshotError? in
-            do throws(SnapshotError) { try store.remove(id); return nil } catch { return error }
+            // An aliased copy may go to the holders placement chose; retention keeps aliased ones.
+            do throws(SnapshotError) { try store.remove(id, evenIfAliased: !retiredOnly); return nil } catch { return error }
         }) { [self] error in
             dropping.remove(key)
             if let error {
@@ -597,7 +717,12 @@ final class Replicator {
 extension Holding {
     /// A ready copy of a stored snapshot.
     init(_ record: SnapshotRecord, aliased: Bool = false) {
+        let accelerator: Placement.Accelerator = switch record.accelerator {
+        case .none: .none
+        case .gpu: .requiresGPU
+        case .gpuPreferred: .prefersGPU
+        }
         self.init(name: record.id.name, version: record.id.version, digest: record.digest.description, size: record.size,
-                  state: .ready, draft: record.isDraft, aliased: aliased)
+                  state: .ready, draft: record.isDraft, aliased: aliased, accelerator: accelerator)
     }
 }

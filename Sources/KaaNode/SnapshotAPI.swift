@@ -181,23 +181,64 @@ public struct SnapshotAPI: Sendable {
             }
         }
         router.add(.put, "/kaa/v1/models/{name}/aliases/{alias}") { request, responder in
-            api.blocking(responder) {
-                let name = try SnapshotAPI.parameter(request, "name"), alias = try SnapshotAPI.parameter(request, "alias")
+            let name: String, alias: String, version: Int
+            do throws(SnapshotError) {
+                name = try SnapshotAPI.parameter(request, "name")
+                alias = try SnapshotAPI.parameter(request, "alias")
                 try SnapshotNaming.validateModelName(name)
                 try SnapshotNaming.validateAlias(alias)
-                let version = try SnapshotAPI.version(fromBody: request.body)
-                try api.store.setAlias(name: name, alias: alias, version: version)
-                api.notify([.aliasSet(name: name, alias: alias, version: version)])
-                api.logger.info("alias set", metadata: ["model.name": "\(name)", "alias": "\(alias)", "model.version": "\(version)"])
-                return .json(.ok, try SnapshotAPI.encode(["name": .string(name), "alias": .string(alias)], ["version": version]))
+                version = try SnapshotAPI.version(fromBody: request.body)
+            } catch {
+                return responder.respond(SnapshotAPI.response(for: error))
             }
+            let answer = { @Sendable () throws -> HTTPResponse in
+                .json(.ok, try SnapshotAPI.encode(["name": .string(name), "alias": .string(alias)], ["version": version]))
+            }
+            guard let replicator = api.replicator?.value else {
+                return api.blocking(responder) {
+                    try api.store.setAlias(name: name, alias: alias, version: version)
+                    api.notify([.aliasSet(name: name, alias: alias, version: version)])
+                    return try answer()
+                }
+            }
+            // In a cluster the alias is cluster state: it moves only to a version with its
+            // ready holders, and every node learns of it from this one.
+            if let refusal = replicator.aliasRefusal(name: name, alias: alias, version: version) { return responder.respond(refusal) }
+            api.writeAlias(name: name, alias: alias, version: version, author: replicator.me.rawValue, responder, answer)
         }
         router.add(.delete, "/kaa/v1/models/{name}/aliases/{alias}") { request, responder in
-            api.blocking(responder) {
-                let name = try SnapshotAPI.parameter(request, "name"), alias = try SnapshotAPI.parameter(request, "alias")
-                try api.store.removeAlias(name: name, alias: alias)
-                api.notify([.aliasSet(name: name, alias: alias, version: nil)])
-                return HTTPResponse(status: .noContent)
+            let name: String, alias: String
+            do throws(SnapshotError) {
+                name = try SnapshotAPI.parameter(request, "name")
+                alias = try SnapshotAPI.parameter(request, "alias")
+                try SnapshotNaming.validateModelName(name)
+                try SnapshotNaming.validateAlias(alias)
+            } catch {
+                return responder.respond(SnapshotAPI.response(for: error))
+            }
+            let author = api.replicator?.value?.me.rawValue ?? ""
+            api.writeAlias(name: name, alias: alias, version: nil, author: author, responder) { HTTPResponse(status: .noContent) }
+        }
+    }
+
+    /// Writes an alias record on the thread pool, then, on the loop, hands it to the
+    /// replicator (which spreads it) or straight to the serving side, and answers.
+    private func writeAlias(name: String, alias: String, version: Int?, author: String, _ responder: HTTPResponder,
+                            _ answer: @escaping @Sendable () throws -> HTTPResponse) {
+        let api = self
+        loop.offload({ () -> Result<AliasRecord, SnapshotError> in
+            do throws(SnapshotError) { return .success(try api.store.writeAlias(name: name, alias: alias, version: version, author: author)) } catch {
+                return .failure(error)
+            }
+        }) { result in
+            switch result {
+            case .failure(let error):
+                responder.respond(SnapshotAPI.response(for: error))
+            case .success(let record):
+                if let replicator = api.replicator?.value { replicator.wroteAlias(record) } else {
+                    api.notify([.aliasSet(name: name, alias: alias, version: version)])
+                }
+                do { responder.respond(try answer()) } catch { responder.respond(.error(.internalServerError, "\(error)")) }
             }
         }
     }

@@ -124,7 +124,8 @@ extension SnapshotStore {
             ])
             let record = SnapshotRecord(id: id, digest: verified.digest, size: verified.archiveBytes, state: .ready,
                                         receivedAt: Date(timeIntervalSince1970: now.timeIntervalSince1970),
-                                        signerKeyID: verified.signerKeyID, isDraft: assigned, path: final)
+                                        signerKeyID: verified.signerKeyID, isDraft: assigned, path: final,
+                                        accelerator: verified.manifest.requirements.accelerator)
             return IngestResult(record: record, outcome: .stored, assignedVersion: assigned)
         }
     }

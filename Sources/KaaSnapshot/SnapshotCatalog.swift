@@ -20,9 +20,11 @@ public struct SnapshotRecord: Sendable, Equatable {
     public var isDraft: Bool
     /// The archive's path on disk.
     public var path: String
+    /// What its manifest asks of a holder's accelerators (placement honours it).
+    public var accelerator: SnapshotManifest.Requirements.Accelerator = .none
 }
 
-/// The SQLite catalog (WAL) of a store: tables `snapshot` and `alias`.
+/// The SQLite catalog (WAL) of a store: tables `snapshot` and `alias` (the alias register).
 struct SnapshotCatalog: Sendable {
     let pool: DatabasePool
 
@@ -61,6 +63,25 @@ struct SnapshotCatalog: Sendable {
             migrator.registerMigration("v2-draft") { db in
                 try db.execute(sql: "ALTER TABLE snapshot ADD COLUMN draft INTEGER NOT NULL DEFAULT 0")
             }
+            // Aliases become cluster state: a last-writer-wins register per (name, alias), stamped
+            // with milliseconds and the node that wrote it, a removal kept as a row without a
+            // version so it wins everywhere. The version need not be stored on this node.
+            migrator.registerMigration("v3-alias-register") { db in
+                try db.execute(sql: """
+                    CREATE TABLE alias_register (
+                        name TEXT NOT NULL,
+                        alias TEXT NOT NULL,
+                        version INTEGER,
+                        stamp INTEGER NOT NULL,
+                        author TEXT NOT NULL DEFAULT '',
+                        PRIMARY KEY (name, alias)
+                    );
+                    INSERT INTO alias_register (name, alias, version, stamp, author)
+                        SELECT name, alias, version, CAST(updated_at * 1000 AS INTEGER), '' FROM alias;
+                    DROP TABLE alias;
+                    ALTER TABLE alias_register RENAME TO alias;
+                    """)
+            }
             try migrator.migrate(pool)
         } catch {
             throw SnapshotError(.io, "cannot open the snapshot catalog `\(path)`: \(error)")
@@ -88,8 +109,14 @@ struct SnapshotCatalog: Sendable {
             receivedAt: Date(timeIntervalSince1970: row["received_at"]),
             signerKeyID: row["signer"],
             isDraft: row["draft"] ?? false,
-            path: SnapshotStore.archivePath(directory: directory, name: id.name, version: id.version))
+            path: SnapshotStore.archivePath(directory: directory, name: id.name, version: id.version),
+            accelerator: (row["accelerator"] as String?).flatMap(SnapshotManifest.Requirements.Accelerator.init(rawValue:)) ?? .none)
     }
+
+    /// The columns of a record: the row and its manifest's accelerator requirement.
+    static let recordColumns = """
+        *, CASE WHEN json_valid(CAST(manifest AS TEXT)) THEN json_extract(CAST(manifest AS TEXT), '$.requirements.accelerator') END AS accelerator
+        """
 
     enum RowCheck {
         case valid(SnapshotID, size: UInt64)

@@ -81,7 +81,12 @@ public struct SnapshotManifest: Sendable, Equatable, Codable {
 
     /// What a node needs to serve the model.
     public struct Requirements: Sendable, Equatable, Codable {
-        public enum Accelerator: String, Sendable, Codable, CaseIterable { case none, gpu }
+        /// What the model asks of its holders' accelerators: nothing, a GPU (placed only on
+        /// nodes with one), or a GPU where there is room (`gpu-preferred`).
+        public enum Accelerator: String, Sendable, Codable, CaseIterable {
+            case none, gpu
+            case gpuPreferred = "gpu-preferred"
+        }
         /// Estimated resident memory to serve the model, in bytes.
         public var memoryBytes: UInt64
         public var accelerator: Accelerator

@@ -122,9 +122,9 @@ public final class SnapshotStore: Sendable {
             try catalog.pool.read { db in
                 let rows: [Row]
                 if let name {
-                    rows = try Row.fetchAll(db, sql: "SELECT * FROM snapshot WHERE name = ? ORDER BY version", arguments: [name])
+                    rows = try Row.fetchAll(db, sql: "SELECT \(SnapshotCatalog.recordColumns) FROM snapshot WHERE name = ? ORDER BY version", arguments: [name])
                 } else {
-                    rows = try Row.fetchAll(db, sql: "SELECT * FROM snapshot ORDER BY name, version")
+                    rows = try Row.fetchAll(db, sql: "SELECT \(SnapshotCatalog.recordColumns) FROM snapshot ORDER BY name, version")
                 }
                 return rows.compactMap { SnapshotCatalog.record($0, directory: dir) }
             }
@@ -136,7 +136,7 @@ public final class SnapshotStore: Sendable {
         let dir = configuration.directory
         return try catalog.run("read") {
             try catalog.pool.read { db in
-                try Row.fetchOne(db, sql: "SELECT * FROM snapshot WHERE name = ? AND version = ?", arguments: [id.name, id.version])
+                try Row.fetchOne(db, sql: "SELECT \(SnapshotCatalog.recordColumns) FROM snapshot WHERE name = ? AND version = ?", arguments: [id.name, id.version])
                     .flatMap { SnapshotCatalog.record($0, directory: dir) }
             }
         }
@@ -214,7 +214,8 @@ public final class SnapshotStore: Sendable {
         try catalog.run("read aliases") {
             try catalog.pool.read { db in
                 var out: [String: Int] = [:]
-                for row in try Row.fetchAll(db, sql: "SELECT alias, version FROM alias WHERE name = ?", arguments: [name]) {
+                for row in try Row.fetchAll(db, sql: "SELECT alias, version FROM alias WHERE name = ? AND version IS NOT NULL",
+                                            arguments: [name]) {
                     out[row["alias"]] = row["version"]
                 }
                 return out
@@ -227,7 +228,7 @@ public final class SnapshotStore: Sendable {
         try catalog.run("read aliases") {
             try catalog.pool.read { db in
                 var out: [String: [String: Int]] = [:]
-                for row in try Row.fetchAll(db, sql: "SELECT name, alias, version FROM alias") {
+                for row in try Row.fetchAll(db, sql: "SELECT name, alias, version FROM alias WHERE version IS NOT NULL") {
                     out[row["name"], default: [:]][row["alias"]] = row["version"]
                 }
                 return out
@@ -235,8 +236,22 @@ public final class SnapshotStore: Sendable {
         }
     }
 
-    /// Points `alias` of model `name` at `version`, which MUST be stored here. Moving an alias
-    /// is atomic. `latest` cannot be set.
+    /// The whole alias register, removals included: what a node spreads to the cluster.
+    public func aliasRecords() throws(SnapshotError) -> [AliasRecord] {
+        try catalog.run("read aliases") {
+            try catalog.pool.read { db in
+                try Row.fetchAll(db, sql: "SELECT name, alias, version, stamp, author FROM alias ORDER BY name, alias").map {
+                    AliasRecord(name: $0["name"], alias: $0["alias"], version: $0["version"], stamp: UInt64(max(0, $0["stamp"] as Int64)),
+                                author: $0["author"])
+                }
+            }
+        }
+    }
+
+    /// Points `alias` of model `name` at `version`, which MUST be stored here (a single node's
+    /// rule; a node in a cluster checks the version's holders and calls
+    /// ``writeAlias(name:alias:version:author:)``). Moving an alias is atomic. `latest` cannot
+    /// be set.
     public func setAlias(name: String, alias: String, version: Int) throws(SnapshotError) {
         try SnapshotNaming.validateAlias(alias)
         let id = try SnapshotID(name: name, version: version)
@@ -244,28 +259,73 @@ public final class SnapshotStore: Sendable {
         guard r.state == .ready else {
             throw SnapshotError(.notFound, "\(id) is being retired and cannot receive alias `\(alias)`")
         }
-        try catalog.run("set alias") {
-            try catalog.pool.write { db in
-                try db.execute(sql: """
-                    INSERT INTO alias (name, alias, version, updated_at) VALUES (?, ?, ?, ?)
-                    ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at
-                    """, arguments: [name, alias, version, Date().timeIntervalSince1970])
-            }
-        }
-        logger.info("alias set", metadata: ["model.name": "\(name)", "model.alias": "\(alias)", "model.version": "\(version)"])
+        try writeAlias(name: name, alias: alias, version: version, author: "")
     }
 
     /// Removes an alias; removing one that does not exist is a ``SnapshotError/Code/notFound``.
     public func removeAlias(name: String, alias: String) throws(SnapshotError) {
+        try writeAlias(name: name, alias: alias, version: nil, author: "")
+    }
+
+    /// Sets (`version`) or removes (nil) an alias as a new write by `author` (a node id): its
+    /// stamp is the wall clock in milliseconds, and at least one more than the stamp it
+    /// replaces, so a write made after another always wins, whatever the clocks say. The
+    /// version need not be stored here. Removing an alias that does not exist is a
+    /// ``SnapshotError/Code/notFound``. Returns the record written.
+    @discardableResult
+    public func writeAlias(name: String, alias: String, version: Int?, author: String) throws(SnapshotError) -> AliasRecord {
         try SnapshotNaming.validateModelName(name)
         try SnapshotNaming.validateAlias(alias)
-        let changed = try catalog.run("remove alias") {
-            try catalog.pool.write { db -> Int in
-                try db.execute(sql: "DELETE FROM alias WHERE name = ? AND alias = ?", arguments: [name, alias])
-                return db.changesCount
+        if let version { try SnapshotNaming.validateVersion(version, of: name) }
+        let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
+        let written = try catalog.run("write alias") {
+            try catalog.pool.write { db -> AliasRecord? in
+                let old = try Row.fetchOne(db, sql: "SELECT version, stamp FROM alias WHERE name = ? AND alias = ?", arguments: [name, alias])
+                let oldVersion: Int? = old?["version"]
+                if version == nil && oldVersion == nil { return nil }
+                let oldStamp = old.map { UInt64(max(0, $0["stamp"] as Int64)) } ?? 0
+                let record = AliasRecord(name: name, alias: alias, version: version, stamp: max(now, oldStamp + 1), author: author)
+                try upsert(record, db)
+                return record
             }
         }
-        guard changed > 0 else { throw SnapshotError(.notFound, "model `\(name)` has no alias `\(alias)`") }
+        guard let written else { throw SnapshotError(.notFound, "model `\(name)` has no alias `\(alias)`") }
+        logger.info(version == nil ? "alias removed" : "alias set",
+                    metadata: ["model.name": "\(name)", "model.alias": "\(alias)", "model.version": "\(version.map(String.init) ?? "none")"])
+        return written
+    }
+
+    /// Takes the records (from other nodes) that supersede what the register holds, in one
+    /// transaction; returns those it took. The versions need not be stored here.
+    public func applyAliases(_ records: [AliasRecord]) throws(SnapshotError) -> [AliasRecord] {
+        let valid = records.filter { r in
+            (try? SnapshotNaming.validateModelName(r.name)) != nil && (try? SnapshotNaming.validateAlias(r.alias)) != nil
+                && (r.version.map { (try? SnapshotNaming.validateVersion($0, of: r.name)) != nil } ?? true)
+                && r.stamp <= UInt64(Int64.max)
+        }
+        guard !valid.isEmpty else { return [] }
+        return try catalog.run("apply aliases") {
+            try catalog.pool.write { db -> [AliasRecord] in
+                var taken: [AliasRecord] = []
+                for r in valid {
+                    let old = try Row.fetchOne(db, sql: "SELECT version, stamp, author FROM alias WHERE name = ? AND alias = ?",
+                                               arguments: [r.name, r.alias]).map {
+                        AliasRecord(name: r.name, alias: r.alias, version: $0["version"], stamp: UInt64(max(0, $0["stamp"] as Int64)), author: $0["author"])
+                    }
+                    if let old, !r.supersedes(old) { continue }
+                    try upsert(r, db)
+                    taken.append(r)
+                }
+                return taken
+            }
+        }
+    }
+
+    private func upsert(_ r: AliasRecord, _ db: Database) throws {
+        try db.execute(sql: """
+            INSERT INTO alias (name, alias, version, stamp, author) VALUES (?, ?, ?, ?, ?)
+            ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version, stamp = excluded.stamp, author = excluded.author
+            """, arguments: [r.name, r.alias, r.version, Int64(r.stamp), r.author])
     }
 
     // MARK: Leases
@@ -291,10 +351,11 @@ public final class SnapshotStore: Sendable {
 
     // MARK: Removal and retention
 
-    /// Deletes a stored snapshot; refused while it is leased or an alias points at it.
-    public func remove(_ id: SnapshotID) throws(SnapshotError) {
+    /// Deletes a stored snapshot; refused while it is leased or, unless `evenIfAliased` (a
+    /// node handing its copy over to the holders placement chose), an alias points at it.
+    public func remove(_ id: SnapshotID, evenIfAliased: Bool = false) throws(SnapshotError) {
         guard try record(id) != nil else { throw try notFound(id) }
-        if let alias = try aliases(name: id.name).first(where: { $0.value == id.version })?.key {
+        if !evenIfAliased, let alias = try aliases(name: id.name).first(where: { $0.value == id.version })?.key {
             throw SnapshotError(.inUse, "\(id) is the target of alias `\(alias)`; move the alias first")
         }
         try delete(id)

@@ -199,11 +199,15 @@ struct BuildOptions: ParsableArguments {
     @Option(help: "A reference to the training data.") var trainingData: String?
     @Option(help: "Who publishes it (default: the signing key's id).") var publisher: String?
     @Option(help: "Estimated serving memory in bytes (default: 2 x model size + 16 MiB).") var memory: UInt64?
-    @Option(help: "Accelerator the model needs: none or gpu.") var accelerator: String = "none"
+    @Option(help: "An accelerator the model must have: gpu (placed only on nodes with a GPU).") var requires: String?
+    @Option(help: "An accelerator the model should have: gpu (placed on GPU nodes while they have room).") var prefers: String?
     @Option(help: "Creation time, RFC 3339 (default: now); fix it for reproducible builds.") var createdAt: String?
 
     func validate() throws {
-        if !["none", "gpu"].contains(accelerator) { throw ValidationError("--accelerator must be `none` or `gpu`") }
+        for (flag, value) in [("--requires", requires), ("--prefers", prefers)] {
+            if let value, value != "gpu" { throw ValidationError("\(flag) `\(value)`: the only accelerator placement knows is `gpu`") }
+        }
+        if requires != nil && prefers != nil { throw ValidationError("give --requires gpu or --prefers gpu, not both") }
         for l in labels where !l.contains("=") { throw ValidationError("--label `\(l)` is not KEY=VALUE") }
     }
 
@@ -244,7 +248,7 @@ struct BuildOptions: ParsableArguments {
         let request = SnapshotBuildRequest(
             modelPath: model, name: name, version: version ?? 0, pipeline: pipelineText, extraFiles: extras,
             labels: labelMap, createdAt: created, memoryBytes: memory,
-            accelerator: accelerator == "gpu" ? .gpu : .none,
+            accelerator: requires != nil ? .gpu : prefers != nil ? .gpuPreferred : .none,
             lineage: .init(parentVersion: parent, trainingData: trainingData, publisher: publisher),
             signingKey: key, signature: servedSignature)
         return try SnapshotBuilder.build(request, to: path)

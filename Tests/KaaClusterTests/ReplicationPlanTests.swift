@@ -36,6 +36,14 @@ import Testing
         #expect(String(decoding: bytes, as: UTF8.self) == #"["m",3,"sha256:\#(String(repeating: "a", count: 64))",100,1,3]"#)
         #expect(try JSONDecoder().decode(Holding.self, from: bytes) == Self.holding("m", 3, draft: true, aliased: true))
         #expect(throws: DecodingError.self) { try JSONDecoder().decode(Holding.self, from: Data(#"["m",3,"d",1,7,0]"#.utf8)) }
+        // The accelerator a manifest asks for rides in the flags.
+        for (accelerator, flag) in [(Placement.Accelerator.requiresGPU, 4), (.prefersGPU, 8)] {
+            var h = Self.holding("g", 1)
+            h.accelerator = accelerator
+            let encoded = try JSONEncoder().encode(h)
+            #expect(String(decoding: encoded, as: UTF8.self).hasSuffix(",1,\(flag)]"))
+            #expect(try JSONDecoder().decode(Holding.self, from: encoded).accelerator == accelerator)
+        }
     }
 
     @Test func retentionIsClusterWideAndKeepsAliasedVersionsAndDraftsApart() {
@@ -48,6 +56,10 @@ import Testing
         #expect(Set(kept.keys) == ["m@5", "m@4", "m@1", "m@9"], "the newest two published, the aliased one, the draft")
         #expect(retired == ["m@2", "m@3"])
         #expect(kept["m@1"]?.aliased == true)
+        // The cluster's alias register keeps a version no holder marks aliased.
+        let withRegister = book.catalog(retainVersions: 2, retainDrafts: 1, aliased: ["m@2"])
+        #expect(Set(withRegister.kept.keys) == ["m@5", "m@4", "m@2", "m@1", "m@9"])
+        #expect(withRegister.retired == ["m@3"])
     }
 
     static func table(_ holders: [String: [String]]) -> Placement.Table {

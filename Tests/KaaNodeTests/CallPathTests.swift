@@ -92,6 +92,16 @@ extension Admission<Int>.Decision {
         r.removed(SnapshotID(validName: "wine", version: 4))
         #expect(!r.contains("wine"))
         #expect(r.versionCount == 2)
+        // Aliases are cluster state: kept for models and versions this node does not hold.
+        r.aliasSet(name: "rose", alias: "stable", version: 3)
+        r.aliasSet(name: "iris", alias: "stable", version: 5)
+        #expect { try r.resolve(name: "iris", version: nil) } throws: {
+            "\($0)".contains("alias `stable` is version 5, which this node does not hold; versions here: 1, 2")
+        }
+        r.stored(SnapshotID(validName: "rose", version: 3))
+        #expect(try r.resolve(name: "rose", version: nil).version == 3, "an alias that arrived before its version")
+        r.aliasSet(name: "iris", alias: "stable", version: nil)
+        #expect(try r.resolve(name: "iris", version: nil).version == 2)
     }
 }
 

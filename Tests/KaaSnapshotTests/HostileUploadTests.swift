@@ -77,7 +77,7 @@ func descriptors(under path: String) -> Int {
                 INSERT INTO snapshot (name, version, digest, size, state, received_at, signer, manifest)
                 SELECT name, 9223372036854775807, digest, size, state, received_at, signer, manifest FROM snapshot WHERE version = 1
                 """)
-            try db.execute(sql: "INSERT INTO alias (name, alias, version, updated_at) VALUES ('iris', 'stable', 9223372036854775807, 0)")
+            try db.execute(sql: "INSERT INTO alias (name, alias, version, stamp) VALUES ('iris', 'stable', 9223372036854775807, 0)")
         }
         // The running store neither lists nor resolves it, and a draft is not pushed past it.
         #expect(try f.store.list().map(\.id.description) == ["iris@1"])

@@ -279,6 +279,71 @@ struct StoreFixture {
         #expect(!FileManager.default.fileExists(atPath: f.data + "/snapshots/iris/1.kaa"))
     }
 
+    /// The alias register: a write always supersedes what it replaced, whatever the clock; a
+    /// record from another node is taken only when it wins by (stamp, author); a removal is
+    /// kept so it wins too; the version need not be stored here; a restart keeps it all.
+    @Test func theAliasRegisterTakesTheLastWriterEverywhere() throws {
+        let f = try StoreFixture()
+        _ = try f.store.ingest(file: try buildSample(in: f.dir, version: 1, out: "1.kaa").path)
+        let first = try f.store.writeAlias(name: "iris", alias: "stable", version: 1, author: "node-a")
+        // A record stamped far in the future (a peer's clock ahead): the next local write still wins.
+        let ahead = AliasRecord(name: "iris", alias: "stable", version: 7, stamp: first.stamp + 3_600_000, author: "node-b")
+        #expect(try f.store.applyAliases([ahead]) == [ahead])
+        #expect(try f.store.aliases(name: "iris") == ["stable": 7], "a version held elsewhere")
+        let next = try f.store.writeAlias(name: "iris", alias: "stable", version: 1, author: "node-a")
+        #expect(next.stamp == ahead.stamp + 1)
+        // Older records, and equal stamps from a smaller author, lose; a greater author wins a tie.
+        #expect(try f.store.applyAliases([ahead, AliasRecord(name: "iris", alias: "stable", version: 3, stamp: next.stamp, author: "node-0")]).isEmpty)
+        let tie = AliasRecord(name: "iris", alias: "stable", version: 3, stamp: next.stamp, author: "node-z")
+        #expect(try f.store.applyAliases([tie]) == [tie])
+        // Removal is a record too, and an old set does not bring the alias back.
+        let removed = try f.store.writeAlias(name: "iris", alias: "stable", version: nil, author: "node-a")
+        #expect(removed.version == nil && removed.stamp == tie.stamp + 1)
+        #expect(try f.store.aliases(name: "iris").isEmpty)
+        #expect(try f.store.applyAliases([tie]).isEmpty)
+        #expect(throws: SnapshotError.self) { try f.store.removeAlias(name: "iris", alias: "stable") }
+        // Bad records from a peer are skipped, never stored.
+        #expect(try f.store.applyAliases([AliasRecord(name: "Bad Name", alias: "x", version: 1, stamp: 1, author: "p"),
+                                          AliasRecord(name: "iris", alias: "latest", version: 1, stamp: .max, author: "p"),
+                                          AliasRecord(name: "iris", alias: "canary", version: 0, stamp: 1, author: "p")]).isEmpty)
+        let canary = AliasRecord(name: "rose", alias: "canary", version: 2, stamp: 5, author: "p")
+        #expect(try f.store.applyAliases([canary]) == [canary])
+        let reopened = try f.reopen()
+        #expect(try reopened.aliasRecords() == [AliasRecord(name: "iris", alias: "stable", version: nil, stamp: removed.stamp, author: "node-a"), canary])
+        #expect(try reopened.allAliases() == ["rose": ["canary": 2]])
+    }
+
+    /// A store made before aliases were a register keeps its aliases.
+    @Test func aliasesOfAnOlderCatalogCarryOver() throws {
+        let f = try StoreFixture()
+        _ = try f.store.ingest(file: try buildSample(in: f.dir, version: 1, out: "1.kaa").path)
+        try f.store.catalog.pool.write { db in
+            try db.execute(sql: """
+                DROP TABLE alias;
+                CREATE TABLE alias (name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL, updated_at DOUBLE NOT NULL,
+                    PRIMARY KEY (name, alias), FOREIGN KEY (name, version) REFERENCES snapshot (name, version) ON DELETE RESTRICT);
+                INSERT INTO alias VALUES ('iris', 'stable', 1, 1790000000.5);
+                DELETE FROM grdb_migrations WHERE identifier = 'v3-alias-register';
+                """)
+        }
+        let reopened = try f.reopen()
+        #expect(try reopened.aliasRecords() == [AliasRecord(name: "iris", alias: "stable", version: 1, stamp: 1_790_000_000_500, author: "")])
+        #expect(try reopened.resolve(.init(parsing: "iris@stable")).id.version == 1)
+    }
+
+    /// The manifest's accelerator requirement is in every record the store gives.
+    @Test func recordsCarryTheAcceleratorTheManifestAsks() throws {
+        let f = try StoreFixture()
+        for (name, accelerator) in [("plain", SnapshotManifest.Requirements.Accelerator.none), ("needs", .gpu), ("likes", .gpuPreferred)] {
+            let model = try f.dir.write("model.onnx", ONNXFixture.small(seed: 1))
+            let built = try SnapshotBuilder.build(SnapshotBuildRequest(modelPath: model, name: name, version: 1, accelerator: accelerator),
+                                                  to: f.dir.file("\(name).kaa"))
+            #expect(try f.store.ingest(file: f.dir.file("\(name).kaa")).record.accelerator == accelerator)
+            #expect(built.manifest.requirements.accelerator == accelerator)
+        }
+        #expect(try f.reopen().list().map { "\($0.id.name):\($0.accelerator.rawValue)" } == ["likes:gpu-preferred", "needs:gpu", "plain:none"])
+    }
+
     @Test func retentionKeepsNewestAliasedAndLeased() throws {
         let f = try StoreFixture(retain: 2)
         for v in 1...6 { _ = try f.store.ingest(file: try buildSample(in: f.dir, version: v, out: "\(v).kaa", seed: UInt8(v)).path) }

@@ -5,16 +5,20 @@ import KaaSnapshot
 struct ModelRegistry: Sendable {
     struct Known: Sendable {
         var versions: [Int] = []
-        var aliases: [String: Int] = [:]
     }
 
     private var models: [String: Known] = [:] {
         didSet { sortedNamesCache = nil }
     }
+    /// Every model's aliases, cluster state: kept whether or not this node holds the model.
+    private var aliases: [String: [String: Int]] = [:]
     /// ``sortedNames``, kept until `models` changes.
     private var sortedNamesCache: [String]?
 
-    init(_ models: [String: Known] = [:]) { self.models = models }
+    init(_ models: [String: Known] = [:], aliases: [String: [String: Int]] = [:]) {
+        self.models = models
+        self.aliases = aliases
+    }
 
     /// Every ready snapshot and alias in `store` (one catalog read); off the loop.
     static func load(from store: SnapshotStore) throws -> ModelRegistry {
@@ -22,9 +26,8 @@ struct ModelRegistry: Sendable {
         for record in try store.list() where record.state == .ready {
             models[record.id.name, default: Known()].versions.append(record.id.version)
         }
-        for (name, aliases) in try store.allAliases() { models[name]?.aliases = aliases }
         for name in models.keys { models[name]!.versions.sort() }
-        return ModelRegistry(models)
+        return ModelRegistry(models, aliases: try store.allAliases())
     }
 
     var versionCount: Int { models.values.reduce(0) { $0 + $1.versions.count } }
@@ -54,7 +57,8 @@ struct ModelRegistry: Sendable {
     }
 
     mutating func aliasSet(name: String, alias: String, version: Int?) {
-        models[name]?.aliases[alias] = version
+        aliases[name, default: [:]][alias] = version
+        if aliases[name]?.isEmpty == true { aliases[name] = nil }
     }
 
     // MARK: resolution
@@ -67,6 +71,7 @@ struct ModelRegistry: Sendable {
             let sample = names.prefix(20).joined(separator: ", ") + (names.count > 20 ? ", ... (\(names.count) models)" : "")
             throw CallError(.notFound, "model `\(name)` does not exist; models: \(names.isEmpty ? "none" : sample)")
         }
+        let named = aliases[name] ?? [:]
         let chosen: Int
         if let version {
             if let v = Int(version) {
@@ -74,13 +79,17 @@ struct ModelRegistry: Sendable {
                     throw CallError(.notFound, "model `\(name)` has no version \(v); versions: \(known.versions.map(String.init).joined(separator: ", "))")
                 }
                 chosen = v
-            } else if let v = known.aliases[version] {
+            } else if let v = named[version] {
                 chosen = v
             } else {
-                throw CallError(.notFound, "model `\(name)` has no version or alias `\(version)`; versions: \(known.versions.map(String.init).joined(separator: ", ")); aliases: \(known.aliases.keys.sorted().joined(separator: ", "))")
+                throw CallError(.notFound, "model `\(name)` has no version or alias `\(version)`; versions: \(known.versions.map(String.init).joined(separator: ", ")); aliases: \(named.keys.sorted().joined(separator: ", "))")
             }
         } else {
-            chosen = known.aliases["stable"] ?? latest
+            chosen = named["stable"] ?? latest
+        }
+        guard known.versions.contains(chosen) else {
+            let alias = version ?? "stable"
+            throw CallError(.notFound, "model `\(name)`: alias `\(alias)` is version \(chosen), which this node does not hold; versions here: \(known.versions.map(String.init).joined(separator: ", "))")
         }
         return SnapshotID(validName: name, version: chosen)
     }
