@@ -2,7 +2,8 @@
 # Builds a snapshot of every sample under snapshots/ (version 1, reproducible bytes, with its
 # pipeline.yaml when there is one), publishes them once, to the first node given (the cluster
 # places them and makes the copies), shows where they landed, and scores each sample's example
-# rows (snapshots/NAME/example.jsonl) with `kaa predict` on a node that holds it.
+# rows (snapshots/NAME/example.jsonl) with `kaa predict` through that same node, which serves
+# what it holds and sends the other calls on to a holder.
 # Usage: cluster/samples.sh http://127.0.0.1:7070   (KAA=path/to/kaa)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,9 +30,9 @@ echo "\$ kaa placement --to $1"
 for dir in snapshots/*/; do
   name=$(basename "$dir")
   [ -f "$dir/example.jsonl" ] || continue
-  # Until nodes forward calls to a holder, a call goes to a node that holds the model.
-  holder=$("$kaa" placement --to "$1" --holders-of "$name" | head -n 1)
+  holders=$("$kaa" placement --to "$1" --holders-of "$name" | tr '\n' ' ')
   echo
-  echo "\$ kaa predict $name --file $dir""example.jsonl --to $holder"
-  "$kaa" predict "$name" --file "$dir/example.jsonl" --to "$holder"
+  echo "# $name is held by ${holders% }; any node answers for it"
+  echo "\$ kaa predict $name --file $dir""example.jsonl --to $1"
+  "$kaa" predict "$name" --file "$dir/example.jsonl" --to "$1"
 done

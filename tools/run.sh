@@ -2,7 +2,8 @@
 # The main job: builds Kaa and runs a local three-node cluster in the foreground until Ctrl-C.
 # The nodes find each other by encrypted gossip; the sample snapshots are published once, to the
 # first node, the cluster places each on two nodes (`kaa placement` shows where), and the example
-# rows of each sample are scored with `kaa predict` on a node that holds it (cluster/samples.sh).
+# rows of each sample are scored with `kaa predict` through the first node, which sends each call
+# to a holder when it holds none of that sample (cluster/samples.sh).
 # Usage: tools/run.sh [nodes, default 3] [first HTTP port, default 7070]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -184,12 +184,39 @@ public struct LoopBound<Value>: @unchecked Sendable {
 
 /// Answers one request. Copyable and `Sendable`; answer once, from any thread.
 public struct HTTPResponder: Sendable {
-    let connection: LoopBound<HTTPServerConnection>
-    let sequence: UInt64
+    private let connection: LoopBound<HTTPServerConnection>?
+    private let sequence: UInt64
+    private let deliver: Delivery?
+
+    /// Hands the first answer to a closure; later ones are ignored.
+    private final class Delivery: Sendable {
+        let done = Atomic<Bool>(false)
+        let body: @Sendable (HTTPResponse) -> Void
+        init(_ body: @escaping @Sendable (HTTPResponse) -> Void) { self.body = body }
+    }
+
+    init(connection: LoopBound<HTTPServerConnection>, sequence: UInt64) {
+        self.connection = connection
+        self.sequence = sequence
+        self.deliver = nil
+    }
+
+    /// A responder that hands the answer to `deliver` (on the thread that answers, once)
+    /// instead of writing it to a connection: a request that arrived another way (forwarded
+    /// from another node) goes through the same routes.
+    public init(deliver: @escaping @Sendable (HTTPResponse) -> Void) {
+        self.connection = nil
+        self.sequence = 0
+        self.deliver = Delivery(deliver)
+    }
 
     /// Sends `response`. A second answer to the same request is ignored.
     public func respond(_ response: HTTPResponse) {
-        let connection = self.connection
+        if let deliver {
+            guard !deliver.done.exchange(true, ordering: .acquiringAndReleasing) else { return }
+            return deliver.body(response)
+        }
+        guard let connection else { return }
         let sequence = self.sequence
         if connection.loop.inLoop {
             connection.value.complete(sequence: sequence, response: response)

@@ -112,6 +112,7 @@ public struct HTTPStatus: Hashable, Sendable, CustomStringConvertible {
     public static let notImplemented = HTTPStatus(501, "Not Implemented")
     public static let serviceUnavailable = HTTPStatus(503, "Service Unavailable")
     public static let gatewayTimeout = HTTPStatus(504, "Gateway Timeout")
+    public static let badGateway = HTTPStatus(502, "Bad Gateway")
     public static let versionNotSupported = HTTPStatus(505, "HTTP Version Not Supported")
 
     static let reasons: [Int: String] = Dictionary(uniqueKeysWithValues: [

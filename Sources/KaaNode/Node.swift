@@ -129,8 +129,38 @@ public final class Node: Sendable {
             return LoopBound(server, loop: loop)
         }
         let replicatorCell = replicator
-        InferenceAPI(server: serving, metrics: metrics, store: store, config: config.serving,
-                     moreMetrics: { replicatorCell.value?.metricsText ?? "" }).addRoutes(to: &router)
+        let forwarderCell = LoopCell<Forwarder>(loop: loop)
+        var inference = InferenceAPI(server: serving, metrics: metrics, store: store, config: config.serving,
+                                     moreMetrics: { (replicatorCell.value?.metricsText ?? "") + (forwarderCell.value?.metricsText ?? "") })
+        // Any node answers for any model: a call for a version held elsewhere goes to a holder.
+        inference.route = { request, name, version, deadlineMs, everyHolder, responder in
+            // A call another node sent here is served here, never sent further.
+            guard request.headers["kaa-forwarded"] == nil, let replicator = replicatorCell.value,
+                  let forwarder = forwarderCell.value else { return .serveHere(version: version) }
+            switch replicator.route(name: name, version: version) {
+            case .unknown: return .serveHere(version: version)
+            case .local(let v):
+                guard everyHolder, let others = replicator.otherHolders(name: name, version: v), !others.isEmpty else {
+                    return .serveHere(version: String(v))
+                }
+                forwarder.broadcast(request, key: "\(name)@\(v)", holders: others, alsoHere: true, deadlineMs: deadlineMs, responder)
+                return .handled
+            case .forward(let key, let holders):
+                if everyHolder {
+                    forwarder.broadcast(request, key: key, holders: holders, alsoHere: false, deadlineMs: deadlineMs, responder)
+                } else {
+                    forwarder.forward(request, key: key, holders: holders, deadlineMs: deadlineMs, responder)
+                }
+                return .handled
+            case .unavailable(let why):
+                responder.respond(.error(.serviceUnavailable, why))
+                return .handled
+            }
+        }
+        inference.moreIndex = { local in
+            (replicatorCell.value?.clusterIndex ?? []).filter { !local.contains("\($0.name)@\($0.version)") }
+        }
+        inference.addRoutes(to: &router)
         var snapshots = SnapshotAPI(store: store, loop: loop, logger: logger) { event in
             switch event {
             case .stored(let id): serving.value.stored(id)
@@ -180,6 +210,9 @@ public final class Node: Sendable {
             service.register(PeerFrameType.fetchSnapshot) { frame, responder in
                 ArchiveSender.serve(frame, responder, loop: loop, store: store, logger: logger)
             }
+            service.register(PeerFrameType.call) { [name = self.config.nodeName] frame, responder in
+                Forwarder.serve(frame, responder, routes: routes, myName: name)
+            }
             service.register(PeerFrameType.holdings) { frame, responder in
                 guard let replicator = replicatorCell.value else { return responder.fail(.notReady, "replication is not running yet") }
                 replicator.answer(frame, responder)
@@ -222,6 +255,7 @@ public final class Node: Sendable {
                 let replicator = Replicator(loop: loop, store: store, api: snapshotAPI, frames: frames, gossip: shell,
                                             settings: replication, logger: logger)
                 replicatorCell.value = replicator
+                forwarderCell.value = Forwarder(loop: loop, frames: frames, myName: info.name, myZone: info.zone, routes: routes, logger: logger)
                 replicator.start()
                 readiness.value.mark(.members)
                 return LoopBound(shell, loop: loop)

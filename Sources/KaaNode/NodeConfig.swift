@@ -159,6 +159,8 @@ public struct NodeConfig: Sendable {
         .integer("max_peer_connections", "open peer-plane connections before new ones are closed", \.peer.maxConnections, min: 1),
         .duration("peer_idle_timeout", "idle peer-plane connections close after this", \.peer.idleTimeout),
         .duration("peer_frame_timeout", "time for the handshake, a frame, or a stream's next chunk", \.peer.frameTimeout),
+        .bytes("max_peer_frame_bytes", "largest peer-plane frame: a call sent on to a holder, a holdings answer",
+               \.peer.maxFrameBytes, min: 1 << 20),
         .bytes("max_peer_buffered_bytes", "bytes of incoming peer frames held for all connections; past it, refused",
                \.peer.maxBufferedBytes, min: 4 << 20),
 

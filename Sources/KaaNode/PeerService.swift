@@ -24,6 +24,8 @@ extension Node {
         public static let fetchSnapshot: UInt16 = 3
         /// Anti-entropy of the cluster's holdings and placement digests.
         public static let holdings: UInt16 = 4
+        /// An Open Inference Protocol call sent on to a node that holds the model.
+        public static let call: UInt16 = 5
 
         public static let all: [Entry] = [
             Entry(type: ping, name: "ping", summary: "any bytes; answered with the same bytes"),
@@ -32,6 +34,8 @@ extension Node {
                   summary: "JSON `{name, version, digest?}`; answered with JSON `{size, digest}` and the archive as a stream"),
             Entry(type: holdings, name: "holdings",
                   summary: "JSON `{from, entry, summary, members, table}`; answered with JSON `{from, entries, members, table}`"),
+            Entry(type: call, name: "call",
+                  summary: "a call's head (JSON) and body as received; answered with the HTTP answer's head and body"),
         ]
 
         /// `1 (ping), 2 (push-pull), ...`, for the unknown-type error.

@@ -51,6 +51,10 @@ final class Replicator {
     private let retryAfter: Duration = .seconds(10)
     private(set) var table = Placement.Table.empty
     private var retired = Set<String>()
+    /// For routing calls, kept by ``recompute()``: the live nodes with a ready copy of each
+    /// key, and each model's versions in the cluster's catalog, ascending.
+    private var readyCopies: [String: Set<NodeID>] = [:]
+    private var catalogVersions: [String: [Int]] = [:]
     /// The catalog the table was computed from, by key.
     private var kept: [String: Holding] = [:]
     /// The digest of the node set the table was computed from, and when it last changed.
@@ -378,6 +382,55 @@ final class Replicator {
         return .error(.conflict, "alias `\(alias)` stays: \(key) has \(readyHolders.count) of the \(need) ready holders it needs; missing: \(missing.joined(separator: ", ")). It can move once they are ready (`kaa placement --holders-of \(name)`)")
     }
 
+    // MARK: routing calls
+
+    /// Where a call for `name` (and `version`: a number, an alias, or nil for `stable` else
+    /// the latest) goes, resolved cluster-wide without a round trip.
+    enum CallRoute {
+        /// The cluster does not know it: this node answers as it would alone (404 naming what exists).
+        case unknown
+        /// This node has that version ready: serve it here.
+        case local(version: Int)
+        /// Send it on to one of these live nodes with a ready copy.
+        case forward(key: String, holders: [Member])
+        /// The version exists, but no live node has it ready.
+        case unavailable(String)
+    }
+
+    func route(name: String, version: String?) -> CallRoute {
+        guard let versions = catalogVersions[name], let latest = versions.last else { return .unknown }
+        let chosen: Int
+        if let version {
+            if let v = Int(version) { chosen = v } else if let v = aliasBook["\(name)@\(version)"]?.version { chosen = v } else { return .unknown }
+        } else {
+            chosen = aliasBook["\(name)@stable"]?.version ?? latest
+        }
+        let key = "\(name)@\(chosen)"
+        if local[key]?.state == .ready { return .local(version: chosen) }
+        let ready = readyCopies[key] ?? []
+        let holders = gossip.members.filter { ready.contains($0.id) && $0.id != me && $0.status.isReachable }
+        if !holders.isEmpty { return .forward(key: key, holders: holders) }
+        guard versions.contains(chosen) || table.holders[key] != nil else { return .unknown }
+        let names = memberNames
+        let expected = (table.holders[key] ?? []).map { names[$0] ?? $0.rawValue }
+        return .unavailable("no live node has \(key) ready\(expected.isEmpty ? "" : " (its holders: \(expected.joined(separator: ", ")))"); retry once `kaa placement --holders-of \(name)` shows one ready")
+    }
+
+    /// The live nodes other than this one with `name@version` ready.
+    func otherHolders(name: String, version: Int) -> [Member]? {
+        let ready = readyCopies["\(name)@\(version)"] ?? []
+        return gossip.members.filter { ready.contains($0.id) && $0.id != me && $0.status.isReachable }
+    }
+
+    /// Every snapshot in the cluster's catalog with the names of the live nodes that have it
+    /// ready, for the repository index.
+    var clusterIndex: [(name: String, version: Int, holders: [String])] {
+        let names = memberNames
+        return kept.values.sorted { ($0.name, $0.version) < ($1.name, $1.version) }.map { h in
+            (h.name, h.version, (readyCopies[h.key] ?? []).map { names[$0] ?? $0.rawValue }.sorted())
+        }
+    }
+
     // MARK: the table
 
     /// The nodes placement sees: live members, and dead ones within the repair grace (a node
@@ -395,6 +448,7 @@ final class Replicator {
 
     func recompute() {
         let now = Instant.now()
+        readyCopies = book.ready(among: liveIDs)
         let nodes = placementNodes(now: now)
         let ids = nodes.map(\.id.rawValue).sorted().joined(separator: ",")
         let nodesChanged = ids != membersDigest
@@ -411,6 +465,9 @@ final class Replicator {
         let next = Placement.compute(nodes: nodes, snapshots: snapshots, settings: .init(replication: settings.replication))
         kept = catalog.kept
         retired = catalog.retired
+        var versions: [String: [Int]] = [:]
+        for h in kept.values { versions[h.name, default: []].append(h.version) }
+        catalogVersions = versions.mapValues { $0.sorted() }
         if next.digest != table.digest {
             tableChanges += 1
             table = next

@@ -74,7 +74,7 @@ import Testing
         let table = ReplicationLiveTests.copies(try #require(ReplicationLiveTests.placement(nodes[0].http)))
         #expect(placed != nil, "\(table)")
         #expect(table["needs-gpu@1"]?.holders == ["n3"])
-        #expect(table["likes-gpu@1"]?.holders.first == "n3")
+        #expect(table["likes-gpu@1"]?.holders.contains("n3") == true, "\(table)")
 
         // An alias set on a node that holds no copy of iris@1 takes effect on every node.
         let holders1 = try #require(table["iris@1"]?.holders)

@@ -30,6 +30,47 @@ import Testing
         #expect(output.contains("ok    infer_binary_tensors"), "\(output)")
     }
 
+    /// The same checks against a node that holds nothing: every snapshot requires a GPU and
+    /// only the other node offers one, so each call, metadata read, load and unload goes
+    /// through the peer plane to it.
+    @Test func tritonHTTPClientWorksThroughANodeThatHoldsNothing() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: TritonClientTests.python),
+                     "no \(TritonClientTests.python): run tools/python-env.sh test (tools/test.sh does) to install tritonclient")
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let key = dir.path + "/cluster.key"
+        #expect(try KaaProcess.run(["keys", "cluster", "--out", key]).0 == 0)
+        let out = dir.path + "/snapshots"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        for (sample, name, version) in [("iris-logreg", "iris", 1), ("iris-logreg", "iris", 2), ("digits-mlp", "digits", 1), ("news-text", "news", 1)] {
+            let built = try KaaProcess.run(["snapshot", "build", "--model", "\(ServingTests.repo)/snapshots/\(sample)/model.onnx", "--name", name,
+                                            "--version", "\(version)", "--requires", "gpu", "--out", "\(out)/\(name)-\(version).kaa"])
+            #expect(built.0 == 0, "\(built.2)")
+        }
+        let extra = ["--replication", "2", "--leave-timeout", "0s"]
+        let gpu = try GossipLiveTests.start("gpu", in: dir, seeds: [], keyFile: key, extra: extra + ["--gpus", "1"], logLevel: "info")
+        let plain = try GossipLiveTests.start("plain", in: dir, seeds: [gpu.peer], keyFile: key, extra: extra + ["--gpus", "0"], logLevel: "info")
+        defer {
+            for n in [gpu, plain] { n.process.signal(SIGTERM) }
+            for n in [gpu, plain] { n.process.wait(timeout: 60) }
+        }
+        #expect(GossipLiveTests.within(30) { GossipLiveTests.view(plain.http).values.filter { $0.0 == "alive" }.count == 2 } != nil)
+        // Published to the node that holds nothing: it hands each snapshot to the GPU node.
+        let published = try KaaProcess.run(["publish", out, "--to", "http://127.0.0.1:\(plain.http)", "--timeout", "60"], timeout: 300)
+        try #require(published.0 == 0, "\(published.1)\(published.2)")
+        let placed = GossipLiveTests.within(60) {
+            guard let p = ReplicationLiveTests.placement(plain.http) else { return false }
+            let c = ReplicationLiveTests.copies(p)
+            return c.count == 4 && c.values.allSatisfy { $0.ready == ["gpu"] }
+        }
+        #expect(placed != nil, "\(ReplicationLiveTests.placement(plain.http) ?? [:])")
+
+        let (status, output) = try TritonClientTests.runScript(["--url", "127.0.0.1:\(plain.http)"], log: dir.path + "/check.log")
+        print("tools/triton-client-check.py against a node that holds nothing, 127.0.0.1:\(plain.http):\n\(output)")
+        #expect(status == 0, "triton-client-check.py exited \(status):\n\(output)\nplain:\n\(plain.process.stderr.suffix(3000))")
+        #expect(output.contains("ok    infer_binary_tensors"), "\(output)")
+    }
+
     /// Runs the check script to completion (killed by pid after `timeout` seconds); output goes
     /// through a file, so a chatty script can never block on a full pipe.
     static func runScript(_ arguments: [String], log: String, timeout: Double = 180) throws -> (Int32, String) {

@@ -14,6 +14,30 @@ struct InferenceAPI: Sendable {
     let config: ServingConfig
     /// More `/metrics` lines, read on the loop (the node's replication figures).
     var moreMetrics: (@Sendable () -> String)? = nil
+    /// In a cluster: where a call goes (on the loop). It sends a call for a version this node
+    /// does not hold to a holder and answers it there, or says which version to serve here.
+    /// `everyHolder`: a load or an unload, which every holder of the version carries out.
+    var route: (@Sendable (_ request: HTTPRequest, _ name: String, _ version: String?, _ deadlineMs: UInt64, _ everyHolder: Bool,
+                           _ responder: HTTPResponder) -> Routed)? = nil
+    /// More entries for the repository index (on the loop): the cluster's other snapshots.
+    var moreIndex: (@Sendable (_ local: Set<String>) -> [(name: String, version: Int, holders: [String])])? = nil
+
+    enum Routed {
+        /// Sent on, or refused: answered already.
+        case handled
+        /// Serve it here, as this version (a number, or what the request named).
+        case serveHere(version: String?)
+    }
+
+    /// Asks ``route`` where the call goes; nil when it was answered already.
+    private func routed(_ request: HTTPRequest, name: String, version: String?, deadlineMs: UInt64, everyHolder: Bool = false,
+                        _ responder: HTTPResponder) -> String?? {
+        guard let route else { return .some(version) }
+        switch route(request, name, version, deadlineMs, everyHolder, responder) {
+        case .handled: return nil
+        case .serveHere(let v): return .some(v)
+        }
+    }
 
     func addRoutes(to router: inout HTTPRouter) {
         let api = self
@@ -24,24 +48,36 @@ struct InferenceAPI: Sendable {
             api.infer(request, name: request.pathParameters["name"]!, version: request.pathParameters["version"]!, responder)
         }
         router.add(.get, "/v2/models/{name}") { request, responder in
-            api.metadata(name: request.pathParameters["name"]!, version: nil, responder)
+            let name = request.pathParameters["name"]!
+            guard let version = api.routed(request, name: name, version: nil, deadlineMs: api.defaultDeadlineMs, responder) else { return }
+            api.metadata(name: name, version: version, responder)
         }
         router.add(.get, "/v2/models/{name}/versions/{version}") { request, responder in
-            api.metadata(name: request.pathParameters["name"]!, version: request.pathParameters["version"]!, responder)
+            let name = request.pathParameters["name"]!
+            guard let version = api.routed(request, name: name, version: request.pathParameters["version"]!, deadlineMs: api.defaultDeadlineMs,
+                                           responder) else { return }
+            api.metadata(name: name, version: version, responder)
         }
         router.add(.get, "/v2/models/{name}/ready") { request, responder in
-            api.ready(name: request.pathParameters["name"]!, version: nil, responder)
+            let name = request.pathParameters["name"]!
+            guard let version = api.routed(request, name: name, version: nil, deadlineMs: api.defaultDeadlineMs, responder) else { return }
+            api.ready(name: name, version: version, responder)
         }
         router.add(.get, "/v2/models/{name}/versions/{version}/ready") { request, responder in
-            api.ready(name: request.pathParameters["name"]!, version: request.pathParameters["version"]!, responder)
+            let name = request.pathParameters["name"]!
+            guard let version = api.routed(request, name: name, version: request.pathParameters["version"]!, deadlineMs: api.defaultDeadlineMs,
+                                           responder) else { return }
+            api.ready(name: name, version: version, responder)
         }
         router.add(.post, "/v2/repository/index") { _, responder in
             let server = api.server.value
             var w = JSONWriter()
             w.raw("[")
             var first = true
+            var local = Set<String>()
             for (name, versions) in server.allModels {
                 for v in versions {
+                    local.insert("\(name)@\(v)")
                     let id = SnapshotID(validName: name, version: v)
                     let cache = server.cache
                     if !first { w.raw(",") }
@@ -58,14 +94,32 @@ struct InferenceAPI: Sendable {
                     }
                 }
             }
+            // The cluster's other snapshots: served by their holders through this node.
+            for other in api.moreIndex?(local) ?? [] {
+                if !first { w.raw(",") }
+                first = false
+                w.raw("{\"name\":")
+                w.string(other.name)
+                w.raw(",\"version\":\"")
+                w.integer(other.version)
+                if other.holders.isEmpty {
+                    w.raw("\",\"state\":\"UNAVAILABLE\",\"reason\":\"no live holder has it ready\"}")
+                } else {
+                    w.raw("\",\"state\":\"READY\",\"reason\":")
+                    w.string("served by " + other.holders.joined(separator: ", "))
+                    w.raw("}")
+                }
+            }
             w.raw("]")
             responder.respond(.json(.ok, w.bytes))
         }
         router.add(.post, "/v2/repository/models/{name}/load") { request, responder in
             let server = api.server.value
             let name = request.pathParameters["name"]!
+            guard let version = api.routed(request, name: name, version: nil, deadlineMs: api.defaultDeadlineMs, everyHolder: true,
+                                           responder) else { return }
             let id: SnapshotID
-            do throws(CallError) { id = try server.resolve(name: name, version: nil) } catch {
+            do throws(CallError) { id = try server.resolve(name: name, version: version) } catch {
                 return responder.respond(InferenceAPI.answer(for: error))
             }
             server.cache.load(id) { result in
@@ -78,6 +132,9 @@ struct InferenceAPI: Sendable {
         router.add(.post, "/v2/repository/models/{name}/unload") { request, responder in
             let server = api.server.value
             let name = request.pathParameters["name"]!
+            guard api.routed(request, name: name, version: nil, deadlineMs: api.defaultDeadlineMs, everyHolder: true, responder) != nil else {
+                return
+            }
             for v in server.versions(of: name) { server.cache.unload(SnapshotID(validName: name, version: v)) }
             if server.versions(of: name).isEmpty {
                 return responder.respond(.error(.notFound, "model `\(name)` does not exist"))
@@ -101,6 +158,8 @@ struct InferenceAPI: Sendable {
                       "Content-Encoding `\(encoding)` is not supported; send the request body uncompressed")
     }
 
+    var defaultDeadlineMs: UInt64 { config.defaultDeadline.millisecondsRoundedUp }
+
     /// Turns an infer request into a call for the model server, answering at once what is
     /// wrong with the request's HTTP form.
     private func infer(_ request: HTTPRequest, name: String, version: String?, _ responder: HTTPResponder) {
@@ -120,6 +179,7 @@ struct InferenceAPI: Sendable {
         do { headerLength = try InferenceCodec.headerLength(request.headers["inference-header-content-length"]) } catch {
             return responder.respond(.error(.badRequest, error.description))
         }
+        guard let version = routed(request, name: name, version: version, deadlineMs: deadlineMs, responder) else { return }
         let call = InferenceCall(model: name, version: version, body: request.body, headerLength: headerLength,
                                  received: now, deadline: now &+ deadlineMs * 1_000_000)
         server.call(call, CallCompletion(HTTPCallSink(responder: responder), label: name))

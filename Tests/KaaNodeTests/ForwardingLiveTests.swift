@@ -1,0 +1,117 @@
+import Foundation
+import Glibc
+import KaaCore
+import KaaSnapshot
+import KaaTestSupport
+import Testing
+
+/// Any node answers for any model, on three real nodes (replication 2, so each model has one
+/// node that does not hold it): calls, metadata, readiness and the repository index through a
+/// node that holds nothing of the model, JSON and binary; a call whose first holder is gone
+/// goes to the next; a model the cluster does not have is still a 404.
+@Suite(.serialized) struct ForwardingLiveTests {
+    static func call(_ port: UInt16, _ method: String, _ path: String, _ body: [UInt8] = [], headers: String = "") -> RawResponse? {
+        guard let c = try? RawSocket(port: port, timeout: 20),
+              (try? c.send("\(method) \(path) HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.count)\r\n\(headers)\r\n")) != nil,
+              (try? c.send(body)) != nil else { return nil }
+        return try? c.readResponse()
+    }
+
+    static let irisBody = Array(#"{"inputs":[{"name":"input","shape":[3,4],"datatype":"FP32","data":\#(ServingTests.irisRows)}]}"#.utf8)
+
+    @Test func aNodeThatHoldsNothingAnswersThroughAHolder() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let key = dir.path + "/cluster.key"
+        #expect(try KaaProcess.run(["keys", "cluster", "--out", key]).0 == 0)
+        let out = dir.path + "/snapshots"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let names = (0..<6).map { "m\($0)" }
+        for name in names {
+            _ = try SnapshotBuilder.build(SnapshotBuildRequest(modelPath: ServingTests.repo + "/snapshots/iris-logreg/model.onnx", name: name,
+                                                               version: 1, createdAt: Date(timeIntervalSince1970: 0)), to: "\(out)/\(name).kaa")
+        }
+        let extra = ["--replication", "2", "--repair-grace", "120s", "--placement-settle", "3s", "--leave-timeout", "0s"]
+        var nodes = [try GossipLiveTests.start("n1", in: dir, seeds: [], keyFile: key, extra: extra, logLevel: "info")]
+        for i in 2...3 {
+            nodes.append(try GossipLiveTests.start("n\(i)", in: dir, seeds: [nodes[0].peer], keyFile: key, extra: extra, logLevel: "info"))
+        }
+        defer {
+            for n in nodes { n.process.signal(SIGTERM) }
+            for n in nodes { n.process.wait(timeout: 60) }
+        }
+        #expect(GossipLiveTests.within(30) { nodes.allSatisfy { GossipLiveTests.view($0.http).values.filter { $0.0 == "alive" }.count == 3 } } != nil)
+        let published = try KaaProcess.run(["publish", out, "--to", "http://127.0.0.1:\(nodes[0].http)", "--timeout", "60"], timeout: 300)
+        try #require(published.0 == 0, "\(published.1)\(published.2)")
+        // Every node has heard of every ready copy.
+        let heard = GossipLiveTests.within(60) {
+            nodes.allSatisfy { n in
+                guard let p = ReplicationLiveTests.placement(n.http) else { return false }
+                let c = ReplicationLiveTests.copies(p)
+                return names.allSatisfy { c["\($0)@1"]?.ready.count == 2 }
+            }
+        }
+        try #require(heard != nil)
+        let table = ReplicationLiveTests.copies(try #require(ReplicationLiveTests.placement(nodes[0].http)))
+
+        for name in names {
+            let holders = try #require(table["\(name)@1"]?.holders)
+            let outsider = try #require(nodes.first { !holders.contains($0.name) })
+            // Inference, JSON: the holder's answer, and who served it.
+            let r = try #require(ForwardingLiveTests.call(outsider.http, "POST", "/v2/models/\(name)/infer", ForwardingLiveTests.irisBody,
+                                                          headers: "Content-Type: application/json\r\nKaa-Request-Id: req-\(name)\r\n"))
+            #expect(r.status == 200, "\(name) through \(outsider.name): \(r.text)")
+            #expect(holders.contains(r.headers["kaa-served-by"] ?? ""), "\(r.headers)")
+            let answer = try ServingTests.json(r)
+            #expect(answer["model_name"] as? String == name)
+            #expect(answer["id"] == nil || answer["id"] as? String == "req-\(name)")
+            let labels = (answer["outputs"] as? [[String: Any]])?.first { $0["name"] as? String == "output_label" }?["data"] as? [Int]
+            #expect(labels == [0, 2, 1], "\(answer)")
+            // Metadata and readiness, by name and by version.
+            let meta = try #require(ForwardingLiveTests.call(outsider.http, "GET", "/v2/models/\(name)"))
+            #expect(meta.status == 200, "\(meta.text)")
+            #expect(try ServingTests.json(meta)["name"] as? String == name, "\(meta.text)")
+            #expect(ForwardingLiveTests.call(outsider.http, "GET", "/v2/models/\(name)/versions/1/ready")?.status == 200)
+        }
+
+        // Binary tensors both ways, through a node that does not hold the model.
+        let binaryName = names[0]
+        let outsider = try #require(nodes.first { !(table["\(binaryName)@1"]?.holders ?? []).contains($0.name) })
+        let floats: [Float] = [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]
+        var blob: [UInt8] = []
+        for f in floats { withUnsafeBytes(of: f.bitPattern.littleEndian) { blob += $0 } }
+        let header = #"{"inputs":[{"name":"input","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"outputs":[{"name":"output_label","parameters":{"binary_data":true}}]}"#
+        let binary = try #require(ForwardingLiveTests.call(outsider.http, "POST", "/v2/models/\(binaryName)/infer", Array(header.utf8) + blob,
+                                                           headers: "Inference-Header-Content-Length: \(header.utf8.count)\r\n"))
+        #expect(binary.status == 200, "\(binary.text)")
+        let jsonLength = try #require(Int(binary.headers["inference-header-content-length"] ?? ""))
+        let labels = binary.body[jsonLength...].withUnsafeBytes { raw in
+            (0..<2).map { Int64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) }
+        }
+        #expect(labels == [0, 2])
+
+        // The repository index of any node lists every model of the cluster.
+        let index = try #require(ForwardingLiveTests.call(nodes[0].http, "POST", "/v2/repository/index"))
+        let listed = try #require(try JSONSerialization.jsonObject(with: Data(index.body)) as? [[String: Any]])
+        #expect(Set(listed.compactMap { $0["name"] as? String }) == Set(names), "\(index.text)")
+        #expect(listed.allSatisfy { $0["state"] as? String == "READY" })
+
+        // What the cluster does not have is a 404 from any node, as on one node.
+        let unknown = try #require(ForwardingLiveTests.call(outsider.http, "POST", "/v2/models/nope/infer", ForwardingLiveTests.irisBody))
+        #expect(unknown.status == 404 && unknown.text.contains("model `nope` does not exist"), "\(unknown.text)")
+
+        // A holder dies: until the others notice, calls still reach the other holder.
+        let target = names[1]
+        let holders = try #require(table["\(target)@1"]?.holders)
+        let caller = try #require(nodes.first { !holders.contains($0.name) })
+        let victim = try #require(nodes.first { $0.name == holders[0] })
+        victim.process.signal(SIGKILL)
+        victim.process.wait()
+        usleep(300_000)
+        for i in 0..<10 {
+            let r = try #require(ForwardingLiveTests.call(caller.http, "POST", "/v2/models/\(target)/infer", ForwardingLiveTests.irisBody))
+            #expect(r.status == 200, "call \(i): \(r.text)")
+            #expect(r.headers["kaa-served-by"] == holders[1])
+        }
+    }
+}
