@@ -87,14 +87,18 @@ final class Forwarder {
     let myZone: String
     /// This node's own routes, for the share of a load or unload this node carries out.
     let routes: HTTPRouter
+    /// Where a call that no holder answered ends.
+    let deadLetters: DeadLetters?
     /// Calls this node has sent to each node and not yet heard back from.
     private var inFlight: [NodeID: Int] = [:]
     private(set) var forwarded = 0
     private(set) var retried = 0
 
-    init(loop: EventLoop, frames: FrameClient, myName: String, myZone: String, routes: HTTPRouter, logger: Logger) {
+    init(loop: EventLoop, frames: FrameClient, myName: String, myZone: String, routes: HTTPRouter, deadLetters: DeadLetters?,
+         logger: Logger) {
         self.loop = loop
         self.routes = routes
+        self.deadLetters = deadLetters
         self.frames = frames
         self.myName = myName
         self.myZone = myZone
@@ -115,43 +119,90 @@ final class Forwarder {
     /// the call certainly did not run there (no connection, or an answer that it does not have
     /// the version ready, is unloaded, or is full); answers the client with the holder's answer
     /// and `Kaa-Served-By`, 503 when no holder took it, 504 when the deadline passed.
-    func forward(_ request: HTTPRequest, key: String, holders: [Member], deadlineMs: UInt64, _ responder: HTTPResponder) {
+    /// One call on its way to a holder: what it is, where it has been.
+    private struct Trip {
+        var request: HTTPRequest
+        var headers: HTTPHeaders
+        var requestID: String
+        var key: String
+        /// For the dead letter of a call (nil for metadata and readiness, which have none).
+        var call: DeadLetters.Call?
+        var deadline: UInt64
+        var tried: [String] = []
+        var attempts: [DeadLetter.Attempt] = []
+        var last: HTTPResponse?
+    }
+
+    func forward(_ request: HTTPRequest, key: String, holders: [Member], deadlineMs: UInt64, call: DeadLetters.Call? = nil,
+                 _ responder: HTTPResponder) {
         forwarded += 1
         var headers = request.headers
         let requestID = headers["kaa-request-id"] ?? UUID().uuidString.lowercased()
         headers.set("kaa-request-id", requestID)
-        let deadline = loop.nowNanoseconds &+ deadlineMs &* 1_000_000
-        attempt(request, headers: headers, requestID: requestID, key: key, queue: order(holders)[...], tried: [],
-                deadline: deadline, last: nil, responder)
+        let trip = Trip(request: request, headers: headers, requestID: requestID, key: key, call: call,
+                        deadline: loop.nowNanoseconds &+ deadlineMs &* 1_000_000)
+        attempt(trip, queue: order(holders)[...], responder)
     }
 
-    private func attempt(_ request: HTTPRequest, headers: HTTPHeaders, requestID: String, key: String, queue: ArraySlice<Member>,
-                         tried: [String], deadline: UInt64, last: HTTPResponse?, _ responder: HTTPResponder) {
+    /// Ends a call no holder answered: a dead letter when it is a call, else just the error.
+    private func fail(_ trip: Trip, _ reason: DeadLetter.Reason, _ status: HTTPStatus, _ message: String, _ responder: HTTPResponder) {
+        guard let deadLetters, let call = trip.call else { return responder.respond(.error(status, message)) }
+        deadLetters.fail(trip.request, call, reason: reason, status: status, message: message, attempts: trip.attempts, responder)
+    }
+
+    private func attempt(_ trip: Trip, queue: ArraySlice<Member>, _ responder: HTTPResponder) {
         let now = loop.nowNanoseconds
-        guard now < deadline else {
-            return responder.respond(.error(.gatewayTimeout, "the deadline passed before a holder of \(key) answered (tried: \(tried.joined(separator: ", ")))"))
+        let tried = trip.tried.joined(separator: ", ")
+        guard now < trip.deadline else {
+            return fail(trip, .deadline, .gatewayTimeout, "the deadline passed before a holder of \(trip.key) answered (tried: \(tried))", responder)
         }
         guard let holder = queue.first else {
-            if let last { return responder.respond(last) }
-            return responder.respond(.error(.serviceUnavailable, "no holder of \(key) took the call (tried: \(tried.joined(separator: ", ")))"))
+            guard let last = trip.last else {
+                return fail(trip, .unreachable, .serviceUnavailable, "no holder of \(trip.key) could be reached (tried: \(tried))", responder)
+            }
+            // Full queues everywhere: a refusal the client retries, not a dead letter.
+            if last.status.code == 429 { return responder.respond(last) }
+            let said = String(decoding: last.body.prefix(300), as: UTF8.self)
+            return fail(trip, .noHolder, .serviceUnavailable, "no holder of \(trip.key) took the call (tried: \(tried); the last said HTTP \(last.status.code) \(said))", responder)
         }
-        send(request, headers: headers, requestID: requestID, to: holder, tried: tried, deadline: deadline) { [self] result in
-            let next = { (why: String, answer: HTTPResponse?) in
+        let started = DeadLetters.nowMs()
+        send(trip.request, headers: trip.headers, requestID: trip.requestID, to: holder, tried: trip.tried, deadline: trip.deadline) { [self] result in
+            var trip = trip
+            let outcome: String
+            switch result {
+            case .success(let response): outcome = "HTTP \(response.status.code)"
+            case .failure(let error): outcome = error.message
+            }
+            trip.attempts.append(.init(node: holder.info.name, start: started, end: DeadLetters.nowMs(), outcome: outcome))
+            let next = { (answer: HTTPResponse?) in
                 self.retried += 1
                 self.logger.debug("a holder did not take a call; trying the next", metadata: [
-                    "snapshot": "\(key)", "holder": "\(holder.info.name)", "reason": "\(why)", "request.id": "\(requestID)",
+                    "snapshot": "\(trip.key)", "holder": "\(holder.info.name)", "reason": "\(outcome)", "request.id": "\(trip.requestID)",
                 ])
-                self.attempt(request, headers: headers, requestID: requestID, key: key, queue: queue.dropFirst(),
-                             tried: tried + [holder.info.name], deadline: deadline, last: answer ?? last, responder)
+                var after = trip
+                after.tried.append(holder.info.name)
+                if let answer { after.last = answer }
+                self.attempt(after, queue: queue.dropFirst(), responder)
             }
             switch result {
             case .success(let response):
                 // Not held there, unloaded or failed to load, or its queue full: it did not run.
-                if [404, 429, 503].contains(response.status.code) { return next("HTTP \(response.status.code)", response) }
+                if [404, 429, 503].contains(response.status.code) { return next(response) }
+                if response.status.code == 504 {
+                    let said = String(decoding: response.body.prefix(300), as: UTF8.self)
+                    return fail(trip, .deadline, .gatewayTimeout, "the deadline passed while holder \(holder.info.name) ran the call for \(trip.key): \(said)", responder)
+                }
                 responder.respond(response)
             case .failure(let error):
-                if Forwarder.didNotRun(error) { return next(error.message, nil) }
-                responder.respond(Forwarder.answer(for: error, holder: holder, key: key, bytes: request.body.count))
+                if Forwarder.didNotRun(error) { return next(nil) }
+                switch error.code {
+                case .frameTooLarge:
+                    responder.respond(Forwarder.answer(for: error, holder: holder, key: trip.key, bytes: trip.request.body.count))
+                case .deadlineExceeded:
+                    fail(trip, .deadline, .gatewayTimeout, "holder \(holder.info.name) did not answer the call for \(trip.key) within its deadline", responder)
+                default:
+                    fail(trip, .holderFailed, .serviceUnavailable, "holder \(holder.info.name) failed during the call for \(trip.key): \(error.message)", responder)
+                }
             }
         }
     }

@@ -21,6 +21,8 @@ public final class Node: Sendable {
     private let dataLock: DataDirectoryLock
     /// The node's snapshot store and catalog, in its data directory.
     public let store: SnapshotStore
+    /// The calls it accepted and could not answer, in `<data_dir>/deadletters.sqlite`.
+    let deadLetterStore: DeadLetterStore
     private let state = Locked<State>(State())
     private let stopped = DispatchSemaphore(value: 0)
 
@@ -77,6 +79,9 @@ public final class Node: Sendable {
                                                             maxContentBytes: UInt64(config.maxContentBytes),
                                                             maxConcurrentIngests: config.maxConcurrentUploads),
                                        logger: logger)
+        do throws(DeadLetterStore.Failure) { self.deadLetterStore = try DeadLetterStore(path: config.dataDir + "/deadletters.sqlite") } catch {
+            throw ConfigError(error.description)
+        }
         self.nodeID = try NodeIdentity.loadID(directory: config.dataDir)
         self.firstIncarnation = NodeIdentity.nextIncarnation(directory: config.dataDir)
         if config.gossipPlaintext {
@@ -130,8 +135,13 @@ public final class Node: Sendable {
         }
         let replicatorCell = replicator
         let forwarderCell = LoopCell<Forwarder>(loop: loop)
+        let deadLetters = DeadLetters(store: deadLetterStore, loop: loop, nodeName: config.nodeName, retain: config.deadLetterRetention,
+                                      retainBytes: Int64(config.deadLetterMaxBytes), logger: logger)
+        deadLetters.addRoutes(to: &router)
         var inference = InferenceAPI(server: serving, metrics: metrics, store: store, config: config.serving,
-                                     moreMetrics: { (replicatorCell.value?.metricsText ?? "") + (forwarderCell.value?.metricsText ?? "") })
+                                     moreMetrics: { (replicatorCell.value?.metricsText ?? "") + (forwarderCell.value?.metricsText ?? "")
+                                         + deadLetters.metricsText })
+        inference.deadLetters = deadLetters
         // Any node answers for any model: a call for a version held elsewhere goes to a holder.
         inference.route = { request, name, version, deadlineMs, everyHolder, responder in
             // A call another node sent here is served here, never sent further.
@@ -149,11 +159,18 @@ public final class Node: Sendable {
                 if everyHolder {
                     forwarder.broadcast(request, key: key, holders: holders, alsoHere: false, deadlineMs: deadlineMs, responder)
                 } else {
-                    forwarder.forward(request, key: key, holders: holders, deadlineMs: deadlineMs, responder)
+                    let call = request.method == .post && request.path.hasSuffix("/infer")
+                        ? DeadLetters.Call(model: name, asked: version, version: key.split(separator: "@").last.flatMap { Int($0) }) : nil
+                    forwarder.forward(request, key: key, holders: holders, deadlineMs: deadlineMs, call: call, responder)
                 }
                 return .handled
             case .unavailable(let why):
-                responder.respond(.error(.serviceUnavailable, why))
+                if request.method == .post && request.path.hasSuffix("/infer") {
+                    deadLetters.fail(request, DeadLetters.Call(model: name, asked: version), reason: .noHolder, status: .serviceUnavailable,
+                                     message: why, attempts: [], responder)
+                } else {
+                    responder.respond(.error(.serviceUnavailable, why))
+                }
                 return .handled
             }
         }
@@ -213,6 +230,7 @@ public final class Node: Sendable {
             service.register(PeerFrameType.call) { [name = self.config.nodeName] frame, responder in
                 Forwarder.serve(frame, responder, routes: routes, myName: name)
             }
+            service.register(PeerFrameType.deadLetters) { frame, responder in deadLetters.answer(frame, responder) }
             service.register(PeerFrameType.holdings) { frame, responder in
                 guard let replicator = replicatorCell.value else { return responder.fail(.notReady, "replication is not running yet") }
                 replicator.answer(frame, responder)
@@ -255,7 +273,13 @@ public final class Node: Sendable {
                 let replicator = Replicator(loop: loop, store: store, api: snapshotAPI, frames: frames, gossip: shell,
                                             settings: replication, logger: logger)
                 replicatorCell.value = replicator
-                forwarderCell.value = Forwarder(loop: loop, frames: frames, myName: info.name, myZone: info.zone, routes: routes, logger: logger)
+                forwarderCell.value = Forwarder(loop: loop, frames: frames, myName: info.name, myZone: info.zone, routes: routes,
+                                                deadLetters: deadLetters, logger: logger)
+                deadLetters.frames.withLock { $0 = frames }
+                deadLetters.routes.withLock { $0 = routes }
+                let members = LoopBound(shell, loop: loop)
+                deadLetters.peers.withLock { $0 = { members.value.instance.members.filter { $0.status.isReachable && $0.id != members.value.instance.myself.id } } }
+                deadLetters.scheduleRetention()
                 replicator.start()
                 readiness.value.mark(.members)
                 return LoopBound(shell, loop: loop)

@@ -72,6 +72,9 @@ public struct NodeConfig: Sendable {
     public var publishTimeout: Duration = .seconds(30)
     /// How long a stopping node waits for its copies to be made on other nodes before it leaves.
     public var leaveTimeout: Duration = .seconds(60)
+    /// Dead letters are kept this long, and at most this many bytes of their payloads.
+    public var deadLetterRetention: Duration = .seconds(7 * 86_400)
+    public var deadLetterMaxBytes = 1 << 30
 
     public init() {}
 
@@ -194,6 +197,8 @@ public struct NodeConfig: Sendable {
         .duration("publish_timeout", "a publish waits this long for its copies, then answers 202", \.publishTimeout),
         .duration("leave_timeout", "on SIGTERM, time to hand this node's copies over before leaving",
                   \.leaveTimeout, allowZero: true),
+        .duration("dead_letter_retention", "dead letters older than this are deleted", \.deadLetterRetention),
+        .bytes("dead_letter_max_bytes", "payload bytes of dead letters kept; past it the oldest go", \.deadLetterMaxBytes, min: 1),
 
         .bytes("memory_budget", "bytes loaded models may hold before LRU eviction", \.serving.memoryBudget),
         .list("pinned_models", "models (name or name@version, comma-separated) loaded at start, kept", \.serving.pinned),

@@ -26,6 +26,8 @@ extension Node {
         public static let holdings: UInt16 = 4
         /// An Open Inference Protocol call sent on to a node that holds the model.
         public static let call: UInt16 = 5
+        /// A copy of a dead letter to keep, or a listing of them.
+        public static let deadLetters: UInt16 = 6
 
         public static let all: [Entry] = [
             Entry(type: ping, name: "ping", summary: "any bytes; answered with the same bytes"),
@@ -36,6 +38,8 @@ extension Node {
                   summary: "JSON `{from, entry, summary, members, table}`; answered with JSON `{from, entries, members, table}`"),
             Entry(type: call, name: "call",
                   summary: "a call's head (JSON) and body as received; answered with the HTTP answer's head and body"),
+            Entry(type: deadLetters, name: "dead-letters",
+                  summary: "JSON `{op: copy|list|replay|delete, ...}`; answered `{}`, a JSON list, or a replay's HTTP answer"),
         ]
 
         /// `1 (ping), 2 (push-pull), ...`, for the unknown-type error.

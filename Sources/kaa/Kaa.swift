@@ -8,5 +8,5 @@ struct Kaa: AsyncParsableCommand {
         commandName: "kaa",
         abstract: "Kaa: a decentralized model-serving cluster.",
         version: KaaVersion.string,
-        subcommands: [NodeCommand.self, SnapshotCommand.self, PublishCommand.self, AliasCommand.self, PredictCommand.self, BatchCommand.self, MembersCommand.self, PlacementCommand.self, KeysCommand.self, TokensCommand.self, Ops.self])
+        subcommands: [NodeCommand.self, SnapshotCommand.self, PublishCommand.self, AliasCommand.self, PredictCommand.self, BatchCommand.self, MembersCommand.self, PlacementCommand.self, DeadLettersCommand.self, KeysCommand.self, TokensCommand.self, Ops.self])
 }

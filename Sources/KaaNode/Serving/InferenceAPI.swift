@@ -19,6 +19,8 @@ struct InferenceAPI: Sendable {
     /// `everyHolder`: a load or an unload, which every holder of the version carries out.
     var route: (@Sendable (_ request: HTTPRequest, _ name: String, _ version: String?, _ deadlineMs: UInt64, _ everyHolder: Bool,
                            _ responder: HTTPResponder) -> Routed)? = nil
+    /// Where calls this node cannot answer are kept.
+    var deadLetters: DeadLetters? = nil
     /// More entries for the repository index (on the loop): the cluster's other snapshots.
     var moreIndex: (@Sendable (_ local: Set<String>) -> [(name: String, version: Int, holders: [String])])? = nil
 
@@ -182,7 +184,13 @@ struct InferenceAPI: Sendable {
         guard let version = routed(request, name: name, version: version, deadlineMs: deadlineMs, responder) else { return }
         let call = InferenceCall(model: name, version: version, body: request.body, headerLength: headerLength,
                                  received: now, deadline: now &+ deadlineMs * 1_000_000)
-        server.call(call, CallCompletion(HTTPCallSink(responder: responder), label: name))
+        var sink = HTTPCallSink(responder: responder)
+        if let deadLetters, request.headers["kaa-forwarded"] == nil {
+            sink.deadLetters = deadLetters
+            sink.request = request
+            sink.call = DeadLetters.Call(model: name, asked: version.flatMap { Int($0) == nil ? $0 : nil }, version: version.flatMap { Int($0) })
+        }
+        server.call(call, CallCompletion(sink, label: name))
     }
 
     /// The HTTP status for each call error.
@@ -275,6 +283,11 @@ struct InferenceAPI: Sendable {
 /// as `{"error": ...}` with the status of their code.
 struct HTTPCallSink: CallSink {
     let responder: HTTPResponder
+    /// Where a call this node accepted from its client (not one another node sent on) ends
+    /// when its deadline passes or the node stops past its grace: a dead letter.
+    var deadLetters: DeadLetters? = nil
+    var request: HTTPRequest? = nil
+    var call: DeadLetters.Call? = nil
 
     func deliver(_ result: CallResult) {
         switch result {
@@ -288,6 +301,12 @@ struct HTTPCallSink: CallSink {
             }
             responder.respond(response)
         case .failure(let error):
+            if let deadLetters, let request, let call, error.code == .deadlineExceeded || error.code == .shuttingDown {
+                let attempt = DeadLetter.Attempt(node: deadLetters.nodeName, start: DeadLetters.nowMs(), end: DeadLetters.nowMs(),
+                                                 outcome: error.message)
+                return deadLetters.fail(request, call, reason: error.code == .deadlineExceeded ? .deadline : .shutdown,
+                                        status: InferenceAPI.status(for: error.code), message: error.message, attempts: [attempt], responder)
+            }
             responder.respond(InferenceAPI.answer(for: error))
         }
     }

@@ -1,0 +1,115 @@
+import Foundation
+import Glibc
+import KaaCore
+import KaaSnapshot
+import KaaTestSupport
+import Testing
+
+/// Dead letters on three real nodes (replication 2): a call whose deadline passes at the holder
+/// becomes one dead letter, durable and copied to a second node, listed once from any node,
+/// readable with its payload; replaying it after the cause is gone runs it once, even when two
+/// nodes are asked at the same time; a call for a model whose holders are gone gets 503 and a
+/// dead letter.
+@Suite(.serialized) struct DeadLetterLiveTests {
+    static func json(_ r: RawResponse?) -> [String: Any] {
+        guard let r else { return [:] }
+        return (try? JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any]) ?? [:]
+    }
+
+    @Test func callsThatCannotBeAnsweredBecomeDeadLettersAndReplayOnce() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let key = dir.path + "/cluster.key"
+        #expect(try KaaProcess.run(["keys", "cluster", "--out", key]).0 == 0)
+        let out = dir.path + "/snapshots"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        for (sample, name) in [("digits-mlp", "digits"), ("iris-logreg", "iris")] {
+            _ = try SnapshotBuilder.build(SnapshotBuildRequest(modelPath: ServingTests.repo + "/snapshots/\(sample)/model.onnx", name: name,
+                                                               version: 1, createdAt: Date(timeIntervalSince1970: 0)), to: "\(out)/\(name).kaa")
+        }
+        let extra = ["--replication", "2", "--repair-grace", "120s", "--placement-settle", "3s", "--leave-timeout", "0s"]
+        var nodes = [try GossipLiveTests.start("n1", in: dir, seeds: [], keyFile: key, extra: extra, logLevel: "info")]
+        for i in 2...3 {
+            nodes.append(try GossipLiveTests.start("n\(i)", in: dir, seeds: [nodes[0].peer], keyFile: key, extra: extra, logLevel: "info"))
+        }
+        defer {
+            for n in nodes { n.process.signal(SIGTERM) }
+            for n in nodes { n.process.wait(timeout: 60) }
+        }
+        #expect(GossipLiveTests.within(30) { nodes.allSatisfy { GossipLiveTests.view($0.http).values.filter { $0.0 == "alive" }.count == 3 } } != nil)
+        let published = try KaaProcess.run(["publish", out, "--to", "http://127.0.0.1:\(nodes[0].http)", "--timeout", "60"], timeout: 300)
+        try #require(published.0 == 0, "\(published.1)\(published.2)")
+        let heard = GossipLiveTests.within(60) {
+            nodes.allSatisfy { n in
+                let c = ReplicationLiveTests.placement(n.http).map(ReplicationLiveTests.copies) ?? [:]
+                return c["digits@1"]?.ready.count == 2 && c["iris@1"]?.ready.count == 2
+            }
+        }
+        try #require(heard != nil)
+        let table = ReplicationLiveTests.copies(try #require(ReplicationLiveTests.placement(nodes[0].http)))
+        let digitsHolders = try #require(table["digits@1"]?.holders)
+        let outsider = try #require(nodes.first { !digitsHolders.contains($0.name) })
+
+        // A cold model and a 1 ms deadline, through a node that holds nothing of it: 504 and a dead letter.
+        let row = "[" + (0..<64).map { String($0 % 16) }.joined(separator: ",") + "]"
+        let body = Array(#"{"id":"call-1","inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":\#(row)}]}"#.utf8)
+        let late = try #require(ForwardingLiveTests.call(outsider.http, "POST", "/v2/models/digits/infer", body,
+                                                         headers: "Content-Type: application/json\r\nKaa-Deadline-Ms: 1\r\n"))
+        #expect(late.status == 504, "\(late.text)")
+        let id = try #require(DeadLetterLiveTests.json(late)["dead_letter"] as? String, "\(late.text)")
+        #expect(late.headers["kaa-dead-letter"] == id)
+
+        // Listed once from every node (the copy on a second node counts once), with its reason.
+        #expect(GossipLiveTests.within(10) {
+            ServingTests.value("kaa_dead_letter_copies_total", in: (try? ServingTests.metrics(RawSocket(port: outsider.http))) ?? "") == 1
+        } != nil, "no copy reached a second node")
+        for n in nodes {
+            let listed = DeadLetterLiveTests.json(ForwardingLiveTests.call(n.http, "GET", "/kaa/v1/deadletters?model=digits"))
+            let letters = listed["dead_letters"] as? [[String: Any]] ?? []
+            #expect(letters.map { $0["id"] as? String } == [id], "\(n.name): \(listed)")
+            #expect(letters.first?["reason"] as? String == "deadline" && letters.first?["request_id"] as? String == "call-1", "\(listed)")
+        }
+        let cli = try KaaProcess.run(["deadletters", "list", "--reason", "deadline", "--to", "http://127.0.0.1:\(nodes[0].http)"])
+        #expect(cli.0 == 0 && cli.1.hasPrefix("\(id)\t") && cli.1.contains("\tdigits\tdeadline\tdead\taccepted by \(outsider.name)\t"), "\(cli)")
+        // Read whole on the node that accepted it: the payload as sent, the holder tried.
+        let record = DeadLetterLiveTests.json(ForwardingLiveTests.call(outsider.http, "GET", "/kaa/v1/deadletters/\(id)"))
+        #expect(record["accepted_by"] as? String == outsider.name)
+        #expect((record["payload"] as? String).flatMap { Data(base64Encoded: $0) }.map(Array.init) == body)
+        #expect(((record["attempts"] as? [[String: Any]]) ?? []).compactMap { $0["node"] as? String }.allSatisfy(digitsHolders.contains))
+        #expect(record["version"] as? Int == 1 && record["model"] as? String == "digits", "\(record)")
+
+        // The cause is gone (no short deadline in a replay): two nodes asked at once, it runs once.
+        let askers = [outsider, nodes.first { $0.name != outsider.name }!]
+        let answers = Locked<[[String: Any]]>([])
+        DispatchQueue.concurrentPerform(iterations: 2) { i in
+            let a = DeadLetterLiveTests.json(ForwardingLiveTests.call(askers[i].http, "POST", "/kaa/v1/deadletters/\(id)/replay"))
+            answers.withLock { $0.append(a) }
+        }
+        let replayed = answers.withLock { $0 }
+        #expect(replayed.map { $0["status"] as? Int } == [200, 200], "\(replayed)")
+        #expect(replayed.filter { $0["ran_now"] as? Bool == true }.count == 1, "\(replayed)")
+        #expect(Set(replayed.compactMap { $0["body"] as? String }).count == 1)
+        let again = try KaaProcess.run(["deadletters", "replay", id, "--to", "http://127.0.0.1:\(nodes[2].http)"])
+        #expect(again.0 == 0 && again.1.hasPrefix("\(id)\tHTTP 200\treplayed before, by "), "\(again)")
+        let runs = nodes.map { ServingTests.value("kaa_dead_letter_replays_total", in: (try? ServingTests.metrics(RawSocket(port: $0.http))) ?? "") ?? 0 }
+        #expect(runs.reduce(0, +) == 1, "\(runs)")
+
+        // Both holders of iris gone: the call through the third node gets 503 and a dead letter.
+        let irisHolders = try #require(table["iris@1"]?.holders)
+        let survivor = try #require(nodes.first { !irisHolders.contains($0.name) })
+        for n in nodes where irisHolders.contains(n.name) {
+            n.process.signal(SIGKILL)
+            n.process.wait()
+        }
+        let iris = Array(#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#.utf8)
+        let lost = try #require(ForwardingLiveTests.call(survivor.http, "POST", "/v2/models/iris/infer", iris))
+        #expect(lost.status == 503, "\(lost.text)")
+        let lostID = try #require(DeadLetterLiveTests.json(lost)["dead_letter"] as? String, "\(lost.text)")
+        let lostRecord = DeadLetterLiveTests.json(ForwardingLiveTests.call(survivor.http, "GET", "/kaa/v1/deadletters/\(lostID)"))
+        #expect(["unreachable", "no-holder"].contains(lostRecord["reason"] as? String ?? ""), "\(lostRecord)")
+        // A model that does not exist is a 404 and no dead letter.
+        #expect(ForwardingLiveTests.call(survivor.http, "POST", "/v2/models/nope/infer", iris)?.status == 404)
+        let all = DeadLetterLiveTests.json(ForwardingLiveTests.call(survivor.http, "GET", "/kaa/v1/deadletters"))
+        #expect(((all["dead_letters"] as? [[String: Any]]) ?? []).compactMap { $0["id"] as? String }.contains(lostID), "\(all)")
+    }
+}
