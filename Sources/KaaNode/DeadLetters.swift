@@ -48,6 +48,9 @@ final class DeadLetters: Sendable {
     /// Writes the dead letter of `request` (off the loop), then answers the client with
     /// `status`, `{"error", "dead_letter"}` and `Kaa-Dead-Letter`. When it cannot be written the
     /// client gets the error and the reason it was not kept.
+    ///
+    /// A `shutdown` dead letter is written on the calling thread (the loop, as the grace ends):
+    /// the node closes its connections right after, and the client must still get its answer.
     func fail(_ request: HTTPRequest, _ call: Call, reason: DeadLetter.Reason, status: HTTPStatus, message: String,
               attempts: [DeadLetter.Attempt], _ responder: HTTPResponder) {
         let carried = request.headers.fields.filter {
@@ -59,26 +62,32 @@ final class DeadLetters: Sendable {
             contentType: request.headers["content-type"], headers: carried, payload: Data(request.body), reason: reason,
             message: message, attempts: attempts, acceptedBy: nodeName, createdAt: DeadLetters.nowMs())
         let store = self.store
-        loop.offload({ () -> DeadLetterStore.Failure? in
+        let write = { @Sendable () -> DeadLetterStore.Failure? in
             do throws(DeadLetterStore.Failure) { try store.write(letter); return nil } catch { return error }
-        }) { [self] failure in
-            if let failure {
-                logger.error("a dead letter could not be written", metadata: ["error": "\(failure)", "model": "\(call.model)"])
-                return responder.respond(.error(status, "\(message) (no dead letter: \(failure))"))
-            }
-            written.add(1, ordering: .relaxed)
-            logger.notice("dead letter", metadata: ["dead_letter": "\(letter.id)", "model": "\(call.model)", "reason": "\(reason.rawValue)"])
-            var body = JSONWriter()
-            body.raw("{\"error\":")
-            body.string(message)
-            body.raw(",\"dead_letter\":")
-            body.string(letter.id)
-            body.raw("}")
-            var response = HTTPResponse.json(status, body.bytes)
-            response.headers.set("kaa-dead-letter", letter.id)
-            responder.respond(response)
-            copy(letter)
         }
+        if reason == .shutdown { return deliver(letter, call, reason, status, message, write(), responder) }
+        loop.offload(write) { [self] failure in deliver(letter, call, reason, status, message, failure, responder) }
+    }
+
+    /// Answers the client once its dead letter is written (or could not be).
+    private func deliver(_ letter: DeadLetter, _ call: Call, _ reason: DeadLetter.Reason, _ status: HTTPStatus, _ message: String,
+                         _ failure: DeadLetterStore.Failure?, _ responder: HTTPResponder) {
+        if let failure {
+            logger.error("a dead letter could not be written", metadata: ["error": "\(failure)", "model": "\(call.model)"])
+            return responder.respond(.error(status, "\(message) (no dead letter: \(failure))"))
+        }
+        written.add(1, ordering: .relaxed)
+        logger.notice("dead letter", metadata: ["dead_letter": "\(letter.id)", "model": "\(call.model)", "reason": "\(reason.rawValue)"])
+        var body = JSONWriter()
+        body.raw("{\"error\":")
+        body.string(message)
+        body.raw(",\"dead_letter\":")
+        body.string(letter.id)
+        body.raw("}")
+        var response = HTTPResponse.json(status, body.bytes)
+        response.headers.set("kaa-dead-letter", letter.id)
+        responder.respond(response)
+        copy(letter)
     }
 
     /// The OIP `id` of a JSON request body, when it has one at its top level.

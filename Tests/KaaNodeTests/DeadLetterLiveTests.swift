@@ -3,6 +3,7 @@ import Glibc
 import KaaCore
 import KaaSnapshot
 import KaaTestSupport
+import Synchronization
 import Testing
 
 /// Dead letters on three real nodes (replication 2): a call whose deadline passes at the holder
@@ -111,5 +112,90 @@ import Testing
         #expect(ForwardingLiveTests.call(survivor.http, "POST", "/v2/models/nope/infer", iris)?.status == 404)
         let all = DeadLetterLiveTests.json(ForwardingLiveTests.call(survivor.http, "GET", "/kaa/v1/deadletters"))
         #expect(((all["dead_letters"] as? [[String: Any]]) ?? []).compactMap { $0["id"] as? String }.contains(lostID), "\(all)")
+    }
+
+    /// A holder killed with SIGKILL while two client threads send 2,000 calls through a node
+    /// that holds nothing: every call the client saw is answered or names a dead letter that
+    /// exists exactly once, and no answered call has one.
+    @Test func underAKilledHolderEveryCallIsAnsweredOrDeadLettered() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let key = dir.path + "/cluster.key"
+        #expect(try KaaProcess.run(["keys", "cluster", "--out", key]).0 == 0)
+        let out = dir.path + "/snapshots"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        _ = try SnapshotBuilder.build(SnapshotBuildRequest(modelPath: ServingTests.repo + "/snapshots/iris-logreg/model.onnx", name: "iris",
+                                                           version: 1, createdAt: Date(timeIntervalSince1970: 0)), to: "\(out)/iris.kaa")
+        let extra = ["--replication", "2", "--repair-grace", "120s", "--placement-settle", "3s", "--leave-timeout", "0s"]
+        var nodes = [try GossipLiveTests.start("n1", in: dir, seeds: [], keyFile: key, extra: extra, logLevel: "info")]
+        for i in 2...3 {
+            nodes.append(try GossipLiveTests.start("n\(i)", in: dir, seeds: [nodes[0].peer], keyFile: key, extra: extra, logLevel: "info"))
+        }
+        defer {
+            for n in nodes { n.process.signal(SIGTERM) }
+            for n in nodes { n.process.wait(timeout: 60) }
+        }
+        #expect(GossipLiveTests.within(30) { nodes.allSatisfy { GossipLiveTests.view($0.http).values.filter { $0.0 == "alive" }.count == 3 } } != nil)
+        let published = try KaaProcess.run(["publish", out, "--to", "http://127.0.0.1:\(nodes[0].http)", "--timeout", "60"], timeout: 300)
+        try #require(published.0 == 0, "\(published.1)\(published.2)")
+        try #require(GossipLiveTests.within(60) {
+            nodes.allSatisfy { ReplicationLiveTests.placement($0.http).map(ReplicationLiveTests.copies)?["iris@1"]?.ready.count == 2 }
+        } != nil)
+        let placement = try #require(ReplicationLiveTests.placement(nodes[0].http))
+        let holders = try #require(ReplicationLiveTests.copies(placement)["iris@1"]?.holders)
+        let entry = try #require(nodes.first { !holders.contains($0.name) })
+        let victim = try #require(nodes.first { $0.name == holders[0] })
+
+        let body = Array(#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#.utf8)
+        let outcomes = Locked<[String: (status: Int, deadLetter: String?)]>([:])
+        let sent = Atomic<Int>(0)
+        let perThread = 1_000
+        DispatchQueue.concurrentPerform(iterations: 3) { thread in
+            if thread == 2 {
+                // The killer: a third of the way in.
+                while sent.load(ordering: .relaxed) < 2 * perThread / 3 { usleep(1_000) }
+                victim.process.signal(SIGKILL)
+                return
+            }
+            var c = try? RawSocket(port: entry.http, timeout: 30)
+            for i in 0..<perThread {
+                let id = "t\(thread)-\(i)"
+                let request = "POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nKaa-Request-Id: \(id)\r\nContent-Length: \(body.count)\r\n\r\n"
+                var response: RawResponse?
+                if let socket = c, (try? socket.send(Array(request.utf8) + body)) != nil { response = try? socket.readResponse() }
+                if response == nil { // the client's own connection failed: reconnect and record it as unanswered
+                    c = try? RawSocket(port: entry.http, timeout: 30)
+                }
+                let status = response?.status ?? 0
+                let deadLetter = response.flatMap { DeadLetterLiveTests.json($0)["dead_letter"] as? String }
+                outcomes.withLock { $0[id] = (status, deadLetter) }
+                sent.add(1, ordering: .relaxed)
+            }
+        }
+        victim.process.wait()
+        let seen = outcomes.withLock { $0 }
+        #expect(seen.count == 2 * perThread)
+        // The client's own connection to the entry node never failed, so each call has an answer.
+        #expect(seen.values.allSatisfy { $0.status != 0 }, "\(seen.filter { $0.value.status == 0 }.keys.sorted().prefix(5))")
+        let answered = Set(seen.filter { $0.value.status == 200 }.keys)
+        let lettered = seen.filter { $0.value.deadLetter != nil }
+        #expect(answered.count + lettered.count == seen.count,
+                "neither answered nor dead-lettered: \(seen.filter { $0.value.status != 200 && $0.value.deadLetter == nil }.prefix(5))")
+        #expect(lettered.allSatisfy { $0.value.status == 503 || $0.value.status == 504 })
+        // Every dead letter the cluster lists, page by page.
+        var listed: [[String: Any]] = []
+        var after: String?
+        repeat {
+            let page = DeadLetterLiveTests.json(ForwardingLiveTests.call(nodes.first { $0.name != victim.name }!.http, "GET",
+                                                                         "/kaa/v1/deadletters?limit=1000" + (after.map { "&after=\($0)" } ?? "")))
+            listed += page["dead_letters"] as? [[String: Any]] ?? []
+            after = page["next"] as? String
+        } while after != nil
+        let ids = listed.compactMap { $0["id"] as? String }
+        #expect(ids.count == Set(ids).count, "a dead letter listed twice")
+        #expect(Set(ids) == Set(lettered.values.compactMap(\.deadLetter)), "listed \(ids.count), the client saw \(lettered.count)")
+        let letteredRequests = Set(listed.compactMap { $0["request_id"] as? String })
+        #expect(letteredRequests.isDisjoint(with: answered), "answered and dead-lettered: \(letteredRequests.intersection(answered).prefix(5))")
+        print("dead letters: \(answered.count) of \(seen.count) calls answered, \(lettered.count) dead-lettered, with a holder killed during the load")
     }
 }
