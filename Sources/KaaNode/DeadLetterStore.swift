@@ -226,6 +226,23 @@ final class DeadLetterStore: Sendable {
         }
     }
 
+    /// Deletes every record `filter` selects (its model, reason, and `since` as a lower bound)
+    /// written before `before`; returns how many went.
+    @discardableResult
+    func purge(model: String?, reason: String?, before: Int64?) throws(Failure) -> Int {
+        var clauses: [String] = [], arguments: [any DatabaseValueConvertible] = []
+        if let model { clauses.append("model = ?"); arguments.append(model) }
+        if let reason { clauses.append("reason = ?"); arguments.append(reason) }
+        if let before { clauses.append("created_at < ?"); arguments.append(before) }
+        let sql = "DELETE FROM dead_letter" + (clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND "))
+        return try run("purge") {
+            try pool.write { db in
+                try db.execute(sql: sql, arguments: StatementArguments(arguments))
+                return db.changesCount
+            }
+        }
+    }
+
     /// Deletes those written before `cutoff` (milliseconds since the epoch), then the oldest
     /// while the payloads kept exceed `maxBytes`; returns how many went.
     @discardableResult

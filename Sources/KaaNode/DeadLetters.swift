@@ -53,6 +53,8 @@ final class DeadLetters: Sendable {
     /// the node closes its connections right after, and the client must still get its answer.
     func fail(_ request: HTTPRequest, _ call: Call, reason: DeadLetter.Reason, status: HTTPStatus, message: String,
               attempts: [DeadLetter.Attempt], _ responder: HTTPResponder) {
+        // A replay that fails again keeps its result in the dead letter it replays, not in a new one.
+        if request.headers["kaa-replay"] != nil { return responder.respond(.error(status, message)) }
         let carried = request.headers.fields.filter {
             ["content-type", "inference-header-content-length", "kaa-request-id"].contains($0.name.lowercased())
         }.map { [$0.name, $0.value] }
@@ -116,12 +118,14 @@ final class DeadLetters: Sendable {
 
     /// A `dead-letters` frame: a copy to keep, or a listing to answer.
     struct Message: Codable {
-        enum Op: String, Codable { case copy, list, replay, delete }
+        enum Op: String, Codable { case copy, list, replay, delete, purge }
         var op: Op
         var letter: DeadLetter?
         /// For `replay`: which, and whether to the alias's current version.
         var id: String?
         var current: Bool?
+        /// For `purge`: only those written before this (milliseconds since the epoch).
+        var before: Int64?
         var model: String?
         var reason: String?
         var since: Int64?
@@ -150,6 +154,9 @@ final class DeadLetters: Sendable {
                 case .delete:
                     _ = try store.delete(message.id ?? "")
                     return .success(Array("{}".utf8))
+                case .purge:
+                    let n = try store.purge(model: message.model, reason: message.reason, before: message.before)
+                    return .success(Array("{\"purged\":\(n)}".utf8))
                 case .copy:
                     guard let letter = message.letter else { return .success(Array("{}".utf8)) }
                     try store.write(letter)
@@ -281,6 +288,154 @@ final class DeadLetters: Sendable {
         router.add(.post, "/kaa/v1/deadletters/{id}/replay") { request, responder in
             letters.replay(request.pathParameters["id"] ?? "", current: request.query["to"] == "current", responder)
         }
+        router.add(.post, "/kaa/v1/deadletters/replay") { request, responder in
+            letters.replayMany(request.body, responder)
+        }
+        router.add(.delete, "/kaa/v1/deadletters") { request, responder in
+            let q = request.query
+            var before: Int64?
+            if let text = q["before"] {
+                guard let ms = DeadLetters.parseSince(text) else {
+                    return responder.respond(.error(.badRequest, "before `\(text.prefix(40))` is not a time: give milliseconds since the epoch, or an RFC 3339 time"))
+                }
+                before = ms
+            }
+            guard q["model"] != nil || q["reason"] != nil || before != nil else {
+                return responder.respond(.error(.badRequest, "a purge takes a filter: model=, reason= or before= (delete one dead letter with DELETE /kaa/v1/deadletters/{id})"))
+            }
+            letters.purge(model: q["model"], reason: q["reason"], before: before, responder)
+        }
+    }
+
+    /// Deletes what the filter selects here and on every live peer; answers with the count.
+    private func purge(model: String?, reason: String?, before: Int64?, _ responder: HTTPResponder) {
+        let store = self.store
+        let peers = self.peers.withLock { $0 }?() ?? [], frames = self.frames.withLock { $0 }
+        loop.offload({ try? store.purge(model: model, reason: reason, before: before) }) { [self] here in
+            let tally = LoopBound(Gather(merged: [], pending: frames == nil ? 0 : peers.count), loop: loop)
+            let count = LoopBound(Counter(value: here ?? 0), loop: loop)
+            let finish = LoopBound({ () in
+                var object: [String: Any] = ["purged": count.value.value]
+                if !tally.value.unreachable.isEmpty { object["unreachable"] = tally.value.unreachable.sorted() }
+                responder.respond(.json(.ok, Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())))
+            }, loop: loop)
+            guard let frames, !peers.isEmpty,
+                  let payload = try? JSONEncoder().encode(Message(op: .purge, before: before, model: model, reason: reason)) else { return finish.value() }
+            for peer in peers {
+                frames.request(to: peer.info.peerAddress, type: Node.PeerFrameType.deadLetters, payload: Array(payload), deadline: .seconds(10)) { result in
+                    switch result {
+                    case .success(let frame):
+                        let n = (try? JSONSerialization.jsonObject(with: Data(frame.payload)) as? [String: Any])?["purged"] as? Int ?? 0
+                        count.value.value += n
+                    case .failure: tally.value.unreachable.append(peer.info.name)
+                    }
+                    tally.value.pending -= 1
+                    if tally.value.pending == 0 { finish.value() }
+                }
+            }
+        }
+    }
+
+    private final class Counter {
+        var value: Int
+        init(value: Int) { self.value = value }
+    }
+
+    /// `POST /kaa/v1/deadletters/replay`: JSON `{"ids": [...]}` or a filter `{"model", "reason",
+    /// "since"}` (dead ones only), with `"to": "same"|"current"` and `"rate"` (replays a second,
+    /// default 50): each replayed as by id, one after another, paced; answers with each result.
+    private func replayMany(_ body: [UInt8], _ responder: HTTPResponder) {
+        struct Ask: Decodable {
+            var ids: [String]?
+            var model: String?
+            var reason: String?
+            var since: Int64?
+            var to: String?
+            var rate: Double?
+        }
+        let ask: Ask
+        do { ask = try JSONDecoder().decode(Ask.self, from: Data(body.isEmpty ? Array("{}".utf8) : body)) } catch {
+            return responder.respond(.error(.badRequest, "replay wants JSON {\"ids\": [...]} or a filter {\"model\", \"reason\", \"since\"}, with \"to\": \"same\" or \"current\" and \"rate\": replays a second; \(error)"))
+        }
+        guard ask.to == nil || ask.to == "same" || ask.to == "current" else {
+            return responder.respond(.error(.badRequest, "\"to\" is `same` (the version it resolved to) or `current` (as its alias resolves now), not `\(ask.to!.prefix(40))`"))
+        }
+        guard ask.ids != nil || ask.model != nil || ask.reason != nil || ask.since != nil else {
+            return responder.respond(.error(.badRequest, "replay takes ids or a filter (model, reason, since); to replay every dead letter, give since: 0"))
+        }
+        let current = ask.to == "current"
+        let gap = Duration.nanoseconds(Int64(1e9 / max(0.1, min(ask.rate ?? 50, 1000))))
+        let run = { [self] (ids: [String]) in
+            let batch = LoopBound(ReplayBatch(ids: ids, current: current, gap: gap, responder: responder), loop: loop)
+            step(batch)
+        }
+        if let ids = ask.ids { return run(ids) }
+        // The filter's dead ones, cluster-wide.
+        let store = self.store
+        let peers = self.peers.withLock { $0 }?() ?? [], frames = self.frames.withLock { $0 }
+        let filter = DeadLetterStore.Filter(model: ask.model, reason: ask.reason, since: ask.since, limit: 1000)
+        loop.offload({ (try? store.list(filter).map(Summary.init)) ?? [] }) { [self] mine in
+            let gather = LoopBound(Gather(merged: mine, pending: frames == nil ? 0 : peers.count), loop: loop)
+            let done = LoopBound({ () in
+                var seen = Set<String>()
+                run(gather.value.merged.filter { $0.state == DeadLetter.State.dead.rawValue && seen.insert($0.id).inserted }.map(\.id).sorted())
+            }, loop: loop)
+            guard let frames, !peers.isEmpty,
+                  let payload = try? JSONEncoder().encode(Message(op: .list, model: ask.model, reason: ask.reason, since: ask.since, limit: 1000)) else {
+                return done.value()
+            }
+            for peer in peers {
+                frames.request(to: peer.info.peerAddress, type: Node.PeerFrameType.deadLetters, payload: Array(payload), deadline: .seconds(5)) { result in
+                    if case .success(let frame) = result {
+                        gather.value.merged += (try? JSONDecoder().decode([Summary].self, from: Data(frame.payload))) ?? []
+                    }
+                    gather.value.pending -= 1
+                    if gather.value.pending == 0 { done.value() }
+                }
+            }
+        }
+    }
+
+    /// A replay of many, one after another. Loop-confined.
+    private final class ReplayBatch {
+        let ids: [String]
+        let current: Bool
+        let gap: Duration
+        let responder: HTTPResponder
+        var index = 0
+        var items: [[String: Any]] = []
+        init(ids: [String], current: Bool, gap: Duration, responder: HTTPResponder) {
+            self.ids = ids
+            self.current = current
+            self.gap = gap
+            self.responder = responder
+        }
+    }
+
+    /// Replays the batch's next dead letter, or answers with every result once none is left.
+    private func step(_ batch: LoopBound<ReplayBatch>) {
+        let b = batch.value
+        guard b.index < b.ids.count else {
+            let object: [String: Any] = ["replayed": b.items.count, "results": b.items]
+            return b.responder.respond(.json(.ok, Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())))
+        }
+        let id = b.ids[b.index]
+        b.index += 1
+        let loop = self.loop
+        replay(id, current: b.current, HTTPResponder { [self] response in
+            loop.execute { [self] in
+                var item: [String: Any] = ["id": id]
+                if let object = try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any], response.status.code == 200 {
+                    item["status"] = object["status"] ?? 0
+                    item["ran_now"] = object["ran_now"] ?? false
+                } else {
+                    item["status"] = response.status.code
+                    item["error"] = String(decoding: response.body.prefix(300), as: UTF8.self)
+                }
+                batch.value.items.append(item)
+                loop.schedule(after: batch.value.gap) { [self] in step(batch) }
+            }
+        })
     }
 
     static func parseSince(_ text: String) -> Int64? {
@@ -420,6 +575,7 @@ final class DeadLetters: Sendable {
                 if !current, let v = letter.version { target = "/v2/models/\(letter.model)/versions/\(v)/infer" }
                 var request = HTTPRequest(method: .post, target: target, headers: ForwardedCall.headers(letter.headers), body: Array(letter.payload))
                 request.headers.set("kaa-request-id", letter.requestID.isEmpty ? "replay-\(letter.id)" : letter.requestID)
+                request.headers.set("kaa-replay", letter.id)
                 replays.add(1, ordering: .relaxed)
                 let loop = self.loop, me = nodeName
                 routes.handle(request, HTTPResponder { response in

@@ -3,12 +3,12 @@ import Foundation
 import KaaCore
 import KaaIO
 
-/// `kaa deadletters list|show|replay|delete`.
+/// `kaa deadletters list|show|replay|delete|purge`.
 struct DeadLettersCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "deadletters",
         abstract: "Inspect and replay the calls the cluster accepted and could not answer.",
-        subcommands: [List.self, Show.self, Replay.self, Delete.self])
+        subcommands: [List.self, Show.self, Replay.self, Delete.self, Purge.self])
 
     static func query(_ pairs: [(String, String?)]) -> String {
         let items = pairs.compactMap { key, value in
@@ -58,20 +58,68 @@ struct DeadLettersCommand: AsyncParsableCommand {
 
     struct Replay: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Run dead letters again, each at most once cluster-wide; a replayed one prints the result it kept.")
-        @Argument(help: "The dead letters' ids.") var ids: [String]
+            abstract: "Run dead letters again (by id, or those a filter selects), each at most once cluster-wide; one replayed before prints the result it kept.")
+        @Argument(help: "The dead letters' ids (or give a filter).") var ids: [String] = []
+        @Option(help: "Filter: this model's dead letters.") var model: String?
+        @Option(help: "Filter: this reason's.") var reason: String?
+        @Option(help: "Filter: written at or after this time (milliseconds since the epoch).") var since: Int64?
+        @Option(help: "Replays a second, for a filter.") var rate: Double = 50
         @Flag(help: "Send each to the version its alias (or name) resolves to now, not the one it resolved to then.") var current = false
         @OptionGroup var node: NodeTarget
 
-        func run() async throws {
-            var failed = 0
-            for id in ids {
-                let r = try await send(HTTPRequest(method: .post, target: "/kaa/v1/deadletters/\(id)/replay" + (current ? "?to=current" : "")), node)
-                let status = r.json?["status"] as? Int ?? 0
-                if !(200..<300).contains(status) { failed += 1 }
-                print("\(id)\tHTTP \(status)\t\((r.json?["ran_now"] as? Bool) == true ? "ran now" : "replayed before, by \(r.json?["by"] as? String ?? "?")")")
+        func validate() throws {
+            if ids.isEmpty && model == nil && reason == nil && since == nil {
+                throw ValidationError("give ids, or a filter: --model, --reason or --since (--since 0 for every dead letter)")
             }
-            if failed > 0 { throw CommandFailure("\(failed) of \(ids.count) replays did not succeed") }
+            if !ids.isEmpty && (model != nil || reason != nil || since != nil) { throw ValidationError("give ids or a filter, not both") }
+        }
+
+        func run() async throws {
+            var results: [[String: Any]] = []
+            if ids.isEmpty {
+                var ask: [String: Any] = ["to": current ? "current" : "same", "rate": rate]
+                if let model { ask["model"] = model }
+                if let reason { ask["reason"] = reason }
+                if let since { ask["since"] = since }
+                let body = try JSONSerialization.data(withJSONObject: ask)
+                let r = try await send(HTTPRequest(method: .post, target: "/kaa/v1/deadletters/replay", body: Array(body)), node)
+                results = r.json?["results"] as? [[String: Any]] ?? []
+                if results.isEmpty { print("no dead letters to replay") }
+            } else {
+                for id in ids {
+                    let r = try await send(HTTPRequest(method: .post, target: "/kaa/v1/deadletters/\(id)/replay" + (current ? "?to=current" : "")), node)
+                    var item = r.json ?? [:]
+                    item["id"] = id
+                    results.append(item)
+                }
+            }
+            var failed = 0
+            for item in results {
+                let status = item["status"] as? Int ?? 0
+                if !(200..<300).contains(status) { failed += 1 }
+                let how = (item["ran_now"] as? Bool) == true ? "ran now" : item["error"] as? String ?? "replayed before, by \(item["by"] as? String ?? "?")"
+                print("\(item["id"] as? String ?? "?")\tHTTP \(status)\t\(how)")
+            }
+            if failed > 0 { throw CommandFailure("\(failed) of \(results.count) replays did not succeed") }
+        }
+    }
+
+    struct Purge: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete the dead letters a filter selects, on every live node.")
+        @Option(help: "This model's.") var model: String?
+        @Option(help: "This reason's.") var reason: String?
+        @Option(help: "Written before this time (RFC 3339, or milliseconds since the epoch).") var before: String?
+        @OptionGroup var node: NodeTarget
+
+        func validate() throws {
+            if model == nil && reason == nil && before == nil { throw ValidationError("give a filter: --model, --reason or --before") }
+        }
+
+        func run() async throws {
+            let target = "/kaa/v1/deadletters" + DeadLettersCommand.query([("model", model), ("reason", reason), ("before", before)])
+            let r = try await send(HTTPRequest(method: .delete, target: target), node)
+            print("purged \(r.json?["purged"] as? Int ?? 0)")
+            if let unreachable = r.json?["unreachable"] as? [String] { print("not purged (unreachable): \(unreachable.joined(separator: ", "))") }
         }
     }
 

@@ -112,6 +112,17 @@ import Testing
         #expect(ForwardingLiveTests.call(survivor.http, "POST", "/v2/models/nope/infer", iris)?.status == 404)
         let all = DeadLetterLiveTests.json(ForwardingLiveTests.call(survivor.http, "GET", "/kaa/v1/deadletters"))
         #expect(((all["dead_letters"] as? [[String: Any]]) ?? []).compactMap { $0["id"] as? String }.contains(lostID), "\(all)")
+        // Replayed by a filter while the cause remains: it fails again, kept in the same record, no new one.
+        let to = ["--to", "http://127.0.0.1:\(survivor.http)"]
+        let failing = try KaaProcess.run(["deadletters", "replay", "--model", "iris"] + to)
+        #expect(failing.0 != 0 && failing.1.hasPrefix("\(lostID)\tHTTP 503\tran now"), "\(failing)")
+        let after = DeadLetterLiveTests.json(ForwardingLiveTests.call(survivor.http, "GET", "/kaa/v1/deadletters?model=iris"))
+        #expect(((after["dead_letters"] as? [[String: Any]]) ?? []).map { $0["replay_status"] as? Int } == [503], "\(after)")
+        // Purged by a filter: gone from the listing.
+        let purged = try KaaProcess.run(["deadletters", "purge", "--model", "iris"] + to)
+        #expect(purged.0 == 0 && purged.1.hasPrefix("purged "), "\(purged)")
+        let none = DeadLetterLiveTests.json(ForwardingLiveTests.call(survivor.http, "GET", "/kaa/v1/deadletters?model=iris"))
+        #expect(((none["dead_letters"] as? [[String: Any]]) ?? []).isEmpty, "\(none)")
     }
 
     /// A holder killed with SIGKILL while two client threads send 2,000 calls through a node
@@ -124,7 +135,7 @@ import Testing
         #expect(try KaaProcess.run(["keys", "cluster", "--out", key]).0 == 0)
         let out = dir.path + "/snapshots"
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        _ = try SnapshotBuilder.build(SnapshotBuildRequest(modelPath: ServingTests.repo + "/snapshots/iris-logreg/model.onnx", name: "iris",
+        _ = try SnapshotBuilder.build(SnapshotBuildRequest(modelPath: ServingTests.repo + "/snapshots/digits-mlp/model.onnx", name: "iris",
                                                            version: 1, createdAt: Date(timeIntervalSince1970: 0)), to: "\(out)/iris.kaa")
         let extra = ["--replication", "2", "--repair-grace", "120s", "--placement-settle", "3s", "--leave-timeout", "0s"]
         var nodes = [try GossipLiveTests.start("n1", in: dir, seeds: [], keyFile: key, extra: extra, logLevel: "info")]
@@ -146,7 +157,9 @@ import Testing
         let entry = try #require(nodes.first { !holders.contains($0.name) })
         let victim = try #require(nodes.first { $0.name == holders[0] })
 
-        let body = Array(#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#.utf8)
+        // 32 rows of the digits model: long enough that calls are often running at the holder when it dies.
+        let row = "[" + (0..<64).map { String($0 % 16) }.joined(separator: ",") + "]"
+        let body = Array(#"{"inputs":[{"name":"input","shape":[32,64],"datatype":"FP32","data":[\#(Array(repeating: row, count: 32).joined(separator: ","))]}]}"#.utf8)
         let outcomes = Locked<[String: (status: Int, deadLetter: String?)]>([:])
         let sent = Atomic<Int>(0)
         let perThread = 1_000
