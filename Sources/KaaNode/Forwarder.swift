@@ -4,6 +4,31 @@ import KaaCore
 import KaaIO
 import Logging
 
+/// A histogram of durations with fixed buckets from 100 µs to 10 s, for `/metrics`.
+struct LatencyHistogram {
+    static let bounds: [Double] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10]
+    private(set) var counts = [Int](repeating: 0, count: LatencyHistogram.bounds.count + 1)
+    private(set) var sum = 0.0
+
+    mutating func record(_ nanoseconds: UInt64) {
+        let seconds = Double(nanoseconds) / 1e9
+        sum += seconds
+        counts[LatencyHistogram.bounds.firstIndex { seconds <= $0 } ?? LatencyHistogram.bounds.count] += 1
+    }
+
+    /// The Prometheus lines (cumulative buckets, sum, count), ending with a newline.
+    func exposition(name: String) -> String {
+        var out = "", running = 0
+        for (i, bound) in LatencyHistogram.bounds.enumerated() {
+            running += counts[i]
+            out += "\(name)_bucket{le=\"\(bound)\"} \(running)\n"
+        }
+        running += counts[LatencyHistogram.bounds.count]
+        out += "\(name)_bucket{le=\"+Inf\"} \(running)\n\(name)_sum \(sum)\n\(name)_count \(running)\n"
+        return out
+    }
+}
+
 /// A call sent on to another node over the peer plane (`call` frames, type 5): the request as
 /// the client sent it, with what the holder needs to run it and what the sender needs to try
 /// the next holder.
@@ -12,7 +37,7 @@ import Logging
 /// as received (JSON or binary tensors). An answer has the same form, its head the status and
 /// headers.
 struct ForwardedCall: Equatable {
-    struct Head: Codable, Equatable {
+    struct Head: CallFrameHead, Equatable {
         var method: String
         var target: String
         /// The request's headers, as `[name, value]` pairs, in order.
@@ -25,16 +50,61 @@ struct ForwardedCall: Equatable {
         /// The holders tried before this one, by name.
         var tried: [String]
 
-        enum CodingKeys: String, CodingKey {
-            case method, target, headers, hop, tried
-            case deadlineMs = "deadline_ms", requestID = "request_id"
+        func write(to w: inout CallFrameWriter) {
+            w.string(method)
+            w.string(target)
+            w.pairs(headers)
+            w.u64(deadlineMs)
+            w.string(requestID)
+            w.u64(UInt64(max(0, hop)))
+            w.strings(tried)
+        }
+
+        init(method: String, target: String, headers: [[String]], deadlineMs: UInt64, requestID: String, hop: Int, tried: [String]) {
+            self.method = method
+            self.target = target
+            self.headers = headers
+            self.deadlineMs = deadlineMs
+            self.requestID = requestID
+            self.hop = hop
+            self.tried = tried
+        }
+
+        init(reading r: inout CallFrameReader) throws(ForwardedCall.Malformed) {
+            method = try r.string("method")
+            target = try r.string("target")
+            headers = try r.pairs()
+            deadlineMs = try r.u64("deadline")
+            requestID = try r.string("request id")
+            hop = Int(min(try r.u64("hop"), 255))
+            tried = try r.strings("tried")
         }
     }
 
-    struct AnswerHead: Codable, Equatable {
+    struct AnswerHead: CallFrameHead, Equatable {
         var status: Int
         var reason: String
         var headers: [[String]]
+
+        func write(to w: inout CallFrameWriter) {
+            w.u64(UInt64(max(0, status)))
+            w.string(reason)
+            w.pairs(headers)
+        }
+
+        init(status: Int, reason: String, headers: [[String]]) {
+            self.status = status
+            self.reason = reason
+            self.headers = headers
+        }
+
+        init(reading r: inout CallFrameReader) throws(ForwardedCall.Malformed) {
+            let code = try r.u64("status")
+            guard (100...599).contains(code) else { throw Malformed(description: "status \(code) is not an HTTP status") }
+            status = Int(code)
+            reason = try r.string("reason")
+            headers = try r.pairs()
+        }
     }
 
     /// Headers a hop does not carry: the connection's own, and the token (the holder trusts the
@@ -42,10 +112,15 @@ struct ForwardedCall: Equatable {
     static let hopHeaders: Set<String> = ["connection", "keep-alive", "content-length", "transfer-encoding", "te", "upgrade",
                                           "host", "authorization", "expect"]
 
-    static func encode<H: Encodable>(_ head: H, body: [UInt8]) -> [UInt8] {
-        let json = (try? JSONEncoder().encode(head)).map(Array.init) ?? Array("{}".utf8)
-        let n = UInt32(json.count)
-        return [UInt8(n >> 24), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF)] + json + body
+    static func encode<H: CallFrameHead>(_ head: H, body: [UInt8]) -> [UInt8] {
+        var w = CallFrameWriter()
+        head.write(to: &w)
+        let n = UInt32(w.bytes.count)
+        var out = [UInt8(n >> 24), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF)]
+        out.reserveCapacity(4 + w.bytes.count + body.count)
+        out += w.bytes
+        out += body
+        return out
     }
 
     /// What is wrong with a call frame.
@@ -54,15 +129,17 @@ struct ForwardedCall: Equatable {
     }
 
     /// The head and the body of `payload`, or what is wrong with it.
-    static func decode<H: Decodable>(_ type: H.Type, _ payload: [UInt8]) -> Result<(H, [UInt8]), Malformed> {
+    static func decode<H: CallFrameHead>(_ type: H.Type, _ payload: [UInt8]) -> Result<(H, [UInt8]), Malformed> {
         guard payload.count >= 4 else { return .failure(Malformed(description: "a call frame starts with a 4-byte head length; it has \(payload.count) bytes")) }
         let n = Int(payload[0]) << 24 | Int(payload[1]) << 16 | Int(payload[2]) << 8 | Int(payload[3])
         guard n <= payload.count - 4 else { return .failure(Malformed(description: "the head is \(n) bytes but \(payload.count - 4) follow its length")) }
-        do {
-            let head = try JSONDecoder().decode(H.self, from: Data(payload[4..<(4 + n)]))
+        var r = CallFrameReader(bytes: payload[4..<(4 + n)])
+        do throws(Malformed) {
+            let head = try H(reading: &r)
+            guard r.atEnd else { throw Malformed(description: "the head has \(r.left) bytes after its last field") }
             return .success((head, Array(payload[(4 + n)...])))
         } catch {
-            return .failure(Malformed(description: "the head is not the JSON of a call: \(error)"))
+            return .failure(error)
         }
     }
 
@@ -73,6 +150,90 @@ struct ForwardedCall: Equatable {
     static func headers(_ pairs: [[String]]) -> HTTPHeaders {
         var out = HTTPHeaders()
         for p in pairs where p.count == 2 && !hopHeaders.contains(p[0].lowercased()) { out.add(p[0], p[1]) }
+        return out
+    }
+}
+
+/// A call frame's head: its fields in a fixed order, each an unsigned LEB128 integer or a
+/// length-prefixed UTF-8 string (lists as a count, then their items).
+protocol CallFrameHead {
+    func write(to w: inout CallFrameWriter)
+    init(reading r: inout CallFrameReader) throws(ForwardedCall.Malformed)
+}
+
+struct CallFrameWriter {
+    var bytes: [UInt8] = []
+
+    mutating func u64(_ v: UInt64) {
+        var v = v
+        while v >= 0x80 { bytes.append(UInt8(v & 0x7F) | 0x80); v >>= 7 }
+        bytes.append(UInt8(v))
+    }
+
+    mutating func string(_ s: String) {
+        u64(UInt64(s.utf8.count))
+        bytes += s.utf8
+    }
+
+    mutating func strings(_ list: [String]) {
+        u64(UInt64(list.count))
+        for s in list { string(s) }
+    }
+
+    mutating func pairs(_ list: [[String]]) {
+        let valid = list.filter { $0.count == 2 }
+        u64(UInt64(valid.count))
+        for p in valid { string(p[0]); string(p[1]) }
+    }
+}
+
+struct CallFrameReader {
+    let bytes: ArraySlice<UInt8>
+    var at: Int
+
+    init(bytes: ArraySlice<UInt8>) {
+        self.bytes = bytes
+        at = bytes.startIndex
+    }
+
+    var atEnd: Bool { at == bytes.endIndex }
+    var left: Int { bytes.endIndex - at }
+
+    mutating func u64(_ what: String) throws(ForwardedCall.Malformed) -> UInt64 {
+        var v: UInt64 = 0, shift: UInt64 = 0
+        while true {
+            guard at < bytes.endIndex else { throw ForwardedCall.Malformed(description: "the head ends inside its \(what)") }
+            let b = bytes[at]
+            at += 1
+            guard shift < 64 else { throw ForwardedCall.Malformed(description: "the head's \(what) is longer than 64 bits") }
+            v |= UInt64(b & 0x7F) << shift
+            if b & 0x80 == 0 { return v }
+            shift += 7
+        }
+    }
+
+    mutating func string(_ what: String) throws(ForwardedCall.Malformed) -> String {
+        let n = try u64(what)
+        guard n <= UInt64(left) else { throw ForwardedCall.Malformed(description: "the head's \(what) is \(n) bytes but \(left) are left") }
+        let text = bytes[at..<(at + Int(n))]
+        at += Int(n)
+        guard let s = String(validating: text, as: UTF8.self) else { throw ForwardedCall.Malformed(description: "the head's \(what) is not UTF-8") }
+        return s
+    }
+
+    mutating func strings(_ what: String) throws(ForwardedCall.Malformed) -> [String] {
+        let n = try u64(what)
+        guard n <= UInt64(left) else { throw ForwardedCall.Malformed(description: "the head's \(what) counts \(n) items in \(left) bytes") }
+        var out: [String] = []
+        for _ in 0..<n { out.append(try string(what)) }
+        return out
+    }
+
+    mutating func pairs() throws(ForwardedCall.Malformed) -> [[String]] {
+        let n = try u64("headers")
+        guard n <= UInt64(left) else { throw ForwardedCall.Malformed(description: "the head counts \(n) headers in \(left) bytes") }
+        var out: [[String]] = []
+        for _ in 0..<n { out.append([try string("header name"), try string("header value")]) }
         return out
     }
 }
@@ -93,6 +254,8 @@ final class Forwarder {
     private var inFlight: [NodeID: Int] = [:]
     private(set) var forwarded = 0
     private(set) var retried = 0
+    /// How long a try at a holder took, from this node's view (send to answer).
+    private var latency = LatencyHistogram()
 
     init(loop: EventLoop, frames: FrameClient, myName: String, myZone: String, routes: HTTPRouter, deadLetters: DeadLetters?,
          logger: Logger) {
@@ -103,6 +266,14 @@ final class Forwarder {
         self.myName = myName
         self.myZone = myZone
         self.logger = logger
+    }
+
+    /// 16 random hex digits.
+    static func makeRequestID() -> String {
+        var rng = SystemRandomNumberGenerator()
+        let v = rng.next() as UInt64
+        let hex = String(v, radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
     }
 
     /// The order to try `holders` in: the same zone first, then the less busy (calls this node
@@ -137,7 +308,7 @@ final class Forwarder {
                  _ responder: HTTPResponder) {
         forwarded += 1
         var headers = request.headers
-        let requestID = headers["kaa-request-id"] ?? UUID().uuidString.lowercased()
+        let requestID = headers["kaa-request-id"] ?? Forwarder.makeRequestID()
         headers.set("kaa-request-id", requestID)
         let trip = Trip(request: request, headers: headers, requestID: requestID, key: key, call: call,
                         deadline: loop.nowNanoseconds &+ deadlineMs &* 1_000_000)
@@ -150,59 +321,111 @@ final class Forwarder {
         deadLetters.fail(trip.request, call, reason: reason, status: status, message: message, attempts: trip.attempts, responder)
     }
 
+    // MARK: the call's life, decided by pure functions
+
+    /// How one try at a holder ended.
+    enum TryOutcome: Equatable {
+        /// The holder answered with this HTTP status.
+        case answered(Int)
+        /// The frame failed.
+        case failed(FrameError.Code, remote: PeerErrorCode?)
+    }
+
+    /// What follows one try.
+    enum Step: Equatable {
+        /// The holder's answer goes to the client.
+        case answer
+        /// The call did not run there: the next holder is tried.
+        case next
+        /// The call ends in a dead letter with this reason and status.
+        case deadLetter(DeadLetter.Reason, status: Int)
+        /// Refused before it was accepted (too large to send on): no dead letter.
+        case refuse(status: Int)
+    }
+
+    static func step(after outcome: TryOutcome) -> Step {
+        switch outcome {
+        // Not held there, unloaded or failed to load, or its queue full: it did not run.
+        case .answered(404), .answered(429), .answered(503): return .next
+        case .answered(504): return .deadLetter(.deadline, status: 504)
+        case .answered: return .answer
+        case .failed(let code, let remote):
+            if didNotRun(FrameError(code, "", remote: remote)) { return .next }
+            switch code {
+            case .frameTooLarge: return .refuse(status: 413)
+            case .deadlineExceeded: return .deadLetter(.deadline, status: 504)
+            default: return .deadLetter(.holderFailed, status: 503)
+            }
+        }
+    }
+
+    /// How a call ends when no holder is left to try: the status of the last answer, nil when
+    /// no holder answered at all. `nil` result: that last answer goes to the client (429,
+    /// every queue full: a refusal the client retries, not a dead letter).
+    static func end(lastStatus: Int?) -> (reason: DeadLetter.Reason, status: Int)? {
+        guard let lastStatus else { return (.unreachable, 503) }
+        if lastStatus == 429 { return nil }
+        return (.noHolder, 503)
+    }
+
+    /// The milliseconds a hop may take, nil once the deadline has passed: at least 1, so a call
+    /// with part of a millisecond left still goes (and the holder, not this node, says it ran out).
+    static func remainingMs(deadline: UInt64, now: UInt64) -> UInt64? {
+        guard now < deadline else { return nil }
+        return max(1, (deadline - now) / 1_000_000)
+    }
+
     private func attempt(_ trip: Trip, queue: ArraySlice<Member>, _ responder: HTTPResponder) {
-        let now = loop.nowNanoseconds
         let tried = trip.tried.joined(separator: ", ")
-        guard now < trip.deadline else {
+        guard Forwarder.remainingMs(deadline: trip.deadline, now: loop.nowNanoseconds) != nil else {
             return fail(trip, .deadline, .gatewayTimeout, "the deadline passed before a holder of \(trip.key) answered (tried: \(tried))", responder)
         }
         guard let holder = queue.first else {
-            guard let last = trip.last else {
-                return fail(trip, .unreachable, .serviceUnavailable, "no holder of \(trip.key) could be reached (tried: \(tried))", responder)
-            }
-            // Full queues everywhere: a refusal the client retries, not a dead letter.
-            if last.status.code == 429 { return responder.respond(last) }
-            let said = String(decoding: last.body.prefix(300), as: UTF8.self)
-            return fail(trip, .noHolder, .serviceUnavailable, "no holder of \(trip.key) took the call (tried: \(tried); the last said HTTP \(last.status.code) \(said))", responder)
+            guard let (reason, status) = Forwarder.end(lastStatus: trip.last?.status.code) else { return responder.respond(trip.last!) }
+            let said = trip.last.map { "; the last said HTTP \($0.status.code) \(String(decoding: $0.body.prefix(300), as: UTF8.self))" } ?? ""
+            let what = reason == .unreachable ? "could be reached" : "took the call"
+            return fail(trip, reason, HTTPStatus(code: status), "no holder of \(trip.key) \(what) (tried: \(tried)\(said))", responder)
         }
         let started = DeadLetters.nowMs()
+        let sentAt = loop.nowNanoseconds
         send(trip.request, headers: trip.headers, requestID: trip.requestID, to: holder, tried: trip.tried, deadline: trip.deadline) { [self] result in
+            latency.record(loop.nowNanoseconds &- sentAt)
             var trip = trip
-            let outcome: String
-            switch result {
-            case .success(let response): outcome = "HTTP \(response.status.code)"
-            case .failure(let error): outcome = error.message
-            }
-            trip.attempts.append(.init(node: holder.info.name, start: started, end: DeadLetters.nowMs(), outcome: outcome))
-            let next = { (answer: HTTPResponse?) in
-                self.retried += 1
-                self.logger.debug("a holder did not take a call; trying the next", metadata: [
-                    "snapshot": "\(trip.key)", "holder": "\(holder.info.name)", "reason": "\(outcome)", "request.id": "\(trip.requestID)",
-                ])
-                var after = trip
-                after.tried.append(holder.info.name)
-                if let answer { after.last = answer }
-                self.attempt(after, queue: queue.dropFirst(), responder)
-            }
+            let outcome: TryOutcome, said: String
             switch result {
             case .success(let response):
-                // Not held there, unloaded or failed to load, or its queue full: it did not run.
-                if [404, 429, 503].contains(response.status.code) { return next(response) }
-                if response.status.code == 504 {
-                    let said = String(decoding: response.body.prefix(300), as: UTF8.self)
-                    return fail(trip, .deadline, .gatewayTimeout, "the deadline passed while holder \(holder.info.name) ran the call for \(trip.key): \(said)", responder)
-                }
-                responder.respond(response)
+                outcome = .answered(response.status.code)
+                said = "HTTP \(response.status.code)"
             case .failure(let error):
-                if Forwarder.didNotRun(error) { return next(nil) }
-                switch error.code {
-                case .frameTooLarge:
+                outcome = .failed(error.code, remote: error.remote)
+                said = error.message
+            }
+            trip.attempts.append(.init(node: holder.info.name, start: started, end: DeadLetters.nowMs(), outcome: said))
+            switch Forwarder.step(after: outcome) {
+            case .answer:
+                if case .success(let response) = result { responder.respond(response) }
+            case .next:
+                retried += 1
+                logger.debug("a holder did not take a call; trying the next", metadata: [
+                    "snapshot": "\(trip.key)", "holder": "\(holder.info.name)", "reason": "\(said)", "request.id": "\(trip.requestID)",
+                ])
+                trip.tried.append(holder.info.name)
+                if case .success(let response) = result { trip.last = response }
+                attempt(trip, queue: queue.dropFirst(), responder)
+            case .refuse:
+                if case .failure(let error) = result {
                     responder.respond(Forwarder.answer(for: error, holder: holder, key: trip.key, bytes: trip.request.body.count))
-                case .deadlineExceeded:
-                    fail(trip, .deadline, .gatewayTimeout, "holder \(holder.info.name) did not answer the call for \(trip.key) within its deadline", responder)
-                default:
-                    fail(trip, .holderFailed, .serviceUnavailable, "holder \(holder.info.name) failed during the call for \(trip.key): \(error.message)", responder)
                 }
+            case .deadLetter(let reason, let status):
+                var message = "holder \(holder.info.name) failed during the call for \(trip.key): \(said)"
+                if reason == .deadline {
+                    if case .success(let response) = result {
+                        message = "the deadline passed while holder \(holder.info.name) ran the call for \(trip.key): \(String(decoding: response.body.prefix(300), as: UTF8.self))"
+                    } else {
+                        message = "holder \(holder.info.name) did not answer the call for \(trip.key) within its deadline"
+                    }
+                }
+                fail(trip, reason, HTTPStatus(code: status), message, responder)
             }
         }
     }
@@ -233,7 +456,7 @@ final class Forwarder {
     /// One try at one holder; `completion` gets its HTTP answer (with `Kaa-Served-By`), on the loop.
     private func send(_ request: HTTPRequest, headers: HTTPHeaders, requestID: String, to holder: Member, tried: [String],
                       deadline: UInt64, completion: @escaping (Result<HTTPResponse, FrameError>) -> Void) {
-        let remainingMs = max(1, (deadline &- loop.nowNanoseconds) / 1_000_000)
+        let remainingMs = Forwarder.remainingMs(deadline: deadline, now: loop.nowNanoseconds) ?? 1
         let head = ForwardedCall.Head(method: request.method.rawValue, target: request.target, headers: ForwardedCall.pairs(headers),
                                       deadlineMs: remainingMs, requestID: requestID, hop: 1, tried: tried)
         let payload = ForwardedCall.encode(head, body: request.body)
@@ -266,7 +489,7 @@ final class Forwarder {
     /// the first, with `Kaa-Served-By` naming them all.
     func broadcast(_ request: HTTPRequest, key: String, holders: [Member], alsoHere: Bool, deadlineMs: UInt64, _ responder: HTTPResponder) {
         let deadline = loop.nowNanoseconds &+ deadlineMs &* 1_000_000
-        let requestID = request.headers["kaa-request-id"] ?? UUID().uuidString.lowercased()
+        let requestID = request.headers["kaa-request-id"] ?? Forwarder.makeRequestID()
         let expected = holders.count + (alsoHere ? 1 : 0)
         var answers: [(name: String, response: HTTPResponse)] = []
         let collect = { (name: String, response: HTTPResponse) in
@@ -301,7 +524,9 @@ final class Forwarder {
         # HELP kaa_call_retries_total Calls sent on to the next holder after one did not take them.
         # TYPE kaa_call_retries_total counter
         kaa_call_retries_total \(retried)
-
+        # HELP kaa_forward_seconds Time from sending a call to a holder to its answer, seen from this node.
+        # TYPE kaa_forward_seconds histogram
+        \(latency.exposition(name: "kaa_forward_seconds"))
         """
     }
 
