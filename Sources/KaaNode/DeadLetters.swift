@@ -213,6 +213,7 @@ final class DeadLetters: Sendable {
         }
     }
 
+    /// Lines for `/metrics`; reads the store, so off the loop.
     var metricsText: String {
         let counts = (try? store.countsByReason()) ?? [:]
         var lines = """

@@ -139,8 +139,8 @@ public final class Node: Sendable {
                                       retainBytes: Int64(config.deadLetterMaxBytes), logger: logger)
         deadLetters.addRoutes(to: &router)
         var inference = InferenceAPI(server: serving, metrics: metrics, store: store, config: config.serving,
-                                     moreMetrics: { (replicatorCell.value?.metricsText ?? "") + (forwarderCell.value?.metricsText ?? "")
-                                         + deadLetters.metricsText })
+                                     moreMetrics: { (replicatorCell.value?.metricsText ?? "") + (forwarderCell.value?.metricsText ?? "") })
+        inference.moreMetricsOffLoop = { deadLetters.metricsText }
         inference.deadLetters = deadLetters
         // Any node answers for any model: a call for a version held elsewhere goes to a holder.
         inference.route = { request, name, version, deadlineMs, everyHolder, responder in
@@ -160,7 +160,8 @@ public final class Node: Sendable {
                     forwarder.broadcast(request, key: key, holders: holders, alsoHere: false, deadlineMs: deadlineMs, responder)
                 } else {
                     let call = request.method == .post && request.path.hasSuffix("/infer")
-                        ? DeadLetters.Call(model: name, asked: version, version: key.split(separator: "@").last.flatMap { Int($0) }) : nil
+                        ? DeadLetters.Call(model: name, asked: version, version: key.split(separator: "@").last.flatMap { Int($0) },
+                                           digest: replicator.digest(of: key)) : nil
                     forwarder.forward(request, key: key, holders: holders, deadlineMs: deadlineMs, call: call, responder)
                 }
                 return .handled

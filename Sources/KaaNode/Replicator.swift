@@ -340,10 +340,12 @@ final class Replicator {
             ])
         }
         api.notify(changed.map { .aliasSet(name: $0.name, alias: $0.alias, version: $0.version) })
-        aliasesToPush += changed
         aliasBookChanged()
         recompute()
-        if push { schedulePush() }
+        if push {
+            aliasesToPush += changed
+            schedulePush()
+        }
     }
 
     private func aliasBookChanged() {
@@ -415,6 +417,9 @@ final class Replicator {
         let expected = (table.holders[key] ?? []).map { names[$0] ?? $0.rawValue }
         return .unavailable("no live node has \(key) ready\(expected.isEmpty ? "" : " (its holders: \(expected.joined(separator: ", ")))"); retry once `kaa placement --holders-of \(name)` shows one ready")
     }
+
+    /// The digest of `key` (`name@version`) in the cluster's catalog.
+    func digest(of key: String) -> String? { kept[key]?.digest }
 
     /// The live nodes other than this one with `name@version` ready.
     func otherHolders(name: String, version: Int) -> [Member]? {

@@ -78,6 +78,7 @@ import Testing
         #expect((record["payload"] as? String).flatMap { Data(base64Encoded: $0) }.map(Array.init) == body)
         #expect(((record["attempts"] as? [[String: Any]]) ?? []).compactMap { $0["node"] as? String }.allSatisfy(digitsHolders.contains))
         #expect(record["version"] as? Int == 1 && record["model"] as? String == "digits", "\(record)")
+        #expect((record["digest"] as? String)?.hasPrefix("sha256:") == true, "\(record)")
 
         // The cause is gone (no short deadline in a replay): two nodes asked at once, it runs once.
         let askers = [outsider, nodes.first { $0.name != outsider.name }!]

@@ -14,6 +14,8 @@ struct InferenceAPI: Sendable {
     let config: ServingConfig
     /// More `/metrics` lines, read on the loop (the node's replication figures).
     var moreMetrics: (@Sendable () -> String)? = nil
+    /// More `/metrics` lines that need the disk, read on the thread pool (dead letters kept).
+    var moreMetricsOffLoop: (@Sendable () -> String)? = nil
     /// In a cluster: where a call goes (on the loop). It sends a call for a version this node
     /// does not hold to a holder and answers it there, or says which version to serve here.
     /// `everyHolder`: a load or an unload, which every holder of the version carries out.
@@ -145,8 +147,8 @@ struct InferenceAPI: Sendable {
         }
         router.add(.get, "/metrics") { _, responder in
             let metrics = api.metrics
-            let more = api.moreMetrics?() ?? ""
-            api.server.loop.offload({ metrics.exposition() + Array(more.utf8) }) { body in
+            let more = api.moreMetrics?() ?? "", offLoop = api.moreMetricsOffLoop
+            api.server.loop.offload({ metrics.exposition() + Array((more + (offLoop?() ?? "")).utf8) }) { body in
                 responder.respond(HTTPResponse(headers: ["content-type": "text/plain; version=0.0.4"], body: body))
             }
         }
