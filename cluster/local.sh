@@ -56,6 +56,7 @@ echo "local cluster of $count nodes is up: HTTP on 127.0.0.1:$base..$((base + co
 echo "try: export KAA_TOKEN_FILE=$PWD/.kaa-run/admin.token   # the control API needs a token"
 echo "     $kaa members --to http://127.0.0.1:$base"
 echo "     $kaa placement --to http://127.0.0.1:$base"
-echo "     $kaa predict iris-logreg --to \$($kaa placement --holders-of iris-logreg --to http://127.0.0.1:$base | head -n 1) --input '{\"sepal_length\": 5.1, \"sepal_width\": 3.5, \"petal_length\": 1.4, \"petal_width\": 0.2}'"
+echo "     $kaa predict iris-logreg --to http://127.0.0.1:$base --input '{\"sepal_length\": 5.1, \"sepal_width\": 3.5, \"petal_length\": 1.4, \"petal_width\": 0.2}'   # any node answers"
+echo "     $kaa deadletters list --to http://127.0.0.1:$base"
 echo "     curl -s -H \"Authorization: Bearer \$(cat .kaa-run/admin.token)\" http://127.0.0.1:$base/metrics | grep kaa_"
 wait "${pids[@]}"
