@@ -186,20 +186,22 @@ final class DeadLetterStore: Sendable {
 
     /// Oldest first.
     func list(_ filter: Filter) throws(Failure) -> [DeadLetter] {
-        var clauses: [String] = [], arguments: [any DatabaseValueConvertible] = []
-        if let model = filter.model { clauses.append("model = ?"); arguments.append(model) }
-        if let reason = filter.reason { clauses.append("reason = ?"); arguments.append(reason) }
-        if let since = filter.since { clauses.append("created_at >= ?"); arguments.append(since) }
-        if let after = filter.after { clauses.append("id > ?"); arguments.append(after) }
-        let sql = "SELECT record FROM dead_letter" + (clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND "))
-            + " ORDER BY id LIMIT \(max(1, min(filter.limit, 1000)))"
+        let (clause, arguments) = DeadLetterStore.whereClause([("model = ?", filter.model), ("reason = ?", filter.reason),
+                                                               ("created_at >= ?", filter.since), ("id > ?", filter.after)])
+        let sql = "SELECT record FROM dead_letter\(clause) ORDER BY id LIMIT \(max(1, min(filter.limit, 1000)))"
         return try run("list") {
             try pool.read { db in
-                try Data.fetchAll(db, sql: sql, arguments: StatementArguments(arguments)).map {
+                try Data.fetchAll(db, sql: sql, arguments: arguments).map {
                     try JSONDecoder().decode(DeadLetter.self, from: $0)
                 }
             }
         }
+    }
+
+    /// ` WHERE a AND b ...` of the conditions that have a value (empty when none) and those values.
+    private static func whereClause(_ conditions: [(sql: String, value: (any DatabaseValueConvertible)?)]) -> (String, StatementArguments) {
+        let given = conditions.compactMap { c in c.value.map { (c.sql, $0) } }
+        return (given.isEmpty ? "" : " WHERE " + given.map(\.0).joined(separator: " AND "), StatementArguments(given.map(\.1)))
     }
 
     /// Counts by reason, for `/metrics`.
@@ -226,18 +228,14 @@ final class DeadLetterStore: Sendable {
         }
     }
 
-    /// Deletes every record `filter` selects (its model, reason, and `since` as a lower bound)
-    /// written before `before`; returns how many went.
+    /// Deletes every record of `model`, of `reason`, written before `before` (each when given);
+    /// returns how many went.
     @discardableResult
     func purge(model: String?, reason: String?, before: Int64?) throws(Failure) -> Int {
-        var clauses: [String] = [], arguments: [any DatabaseValueConvertible] = []
-        if let model { clauses.append("model = ?"); arguments.append(model) }
-        if let reason { clauses.append("reason = ?"); arguments.append(reason) }
-        if let before { clauses.append("created_at < ?"); arguments.append(before) }
-        let sql = "DELETE FROM dead_letter" + (clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND "))
+        let (clause, arguments) = DeadLetterStore.whereClause([("model = ?", model), ("reason = ?", reason), ("created_at < ?", before)])
         return try run("purge") {
             try pool.write { db in
-                try db.execute(sql: sql, arguments: StatementArguments(arguments))
+                try db.execute(sql: "DELETE FROM dead_letter\(clause)", arguments: arguments)
                 return db.changesCount
             }
         }

@@ -141,8 +141,7 @@ final class DeadLetters: Sendable {
         if message.op == .replay {
             // The node that accepted it replays it, so one record decides whether it ran.
             return replayAsDecider(message.id ?? "", current: message.current ?? false, HTTPResponder { response in
-                responder.respond(ForwardedCall.encode(ForwardedCall.AnswerHead(status: response.status.code, reason: response.status.reason,
-                                                                                headers: ForwardedCall.pairs(response.headers)), body: response.body))
+                responder.respond(ForwardedCall.encode(response))
             })
         }
         let store = self.store
@@ -274,11 +273,7 @@ final class DeadLetters: Sendable {
             // Here and on every live peer (where its copy is).
             let id = request.pathParameters["id"] ?? ""
             let store = letters.store
-            if let frames = letters.frames.withLock({ $0 }), let payload = try? JSONEncoder().encode(Message(op: .delete, id: id)) {
-                for peer in letters.peers.withLock({ $0 })?() ?? [] {
-                    frames.request(to: peer.info.peerAddress, type: Node.PeerFrameType.deadLetters, payload: Array(payload), deadline: .seconds(10)) { _ in }
-                }
-            }
+            letters.askEveryPeer(Message(op: .delete, id: id), deadline: .seconds(10)) { _ in }
             letters.loop.offload({ () -> HTTPResponse in
                 do throws(DeadLetterStore.Failure) {
                     _ = try store.delete(id)
@@ -311,35 +306,70 @@ final class DeadLetters: Sendable {
     /// Deletes what the filter selects here and on every live peer; answers with the count.
     private func purge(model: String?, reason: String?, before: Int64?, _ responder: HTTPResponder) {
         let store = self.store
-        let peers = self.peers.withLock { $0 }?() ?? [], frames = self.frames.withLock { $0 }
         loop.offload({ try? store.purge(model: model, reason: reason, before: before) }) { [self] here in
-            let tally = LoopBound(Gather(merged: [], pending: frames == nil ? 0 : peers.count), loop: loop)
-            let count = LoopBound(Counter(value: here ?? 0), loop: loop)
-            let finish = LoopBound({ () in
-                var object: [String: Any] = ["purged": count.value.value]
-                if !tally.value.unreachable.isEmpty { object["unreachable"] = tally.value.unreachable.sorted() }
+            askEveryPeer(Message(op: .purge, before: before, model: model, reason: reason), deadline: .seconds(10)) { answers in
+                var object: [String: Any] = ["purged": answers.reduce(here ?? 0) { total, answer in
+                    guard case .success(let frame) = answer.result else { return total }
+                    return total + ((try? JSONSerialization.jsonObject(with: Data(frame.payload)) as? [String: Any])?["purged"] as? Int ?? 0)
+                }]
+                let unreachable = DeadLetters.unreachable(answers)
+                if !unreachable.isEmpty { object["unreachable"] = unreachable }
                 responder.respond(.json(.ok, Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())))
-            }, loop: loop)
-            guard let frames, !peers.isEmpty,
-                  let payload = try? JSONEncoder().encode(Message(op: .purge, before: before, model: model, reason: reason)) else { return finish.value() }
-            for peer in peers {
-                frames.request(to: peer.info.peerAddress, type: Node.PeerFrameType.deadLetters, payload: Array(payload), deadline: .seconds(10)) { result in
-                    switch result {
-                    case .success(let frame):
-                        let n = (try? JSONSerialization.jsonObject(with: Data(frame.payload)) as? [String: Any])?["purged"] as? Int ?? 0
-                        count.value.value += n
-                    case .failure: tally.value.unreachable.append(peer.info.name)
-                    }
-                    tally.value.pending -= 1
-                    if tally.value.pending == 0 { finish.value() }
-                }
             }
         }
     }
 
-    private final class Counter {
-        var value: Int
-        init(value: Int) { self.value = value }
+    /// One answer of a peer to a `dead-letters` frame sent to every live peer.
+    typealias PeerAnswer = (peer: Member, result: Result<Frame, FrameError>)
+
+    /// Sends `message` to every live peer at once; `done` gets every answer or failure, on the
+    /// loop, once all are in (at once when there is no peer).
+    func askEveryPeer(_ message: Message, deadline: Duration, done: @escaping ([PeerAnswer]) -> Void) {
+        let peers = self.peers.withLock { $0 }?() ?? []
+        guard let frames = frames.withLock({ $0 }), !peers.isEmpty, let payload = try? JSONEncoder().encode(message) else { return done([]) }
+        let answers = LoopBound(Answers(expected: peers.count), loop: loop), finish = LoopBound(done, loop: loop)
+        for peer in peers {
+            frames.request(to: peer.info.peerAddress, type: Node.PeerFrameType.deadLetters, payload: Array(payload), deadline: deadline) { result in
+                let a = answers.value
+                a.items.append((peer, result))
+                if a.items.count == a.expected { finish.value(a.items) }
+            }
+        }
+    }
+
+    /// The answers being gathered. Loop-confined.
+    private final class Answers {
+        let expected: Int
+        var items: [PeerAnswer] = []
+        init(expected: Int) { self.expected = expected }
+    }
+
+    static func unreachable(_ answers: [PeerAnswer]) -> [String] {
+        answers.compactMap { if case .failure = $0.result { $0.peer.info.name } else { nil } }.sorted()
+    }
+
+    /// This node's dead letters that `filter` selects and the live peers' (asked for up to
+    /// `peerLimit` each), a copy counted once, oldest first; and the peers that did not answer.
+    private func gather(_ filter: DeadLetterStore.Filter, peerLimit: Int,
+                        done: @escaping (Result<(letters: [Summary], unreachable: [String]), DeadLetterStore.Failure>) -> Void) {
+        let store = self.store
+        loop.offload({ () -> Result<[Summary], DeadLetterStore.Failure> in
+            do throws(DeadLetterStore.Failure) { return .success(try store.list(filter).map(Summary.init)) } catch { return .failure(error) }
+        }) { [self] result in
+            guard case .success(let mine) = result else {
+                if case .failure(let error) = result { done(.failure(error)) }
+                return
+            }
+            let message = Message(op: .list, model: filter.model, reason: filter.reason, since: filter.since, limit: peerLimit)
+            askEveryPeer(message, deadline: .seconds(5)) { answers in
+                var all = mine
+                for answer in answers {
+                    if case .success(let frame) = answer.result { all += (try? JSONDecoder().decode([Summary].self, from: Data(frame.payload))) ?? [] }
+                }
+                var seen = Set<String>()
+                done(.success((all.filter { seen.insert($0.id).inserted }.sorted { $0.id < $1.id }, DeadLetters.unreachable(answers))))
+            }
+        }
     }
 
     /// `POST /kaa/v1/deadletters/replay`: JSON `{"ids": [...]}` or a filter `{"model", "reason",
@@ -372,27 +402,10 @@ final class DeadLetters: Sendable {
         }
         if let ids = ask.ids { return run(ids) }
         // The filter's dead ones, cluster-wide.
-        let store = self.store
-        let peers = self.peers.withLock { $0 }?() ?? [], frames = self.frames.withLock { $0 }
-        let filter = DeadLetterStore.Filter(model: ask.model, reason: ask.reason, since: ask.since, limit: 1000)
-        loop.offload({ (try? store.list(filter).map(Summary.init)) ?? [] }) { [self] mine in
-            let gather = LoopBound(Gather(merged: mine, pending: frames == nil ? 0 : peers.count), loop: loop)
-            let done = LoopBound({ () in
-                var seen = Set<String>()
-                run(gather.value.merged.filter { $0.state == DeadLetter.State.dead.rawValue && seen.insert($0.id).inserted }.map(\.id).sorted())
-            }, loop: loop)
-            guard let frames, !peers.isEmpty,
-                  let payload = try? JSONEncoder().encode(Message(op: .list, model: ask.model, reason: ask.reason, since: ask.since, limit: 1000)) else {
-                return done.value()
-            }
-            for peer in peers {
-                frames.request(to: peer.info.peerAddress, type: Node.PeerFrameType.deadLetters, payload: Array(payload), deadline: .seconds(5)) { result in
-                    if case .success(let frame) = result {
-                        gather.value.merged += (try? JSONDecoder().decode([Summary].self, from: Data(frame.payload))) ?? []
-                    }
-                    gather.value.pending -= 1
-                    if gather.value.pending == 0 { done.value() }
-                }
+        gather(DeadLetterStore.Filter(model: ask.model, reason: ask.reason, since: ask.since, limit: 1000), peerLimit: 1000) { result in
+            switch result {
+            case .failure(let error): responder.respond(.error(.internalServerError, error.description))
+            case .success(let found): run(found.letters.filter { $0.state == DeadLetter.State.dead.rawValue }.map(\.id))
             }
         }
     }
@@ -445,58 +458,25 @@ final class DeadLetters: Sendable {
         return f.date(from: text).map { Int64($0.timeIntervalSince1970 * 1000) }
     }
 
-    /// This node's dead letters and the live peers', merged by id (a copy counts once), oldest first.
+    /// This node's dead letters and the live peers', merged by id (a copy counts once), oldest
+    /// first, a page at a time.
     private func listClusterWide(_ filter: DeadLetterStore.Filter, _ responder: HTTPResponder) {
-        let store = self.store
-        let peers = self.peers.withLock { $0 }?() ?? [], frames = self.frames.withLock { $0 }
-        loop.offload({ () -> Result<[Summary], DeadLetterStore.Failure> in
-            do throws(DeadLetterStore.Failure) { return .success(try store.list(filter).map(Summary.init)) } catch { return .failure(error) }
-        }) { [self] result in
-            let merged: [Summary]
+        gather(filter, peerLimit: filter.limit + 1000) { result in
             switch result {
-            case .failure(let e): return responder.respond(.error(.internalServerError, e.description))
-            case .success(let mine): merged = mine
-            }
-            let gather = LoopBound(Gather(merged: merged, pending: frames == nil ? 0 : peers.count), loop: loop)
-            let finish = LoopBound({ () in
-                let g = gather.value
-                var seen = Set<String>()
-                var all = g.merged.filter { seen.insert($0.id).inserted }.sorted { $0.id < $1.id }
+            case .failure(let error):
+                responder.respond(.error(.internalServerError, error.description))
+            case .success(let found):
+                var all = found.letters
                 if let after = filter.after { all = all.filter { $0.id > after } }
                 let page = Array(all.prefix(filter.limit))
                 var object: [String: Any] = ["dead_letters": page.map { s -> [String: Any] in
                     (try? JSONSerialization.jsonObject(with: JSONEncoder().encode(s))) as? [String: Any] ?? [:]
                 }]
                 if all.count > filter.limit, let last = page.last { object["next"] = last.id }
-                if !g.unreachable.isEmpty { object["unreachable"] = g.unreachable.sorted() }
+                if !found.unreachable.isEmpty { object["unreachable"] = found.unreachable }
                 let body = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
                 responder.respond(.json(.ok, Array(body)))
-            }, loop: loop)
-            guard gather.value.pending > 0, let frames else { return finish.value() }
-            let message = Message(op: .list, model: filter.model, reason: filter.reason, since: filter.since, limit: filter.limit + 1000)
-            let payload = Array((try? JSONEncoder().encode(message)) ?? Data())
-            for peer in peers {
-                frames.request(to: peer.info.peerAddress, type: Node.PeerFrameType.deadLetters, payload: payload, deadline: .seconds(5)) { result in
-                    let g = gather.value
-                    switch result {
-                    case .success(let frame): g.merged += (try? JSONDecoder().decode([Summary].self, from: Data(frame.payload))) ?? []
-                    case .failure: g.unreachable.append(peer.info.name)
-                    }
-                    g.pending -= 1
-                    if g.pending == 0 { finish.value() }
-                }
             }
-        }
-    }
-
-    /// A cluster-wide listing being gathered. Loop-confined.
-    private final class Gather {
-        var merged: [Summary]
-        var unreachable: [String] = []
-        var pending: Int
-        init(merged: [Summary], pending: Int) {
-            self.merged = merged
-            self.pending = pending
         }
     }
 
@@ -527,11 +507,13 @@ final class DeadLetters: Sendable {
         frames.request(to: peer.info.peerAddress, type: Node.PeerFrameType.deadLetters, payload: Array(payload), deadline: .seconds(120)) { [self] result in
             switch result {
             case .success(let frame):
-                guard case .success(let (head, body)) = ForwardedCall.decode(ForwardedCall.AnswerHead.self, frame.payload) else {
+                guard case .success(let response) = ForwardedCall.response(frame.payload) else {
                     return responder.respond(.error(.badGateway, "\(peer.info.name) answered the replay of \(id) with a frame that does not decode"))
                 }
-                if head.status == 404 || head.status == 421 { return askPeers(id, current: current, queue: queue.dropFirst(), hasCopy: hasCopy, responder) }
-                responder.respond(HTTPResponse(status: HTTPStatus(head.status, head.reason), headers: ForwardedCall.headers(head.headers), body: body))
+                if response.status.code == 404 || response.status.code == 421 {
+                    return askPeers(id, current: current, queue: queue.dropFirst(), hasCopy: hasCopy, responder)
+                }
+                responder.respond(response)
             case .failure(let error) where Forwarder.didNotRun(error):
                 askPeers(id, current: current, queue: queue.dropFirst(), hasCopy: hasCopy, responder)
             case .failure(let error):

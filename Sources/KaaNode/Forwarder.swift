@@ -143,6 +143,18 @@ struct ForwardedCall: Equatable {
         }
     }
 
+    /// An HTTP answer as the payload of a `call` frame's answer.
+    static func encode(_ response: HTTPResponse) -> [UInt8] {
+        encode(AnswerHead(status: response.status.code, reason: response.status.reason, headers: pairs(response.headers)), body: response.body)
+    }
+
+    /// The HTTP answer a `call` frame's answer carries.
+    static func response(_ payload: [UInt8]) -> Result<HTTPResponse, Malformed> {
+        decode(AnswerHead.self, payload).map { head, body in
+            HTTPResponse(status: HTTPStatus(head.status, head.reason), headers: headers(head.headers), body: body)
+        }
+    }
+
     static func pairs(_ headers: HTTPHeaders) -> [[String]] {
         headers.fields.filter { !hopHeaders.contains($0.name.lowercased()) }.map { [$0.name, $0.value] }
     }
@@ -286,10 +298,6 @@ final class Forwarder {
         }.map(\.element)
     }
 
-    /// Sends `request` to the first of `holders` that takes it, trying the next one only when
-    /// the call certainly did not run there (no connection, or an answer that it does not have
-    /// the version ready, is unloaded, or is full); answers the client with the holder's answer
-    /// and `Kaa-Served-By`, 503 when no holder took it, 504 when the deadline passed.
     /// One call on its way to a holder: what it is, where it has been.
     private struct Trip {
         var request: HTTPRequest
@@ -304,6 +312,11 @@ final class Forwarder {
         var last: HTTPResponse?
     }
 
+    /// Sends `request` to the first of `holders` that takes it, trying the next one only when
+    /// the call certainly did not run there (no connection, or an answer that it does not have
+    /// the version ready, is unloaded, or is full); answers the client with the holder's answer
+    /// and `Kaa-Served-By`, and, for a call (`call`), a dead letter
+    /// with 503 when no holder took it or 504 when the deadline passed.
     func forward(_ request: HTTPRequest, key: String, holders: [Member], deadlineMs: UInt64, call: DeadLetters.Call? = nil,
                  _ responder: HTTPResponder) {
         forwarded += 1
@@ -350,7 +363,7 @@ final class Forwarder {
         case .answered(504): return .deadLetter(.deadline, status: 504)
         case .answered: return .answer
         case .failed(let code, let remote):
-            if didNotRun(FrameError(code, "", remote: remote)) { return .next }
+            if didNotRun(code, remote: remote) { return .next }
             switch code {
             case .frameTooLarge: return .refuse(status: 413)
             case .deadlineExceeded: return .deadLetter(.deadline, status: 504)
@@ -432,10 +445,12 @@ final class Forwarder {
 
     /// Whether a failed send certainly did not run the call: no connection, or the holder
     /// refused it before starting.
-    static func didNotRun(_ error: FrameError) -> Bool {
-        switch error.code {
+    static func didNotRun(_ error: FrameError) -> Bool { didNotRun(error.code, remote: error.remote) }
+
+    static func didNotRun(_ code: FrameError.Code, remote: PeerErrorCode?) -> Bool {
+        switch code {
         case .connectFailed, .handshakeFailed, .overloaded: true
-        case .remoteError: error.remote == .notReady
+        case .remoteError: remote == .notReady
         default: false
         }
     }
@@ -472,11 +487,10 @@ final class Forwarder {
             case .failure(let error):
                 done.value(.failure(error))
             case .success(let frame):
-                switch ForwardedCall.decode(ForwardedCall.AnswerHead.self, frame.payload) {
+                switch ForwardedCall.response(frame.payload) {
                 case .failure(let why):
                     done.value(.success(.error(.badGateway, "holder \(holder.info.name) answered a call frame that does not decode: \(why)")))
-                case .success(let (head, body)):
-                    var response = HTTPResponse(status: HTTPStatus(head.status, head.reason), headers: ForwardedCall.headers(head.headers), body: body)
+                case .success(var response):
                     if response.headers["kaa-served-by"] == nil { response.headers.set("kaa-served-by", holder.info.name) }
                     done.value(.success(response))
                 }
@@ -546,11 +560,9 @@ final class Forwarder {
         request.headers.set("kaa-forwarded", "\(head.hop)")
         request.headers.set("kaa-deadline-ms", "\(max(1, head.deadlineMs))")
         routes.handle(request, HTTPResponder { response in
-            var headers = response.headers
-            headers.set("kaa-served-by", myName)
-            let answer = ForwardedCall.AnswerHead(status: response.status.code, reason: response.status.reason,
-                                                  headers: ForwardedCall.pairs(headers))
-            responder.respond(ForwardedCall.encode(answer, body: response.body))
+            var response = response
+            response.headers.set("kaa-served-by", myName)
+            responder.respond(ForwardedCall.encode(response))
         })
     }
 }

@@ -150,7 +150,8 @@ public final class Node: Sendable {
             switch replicator.route(name: name, version: version) {
             case .unknown: return .serveHere(version: version)
             case .local(let v):
-                guard everyHolder, let others = replicator.otherHolders(name: name, version: v), !others.isEmpty else {
+                let others = everyHolder ? replicator.otherHolders("\(name)@\(v)") : []
+                guard !others.isEmpty else {
                     return .serveHere(version: String(v))
                 }
                 forwarder.broadcast(request, key: "\(name)@\(v)", holders: others, alsoHere: true, deadlineMs: deadlineMs, responder)

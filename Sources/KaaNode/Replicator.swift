@@ -51,8 +51,9 @@ final class Replicator {
     private let retryAfter: Duration = .seconds(10)
     private(set) var table = Placement.Table.empty
     private var retired = Set<String>()
-    /// For routing calls, kept by ``recompute()``: the live nodes with a ready copy of each
-    /// key, and each model's versions in the cluster's catalog, ascending.
+    /// Kept by ``recompute()``, which runs on every change of the book or of the members: the
+    /// live nodes with a ready copy of each key, and each model's versions in the cluster's
+    /// catalog, ascending.
     private var readyCopies: [String: Set<NodeID>] = [:]
     private var catalogVersions: [String: [Int]] = [:]
     /// The catalog the table was computed from, by key.
@@ -71,7 +72,6 @@ final class Replicator {
     private(set) var aliasDigest = ""
     private var aliasTargets = Set<String>()
     private var aliasesToPush: [AliasRecord] = []
-    private var reloadPending = false
     private var waiters: [String: [(until: Instant, done: (QuorumOutcome) -> Void)]] = [:]
     private var stopped = false
     /// Bandwidth pacing: the instant before which the next fetched byte should not be taken.
@@ -128,7 +128,8 @@ final class Replicator {
 
     // MARK: local holdings
 
-    /// The store changed (an upload, a fetch, retention, an alias): updates this node's entry.
+    /// The store changed (an upload, a fetch, retention): updates this node's entry. An alias
+    /// change comes through ``wroteAlias(_:)`` or the exchange, which mark the copies it aliases.
     func storeChanged(_ event: SnapshotAPI.Event) {
         switch event {
         case .removed(let id):
@@ -140,35 +141,27 @@ final class Replicator {
             let store = self.store
             loop.offload({ try? store.record(id) }) { [self] record in
                 guard !stopped, let record, record.state == .ready, local[id.description] == nil else { return }
-                local[id.description] = Holding(record)
+                local[id.description] = holding(record)
                 publishLocal()
             }
         case .aliasSet:
-            // Which copies are aliased; many alias changes at once cost one read.
-            guard !reloadPending else { return }
-            reloadPending = true
-            loop.schedule(after: .milliseconds(100)) { [weak self] in
-                guard let self, !self.stopped else { return }
-                self.reloadPending = false
-                self.reloadLocal()
-            }
+            break
         }
+    }
+
+    /// A ready copy of a stored snapshot, marked aliased when the alias register points at it.
+    private func holding(_ record: SnapshotRecord) -> Holding {
+        var h = Holding(record)
+        h.aliased = aliasTargets.contains(h.key)
+        return h
     }
 
     /// Re-reads this node's copies from the store (off the loop), then spreads them.
     func reloadLocal(then: @escaping () -> Void = {}) {
         let store = self.store
-        loop.offload({ () -> [String: Holding] in
-            let records = (try? store.list()) ?? []
-            let aliases = (try? store.allAliases()) ?? [:]
-            var out: [String: Holding] = [:]
-            for r in records where r.state == .ready {
-                out[r.id.description] = Holding(r, aliased: aliases[r.id.name]?.values.contains(r.id.version) ?? false)
-            }
-            return out
-        }) { [self] holdings in
+        loop.offload({ ((try? store.list()) ?? []).filter { $0.state == .ready } }) { [self] records in
             guard !stopped else { return }
-            local = holdings
+            local = Dictionary(records.map { ($0.id.description, holding($0)) }, uniquingKeysWith: { a, _ in a })
             publishLocal()
             then()
         }
@@ -333,22 +326,26 @@ final class Replicator {
             changed.append(r)
         }
         guard !changed.isEmpty else { return }
-        for r in changed {
+        // This node's own writes are logged by the store.
+        for r in changed where !push {
             logger.info(r.version == nil ? "alias removed" : "alias set", metadata: [
                 "model.name": "\(r.name)", "alias": "\(r.alias)", "model.version": "\(r.version.map(String.init) ?? "none")",
                 "by": "\(r.author.isEmpty ? "this node" : memberNames[NodeID(r.author)] ?? r.author)",
             ])
         }
         api.notify(changed.map { .aliasSet(name: $0.name, alias: $0.alias, version: $0.version) })
-        aliasBookChanged()
-        recompute()
-        if push {
-            aliasesToPush += changed
-            schedulePush()
+        if push { aliasesToPush += changed }
+        // A copy that became (or stopped being) aliased is a new entry to spread.
+        if aliasBookChanged() { publishLocal() } else {
+            recompute()
+            if push { schedulePush() }
         }
     }
 
-    private func aliasBookChanged() {
+    /// Takes the register's new digest and targets, and marks this node's copies aliased or
+    /// not; returns whether a mark changed.
+    @discardableResult
+    private func aliasBookChanged() -> Bool {
         var hash = SHA256()
         aliasTargets = []
         for key in aliasBook.keys.sorted() {
@@ -357,6 +354,12 @@ final class Replicator {
             if let v = r.version { aliasTargets.insert("\(r.name)@\(v)") }
         }
         aliasDigest = aliasBook.isEmpty ? "" : hash.finalize().map { String(format: "%02x", $0) }.joined()
+        var marked = false
+        for (key, h) in local where h.aliased != aliasTargets.contains(key) {
+            local[key]!.aliased.toggle()
+            marked = true
+        }
+        return marked
     }
 
     /// Why `alias` of `name` may not move to `version` now, or nil when it may: the version
@@ -365,10 +368,10 @@ final class Replicator {
     func aliasRefusal(name: String, alias: String, version: Int) -> HTTPResponse? {
         let key = "\(name)@\(version)"
         let live = liveIDs
-        let ready = book.ready(among: live)[key] ?? []
+        let ready = readyCopies[key] ?? []
         guard let holders = table.holders[key], !holders.isEmpty else {
             if ready.count >= min(settings.replication, live.count) { return nil }
-            let versions = Set(kept.values.filter { $0.name == name }.map(\.version)).sorted()
+            let versions = catalogVersions[name] ?? []
             if versions.isEmpty { return .error(.notFound, "model `\(name)` is not stored on any node of the cluster") }
             return .error(.notFound, "model `\(name)` has no version \(version) in the cluster; versions: \(versions.map(String.init).joined(separator: ", "))")
         }
@@ -409,8 +412,7 @@ final class Replicator {
         }
         let key = "\(name)@\(chosen)"
         if local[key]?.state == .ready { return .local(version: chosen) }
-        let ready = readyCopies[key] ?? []
-        let holders = gossip.members.filter { ready.contains($0.id) && $0.id != me && $0.status.isReachable }
+        let holders = otherHolders(key)
         if !holders.isEmpty { return .forward(key: key, holders: holders) }
         guard versions.contains(chosen) || table.holders[key] != nil else { return .unknown }
         let names = memberNames
@@ -421,9 +423,9 @@ final class Replicator {
     /// The digest of `key` (`name@version`) in the cluster's catalog.
     func digest(of key: String) -> String? { kept[key]?.digest }
 
-    /// The live nodes other than this one with `name@version` ready.
-    func otherHolders(name: String, version: Int) -> [Member]? {
-        let ready = readyCopies["\(name)@\(version)"] ?? []
+    /// The live nodes other than this one with `key` (`name@version`) ready.
+    func otherHolders(_ key: String) -> [Member] {
+        let ready = readyCopies[key] ?? []
         return gossip.members.filter { ready.contains($0.id) && $0.id != me && $0.status.isReachable }
     }
 
@@ -495,7 +497,7 @@ final class Replicator {
         guard !stopped else { return }
         // A leaving node keeps what it has (it may come back with it) and copies nothing.
         if leavingSince != nil { return checkLeave() }
-        let input = ReplicationPlan.Input(me: me, table: table, ready: book.ready(among: liveIDs), local: local,
+        let input = ReplicationPlan.Input(me: me, table: table, ready: readyCopies, local: local,
                                           fetching: fetching, retired: retired, replication: settings.replication,
                                           settled: settled)
         let decision = ReplicationPlan.decide(input)
@@ -530,7 +532,7 @@ final class Replicator {
                 self.repairBytes += outcome == "stored" ? record.size : 0
                 self.logger.info("copy ready", metadata: ["snapshot": "\(fetch.key)", "from": "\(peer.info.name)",
                                                           "seconds": "\(Double((Instant.now() - started).nanosecondsClamped) / 1e9)"])
-                self.local[fetch.key] = Holding(record)
+                self.local[fetch.key] = self.holding(record)
                 self.publishLocal()
                 self.act()
             case .failure(let error):
@@ -643,20 +645,19 @@ final class Replicator {
     func awaitQuorum(_ id: SnapshotID, record: SnapshotRecord, done: @escaping (QuorumOutcome) -> Void) {
         let key = id.description
         if local[key] == nil {
-            local[key] = Holding(record)
+            local[key] = holding(record)
             publishLocal()
         }
-        if let outcome = quorum(key, ready: book.ready(among: liveIDs), timedOut: false) { return done(outcome) }
+        if let outcome = quorum(key, timedOut: false) { return done(outcome) }
         waiters[key, default: []].append((Instant.now() + settings.publishTimeout, done))
         // The holders learn of it from the push; pull their answers sooner than the tick.
         act()
     }
 
-    /// The outcome for `key` given the ready copies, nil while its quorum is not met (unless
-    /// `timedOut`).
-    private func quorum(_ key: String, ready: [String: Set<NodeID>], timedOut: Bool) -> QuorumOutcome? {
+    /// The outcome for `key`, nil while its quorum is not met (unless `timedOut`).
+    private func quorum(_ key: String, timedOut: Bool) -> QuorumOutcome? {
         let holders = table.holders[key] ?? []
-        let readyHolders = holders.filter { ready[key]?.contains($0) == true }
+        let readyHolders = holders.filter { readyCopies[key]?.contains($0) == true }
         let met = !holders.isEmpty && readyHolders.count >= min(settings.replication, holders.count)
         guard met || timedOut else { return nil }
         let names = memberNames
@@ -665,10 +666,8 @@ final class Replicator {
     }
 
     private func checkWaiters() {
-        guard !waiters.isEmpty else { return }
-        let ready = book.ready(among: liveIDs)
         for key in Array(waiters.keys) {
-            guard let outcome = quorum(key, ready: ready, timedOut: false) else { continue }
+            guard let outcome = quorum(key, timedOut: false) else { continue }
             for w in waiters.removeValue(forKey: key) ?? [] { w.done(outcome) }
         }
     }
@@ -676,13 +675,12 @@ final class Replicator {
     private func expireWaiters() {
         checkWaiters()
         let now = Instant.now()
-        let ready = book.ready(among: liveIDs)
         for key in Array(waiters.keys) {
             let expired = waiters[key]!.filter { $0.until <= now }
             guard !expired.isEmpty else { continue }
             waiters[key]!.removeAll { $0.until <= now }
             if waiters[key]!.isEmpty { waiters[key] = nil }
-            let outcome = quorum(key, ready: ready, timedOut: true)!
+            let outcome = quorum(key, timedOut: true)!
             for w in expired { w.done(outcome) }
         }
     }
@@ -694,15 +692,14 @@ final class Replicator {
     }
 
     /// Table holders of `key` with a ready copy.
-    private func readyHolders(_ key: String, _ ready: [String: Set<NodeID>]) -> Int {
-        (table.holders[key] ?? []).filter { ready[key]?.contains($0) == true }.count
+    private func readyHolders(_ key: String) -> Int {
+        (table.holders[key] ?? []).filter { readyCopies[key]?.contains($0) == true }.count
     }
 
     /// `GET /kaa/v1/placement`.
     func placementJSON(underReplicatedOnly: Bool) -> [String: Any] {
         let live = liveIDs
         let names = memberNames
-        let readyCopies = book.ready(among: live)
         let http = Dictionary(gossip.members.map { ($0.id, $0.info.httpAddress.description) }, uniquingKeysWith: { a, _ in a })
         var states: [String: [NodeID: Holding.State]] = [:]
         for (node, entry) in book.entries where live.contains(node) {
@@ -712,7 +709,7 @@ final class Replicator {
         var under = 0
         for key in table.holders.keys.sorted() {
             let holders = table.holders[key]!
-            let ready = readyHolders(key, readyCopies)
+            let ready = readyHolders(key)
             let met = ready >= settings.replication
             if !met { under += 1 }
             if underReplicatedOnly && met { continue }
@@ -744,8 +741,7 @@ final class Replicator {
 
     /// Lines for `/metrics`.
     var metricsText: String {
-        let ready = book.ready(among: liveIDs)
-        let under = table.holders.keys.filter { readyHolders($0, ready) < settings.replication }.count
+        let under = table.holders.keys.filter { readyHolders($0) < settings.replication }.count
         return """
         # HELP kaa_snapshots_under_replicated Snapshots with fewer ready holders than the replication factor.
         # TYPE kaa_snapshots_under_replicated gauge
@@ -778,13 +774,13 @@ final class Replicator {
 
 extension Holding {
     /// A ready copy of a stored snapshot.
-    init(_ record: SnapshotRecord, aliased: Bool = false) {
+    init(_ record: SnapshotRecord) {
         let accelerator: Placement.Accelerator = switch record.accelerator {
         case .none: .none
         case .gpu: .requiresGPU
         case .gpuPreferred: .prefersGPU
         }
         self.init(name: record.id.name, version: record.id.version, digest: record.digest.description, size: record.size,
-                  state: .ready, draft: record.isDraft, aliased: aliased, accelerator: accelerator)
+                  state: .ready, draft: record.isDraft, accelerator: accelerator)
     }
 }

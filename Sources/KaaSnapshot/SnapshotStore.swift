@@ -240,10 +240,7 @@ public final class SnapshotStore: Sendable {
     public func aliasRecords() throws(SnapshotError) -> [AliasRecord] {
         try catalog.run("read aliases") {
             try catalog.pool.read { db in
-                try Row.fetchAll(db, sql: "SELECT name, alias, version, stamp, author FROM alias ORDER BY name, alias").map {
-                    AliasRecord(name: $0["name"], alias: $0["alias"], version: $0["version"], stamp: UInt64(max(0, $0["stamp"] as Int64)),
-                                author: $0["author"])
-                }
+                try Row.fetchAll(db, sql: "SELECT \(Self.aliasColumns) FROM alias ORDER BY name, alias").map(Self.aliasRecord)
             }
         }
     }
@@ -280,11 +277,9 @@ public final class SnapshotStore: Sendable {
         let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
         let written = try catalog.run("write alias") {
             try catalog.pool.write { db -> AliasRecord? in
-                let old = try Row.fetchOne(db, sql: "SELECT version, stamp FROM alias WHERE name = ? AND alias = ?", arguments: [name, alias])
-                let oldVersion: Int? = old?["version"]
-                if version == nil && oldVersion == nil { return nil }
-                let oldStamp = old.map { UInt64(max(0, $0["stamp"] as Int64)) } ?? 0
-                let record = AliasRecord(name: name, alias: alias, version: version, stamp: max(now, oldStamp + 1), author: author)
+                let old = try storedAlias(name: name, alias: alias, db)
+                if version == nil && old?.version == nil { return nil }
+                let record = AliasRecord(name: name, alias: alias, version: version, stamp: max(now, (old?.stamp ?? 0) + 1), author: author)
                 try upsert(record, db)
                 return record
             }
@@ -308,17 +303,25 @@ public final class SnapshotStore: Sendable {
             try catalog.pool.write { db -> [AliasRecord] in
                 var taken: [AliasRecord] = []
                 for r in valid {
-                    let old = try Row.fetchOne(db, sql: "SELECT version, stamp, author FROM alias WHERE name = ? AND alias = ?",
-                                               arguments: [r.name, r.alias]).map {
-                        AliasRecord(name: r.name, alias: r.alias, version: $0["version"], stamp: UInt64(max(0, $0["stamp"] as Int64)), author: $0["author"])
-                    }
-                    if let old, !r.supersedes(old) { continue }
+                    if let old = try storedAlias(name: r.name, alias: r.alias, db), !r.supersedes(old) { continue }
                     try upsert(r, db)
                     taken.append(r)
                 }
                 return taken
             }
         }
+    }
+
+    private static let aliasColumns = "name, alias, version, stamp, author"
+
+    private static func aliasRecord(_ row: Row) -> AliasRecord {
+        AliasRecord(name: row["name"], alias: row["alias"], version: row["version"], stamp: UInt64(max(0, row["stamp"] as Int64)),
+                    author: row["author"])
+    }
+
+    private func storedAlias(name: String, alias: String, _ db: Database) throws -> AliasRecord? {
+        try Row.fetchOne(db, sql: "SELECT \(Self.aliasColumns) FROM alias WHERE name = ? AND alias = ?", arguments: [name, alias])
+            .map(Self.aliasRecord)
     }
 
     private func upsert(_ r: AliasRecord, _ db: Database) throws {
