@@ -29,15 +29,10 @@ import Testing
     @Test func aliasesAndGPURequirementsAreClusterState() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
-        let key = dir.path + "/cluster.key"
-        #expect(try KaaProcess.run(["keys", "cluster", "--out", key]).0 == 0)
+        var cluster = try LiveCluster(in: dir)
         let model = ServingTests.repo + "/snapshots/iris-logreg/model.onnx"
-        let out = dir.path + "/snapshots"
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        for v in 1...2 {
-            _ = try SnapshotBuilder.build(SnapshotBuildRequest(modelPath: model, name: "iris", version: v,
-                                                               createdAt: Date(timeIntervalSince1970: Double(v))), to: "\(out)/iris-\(v).kaa")
-        }
+        let out = cluster.snapshots
+        for v in 1...2 { try cluster.build("iris-logreg", as: "iris", version: v, createdAt: Double(v), file: "iris-\(v)") }
         for (name, flag) in [("needs-gpu", "--requires"), ("likes-gpu", "--prefers")] {
             let built = try KaaProcess.run(["snapshot", "build", "--model", model, "--name", name, "--version", "1", flag, "gpu",
                                             "--out", "\(out)/\(name).kaa"])
@@ -46,33 +41,21 @@ import Testing
         let refused = try KaaProcess.run(["snapshot", "build", "--model", model, "--name", "x", "--requires", "tpu", "--out", "\(out)/x.kaa"])
         #expect(refused.0 != 0 && refused.2.contains("the only accelerator placement knows is `gpu`"), "\(refused.2)")
 
-        // A long repair grace: a killed holder stays in the table, so the alias check names it.
-        let extra = ["--replication", "2", "--repair-grace", "120s", "--placement-settle", "3s", "--leave-timeout", "0s"]
-        var nodes = [try GossipLiveTests.start("n1", in: dir, seeds: [], keyFile: key, extra: extra, logLevel: "info")]
-        nodes.append(try GossipLiveTests.start("n2", in: dir, seeds: [nodes[0].peer], keyFile: key, extra: extra, logLevel: "info"))
-        nodes.append(try GossipLiveTests.start("n3", in: dir, seeds: [nodes[0].peer], keyFile: key, extra: extra + ["--gpus", "1"],
-                                               logLevel: "info"))
-        defer {
-            for n in nodes { n.process.signal(SIGTERM) }
-            for n in nodes { n.process.wait(timeout: 60) }
-        }
-        #expect(GossipLiveTests.within(30) { nodes.allSatisfy { GossipLiveTests.view($0.http).values.filter { $0.0 == "alive" }.count == 3 } } != nil)
-        let published = try KaaProcess.run(["publish", out, "--to", "http://127.0.0.1:\(nodes[0].http)", "--timeout", "60"], timeout: 300)
-        try #require(published.0 == 0, "\(published.1)\(published.2)")
+        // A long repair grace (LiveCluster's): a killed holder stays in the table, so the alias check names it.
+        try cluster.start(["n1", "n2", "n3"], more: ["n3": ["--gpus", "1"]])
+        defer { cluster.stop() }
+        let nodes = cluster.nodes
+        try cluster.publish()
 
         // The GPU node is the only holder of what requires one (under-replicated, said so), and
         // a holder of what prefers one.
         // (Every node has heard of every ready copy: an alias check on a node reads its own view.)
-        let placed = GossipLiveTests.within(60) {
-            nodes.allSatisfy { n in
-                guard let p = ReplicationLiveTests.placement(n.http) else { return false }
-                let c = ReplicationLiveTests.copies(p)
-                return c["needs-gpu@1"]?.ready == ["n3"] && c["iris@1"]?.ready.count == 2 && c["iris@2"]?.ready.count == 2
-                    && c["likes-gpu@1"]?.ready.count == 2
-            }
+        let placed = cluster.whenEveryNode { c in
+            c["needs-gpu@1"]?.ready == ["n3"] && c["iris@1"]?.ready.count == 2 && c["iris@2"]?.ready.count == 2
+                && c["likes-gpu@1"]?.ready.count == 2
         }
-        let table = ReplicationLiveTests.copies(try #require(ReplicationLiveTests.placement(nodes[0].http)))
-        #expect(placed != nil, "\(table)")
+        let table = try cluster.table()
+        #expect(placed, "\(table)")
         #expect(table["needs-gpu@1"]?.holders == ["n3"])
         #expect(table["likes-gpu@1"]?.holders.contains("n3") == true, "\(table)")
 

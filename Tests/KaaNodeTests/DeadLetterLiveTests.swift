@@ -20,34 +20,15 @@ import Testing
     @Test func callsThatCannotBeAnsweredBecomeDeadLettersAndReplayOnce() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
-        let key = dir.path + "/cluster.key"
-        #expect(try KaaProcess.run(["keys", "cluster", "--out", key]).0 == 0)
-        let out = dir.path + "/snapshots"
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        for (sample, name) in [("digits-mlp", "digits"), ("iris-logreg", "iris")] {
-            _ = try SnapshotBuilder.build(SnapshotBuildRequest(modelPath: ServingTests.repo + "/snapshots/\(sample)/model.onnx", name: name,
-                                                               version: 1, createdAt: Date(timeIntervalSince1970: 0)), to: "\(out)/\(name).kaa")
-        }
-        let extra = ["--replication", "2", "--repair-grace", "120s", "--placement-settle", "3s", "--leave-timeout", "0s"]
-        var nodes = [try GossipLiveTests.start("n1", in: dir, seeds: [], keyFile: key, extra: extra, logLevel: "info")]
-        for i in 2...3 {
-            nodes.append(try GossipLiveTests.start("n\(i)", in: dir, seeds: [nodes[0].peer], keyFile: key, extra: extra, logLevel: "info"))
-        }
-        defer {
-            for n in nodes { n.process.signal(SIGTERM) }
-            for n in nodes { n.process.wait(timeout: 60) }
-        }
-        #expect(GossipLiveTests.within(30) { nodes.allSatisfy { GossipLiveTests.view($0.http).values.filter { $0.0 == "alive" }.count == 3 } } != nil)
-        let published = try KaaProcess.run(["publish", out, "--to", "http://127.0.0.1:\(nodes[0].http)", "--timeout", "60"], timeout: 300)
-        try #require(published.0 == 0, "\(published.1)\(published.2)")
-        let heard = GossipLiveTests.within(60) {
-            nodes.allSatisfy { n in
-                let c = ReplicationLiveTests.placement(n.http).map(ReplicationLiveTests.copies) ?? [:]
-                return c["digits@1"]?.ready.count == 2 && c["iris@1"]?.ready.count == 2
-            }
-        }
-        try #require(heard != nil)
-        let table = ReplicationLiveTests.copies(try #require(ReplicationLiveTests.placement(nodes[0].http)))
+        var cluster = try LiveCluster(in: dir)
+        try cluster.build("digits-mlp", as: "digits")
+        try cluster.build("iris-logreg", as: "iris")
+        try cluster.start(["n1", "n2", "n3"])
+        defer { cluster.stop() }
+        let nodes = cluster.nodes
+        try cluster.publish()
+        try #require(cluster.whenEveryNode { c in c["digits@1"]?.ready.count == 2 && c["iris@1"]?.ready.count == 2 })
+        let table = try cluster.table()
         let digitsHolders = try #require(table["digits@1"]?.holders)
         let outsider = try #require(nodes.first { !digitsHolders.contains($0.name) })
 
@@ -132,29 +113,14 @@ import Testing
     @Test func underAKilledHolderEveryCallIsAnsweredOrDeadLettered() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
-        let key = dir.path + "/cluster.key"
-        #expect(try KaaProcess.run(["keys", "cluster", "--out", key]).0 == 0)
-        let out = dir.path + "/snapshots"
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        _ = try SnapshotBuilder.build(SnapshotBuildRequest(modelPath: ServingTests.repo + "/snapshots/digits-mlp/model.onnx", name: "iris",
-                                                           version: 1, createdAt: Date(timeIntervalSince1970: 0)), to: "\(out)/iris.kaa")
-        let extra = ["--replication", "2", "--repair-grace", "120s", "--placement-settle", "3s", "--leave-timeout", "0s"]
-        var nodes = [try GossipLiveTests.start("n1", in: dir, seeds: [], keyFile: key, extra: extra, logLevel: "info")]
-        for i in 2...3 {
-            nodes.append(try GossipLiveTests.start("n\(i)", in: dir, seeds: [nodes[0].peer], keyFile: key, extra: extra, logLevel: "info"))
-        }
-        defer {
-            for n in nodes { n.process.signal(SIGTERM) }
-            for n in nodes { n.process.wait(timeout: 60) }
-        }
-        #expect(GossipLiveTests.within(30) { nodes.allSatisfy { GossipLiveTests.view($0.http).values.filter { $0.0 == "alive" }.count == 3 } } != nil)
-        let published = try KaaProcess.run(["publish", out, "--to", "http://127.0.0.1:\(nodes[0].http)", "--timeout", "60"], timeout: 300)
-        try #require(published.0 == 0, "\(published.1)\(published.2)")
-        try #require(GossipLiveTests.within(60) {
-            nodes.allSatisfy { ReplicationLiveTests.placement($0.http).map(ReplicationLiveTests.copies)?["iris@1"]?.ready.count == 2 }
-        } != nil)
-        let placement = try #require(ReplicationLiveTests.placement(nodes[0].http))
-        let holders = try #require(ReplicationLiveTests.copies(placement)["iris@1"]?.holders)
+        var cluster = try LiveCluster(in: dir)
+        try cluster.build("digits-mlp", as: "iris")
+        try cluster.start(["n1", "n2", "n3"])
+        defer { cluster.stop() }
+        let nodes = cluster.nodes
+        try cluster.publish()
+        try #require(cluster.whenEveryNode { $0["iris@1"]?.ready.count == 2 })
+        let holders = try #require(try cluster.table()["iris@1"]?.holders)
         let entry = try #require(nodes.first { !holders.contains($0.name) })
         let victim = try #require(nodes.first { $0.name == holders[0] })
 

@@ -22,37 +22,16 @@ import Testing
     @Test func aNodeThatHoldsNothingAnswersThroughAHolder() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
-        let key = dir.path + "/cluster.key"
-        #expect(try KaaProcess.run(["keys", "cluster", "--out", key]).0 == 0)
-        let out = dir.path + "/snapshots"
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        var cluster = try LiveCluster(in: dir)
         let names = (0..<6).map { "m\($0)" }
-        for name in names {
-            _ = try SnapshotBuilder.build(SnapshotBuildRequest(modelPath: ServingTests.repo + "/snapshots/iris-logreg/model.onnx", name: name,
-                                                               version: 1, createdAt: Date(timeIntervalSince1970: 0)), to: "\(out)/\(name).kaa")
-        }
-        let extra = ["--replication", "2", "--repair-grace", "120s", "--placement-settle", "3s", "--leave-timeout", "0s"]
-        var nodes = [try GossipLiveTests.start("n1", in: dir, seeds: [], keyFile: key, extra: extra, logLevel: "info")]
-        for i in 2...3 {
-            nodes.append(try GossipLiveTests.start("n\(i)", in: dir, seeds: [nodes[0].peer], keyFile: key, extra: extra, logLevel: "info"))
-        }
-        defer {
-            for n in nodes { n.process.signal(SIGTERM) }
-            for n in nodes { n.process.wait(timeout: 60) }
-        }
-        #expect(GossipLiveTests.within(30) { nodes.allSatisfy { GossipLiveTests.view($0.http).values.filter { $0.0 == "alive" }.count == 3 } } != nil)
-        let published = try KaaProcess.run(["publish", out, "--to", "http://127.0.0.1:\(nodes[0].http)", "--timeout", "60"], timeout: 300)
-        try #require(published.0 == 0, "\(published.1)\(published.2)")
+        for name in names { try cluster.build("iris-logreg", as: name) }
+        try cluster.start(["n1", "n2", "n3"])
+        defer { cluster.stop() }
+        let nodes = cluster.nodes
+        try cluster.publish()
         // Every node has heard of every ready copy.
-        let heard = GossipLiveTests.within(60) {
-            nodes.allSatisfy { n in
-                guard let p = ReplicationLiveTests.placement(n.http) else { return false }
-                let c = ReplicationLiveTests.copies(p)
-                return names.allSatisfy { c["\($0)@1"]?.ready.count == 2 }
-            }
-        }
-        try #require(heard != nil)
-        let table = ReplicationLiveTests.copies(try #require(ReplicationLiveTests.placement(nodes[0].http)))
+        try #require(cluster.whenEveryNode { c in names.allSatisfy { c["\($0)@1"]?.ready.count == 2 } })
+        let table = try cluster.table()
 
         for name in names {
             let holders = try #require(table["\(name)@1"]?.holders)

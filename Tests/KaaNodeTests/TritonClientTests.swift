@@ -38,26 +38,19 @@ import Testing
                      "no \(TritonClientTests.python): run tools/python-env.sh test (tools/test.sh does) to install tritonclient")
         let dir = TemporaryDirectory()
         defer { dir.remove() }
-        let key = dir.path + "/cluster.key"
-        #expect(try KaaProcess.run(["keys", "cluster", "--out", key]).0 == 0)
-        let out = dir.path + "/snapshots"
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        var cluster = try LiveCluster(in: dir)
+        let out = cluster.snapshots
         for (sample, name, version) in [("iris-logreg", "iris", 1), ("iris-logreg", "iris", 2), ("digits-mlp", "digits", 1), ("news-text", "news", 1)] {
             let built = try KaaProcess.run(["snapshot", "build", "--model", "\(ServingTests.repo)/snapshots/\(sample)/model.onnx", "--name", name,
                                             "--version", "\(version)", "--requires", "gpu", "--out", "\(out)/\(name)-\(version).kaa"])
             #expect(built.0 == 0, "\(built.2)")
         }
-        let extra = ["--replication", "2", "--leave-timeout", "0s"]
-        let gpu = try GossipLiveTests.start("gpu", in: dir, seeds: [], keyFile: key, extra: extra + ["--gpus", "1"], logLevel: "info")
-        let plain = try GossipLiveTests.start("plain", in: dir, seeds: [gpu.peer], keyFile: key, extra: extra + ["--gpus", "0"], logLevel: "info")
-        defer {
-            for n in [gpu, plain] { n.process.signal(SIGTERM) }
-            for n in [gpu, plain] { n.process.wait(timeout: 60) }
-        }
-        #expect(GossipLiveTests.within(30) { GossipLiveTests.view(plain.http).values.filter { $0.0 == "alive" }.count == 2 } != nil)
+        try cluster.start(["gpu", "plain"], flags: ["--replication", "2", "--leave-timeout", "0s"],
+                          more: ["gpu": ["--gpus", "1"], "plain": ["--gpus", "0"]])
+        defer { cluster.stop() }
+        let plain = cluster.nodes[1]
         // Published to the node that holds nothing: it hands each snapshot to the GPU node.
-        let published = try KaaProcess.run(["publish", out, "--to", "http://127.0.0.1:\(plain.http)", "--timeout", "60"], timeout: 300)
-        try #require(published.0 == 0, "\(published.1)\(published.2)")
+        try cluster.publish(to: plain)
         let placed = GossipLiveTests.within(60) {
             guard let p = ReplicationLiveTests.placement(plain.http) else { return false }
             let c = ReplicationLiveTests.copies(p)
