@@ -190,8 +190,16 @@ public enum ReplicationPlan {
         /// Keys cluster-wide retention cut (``HoldingsBook/catalog(retainVersions:retainDrafts:)``).
         public var retired: Set<String> = []
         public var replication: Int
-        /// Whether moves may start: the live members' table digests agree, or the settle time passed.
+        /// Whether moves may start: the live members computed their tables from the same nodes,
+        /// or this node's view has not changed for the settle time.
         public var settled: Bool
+        /// Whether every live peer has said it computed this same table. A copy is dropped only
+        /// then: a node with another table may be dropping the very holders this one counts on.
+        public var tablesAgree: Bool = true
+        /// The nodes whose present holdings every live peer has taken. Only their ready copies let
+        /// a copy go, so no node's view shows fewer copies than the factor because of a drop it
+        /// heard of before the copy that made it safe. nil: every node counts.
+        public var seenEverywhere: Set<NodeID>? = nil
 
         public init(me: NodeID, table: Placement.Table, ready: [String: Set<NodeID>], local: [String: Holding],
                     fetching: Set<String>, retired: Set<String> = [], replication: Int, settled: Bool) {
@@ -242,11 +250,12 @@ public enum ReplicationPlan {
         }
         wanted.sort { ($0.copies, $0.key) < ($1.copies, $1.key) }
         decision.fetch = wanted.map { Fetch(key: $0.key, sources: $0.sources) }
-        // Make before break: a copy goes only once the table's holders have theirs ready.
-        for (key, holding) in input.local where holding.state == .ready {
+        // Make before break: a copy goes only once the table's holders have theirs ready, every
+        // peer has heard so, and every peer computed the same table.
+        for (key, holding) in input.local where holding.state == .ready && input.tablesAgree {
             guard let holders = input.table.holders[key], !holders.isEmpty, !holders.contains(input.me) else { continue }
             let ready = input.ready[key] ?? []
-            let confirmed = holders.filter { ready.contains($0) }.count
+            let confirmed = holders.filter { ready.contains($0) && input.seenEverywhere?.contains($0) != false }.count
             if confirmed >= min(input.replication, holders.count) && confirmed >= 1 { decision.drop.append(key) }
         }
         // Retention, cluster-wide: a version the cluster no longer keeps goes, unless aliased here.

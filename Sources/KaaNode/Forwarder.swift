@@ -250,6 +250,23 @@ struct CallFrameReader {
     }
 }
 
+/// The share of calls that may be sent to a second holder after the first did not answer in
+/// time: each call adds a tenth of a token, a second try takes a whole one, and at most ten
+/// are kept, so over any stretch such tries are at most 10% of calls (plus a burst of ten).
+struct RetryBudget {
+    /// In tenths of a token.
+    private(set) var tenths = 10
+
+    mutating func deposit() { tenths = min(100, tenths + 1) }
+
+    /// Takes a token; false when there is none.
+    mutating func withdraw() -> Bool {
+        guard tenths >= 10 else { return false }
+        tenths -= 10
+        return true
+    }
+}
+
 /// Sends calls for models this node does not hold to a holder, and runs calls other nodes
 /// send here. Loop-confined.
 final class Forwarder {
@@ -266,6 +283,11 @@ final class Forwarder {
     private var inFlight: [NodeID: Int] = [:]
     private(set) var forwarded = 0
     private(set) var retried = 0
+    /// Calls sent to a second holder after the first did not answer within its try limit.
+    private(set) var retriedSlow = 0
+    private var budget = RetryBudget()
+    /// Each snapshot's usual time for a try, from this node's view, decayed (1/16 per answer).
+    private var typicalNs: [String: UInt64] = [:]
     /// How long a try at a holder took, from this node's view (send to answer).
     private var latency = LatencyHistogram()
 
@@ -310,6 +332,17 @@ final class Forwarder {
         var tried: [String] = []
         var attempts: [DeadLetter.Attempt] = []
         var last: HTTPResponse?
+        /// Whether the call has been sent again after a slow try (it is, at most once).
+        var resentAfterSlowTry = false
+    }
+
+    /// How a call ends, shared by its tries: the first end wins. A try that passed its limit
+    /// may still answer while the call is tried at the next holder; while it is out, a failure
+    /// of the next holders waits for it.
+    private final class Ending {
+        var done = false
+        var slowTryOut = false
+        var heldFailure: (() -> Void)?
     }
 
     /// Sends `request` to the first of `holders` that takes it, trying the next one only when
@@ -325,13 +358,33 @@ final class Forwarder {
         headers.set("kaa-request-id", requestID)
         let trip = Trip(request: request, headers: headers, requestID: requestID, key: key, call: call,
                         deadline: loop.nowNanoseconds &+ deadlineMs &* 1_000_000)
-        attempt(trip, queue: order(holders)[...], responder)
+        if call != nil { budget.deposit() }
+        attempt(trip, queue: order(holders)[...], Ending(), responder)
     }
 
     /// Ends a call no holder answered: a dead letter when it is a call, else just the error.
-    private func fail(_ trip: Trip, _ reason: DeadLetter.Reason, _ status: HTTPStatus, _ message: String, _ responder: HTTPResponder) {
-        guard let deadLetters, let call = trip.call else { return responder.respond(.error(status, message)) }
-        deadLetters.fail(trip.request, call, reason: reason, status: status, message: message, attempts: trip.attempts, responder)
+    /// While a slow try is still out, the failure waits for it: its answer, if it comes, wins.
+    private func fail(_ trip: Trip, _ reason: DeadLetter.Reason, _ status: HTTPStatus, _ message: String, _ ending: Ending,
+                      _ responder: HTTPResponder) {
+        hold(ending) { [self] in
+            ending.done = true
+            guard let deadLetters, let call = trip.call else { return responder.respond(.error(status, message)) }
+            deadLetters.fail(trip.request, call, reason: reason, status: status, message: message, attempts: trip.attempts, responder)
+        }
+    }
+
+    /// Runs `end` now, or once the slow try that is still out has failed too.
+    private func hold(_ ending: Ending, _ end: @escaping () -> Void) {
+        guard !ending.done else { return }
+        if ending.slowTryOut { ending.heldFailure = end } else { end() }
+    }
+
+    /// Answers the client, once.
+    private func finish(_ response: HTTPResponse, _ ending: Ending, _ responder: HTTPResponder) {
+        guard !ending.done else { return }
+        ending.done = true
+        ending.heldFailure = nil
+        responder.respond(response)
     }
 
     // MARK: the call's life, decided by pure functions
@@ -388,21 +441,76 @@ final class Forwarder {
         return max(1, (deadline - now) / 1_000_000)
     }
 
-    private func attempt(_ trip: Trip, queue: ArraySlice<Member>, _ responder: HTTPResponder) {
+    /// How long a try at a holder may take before the call is sent to the next one as well:
+    /// eight times the snapshot's usual try, at least 100 ms. nil (no second try) when the
+    /// snapshot has no usual time yet, or when the limit would use more than half of what is
+    /// left of the deadline (the second try would have too little).
+    static func tryLimitNs(typicalNs: UInt64?, remainingNs: UInt64) -> UInt64? {
+        guard let typicalNs else { return nil }
+        let limit = max(100_000_000, typicalNs &* 8)
+        return limit <= remainingNs / 2 ? limit : nil
+    }
+
+    private func attempt(_ trip: Trip, queue: ArraySlice<Member>, _ ending: Ending, _ responder: HTTPResponder) {
         let tried = trip.tried.joined(separator: ", ")
-        guard Forwarder.remainingMs(deadline: trip.deadline, now: loop.nowNanoseconds) != nil else {
-            return fail(trip, .deadline, .gatewayTimeout, "the deadline passed before a holder of \(trip.key) answered (tried: \(tried))", responder)
+        guard let remaining = Forwarder.remainingMs(deadline: trip.deadline, now: loop.nowNanoseconds) else {
+            return fail(trip, .deadline, .gatewayTimeout, "the deadline passed before a holder of \(trip.key) answered (tried: \(tried))",
+                        ending, responder)
         }
         guard let holder = queue.first else {
-            guard let (reason, status) = Forwarder.end(lastStatus: trip.last?.status.code) else { return responder.respond(trip.last!) }
+            guard let (reason, status) = Forwarder.end(lastStatus: trip.last?.status.code) else {
+                // Every queue full: the refusal goes to the client, no dead letter (after a slow try, if it fails).
+                return hold(ending) { [self] in finish(trip.last!, ending, responder) }
+            }
             let said = trip.last.map { "; the last said HTTP \($0.status.code) \(String(decoding: $0.body.prefix(300), as: UTF8.self))" } ?? ""
             let what = reason == .unreachable ? "could be reached" : "took the call"
-            return fail(trip, reason, HTTPStatus(code: status), "no holder of \(trip.key) \(what) (tried: \(tried)\(said))", responder)
+            return fail(trip, reason, HTTPStatus(code: status), "no holder of \(trip.key) \(what) (tried: \(tried)\(said))", ending, responder)
         }
         let started = DeadLetters.nowMs()
         let sentAt = loop.nowNanoseconds
+        // Passed its limit: the call went to the next holder too, and this try only answers if it beats that.
+        var abandoned = false, answered = false
+        if trip.call != nil, !trip.resentAfterSlowTry, queue.count > 1,
+           let limit = Forwarder.tryLimitNs(typicalNs: typicalNs[trip.key], remainingNs: remaining &* 1_000_000) {
+            loop.schedule(after: .nanoseconds(Int64(limit))) { [self] in
+                guard !answered, !ending.done, budget.withdraw() else { return }
+                abandoned = true
+                retriedSlow += 1
+                ending.slowTryOut = true
+                logger.info("a holder did not answer a call within its try limit; sending it to the next as well", metadata: [
+                    "snapshot": "\(trip.key)", "holder": "\(holder.info.name)", "limit.ms": "\(limit / 1_000_000)",
+                    "request.id": "\(trip.requestID)",
+                ])
+                var next = trip
+                next.resentAfterSlowTry = true
+                next.tried.append(holder.info.name)
+                next.attempts.append(.init(node: holder.info.name, start: started, end: DeadLetters.nowMs(),
+                                           outcome: "no answer within \(limit / 1_000_000) ms; sent to the next holder as well"))
+                attempt(next, queue: queue.dropFirst(), ending, responder)
+            }
+        }
         send(trip.request, headers: trip.headers, requestID: trip.requestID, to: holder, tried: trip.tried, deadline: trip.deadline) { [self] result in
-            latency.record(loop.nowNanoseconds &- sentAt)
+            answered = true
+            let took = loop.nowNanoseconds &- sentAt
+            latency.record(took)
+            if case .success = result {
+                let before = typicalNs[trip.key] ?? took
+                typicalNs[trip.key] = before - before / 16 + took / 16
+            }
+            if abandoned {
+                // The slow try ends: its answer wins if the call is still open; else a failure
+                // of the next holders that waited for it goes out now.
+                ending.slowTryOut = false
+                if case .success(let response) = result, Forwarder.step(after: .answered(response.status.code)) == .answer {
+                    return finish(response, ending, responder)
+                }
+                if let held = ending.heldFailure {
+                    ending.heldFailure = nil
+                    held()
+                }
+                return
+            }
+            guard !ending.done else { return }
             var trip = trip
             let outcome: TryOutcome, said: String
             switch result {
@@ -416,7 +524,7 @@ final class Forwarder {
             trip.attempts.append(.init(node: holder.info.name, start: started, end: DeadLetters.nowMs(), outcome: said))
             switch Forwarder.step(after: outcome) {
             case .answer:
-                if case .success(let response) = result { responder.respond(response) }
+                if case .success(let response) = result { finish(response, ending, responder) }
             case .next:
                 retried += 1
                 logger.debug("a holder did not take a call; trying the next", metadata: [
@@ -424,10 +532,10 @@ final class Forwarder {
                 ])
                 trip.tried.append(holder.info.name)
                 if case .success(let response) = result { trip.last = response }
-                attempt(trip, queue: queue.dropFirst(), responder)
+                attempt(trip, queue: queue.dropFirst(), ending, responder)
             case .refuse:
                 if case .failure(let error) = result {
-                    responder.respond(Forwarder.answer(for: error, holder: holder, key: trip.key, bytes: trip.request.body.count))
+                    finish(Forwarder.answer(for: error, holder: holder, key: trip.key, bytes: trip.request.body.count), ending, responder)
                 }
             case .deadLetter(let reason, let status):
                 var message = "holder \(holder.info.name) failed during the call for \(trip.key): \(said)"
@@ -438,7 +546,7 @@ final class Forwarder {
                         message = "holder \(holder.info.name) did not answer the call for \(trip.key) within its deadline"
                     }
                 }
-                fail(trip, reason, HTTPStatus(code: status), message, responder)
+                fail(trip, reason, HTTPStatus(code: status), message, ending, responder)
             }
         }
     }
@@ -538,6 +646,9 @@ final class Forwarder {
         # HELP kaa_call_retries_total Calls sent on to the next holder after one did not take them.
         # TYPE kaa_call_retries_total counter
         kaa_call_retries_total \(retried)
+        # HELP kaa_call_slow_retries_total Calls sent to a second holder after the first did not answer within its try limit (at most 10% of calls).
+        # TYPE kaa_call_slow_retries_total counter
+        kaa_call_slow_retries_total \(retriedSlow)
         # HELP kaa_forward_seconds Time from sending a call to a holder to its answer, seen from this node.
         # TYPE kaa_forward_seconds histogram
         \(latency.exposition(name: "kaa_forward_seconds"))

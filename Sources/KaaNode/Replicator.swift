@@ -64,6 +64,8 @@ final class Replicator {
     /// What each peer last said its node set and table were.
     private var peerMembersDigest: [NodeID: String] = [:]
     private var peerTableDigest: [NodeID: String] = [:]
+    /// What each peer last said it has of every node's entry (generations by node id).
+    private var peerSummary: [NodeID: [String: UInt64]] = [:]
     private var pushPending = false
     /// The cluster's alias register (every node keeps all of it, persisted in the store), the
     /// digest exchanges compare, the versions it points at (retention keeps them), and the
@@ -218,6 +220,8 @@ final class Replicator {
         var entries: [String: HoldingsBook.Entry]
         var members: String
         var table: String
+        /// The generations the answering node has (absent from nodes of an older build).
+        var summary: [String: UInt64]?
         /// The whole alias register, when the asker's digest differed.
         var aliasRecords: [AliasRecord]?
     }
@@ -256,6 +260,7 @@ final class Replicator {
             }
             peerMembersDigest[NodeID(answer.from)] = answer.members
             peerTableDigest[NodeID(answer.from)] = answer.table
+            if let summary = answer.summary { peerSummary[NodeID(answer.from)] = summary }
             take(answer.entries)
             if let records = answer.aliasRecords { takeAliases(records) }
         }
@@ -270,6 +275,7 @@ final class Replicator {
         let from = NodeID(request.from)
         peerMembersDigest[from] = request.members
         peerTableDigest[from] = request.table
+        peerSummary[from] = request.summary
         if let entry = request.entry, from != me { take([request.from: entry]) }
         if let records = request.aliasRecords { takeAliases(records) }
         // The register when it differs, newest records first and at most 20,000 of them, with
@@ -278,7 +284,8 @@ final class Replicator {
         let aliases = differ ? Array(aliasBook.values.sorted { $0.stamp > $1.stamp }.prefix(20_000)) : nil
         let answer = ExchangeAnswer(from: me.rawValue,
                                     entries: book.newer(than: request.summary, maxHoldings: max(5_000, 25_000 - (aliases?.count ?? 0))),
-                                    members: membersDigest, table: table.digest, aliasRecords: aliases)
+                                    members: membersDigest, table: table.digest, summary: book.summary,
+                                    aliasRecords: aliases)
         guard let payload = try? JSONEncoder().encode(answer) else { return responder.fail(.internal, "cannot encode holdings") }
         responder.respond(Array(payload))
     }
@@ -489,6 +496,15 @@ final class Replicator {
         return Instant.now() - membersChangedAt >= settings.settle
     }
 
+    /// The nodes whose present entry every live peer has said it has.
+    private func seenByEveryPeer(_ peers: [Member]) -> Set<NodeID> {
+        var out = Set<NodeID>()
+        for (node, entry) in book.entries {
+            if peers.allSatisfy({ $0.id == node || (peerSummary[$0.id]?[node.rawValue] ?? 0) >= entry.generation }) { out.insert(node) }
+        }
+        return out
+    }
+
     private var liveIDs: Set<NodeID> { Set(livePeers().map(\.id) + [me]) }
 
     // MARK: moves
@@ -497,9 +513,12 @@ final class Replicator {
         guard !stopped else { return }
         // A leaving node keeps what it has (it may come back with it) and copies nothing.
         if leavingSince != nil { return checkLeave() }
-        let input = ReplicationPlan.Input(me: me, table: table, ready: readyCopies, local: local,
+        var input = ReplicationPlan.Input(me: me, table: table, ready: readyCopies, local: local,
                                           fetching: fetching, retired: retired, replication: settings.replication,
                                           settled: settled)
+        let peers = livePeers()
+        input.tablesAgree = peers.allSatisfy { peerTableDigest[$0.id] == table.digest }
+        input.seenEverywhere = seenByEveryPeer(peers)
         let decision = ReplicationPlan.decide(input)
         let now = Instant.now()
         failedAt = failedAt.filter { now - $0.value < retryAfter }

@@ -104,6 +104,29 @@ import Testing
         #expect(ReplicationPlan.decide(input).drop.isEmpty)
     }
 
+    @Test func aCopyStaysWhilePeersDisagreeOnTheTableOrHaveNotHeardOfTheHoldersCopies() {
+        var input = ReplicationPlan.Input(
+            me: NodeID("c"), table: Self.table(["x@1": ["a", "b"]]), ready: ["x@1": [NodeID("a"), NodeID("b"), NodeID("c")]],
+            local: ["x@1": Self.holding("x")], fetching: [], replication: 2, settled: true)
+        #expect(ReplicationPlan.decide(input).drop == ["x@1"])
+        // A peer with another table may be dropping a or b on the strength of c's copy.
+        input.tablesAgree = false
+        #expect(ReplicationPlan.decide(input).drop.isEmpty)
+        input.tablesAgree = true
+        // b's copy is ready, but some peer has not yet taken the entry that says so.
+        input.seenEverywhere = [NodeID("a"), NodeID("c")]
+        #expect(ReplicationPlan.decide(input).drop.isEmpty)
+        input.seenEverywhere = [NodeID("a"), NodeID("b")]
+        #expect(ReplicationPlan.decide(input).drop == ["x@1"])
+        // Fetches do not wait for either.
+        input.tablesAgree = false
+        input.seenEverywhere = []
+        input.me = NodeID("b")
+        input.local = [:]
+        input.ready["x@1"] = [NodeID("a"), NodeID("c")]
+        #expect(ReplicationPlan.decide(input).fetch.map(\.key) == ["x@1"])
+    }
+
     @Test func retiredVersionsGoUnlessAliasedHere() {
         var input = ReplicationPlan.Input(
             me: NodeID("a"), table: Self.table(["x@2": ["a"]]), ready: ["x@1": [NodeID("a")], "x@2": [NodeID("a")]],

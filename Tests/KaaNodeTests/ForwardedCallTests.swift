@@ -82,6 +82,33 @@ import Testing
         #expect(F.remainingMs(deadline: .max, now: 0) == UInt64.max / 1_000_000)
     }
 
+    @Test func aSlowTryIsSentOnOnlyWithinTheLimitAndTheBudget() {
+        typealias F = Forwarder
+        let ms: UInt64 = 1_000_000
+        // Eight times the usual try, at least 100 ms, and only with half the deadline left over.
+        #expect(F.tryLimitNs(typicalNs: nil, remainingNs: 10_000 * ms) == nil, "no usual time yet")
+        #expect(F.tryLimitNs(typicalNs: 300_000, remainingNs: 10_000 * ms) == 100 * ms)
+        #expect(F.tryLimitNs(typicalNs: 50 * ms, remainingNs: 10_000 * ms) == 400 * ms)
+        #expect(F.tryLimitNs(typicalNs: 50 * ms, remainingNs: 800 * ms) == 400 * ms)
+        #expect(F.tryLimitNs(typicalNs: 50 * ms, remainingNs: 799 * ms) == nil)
+        #expect(F.tryLimitNs(typicalNs: 300_000, remainingNs: 150 * ms) == nil)
+
+        // One token to start; then one second try per ten calls; never more than ten saved up.
+        var budget = RetryBudget()
+        let first = budget.withdraw(), second = budget.withdraw()
+        #expect(first && !second)
+        var granted = 0
+        for call in 1...1_002 {
+            budget.deposit()
+            if call % 3 == 0, budget.withdraw() { granted += 1 }
+        }
+        #expect(granted == 100, "\(granted) second tries over 1,002 calls")
+        for _ in 0..<1_000 { budget.deposit() }
+        var burst = 0
+        while budget.withdraw() { burst += 1 }
+        #expect(burst == 10)
+    }
+
     @Test func latencyHistogramBuckets() {
         var h = LatencyHistogram()
         h.record(50_000)          // 50 µs

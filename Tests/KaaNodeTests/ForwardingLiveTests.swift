@@ -93,4 +93,54 @@ import Testing
             #expect(r.headers["kaa-served-by"] == holders[1])
         }
     }
+
+    /// A holder paused (SIGSTOP) mid-call: a call it does not answer within its try limit goes
+    /// to the other holder as well, within the budget, and the client gets one answer; when the
+    /// paused holder wakes, its late answer goes nowhere.
+    @Test func aCallAPausedHolderSitsOnGoesToTheOtherHolder() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        var cluster = try LiveCluster(in: dir)
+        try cluster.build("iris-logreg", as: "m")
+        try cluster.start(["n1", "n2", "n3"])
+        defer { cluster.stop() }
+        try cluster.publish()
+        try #require(cluster.whenEveryNode { $0["m@1"]?.ready.count == 2 })
+        let holders = try #require(try cluster.table()["m@1"]?.holders)
+        let outsider = try #require(cluster.nodes.first { !holders.contains($0.name) })
+        let send = { () -> RawResponse? in
+            ForwardingLiveTests.call(outsider.http, "POST", "/v2/models/m/infer", ForwardingLiveTests.irisBody,
+                                     headers: "Content-Type: application/json\r\nKaa-Deadline-Ms: 5000\r\n")
+        }
+        // The outsider learns how long a try usually takes.
+        for _ in 0..<20 { #expect(send()?.status == 200) }
+
+        let paused = try #require(cluster.nodes.first { $0.name == holders[0] })
+        paused.process.signal(SIGSTOP)
+        var answered = 0, deadLettered = 0, slowThenAnswered = 0
+        let calls = 30
+        for i in 0..<calls {
+            let started = Date()
+            let r = try #require(send())
+            let took = Date().timeIntervalSince(started)
+            if r.status == 200 {
+                answered += 1
+                #expect(r.headers["kaa-served-by"] == holders[1], "call \(i) answered by \(r.headers["kaa-served-by"] ?? "?") while it was paused")
+                if took >= 0.1 { slowThenAnswered += 1 }
+            } else {
+                #expect(r.status == 504 && r.headers["kaa-dead-letter"] != nil, "call \(i): \(r.status) \(r.text)")
+                deadLettered += 1
+            }
+        }
+        paused.process.signal(SIGCONT)
+        let metrics = (try? ServingTests.metrics(RawSocket(port: outsider.http))) ?? ""
+        let resent = ServingTests.value("kaa_call_slow_retries_total", in: metrics) ?? -1
+        print("paused holder: \(answered) of \(calls) answered (\(slowThenAnswered) after a slow try), \(deadLettered) dead letters, \(Int(resent)) sent on")
+        #expect(answered + deadLettered == calls)
+        #expect(slowThenAnswered >= 1 && resent >= 1, "no call was sent on from the paused holder")
+        // The budget: one token to start, a tenth per call since.
+        #expect(resent <= 1 + Double(20 + calls) / 10)
+        // The paused holder's late answers reach no one, and it serves again.
+        #expect(GossipLiveTests.within(30) { send()?.status == 200 && send()?.status == 200 } != nil)
+    }
 }

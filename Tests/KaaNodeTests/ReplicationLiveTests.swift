@@ -125,12 +125,18 @@ import Testing
         nodes[2] = try GossipLiveTests.start(victim.name, in: dir, seeds: [nodes[0].peer], keyFile: key, peerPort: victim.peer,
                                              extra: extra, logLevel: "info")
         var lowest = Int.max, samplesTaken = 0
+        var lowKey: String?
         let rebalanced = GossipLiveTests.within(180) {
             if let p = ReplicationLiveTests.placement(nodes[0].http) {
                 samplesTaken += 1
                 for (key, c) in ReplicationLiveTests.copies(p) where c.ready.count < lowest {
                     lowest = c.ready.count
-                    if lowest < 2 { Issue.record("\(key) had \(c.ready.count) ready copies during the rebalance") }
+                    if lowest < 2 {
+                        Issue.record("\(key) had \(c.ready.count) ready copies during the rebalance: holders \(c.holders), ready \(c.ready.sorted())")
+                        lowKey = key
+                        let row = (p["snapshots"] as? [[String: Any]] ?? []).first { "\($0["name"] ?? "")@\($0["version"] ?? "")" == key }
+                        print("n1's row of \(key): \(row.map { "\($0)" } ?? "none"); members as n1 sees them: \(GossipLiveTests.view(nodes[0].http))")
+                    }
                 }
             }
             return ReplicationLiveTests.atRest(nodes.map(\.http), expecting: total)
@@ -138,6 +144,13 @@ import Testing
         }
         #expect(rebalanced != nil, "the rejoined node did not get its share back: \(ReplicationLiveTests.whyNotAtRest(nodes.map(\.http), expecting: total) ?? "")")
         #expect(lowest >= 2 && samplesTaken > 0, "lowest \(lowest) over \(samplesTaken) samples")
+        if let lowKey {
+            // What each node did with it, for the failure's reader.
+            for n in nodes {
+                let lines = n.process.stderr.split(separator: "\n").filter { $0.contains("snapshot=\(lowKey) ") || $0.hasSuffix("snapshot=\(lowKey)") }
+                print("\(n.name) on \(lowKey):\n" + lines.suffix(20).joined(separator: "\n"))
+            }
+        }
 
         // A graceful stop hands the node's copies over first: no snapshot has fewer than two
         // ready copies on live nodes at any sample, before or after it is gone.
