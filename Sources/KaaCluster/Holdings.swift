@@ -67,6 +67,59 @@ public struct Holding: Hashable, Sendable, Codable {
     }
 }
 
+/// The change of one node's entry from generation `base` to `generation`: what a push carries
+/// instead of the whole entry when the peer is known to have `base`. It names every key
+/// touched in between with its final state, so it applies to any generation from `base` on.
+public struct EntryDelta: Sendable, Codable, Equatable {
+    public var base: UInt64
+    public var generation: UInt64
+    /// Holdings new or changed since `base`, as they are at `generation`.
+    public var upserts: [Holding]
+    /// Keys gone since `base`.
+    public var removed: [String]
+    public var leaving: Bool
+
+    public init(base: UInt64, generation: UInt64, upserts: [Holding], removed: [String], leaving: Bool) {
+        self.base = base
+        self.generation = generation
+        self.upserts = upserts
+        self.removed = removed
+        self.leaving = leaving
+    }
+
+    /// What changed from `old` to `new`.
+    public init(from old: HoldingsBook.Entry, to new: HoldingsBook.Entry) {
+        let before = Dictionary(old.holdings.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
+        var seen = Set<String>()
+        upserts = []
+        for h in new.holdings {
+            seen.insert(h.key)
+            if before[h.key] != h { upserts.append(h) }
+        }
+        removed = before.keys.filter { !seen.contains($0) }.sorted()
+        base = old.generation
+        generation = new.generation
+        leaving = new.leaving
+    }
+
+    /// Consecutive deltas (each one's base the previous one's generation) as one.
+    public static func fold(_ deltas: some Collection<EntryDelta>) -> EntryDelta? {
+        guard let first = deltas.first, let last = deltas.reversed().first else { return nil }
+        var final: [String: Holding?] = [:]
+        for d in deltas {
+            for key in d.removed { final[key] = .some(nil) }
+            for h in d.upserts { final[h.key] = .some(h) }
+        }
+        var upserts: [Holding] = [], removed: [String] = []
+        for (key, h) in final {
+            if let h { upserts.append(h) } else { removed.append(key) }
+        }
+        return EntryDelta(base: first.base, generation: last.generation,
+                          upserts: upserts.sorted { ($0.name, $0.version) < ($1.name, $1.version) }, removed: removed.sorted(),
+                          leaving: last.leaving)
+    }
+}
+
 /// Every node's holdings as this node knows them: cluster state, spread by anti-entropy.
 ///
 /// Each node is the only author of its own entry and stamps it with a generation that only
@@ -108,6 +161,29 @@ public struct HoldingsBook: Sendable {
         if let known = entries[node], known.generation >= entry.generation { return false }
         entries[node] = entry
         return true
+    }
+
+    /// What applying a delta did.
+    public enum DeltaOutcome: Sendable, Equatable {
+        case applied
+        /// This book has that generation or a newer one already.
+        case stale
+        /// This book has no entry of the node at or after the delta's base: the whole entry is needed.
+        case missingBase
+    }
+
+    /// Applies `delta` to `node`'s entry, when this book has a generation from the delta's base
+    /// up to (not including) its own.
+    @discardableResult
+    public mutating func apply(_ node: NodeID, _ delta: EntryDelta) -> DeltaOutcome {
+        guard let known = entries[node], known.generation >= delta.base else { return .missingBase }
+        guard known.generation < delta.generation else { return .stale }
+        var byKey = Dictionary(known.holdings.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
+        for key in delta.removed { byKey[key] = nil }
+        for h in delta.upserts { byKey[h.key] = h }
+        let holdings = byKey.values.sorted { ($0.name, $0.version) < ($1.name, $1.version) }
+        entries[node] = Entry(generation: delta.generation, holdings: holdings, leaving: delta.leaving)
+        return .applied
     }
 
     /// Forgets a node (one that left the membership view for good).

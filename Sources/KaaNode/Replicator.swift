@@ -67,6 +67,13 @@ final class Replicator {
     /// What each peer last said it has of every node's entry (generations by node id).
     private var peerSummary: [NodeID: [String: UInt64]] = [:]
     private var pushPending = false
+    private var lastPush: Instant?
+    /// This node's recent entry changes, oldest first: a peer that has one's base gets the
+    /// rest folded into one delta instead of the whole entry.
+    private var ownLog: [EntryDelta] = []
+    private var planPending = false
+    /// How long the last table computation and plan took: the next waits four times as long.
+    private var planCost: Duration = .zero
     /// The cluster's alias register (every node keeps all of it, persisted in the store), the
     /// digest exchanges compare, the versions it points at (retention keeps them), and the
     /// records written or taken here since the last push.
@@ -183,22 +190,56 @@ final class Replicator {
         entries.sort { ($0.name, $0.version) < ($1.name, $1.version) }
         let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
         generation = max(generation + 1, now)
-        book.merge(me, .init(generation: generation, holdings: entries, leaving: leavingSince != nil))
-        recompute()
+        let entry = HoldingsBook.Entry(generation: generation, holdings: entries, leaving: leavingSince != nil)
+        if let previous = book.entries[me] {
+            ownLog.append(EntryDelta(from: previous, to: entry))
+            if ownLog.count > 1_000 { ownLog.removeFirst(ownLog.count - 1_000) }
+        }
+        book.merge(me, entry)
+        schedulePlan()
         schedulePush()
     }
 
-    /// Pushes this node's entry, and the alias records new here, to every live peer, at most
-    /// every 200 ms.
+    /// What to send `peer` of this node's entry: nothing when it has the newest, a delta from
+    /// the generation it last said it has, or the whole entry.
+    private func entry(for peer: NodeID) -> (entry: HoldingsBook.Entry?, delta: EntryDelta?) {
+        guard let mine = book.entries[me] else { return (nil, nil) }
+        guard let has = peerSummary[peer]?[me.rawValue] else { return (mine, nil) }
+        if has >= mine.generation { return (nil, nil) }
+        if let i = ownLog.firstIndex(where: { $0.base == has }), let delta = EntryDelta.fold(ownLog[i...]) { return (nil, delta) }
+        return (mine, nil)
+    }
+
+    /// Recomputes the table and acts on it soon: at most once per 50 ms, or per four times what
+    /// the last one took, so a storm of holdings changes costs a bounded share of a core.
+    private func schedulePlan() {
+        guard !planPending else { return }
+        planPending = true
+        loop.schedule(after: max(.milliseconds(50), planCost * 4)) { [weak self] in
+            guard let self, !self.stopped else { return }
+            self.planPending = false
+            let started = Instant.now()
+            self.recompute()
+            self.act()
+            self.checkWaiters()
+            self.checkLeave()
+            self.planCost = Instant.now() - started
+        }
+    }
+
+    /// Pushes this node's entry (a delta where the peer has a recent one), and the alias records
+    /// new here, to every live peer: on the next turn of the loop, at most every 50 ms.
     private func schedulePush() {
         guard !pushPending else { return }
         pushPending = true
-        loop.schedule(after: .milliseconds(200)) { [weak self] in
+        let wait = lastPush.map { max(.zero, $0 + .milliseconds(50) - Instant.now()) } ?? .zero
+        loop.schedule(after: wait) { [weak self] in
             guard let self, !self.stopped else { return }
             self.pushPending = false
+            self.lastPush = Instant.now()
             let aliases = self.aliasesToPush
             self.aliasesToPush = []
-            for peer in self.livePeers() { self.exchange(with: peer, aliases: aliases) }
+            for peer in self.livePeers() { self.exchange(with: peer, aliases: aliases, push: true) }
         }
     }
 
@@ -206,7 +247,11 @@ final class Replicator {
 
     struct ExchangeRequest: Codable {
         var from: String
+        /// The sender's entry whole, or `delta` from a generation the receiver said it has.
         var entry: HoldingsBook.Entry?
+        var delta: EntryDelta?
+        /// A push of the sender's own change: the answer carries no other node's entries.
+        var push: Bool?
         var summary: [String: UInt64]
         var members: String
         var table: String
@@ -224,6 +269,8 @@ final class Replicator {
         var summary: [String: UInt64]?
         /// The whole alias register, when the asker's digest differed.
         var aliasRecords: [AliasRecord]?
+        /// The delta did not apply here: send the whole entry.
+        var needEntry: Bool?
     }
 
     private func livePeers() -> [Member] {
@@ -236,8 +283,9 @@ final class Replicator {
         exchange(with: peer)
     }
 
-    private func exchange(with peer: Member, aliases: [AliasRecord] = []) {
-        let request = ExchangeRequest(from: me.rawValue, entry: book.entries[me], summary: book.summary,
+    private func exchange(with peer: Member, aliases: [AliasRecord] = [], push: Bool = false) {
+        let (entry, delta) = entry(for: peer.id)
+        let request = ExchangeRequest(from: me.rawValue, entry: entry, delta: delta, push: push ? true : nil, summary: book.summary,
                                       members: membersDigest, table: table.digest, aliases: aliasDigest,
                                       aliasRecords: aliases.isEmpty ? nil : aliases)
         guard let payload = try? JSONEncoder().encode(request) else { return }
@@ -263,6 +311,11 @@ final class Replicator {
             if let summary = answer.summary { peerSummary[NodeID(answer.from)] = summary }
             take(answer.entries)
             if let records = answer.aliasRecords { takeAliases(records) }
+            if answer.needEntry == true {
+                // It lacks the delta's base: the whole entry, now.
+                peerSummary[peer.id]?[me.rawValue] = nil
+                exchange(with: peer)
+            }
         }
     }
 
@@ -277,15 +330,22 @@ final class Replicator {
         peerTableDigest[from] = request.table
         peerSummary[from] = request.summary
         if let entry = request.entry, from != me { take([request.from: entry]) }
+        var needEntry = false
+        if let delta = request.delta, from != me {
+            switch book.apply(from, delta) {
+            case .applied: schedulePlan()
+            case .stale: break
+            case .missingBase: needEntry = true
+            }
+        }
         if let records = request.aliasRecords { takeAliases(records) }
         // The register when it differs, newest records first and at most 20,000 of them, with
         // fewer holdings beside them: an answer stays under about 3.5 MB.
         let differ = request.aliases != nil && request.aliases != aliasDigest
         let aliases = differ ? Array(aliasBook.values.sorted { $0.stamp > $1.stamp }.prefix(20_000)) : nil
-        let answer = ExchangeAnswer(from: me.rawValue,
-                                    entries: book.newer(than: request.summary, maxHoldings: max(5_000, 25_000 - (aliases?.count ?? 0))),
-                                    members: membersDigest, table: table.digest, summary: book.summary,
-                                    aliasRecords: aliases)
+        let entries = request.push == true ? [:] : book.newer(than: request.summary, maxHoldings: max(5_000, 25_000 - (aliases?.count ?? 0)))
+        let answer = ExchangeAnswer(from: me.rawValue, entries: entries, members: membersDigest, table: table.digest, summary: book.summary,
+                                    aliasRecords: aliases, needEntry: needEntry ? true : nil)
         guard let payload = try? JSONEncoder().encode(answer) else { return responder.fail(.internal, "cannot encode holdings") }
         responder.respond(Array(payload))
     }
@@ -295,12 +355,7 @@ final class Replicator {
         for (node, entry) in entries where NodeID(node) != me {
             if book.merge(NodeID(node), entry) { changed = true }
         }
-        if changed {
-            recompute()
-            act()
-            checkWaiters()
-            checkLeave()
-        }
+        if changed { schedulePlan() }
     }
 
     // MARK: aliases

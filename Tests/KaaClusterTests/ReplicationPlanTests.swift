@@ -12,6 +12,38 @@ import Testing
                 draft: draft, aliased: aliased)
     }
 
+    @Test func deltasCarryAnEntrysChangesAndApplyFromAnyGenerationSinceTheirBase() {
+        typealias Entry = HoldingsBook.Entry
+        let a = Self.holding("a"), b = Self.holding("b"), c = Self.holding("c")
+        var bFetching = b
+        bFetching.state = .fetching
+        let g1 = Entry(generation: 1, holdings: [a, bFetching])
+        let g2 = Entry(generation: 2, holdings: [a, b, c])          // b ready, c new
+        let g3 = Entry(generation: 3, holdings: [b], leaving: true)  // a and c gone
+        let d12 = EntryDelta(from: g1, to: g2), d23 = EntryDelta(from: g2, to: g3)
+        #expect(d12 == EntryDelta(base: 1, generation: 2, upserts: [b, c], removed: [], leaving: false))
+        #expect(d23 == EntryDelta(base: 2, generation: 3, upserts: [], removed: ["a@1", "c@1"], leaving: true))
+        // c comes and goes within the fold: it is named as removed, so the fold applies to g2 too.
+        let d13 = EntryDelta.fold([d12, d23])!
+        #expect(d13 == EntryDelta(base: 1, generation: 3, upserts: [b], removed: ["a@1", "c@1"], leaving: true))
+        #expect(EntryDelta.fold([EntryDelta]()) == nil)
+
+        let node = NodeID("n")
+        for start in [g1, g2] {
+            var book = HoldingsBook()
+            book.merge(node, start)
+            #expect(book.apply(node, d13) == .applied)
+            #expect(book.entries[node] == g3, "from generation \(start.generation)")
+            #expect(book.apply(node, d13) == .stale)
+        }
+        var empty = HoldingsBook()
+        #expect(empty.apply(node, d12) == .missingBase)
+        var old = HoldingsBook()
+        old.merge(node, Entry(generation: 0, holdings: []))
+        #expect(old.apply(node, d23) == .missingBase, "generation 0 is before the delta's base")
+        #expect(old.entries[node]?.generation == 0)
+    }
+
     @Test func theBookTakesOnlyNewerEntriesAndSendsOnlyWhatTheOtherSideLacks() throws {
         var book = HoldingsBook()
         let a = NodeID("a"), b = NodeID("b")
