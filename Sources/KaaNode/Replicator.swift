@@ -74,6 +74,7 @@ final class Replicator {
     private var planPending = false
     /// How long the last table computation and plan took: the next waits four times as long.
     private var planCost: Duration = .zero
+    private var lastPlan: Instant?
     /// The cluster's alias register (every node keeps all of it, persisted in the store), the
     /// digest exchanges compare, the versions it points at (retention keeps them), and the
     /// records written or taken here since the last push.
@@ -210,12 +211,15 @@ final class Replicator {
         return (mine, nil)
     }
 
-    /// Recomputes the table and acts on it soon: at most once per 50 ms, or per four times what
-    /// the last one took, so a storm of holdings changes costs a bounded share of a core.
+    /// Recomputes the table and acts on it on the next turn of the loop, but at most once per
+    /// 50 ms, or per four times what the last one took, so a storm of holdings changes costs a
+    /// bounded share of a core.
     private func schedulePlan() {
         guard !planPending else { return }
         planPending = true
-        loop.schedule(after: max(.milliseconds(50), planCost * 4)) { [weak self] in
+        let gap = max(.milliseconds(50), planCost * 4)
+        let wait = lastPlan.map { max(.zero, $0 + gap - Instant.now()) } ?? .zero
+        loop.schedule(after: wait) { [weak self] in
             guard let self, !self.stopped else { return }
             self.planPending = false
             let started = Instant.now()
@@ -223,7 +227,8 @@ final class Replicator {
             self.act()
             self.checkWaiters()
             self.checkLeave()
-            self.planCost = Instant.now() - started
+            self.lastPlan = Instant.now()
+            self.planCost = self.lastPlan! - started
         }
     }
 
