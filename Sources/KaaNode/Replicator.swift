@@ -75,6 +75,8 @@ final class Replicator {
     /// How long the last table computation and plan took: the next waits four times as long.
     private var planCost: Duration = .zero
     private var lastPlan: Instant?
+    /// When this node last asked each peer for its view to hurry a drop.
+    private var askedAt: [NodeID: Instant] = [:]
     /// The cluster's alias register (every node keeps all of it, persisted in the store), the
     /// digest exchanges compare, the versions it points at (retention keeps them), and the
     /// records written or taken here since the last push.
@@ -556,10 +558,11 @@ final class Replicator {
         return Instant.now() - membersChangedAt >= settings.settle
     }
 
-    /// The nodes whose present entry every live peer has said it has.
+    /// The live nodes whose present entry every live peer has said it has.
     private func seenByEveryPeer(_ peers: [Member]) -> Set<NodeID> {
         var out = Set<NodeID>()
-        for (node, entry) in book.entries {
+        let live = Set(peers.map(\.id) + [me])
+        for (node, entry) in book.entries where live.contains(node) {
             if peers.allSatisfy({ $0.id == node || (peerSummary[$0.id]?[node.rawValue] ?? 0) >= entry.generation }) { out.insert(node) }
         }
         return out
@@ -587,6 +590,25 @@ final class Replicator {
         }
         for key in decision.drop where !dropping.contains(key) && failedAt[key] == nil {
             drop(key)
+        }
+        if !input.tablesAgree || input.seenEverywhere?.count != peers.count + 1 { hurryLaggingPeers(peers) }
+    }
+
+    /// A copy this node is to drop waits for every peer to agree on the table and to have the
+    /// holders' entries: ask the peers that lag for their view now (at most every 250 ms each)
+    /// rather than at a later tick, so a copy a publish left here goes within a moment.
+    private func hurryLaggingPeers(_ peers: [Member]) {
+        guard local.keys.contains(where: { key in table.holders[key].map { !$0.contains(me) } ?? false }) else { return }
+        let now = Instant.now()
+        for peer in peers {
+            if let asked = askedAt[peer.id], now - asked < .milliseconds(250) { continue }
+            let summary = peerSummary[peer.id] ?? [:]
+            let lags = peerTableDigest[peer.id] != table.digest || peers.contains { other in
+                other.id != peer.id && (summary[other.id.rawValue] ?? 0) < (book.entries[other.id]?.generation ?? 0)
+            } || (summary[me.rawValue] ?? 0) < (book.entries[me]?.generation ?? 0)
+            guard lags else { continue }
+            askedAt[peer.id] = now
+            exchange(with: peer)
         }
     }
 
