@@ -45,10 +45,9 @@ final class Replicator {
     private var local: [String: Holding] = [:]
     private var fetching: Set<String> = []
     private var dropping: Set<String> = []
-    /// When a fetch or a drop of a key last failed: it is not tried again for `retryAfter`, so a
-    /// broken source or a leased copy costs one log line a while, not one a second.
-    private var failedAt: [String: Instant] = [:]
-    private let retryAfter: Duration = .seconds(10)
+    /// When a fetch or a drop of a key that failed may be tried again: a broken source costs
+    /// one log line every 10 s, not one a second; a copy still in use is tried each second.
+    private var retryAt: [String: Instant] = [:]
     private(set) var table = Placement.Table.empty
     private var retired = Set<String>()
     /// Kept by ``recompute()``, which runs on every change of the book or of the members: the
@@ -145,7 +144,8 @@ final class Replicator {
     func storeChanged(_ event: SnapshotAPI.Event) {
         switch event {
         case .removed(let id):
-            guard local.removeValue(forKey: id.description) != nil else { return }
+            // A copy being drained is this node's own drop, which ends it when the store has.
+            guard local[id.description]?.state != .draining, local.removeValue(forKey: id.description) != nil else { return }
             publishLocal()
         case .stored(let id):
             // A fetch or a publish through this node has put it in `local` already.
@@ -584,12 +584,23 @@ final class Replicator {
         input.seenEverywhere = seenByEveryPeer(peers)
         let decision = ReplicationPlan.decide(input)
         let now = Instant.now()
-        failedAt = failedAt.filter { now - $0.value < retryAfter }
-        for fetch in decision.fetch where fetching.count < settings.repairConcurrency && failedAt[fetch.key] == nil {
+        retryAt = retryAt.filter { $0.value > now }
+        for fetch in decision.fetch where fetching.count < settings.repairConcurrency && retryAt[fetch.key] == nil {
             start(fetch)
         }
-        for key in decision.drop where !dropping.contains(key) && failedAt[key] == nil {
+        for key in decision.drop where !dropping.contains(key) && retryAt[key] == nil {
             drop(key)
+        }
+        // A copy being drained goes on being dropped until it is gone, unless the table gave it
+        // back to this node.
+        for (key, holding) in local where holding.state == .draining && !dropping.contains(key) && retryAt[key] == nil {
+            if table.holders[key]?.contains(me) == true && !retired.contains(key), let id = try? SnapshotID(name: holding.name, version: holding.version) {
+                local[key]?.state = .ready
+                publishLocal()
+                api.notify([.stored(id)])
+            } else {
+                drop(key)
+            }
         }
         if !input.tablesAgree || input.seenEverywhere?.count != peers.count + 1 { hurryLaggingPeers(peers) }
     }
@@ -638,7 +649,7 @@ final class Replicator {
                 self.act()
             case .failure(let error):
                 self.fetchFailures += 1
-                self.failedAt[fetch.key] = Instant.now()
+                self.retryAt[fetch.key] = Instant.now() + .seconds(10)
                 self.logger.warning("fetching a copy failed", metadata: ["snapshot": "\(fetch.key)", "from": "\(peer.info.name)",
                                                                          "error": "\(error.message)"])
                 self.publishLocal()
@@ -663,8 +674,16 @@ final class Replicator {
     }
 
     private func drop(_ key: String) {
-        guard let holding = local[key], let id = try? SnapshotID(name: holding.name, version: holding.version) else { return }
+        guard var holding = local[key], let id = try? SnapshotID(name: holding.name, version: holding.version) else { return }
         dropping.insert(key)
+        if holding.state == .ready {
+            // No call is routed to this copy from now on, here or from a peer, and the serving side
+            // lets the model go once its calls end (a loaded model leases its snapshot).
+            holding.state = .draining
+            local[key] = holding
+            publishLocal()
+        }
+        api.notify([.removed(id)])
         let retiredOnly = retired.contains(key)
         let why = retiredOnly ? "retention: the cluster keeps newer versions" : "no longer a holder; the table's holders have theirs ready"
         let store = self.store
@@ -673,17 +692,19 @@ final class Replicator {
             do throws(SnapshotError) { try store.remove(id, evenIfAliased: !retiredOnly); return nil } catch { return error }
         }) { [self] error in
             dropping.remove(key)
-            if let error {
-                failedAt[key] = Instant.now()
-                if error.code != .notFound {
-                    logger.notice("a copy to drop stays", metadata: ["snapshot": "\(key)", "error": "\(error.message)"])
-                }
+            if let error, error.code == .inUse {
+                // Calls still run on the loaded model: tried again in a second.
+                retryAt[key] = Instant.now() + .seconds(1)
+            } else if let error, error.code != .notFound {
+                retryAt[key] = Instant.now() + .seconds(10)
+                logger.notice("a copy to drop stays", metadata: ["snapshot": "\(key)", "error": "\(error.message)"])
             } else {
-                copiesDropped += 1
-                logger.info("copy dropped", metadata: ["snapshot": "\(key)", "reason": "\(why)"])
+                if error == nil {
+                    copiesDropped += 1
+                    logger.info("copy dropped", metadata: ["snapshot": "\(key)", "reason": "\(why)"])
+                }
                 local[key] = nil
                 publishLocal()
-                api.notify([.removed(id)])
             }
         }
     }

@@ -143,4 +143,35 @@ import Testing
         // The paused holder's late answers reach no one, and it serves again.
         #expect(GossipLiveTests.within(30) { send()?.status == 200 && send()?.status == 200 } != nil)
     }
+
+    /// A publish through a node that is not a holder leaves it a copy until the holders have
+    /// theirs; calls in the meantime load the model there. The copy still goes (the model is let
+    /// go once its calls end), and calls to that node then go to a holder.
+    @Test func aCopyLeftByAPublishGoesEvenWhileItsModelIsLoaded() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        var cluster = try LiveCluster(in: dir)
+        let built = try KaaProcess.run(["snapshot", "build", "--model", ServingTests.repo + "/snapshots/iris-logreg/model.onnx", "--name", "g",
+                                        "--version", "1", "--requires", "gpu", "--out", cluster.snapshots + "/g.kaa"])
+        try #require(built.0 == 0, "\(built.2)")
+        try cluster.start(["n1", "n2", "n3"], more: ["n2": ["--gpus", "1"], "n3": ["--gpus", "1"]])
+        defer { cluster.stop() }
+        // n1 has no GPU: it takes the publish, answers once n2 and n3 have it, and keeps a copy until then.
+        let entry = cluster.nodes[0]
+        try cluster.publish(to: entry)
+        var servedHere = 0, servedThere: String?
+        let moved = GossipLiveTests.within(60) {
+            guard let r = ForwardingLiveTests.call(entry.http, "POST", "/v2/models/g/infer", ForwardingLiveTests.irisBody,
+                                                   headers: "Content-Type: application/json\r\n"), r.status == 200 else { return false }
+            servedThere = r.headers["kaa-served-by"]
+            if servedThere == nil { servedHere += 1 }
+            return servedThere != nil
+        }
+        #expect(moved != nil, "n1 still serves its own copy after 60 s (\(servedHere) calls served there)")
+        #expect(["n2", "n3"].contains(servedThere ?? ""), "\(servedThere ?? "none")")
+        // Its store no longer has the copy, and nothing of it is loaded.
+        let listed = try #require(ForwardingLiveTests.call(entry.http, "GET", "/kaa/v1/snapshots"))
+        #expect(!listed.text.contains("\"g\""), "\(listed.text)")
+        #expect(ServingTests.value("kaa_models_loaded", in: (try? ServingTests.metrics(RawSocket(port: entry.http))) ?? "") == 0)
+    }
 }
