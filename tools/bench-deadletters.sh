@@ -2,8 +2,9 @@
 # Benchmark (not a test): serving through a paused holder, dead letters, and replay. Three
 # release nodes on loopback: h1 and h2 (--gpus 1) hold iris (built with --requires gpu,
 # replication 2); `entry` (--gpus 0) holds nothing, so every call to it is sent on to a holder.
-#   1. latency through `entry`, wrk with CONNECTIONS connections: both holders healthy, then h1
-#      paused (SIGSTOP) for PAUSE_MS of every second; interleaved rounds, medians.
+#   1. latency through `entry` from a paced client (CONNECTIONS connections, 250 calls/s each,
+#      every call timed): both holders healthy, then h1 paused (SIGSTOP) for PAUSE_MS of every
+#      second; interleaved rounds, medians.
 #   2. dead letters: both holders killed (SIGKILL); wrk sends calls to `entry` on one connection
 #      for SECONDS, each ending in a dead letter (503); the client's p50/p99 of those calls is the
 #      whole path: routing, the dead letter written durably to SQLite off the loop, the answer.
@@ -62,23 +63,58 @@ run() { # connections -> "rps p50_us p99_us non2xx"
 }
 metric() { curl -s "http://127.0.0.1:$entry/metrics" | awk -v n="$1" '$1 == n {print $2}'; }
 
-# 1. A paused holder.
+# 1. A paused holder. Latency from a paced client: CONNECTIONS threads, each one connection
+#    sending a call every 4 ms and timing each (every call is counted, none coordinated away).
 pauser() { while true; do kill -STOP "${pid_of[h1]}"; sleep "$(awk -v p="$pause_ms" 'BEGIN {print p / 1000}')"
                           kill -CONT "${pid_of[h1]}"; sleep "$(awk -v p="$pause_ms" 'BEGIN {print (1000 - p) / 1000}')"; done; }
-wrk -t1 -c"$connections" -d1s -s "$work/post.lua" "http://127.0.0.1:$entry/v2/models/iris/infer" >/dev/null
-h50=(); h99=(); p50=(); p99=(); bad=0
+paced() { # seconds -> "calls p50_us p99_us p999_us max_us not200"
+  python3 - "$entry" "$1" "$connections" "$body" <<'PY'
+import http.client, sys, threading, time
+port, seconds, threads, body = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+times, bad, lock = [], [0], threading.Lock()
+def run():
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    end = time.monotonic() + seconds
+    next_at = time.monotonic()
+    while time.monotonic() < end:
+        start = time.perf_counter_ns()
+        try:
+            conn.request("POST", "/v2/models/iris/infer", body, {"Content-Type": "application/json"})
+            r = conn.getresponse(); r.read(); ok = r.status == 200
+        except Exception:
+            ok = False; conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        took = (time.perf_counter_ns() - start) // 1000
+        with lock:
+            times.append(took)
+            if not ok: bad[0] += 1
+        next_at += 0.004
+        time.sleep(max(0, next_at - time.monotonic()))
+ts = [threading.Thread(target=run) for _ in range(threads)]
+for t in ts: t.start()
+for t in ts: t.join()
+times.sort()
+pct = lambda p: times[min(len(times) - 1, int(len(times) * p / 100))]
+print(len(times), pct(50), pct(99), pct(99.9), times[-1], bad[0])
+PY
+}
+paced 1 >/dev/null
+h=(); p=(); bad=0
 resent_before=$(metric kaa_call_slow_retries_total); calls_before=$(metric kaa_calls_forwarded_total)
 for _ in $(seq "$rounds"); do
-  read -r _ a b _ <<<"$(run "$connections")"; h50+=("$a"); h99+=("$b")
+  h+=("$(paced "$duration")")
   pauser & pauser_pid=$!; pids+=("$pauser_pid")
-  read -r _ a b n <<<"$(run "$connections")"; p50+=("$a"); p99+=("$b"); bad=$((bad + n))
+  p+=("$(paced "$duration")")
   kill "$pauser_pid"; wait "$pauser_pid" 2>/dev/null || true; kill -CONT "${pid_of[h1]}"
   sleep 1
 done
 resent=$(( $(metric kaa_call_slow_retries_total) - resent_before )); calls=$(( $(metric kaa_calls_forwarded_total) - calls_before ))
-echo "paused holder ($connections connections): both healthy p50 $(median "${h50[@]}") us, p99 $(median "${h99[@]}") us;" \
-     "h1 paused ${pause_ms} ms of every second p50 $(median "${p50[@]}") us, p99 $(median "${p99[@]}") us;" \
-     "$bad calls not answered 200; $resent of $calls calls sent to the other holder after a slow try"
+col() { local i=$1; shift; for r in "$@"; do echo "$r" | cut -d' ' -f"$i"; done; }
+summary() { echo "p50 $(median $(col 2 "$@")) us, p99 $(median $(col 3 "$@")) us, p99.9 $(median $(col 4 "$@")) us, max $(median $(col 5 "$@")) us" \
+                 "($(median $(col 1 "$@")) calls a round, $(col 6 "$@" | paste -sd+ | bc) not 200)"; }
+echo "paced client, $connections connections x 250 calls/s, medians of $rounds rounds of ${duration}s:"
+echo "  both holders healthy: $(summary "${h[@]}")"
+echo "  h1 paused ${pause_ms} ms of every second: $(summary "${p[@]}")"
+echo "  $resent of $calls calls sent to the other holder after a slow try (limit 100 ms)"
 
 # 2. Dead letters: no holder left.
 kill -KILL "${pid_of[h1]}" "${pid_of[h2]}"; wait "${pid_of[h1]}" "${pid_of[h2]}" 2>/dev/null || true

@@ -85,6 +85,8 @@ final class Replicator {
     private var aliasesToPush: [AliasRecord] = []
     private var waiters: [String: [(until: Instant, done: (QuorumOutcome) -> Void)]] = [:]
     private var stopped = false
+    /// Whether ``local`` has been read from the store (the first ``reloadLocal(then:)``).
+    private var loaded = false
     /// Bandwidth pacing: the instant before which the next fetched byte should not be taken.
     private var paceNext = Instant.now()
 
@@ -174,13 +176,17 @@ final class Replicator {
         loop.offload({ ((try? store.list()) ?? []).filter { $0.state == .ready } }) { [self] records in
             guard !stopped else { return }
             local = Dictionary(records.map { ($0.id.description, holding($0)) }, uniquingKeysWith: { a, _ in a })
+            loaded = true
             publishLocal()
             then()
         }
     }
 
-    /// A new generation of this node's entry, in the book and soon at the peers.
+    /// A new generation of this node's entry, in the book and soon at the peers. Nothing until
+    /// the store has been read: an entry without the copies on disk would tell the cluster they
+    /// are gone.
     private func publishLocal() {
+        guard loaded else { return }
         var entries = Array(local.values)
         for key in fetching where local[key] == nil {
             if let h = kept[key] {
@@ -573,7 +579,7 @@ final class Replicator {
     // MARK: moves
 
     private func act() {
-        guard !stopped else { return }
+        guard !stopped, loaded else { return }
         // A leaving node keeps what it has (it may come back with it) and copies nothing.
         if leavingSince != nil { return checkLeave() }
         var input = ReplicationPlan.Input(me: me, table: table, ready: readyCopies, local: local,
@@ -619,7 +625,8 @@ final class Replicator {
             } || (summary[me.rawValue] ?? 0) < (book.entries[me]?.generation ?? 0)
             guard lags else { continue }
             askedAt[peer.id] = now
-            exchange(with: peer)
+            // As a push: the answer brings its generations and table digest, not other entries.
+            exchange(with: peer, push: true)
         }
     }
 
