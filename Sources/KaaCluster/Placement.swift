@@ -150,8 +150,9 @@ public enum Placement {
     }
 
     /// Deferred acceptance: snapshots ask the nodes on their ring walk in turn; a node over its
-    /// cap gives up the snapshots it ranks lowest (by a hash of node and snapshot), which ask
-    /// their next node. The outcome does not depend on the order of asking.
+    /// cap gives up the snapshots it ranks lowest (by a hash of node and snapshot; a GPU node
+    /// ranks what needs a GPU first, then what prefers one), which ask their next node. The
+    /// outcome does not depend on the order of asking.
     static func assign(nodes: [Node], ring: Ring, positioned: [(position: UInt64, snapshot: Snapshot)], want: [Int],
                        caps: [UInt64], settings: Settings) -> Table {
         let count = positioned.count
@@ -202,7 +203,10 @@ public enum Placement {
                 let n = Int(candidate)
                 if holding[k].contains(candidate) || rejectedBy[k].contains(candidate) { continue }
                 if distinct && holding[k].contains(where: { zoneIndex[Int($0)] == zoneIndex[n] }) { continue }
-                let rank = splitMixOnce(seeds[n] ^ positioned[k].position)
+                // A GPU node keeps what needs a GPU, then what prefers one, before the rest.
+                let hash = splitMixOnce(seeds[n] ^ positioned[k].position)
+                let tier: UInt64 = nodes[n].gpus == 0 ? 0 : s.accelerator == .requiresGPU ? 2 : s.accelerator == .prefersGPU ? 1 : 0
+                let rank = nodes[n].gpus == 0 ? hash : tier << 62 | hash >> 2
                 holding[k].append(candidate)
                 accepted[n].append((rank, k))
                 loads[n] &+= s.bytes

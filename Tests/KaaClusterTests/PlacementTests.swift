@@ -85,6 +85,24 @@ import Testing
         #expect(noGPU.holders.filter { !$0.value.isEmpty }.count == 200)
     }
 
+    /// The live test's cluster, over 500 sets of node ids: three nodes, the third with a GPU;
+    /// one snapshot needs a GPU, one prefers one, two care not. The GPU node is full, and it
+    /// gives up one that does not care, never the one that prefers a GPU.
+    @Test func aFullGPUNodeKeepsWhatPrefersAGPU() {
+        var rng = SeededRandom(seed: 7)
+        let snapshots = [Placement.Snapshot(name: "needs", version: 1, bytes: 1_200, accelerator: .requiresGPU),
+                         Placement.Snapshot(name: "likes", version: 1, bytes: 1_200, accelerator: .prefersGPU),
+                         Placement.Snapshot(name: "iris", version: 1, bytes: 1_200),
+                         Placement.Snapshot(name: "iris", version: 2, bytes: 1_200)]
+        for round in 0..<500 {
+            let ids = (0..<3).map { _ in String(UInt64.random(in: 0...UInt64.max, using: &rng), radix: 16) }
+            let nodes = ids.enumerated().map { PlacementTests.node($0.element, gpus: $0.offset == 2 ? 1 : 0) }
+            let table = Placement.compute(nodes: nodes, snapshots: snapshots)
+            #expect(table.holders["needs@1"] == [nodes[2].id], "round \(round)")
+            #expect(table.holders["likes@1"]?.contains(nodes[2].id) == true, "round \(round): \(table.holders)")
+        }
+    }
+
     @Test func fewerNodesThanTheReplicationFactorDegradesAndSaysSo() {
         let snapshots = (0..<20).map { Placement.Snapshot(name: "m\($0)", version: 1, bytes: 100) }
         let single = Placement.compute(nodes: [PlacementTests.node("only")], snapshots: snapshots)
