@@ -13,13 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-5}; rounds=${2:-3}; connections=${3:-16}
 source tools/bench-wrk-common.sh
-tools/install-deps.sh >/dev/null
-swift build -c release --product kaa >/dev/null
-kaa=$PWD/.build/release/kaa
-bench_workspace bench-forwarding
-
-echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs," \
-     "$(grep -q avx512f /proc/cpuinfo && echo AVX-512 || echo 'AVX2, no AVX-512')"
+bench_cluster_setup bench-forwarding
 "$kaa" keys cluster --out "$work/cluster.key" >/dev/null
 "$kaa" snapshot build --model snapshots/iris-logreg/model.onnx --name iris --version 1 --requires gpu --out "$work/iris.kaa" >/dev/null
 base=$((20000 + RANDOM % 20000))

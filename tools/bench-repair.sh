@@ -20,18 +20,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-1000}; grace=${2:-10}
 source tools/bench-wrk-common.sh
-tools/install-deps.sh >/dev/null
-swift build -c release --product kaa >/dev/null
-kaa=$PWD/.build/release/kaa
+bench_cluster_setup bench-repair
 model=$PWD/snapshots/iris-logreg/model.onnx
-bench_workspace bench-repair
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 secs() { awk -v ms="$1" 'BEGIN {printf "%.1f", ms / 1000}'; }
 metric() { curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 
-echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs," \
-     "$(grep -q avx512f /proc/cpuinfo && echo AVX-512 || echo 'AVX2, no AVX-512')"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # 1. The archives.

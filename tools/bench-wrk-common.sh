@@ -1,4 +1,4 @@
-# Shared by the wrk benchmarks (tools/bench-http.sh, tools/bench-serving.sh); sourced, not run.
+# Shared by the benchmarks (tools/bench-http.sh, tools/bench-serving.sh and the cluster ones); sourced, not run.
 #
 # Pinning on a machine with 2 or more CPUs: wrk runs on CPU 0, each server on CPU 1 (every
 # thread of the process), so the load generator never competes with the server it measures.
@@ -45,4 +45,15 @@ wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
 LUA
+}
+
+# For the cluster benchmarks: installs the packages, builds the release `kaa` into $kaa, makes
+# the workspace (named after $1) and prints the CPU the figures come from.
+bench_cluster_setup() {
+  tools/install-deps.sh >/dev/null
+  swift build -c release --product kaa >/dev/null
+  kaa=$PWD/.build/release/kaa
+  bench_workspace "$1"
+  echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs," \
+       "$(grep -q avx512f /proc/cpuinfo && echo AVX-512 || echo 'AVX2, no AVX-512')"
 }

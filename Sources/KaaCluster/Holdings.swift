@@ -89,7 +89,7 @@ public struct EntryDelta: Sendable, Codable, Equatable {
 
     /// What changed from `old` to `new`.
     public init(from old: HoldingsBook.Entry, to new: HoldingsBook.Entry) {
-        let before = Dictionary(old.holdings.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
+        let before = old.byKey
         var seen = Set<String>()
         upserts = []
         for h in new.holdings {
@@ -140,6 +140,9 @@ public struct HoldingsBook: Sendable {
             self.leaving = leaving
         }
 
+        /// The holdings by `name@version` (a repeated key keeps its last).
+        public var byKey: [String: Holding] { Dictionary(holdings.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b }) }
+
         public init(from decoder: any Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
             generation = try c.decode(UInt64.self, forKey: .generation)
@@ -178,7 +181,7 @@ public struct HoldingsBook: Sendable {
     public mutating func apply(_ node: NodeID, _ delta: EntryDelta) -> DeltaOutcome {
         guard let known = entries[node], known.generation >= delta.base else { return .missingBase }
         guard known.generation < delta.generation else { return .stale }
-        var byKey = Dictionary(known.holdings.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
+        var byKey = known.byKey
         for key in delta.removed { byKey[key] = nil }
         for h in delta.upserts { byKey[h.key] = h }
         let holdings = byKey.values.sorted { ($0.name, $0.version) < ($1.name, $1.version) }

@@ -183,7 +183,7 @@ public final class Node: Sendable {
         var snapshots = SnapshotAPI(store: store, loop: loop, logger: logger) { event in
             switch event {
             case .stored(let id): serving.value.stored(id)
-            case .removed(let id): serving.value.removed(id)
+            case .removed(let id), .draining(let id): serving.value.removed(id)
             case .aliasSet(let name, let alias, let version): serving.value.aliasSet(name: name, alias: alias, version: version)
             }
             // What this node holds is cluster state.

@@ -146,8 +146,7 @@ final class Replicator {
     func storeChanged(_ event: SnapshotAPI.Event) {
         switch event {
         case .removed(let id):
-            // A copy being drained is this node's own drop, which ends it when the store has.
-            guard local[id.description]?.state != .draining, local.removeValue(forKey: id.description) != nil else { return }
+            guard local.removeValue(forKey: id.description) != nil else { return }
             publishLocal()
         case .stored(let id):
             // A fetch or a publish through this node has put it in `local` already.
@@ -158,7 +157,7 @@ final class Replicator {
                 local[id.description] = holding(record)
                 publishLocal()
             }
-        case .aliasSet:
+        case .aliasSet, .draining:
             break
         }
     }
@@ -564,14 +563,17 @@ final class Replicator {
         return Instant.now() - membersChangedAt >= settings.settle
     }
 
+    /// Whether every one of `peers` said it computed this node's table.
+    private func tablesAgree(_ peers: [Member]) -> Bool { peers.allSatisfy { peerTableDigest[$0.id] == table.digest } }
+
+    /// Whether `peer` said it has the newest entry of `node` this node knows (a node has its own).
+    private func peer(_ peer: NodeID, has node: NodeID) -> Bool {
+        peer == node || (peerSummary[peer]?[node.rawValue] ?? 0) >= (book.entries[node]?.generation ?? 0)
+    }
+
     /// The live nodes whose present entry every live peer has said it has.
     private func seenByEveryPeer(_ peers: [Member]) -> Set<NodeID> {
-        var out = Set<NodeID>()
-        let live = Set(peers.map(\.id) + [me])
-        for (node, entry) in book.entries where live.contains(node) {
-            if peers.allSatisfy({ $0.id == node || (peerSummary[$0.id]?[node.rawValue] ?? 0) >= entry.generation }) { out.insert(node) }
-        }
-        return out
+        Set((peers.map(\.id) + [me]).filter { node in book.entries[node] != nil && peers.allSatisfy { peer($0.id, has: node) } })
     }
 
     private var liveIDs: Set<NodeID> { Set(livePeers().map(\.id) + [me]) }
@@ -586,7 +588,7 @@ final class Replicator {
                                           fetching: fetching, retired: retired, replication: settings.replication,
                                           settled: settled)
         let peers = livePeers()
-        input.tablesAgree = peers.allSatisfy { peerTableDigest[$0.id] == table.digest }
+        input.tablesAgree = tablesAgree(peers)
         input.seenEverywhere = seenByEveryPeer(peers)
         let decision = ReplicationPlan.decide(input)
         let now = Instant.now()
@@ -619,10 +621,7 @@ final class Replicator {
         let now = Instant.now()
         for peer in peers {
             if let asked = askedAt[peer.id], now - asked < .milliseconds(250) { continue }
-            let summary = peerSummary[peer.id] ?? [:]
-            let lags = peerTableDigest[peer.id] != table.digest || peers.contains { other in
-                other.id != peer.id && (summary[other.id.rawValue] ?? 0) < (book.entries[other.id]?.generation ?? 0)
-            } || (summary[me.rawValue] ?? 0) < (book.entries[me]?.generation ?? 0)
+            let lags = peerTableDigest[peer.id] != table.digest || !(peers.map(\.id) + [me]).allSatisfy { self.peer(peer.id, has: $0) }
             guard lags else { continue }
             askedAt[peer.id] = now
             // As a push: the answer brings its generations and table digest, not other entries.
@@ -684,13 +683,12 @@ final class Replicator {
         guard var holding = local[key], let id = try? SnapshotID(name: holding.name, version: holding.version) else { return }
         dropping.insert(key)
         if holding.state == .ready {
-            // No call is routed to this copy from now on, here or from a peer, and the serving side
-            // lets the model go once its calls end (a loaded model leases its snapshot).
+            // No call is routed to this copy from now on, here or from a peer.
             holding.state = .draining
             local[key] = holding
             publishLocal()
         }
-        api.notify([.removed(id)])
+        api.notify([.draining(id)])
         let retiredOnly = retired.contains(key)
         let why = retiredOnly ? "retention: the cluster keeps newer versions" : "no longer a holder; the table's holders have theirs ready"
         let store = self.store
@@ -712,6 +710,7 @@ final class Replicator {
                 }
                 local[key] = nil
                 publishLocal()
+                api.notify([.removed(id)])
             }
         }
     }
@@ -859,7 +858,7 @@ final class Replicator {
         var load: [String: UInt64] = [:]
         for (node, bytes) in table.load { load[names[node] ?? node.rawValue] = bytes }
         var out: [String: Any] = ["digest": table.digest, "replication": settings.replication, "settled": settled]
-        out["digests_agree"] = peers.allSatisfy { peerTableDigest[$0.id] == table.digest }
+        out["digests_agree"] = tablesAgree(peers)
         out["snapshots_total"] = table.holders.count
         out["under_replicated"] = under
         out["fetching"] = fetching.count

@@ -14,6 +14,9 @@ public struct SnapshotAPI: Sendable {
     public enum Event: Sendable {
         case stored(SnapshotID)
         case removed(SnapshotID)
+        /// The replicator is about to delete this copy: stop serving it, and let its model go
+        /// once its calls end (a loaded model leases its snapshot).
+        case draining(SnapshotID)
         case aliasSet(name: String, alias: String, version: Int?)
     }
 
