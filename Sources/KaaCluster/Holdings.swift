@@ -127,9 +127,15 @@ public struct EntryDelta: Sendable, Codable, Equatable {
 /// a restarted node's entry still supersedes the one it wrote before). An exchange sends the
 /// generations first (``summary``) and then only the entries the other side lacks
 /// (``newer(than:)``): the digest first, the differences only when they differ.
+///
+/// The book keeps its indexes (which nodes have each key ready, each model's ready keys, the
+/// catalog) up to date with every merge and delta, so that a change costs what it touches,
+/// not what the cluster holds: with ten thousand snapshots a table is planned many times a
+/// second.
 public struct HoldingsBook: Sendable {
     public struct Entry: Sendable, Codable, Equatable {
         public var generation: UInt64
+        /// One holding per key, in no particular order.
         public var holdings: [Holding]
         /// The node is stopping and hands its copies over: placement leaves it out, and its
         /// ready copies still count as sources until it is gone.
@@ -155,6 +161,30 @@ public struct HoldingsBook: Sendable {
     public var leaving: Set<NodeID> { Set(entries.filter(\.value.leaving).map(\.key)) }
 
     public private(set) var entries: [NodeID: Entry] = [:]
+    /// Where each key sits in each node's `holdings`.
+    private var positions: [NodeID: [String: Int]] = [:]
+    /// Every node with a ready copy, by key (nodes that died too, until forgotten).
+    public private(set) var readyNodes: [String: Set<NodeID>] = [:]
+    /// The keys with a ready copy somewhere, by model name.
+    private var readyKeysByName: [String: Set<String>] = [:]
+    /// Models whose ready copies changed since the catalog was last brought up to date.
+    private var touchedNames = Set<String>()
+    /// Counts the changes to the book: equal counts, the same book.
+    public private(set) var changeCount: UInt64 = 0
+
+    /// The catalog as of the last ``catalog(retainVersions:retainDrafts:aliased:)``, the
+    /// settings it was cut with, and each model's keys in it (kept or retired).
+    private var catalogSettings: CatalogSettings?
+    private var kept: [String: Holding] = [:]
+    private var retired = Set<String>()
+    private var catalogKeys: [String: [String]] = [:]
+    /// Counts the changes to the catalog's outcome: equal counts, the same catalog.
+    public private(set) var catalogChangeCount: UInt64 = 0
+
+    private struct CatalogSettings: Equatable, Sendable {
+        var retainVersions, retainDrafts: Int
+        var aliased: Set<String>
+    }
 
     public init() {}
 
@@ -162,7 +192,31 @@ public struct HoldingsBook: Sendable {
     @discardableResult
     public mutating func merge(_ node: NodeID, _ entry: Entry) -> Bool {
         if let known = entries[node], known.generation >= entry.generation { return false }
-        entries[node] = entry
+        let before = entries.removeValue(forKey: node)
+        let oldPositions = positions.removeValue(forKey: node) ?? [:]
+        var holdings: [Holding] = []
+        var at: [String: Int] = [:]
+        holdings.reserveCapacity(entry.holdings.count)
+        at.reserveCapacity(entry.holdings.count)
+        for h in entry.holdings {
+            if let i = at[h.key] { holdings[i] = h } else {
+                at[h.key] = holdings.count
+                holdings.append(h)
+            }
+        }
+        // Only what differs from the entry it replaces touches the indexes.
+        for h in holdings {
+            let old = oldPositions[h.key].map { before!.holdings[$0] }
+            if old == h { continue }
+            if let old { unindex(node, old) }
+            index(node, h)
+        }
+        if let before {
+            for h in before.holdings where at[h.key] == nil { unindex(node, h) }
+        }
+        entries[node] = Entry(generation: entry.generation, holdings: holdings, leaving: entry.leaving)
+        positions[node] = at
+        changeCount += 1
         return true
     }
 
@@ -176,21 +230,74 @@ public struct HoldingsBook: Sendable {
     }
 
     /// Applies `delta` to `node`'s entry, when this book has a generation from the delta's base
-    /// up to (not including) its own.
+    /// up to (not including) its own. Costs what the delta names, not the entry's size.
     @discardableResult
     public mutating func apply(_ node: NodeID, _ delta: EntryDelta) -> DeltaOutcome {
         guard let known = entries[node], known.generation >= delta.base else { return .missingBase }
         guard known.generation < delta.generation else { return .stale }
-        var byKey = known.byKey
-        for key in delta.removed { byKey[key] = nil }
-        for h in delta.upserts { byKey[h.key] = h }
-        let holdings = byKey.values.sorted { ($0.name, $0.version) < ($1.name, $1.version) }
-        entries[node] = Entry(generation: delta.generation, holdings: holdings, leaving: delta.leaving)
+        // Taken out of the dictionaries so that changing them copies nothing.
+        var entry = entries.removeValue(forKey: node)!
+        var at = positions.removeValue(forKey: node) ?? [:]
+        for key in delta.removed {
+            guard let i = at.removeValue(forKey: key) else { continue }
+            unindex(node, entry.holdings[i])
+            let last = entry.holdings.count - 1
+            if i != last {
+                entry.holdings[i] = entry.holdings[last]
+                at[entry.holdings[i].key] = i
+            }
+            entry.holdings.removeLast()
+        }
+        for h in delta.upserts {
+            if let i = at[h.key] {
+                let old = entry.holdings[i]
+                guard old != h else { continue }
+                unindex(node, old)
+                entry.holdings[i] = h
+            } else {
+                at[h.key] = entry.holdings.count
+                entry.holdings.append(h)
+            }
+            index(node, h)
+        }
+        entry.generation = delta.generation
+        entry.leaving = delta.leaving
+        entries[node] = entry
+        positions[node] = at
+        changeCount += 1
         return .applied
     }
 
+    private mutating func index(_ node: NodeID, _ h: Holding) {
+        guard h.state == .ready else { return }
+        readyNodes[h.key, default: []].insert(node)
+        readyKeysByName[h.name, default: []].insert(h.key)
+        touchedNames.insert(h.name)
+    }
+
+    private mutating func unindex(_ node: NodeID, _ h: Holding) {
+        guard h.state == .ready else { return }
+        let key = h.key
+        touchedNames.insert(h.name)
+        guard readyNodes[key]?.remove(node) != nil, readyNodes[key]!.isEmpty else { return }
+        readyNodes[key] = nil
+        readyKeysByName[h.name]?.remove(key)
+        if readyKeysByName[h.name]?.isEmpty == true { readyKeysByName[h.name] = nil }
+    }
+
     /// Forgets a node (one that left the membership view for good).
-    public mutating func forget(_ node: NodeID) { entries[node] = nil }
+    public mutating func forget(_ node: NodeID) {
+        guard let entry = entries.removeValue(forKey: node) else { return }
+        for h in entry.holdings { unindex(node, h) }
+        positions[node] = nil
+        changeCount += 1
+    }
+
+    /// `node`'s holding of `key`, if its entry lists one.
+    public func holding(_ node: NodeID, _ key: String) -> Holding? {
+        guard let i = positions[node]?[key] else { return nil }
+        return entries[node]?.holdings[i]
+    }
 
     /// The generation of every entry: what an exchange sends first.
     public var summary: [String: UInt64] {
@@ -215,11 +322,15 @@ public struct HoldingsBook: Sendable {
         return out
     }
 
-    /// For each snapshot key, the nodes among `nodes` whose copy is ready.
+    /// For each snapshot key, the nodes among `nodes` whose copy is ready. Costs the holdings of
+    /// the nodes left out (none, usually), not the book's.
     public func ready(among nodes: Set<NodeID>) -> [String: Set<NodeID>] {
-        var out: [String: Set<NodeID>] = [:]
-        for (node, entry) in entries where nodes.contains(node) {
-            for h in entry.holdings where h.state == .ready { out[h.key, default: []].insert(node) }
+        var out = readyNodes
+        for (node, entry) in entries where !nodes.contains(node) {
+            for h in entry.holdings where h.state == .ready {
+                guard out[h.key]?.remove(node) != nil, out[h.key]!.isEmpty else { continue }
+                out[h.key] = nil
+            }
         }
         return out
     }
@@ -229,27 +340,58 @@ public struct HoldingsBook: Sendable {
     /// newest `retainVersions` published versions and `retainDrafts` drafts, plus every
     /// aliased version: one a holder marks aliased, or one whose key is in `aliased` (the
     /// cluster's alias register). What retention cuts is in ``retired``.
-    public func catalog(retainVersions: Int, retainDrafts: Int, aliased: Set<String> = []) -> (kept: [String: Holding], retired: Set<String>) {
-        var all: [String: Holding] = [:]
-        for entry in entries.values {
-            for h in entry.holdings where h.state == .ready {
-                var h = h
-                if let known = all[h.key] { h.aliased = h.aliased || known.aliased; h.size = max(h.size, known.size) }
-                if aliased.contains(h.key) { h.aliased = true }
-                all[h.key] = h
-            }
+    ///
+    /// Only the models whose ready copies changed since the last call are cut again (all of
+    /// them when the settings differ); ``catalogChangeCount`` grows when the outcome changed.
+    public mutating func catalog(retainVersions: Int, retainDrafts: Int, aliased: Set<String> = []) -> (kept: [String: Holding], retired: Set<String>) {
+        let settings = CatalogSettings(retainVersions: retainVersions, retainDrafts: retainDrafts, aliased: aliased)
+        if settings != catalogSettings {
+            catalogSettings = settings
+            touchedNames.formUnion(readyKeysByName.keys)
+            touchedNames.formUnion(catalogKeys.keys)
         }
-        var byName: [String: [Holding]] = [:]
-        for h in all.values { byName[h.name, default: []].append(h) }
-        var kept: [String: Holding] = [:], retired = Set<String>()
-        for versions in byName.values {
-            let sorted = versions.sorted { $0.version > $1.version }
-            let published = sorted.filter { !$0.draft }, drafts = sorted.filter(\.draft)
+        var changed = false
+        for name in touchedNames {
+            var before: [String: Holding] = [:]
+            var retiredBefore = Set<String>()
+            for key in catalogKeys.removeValue(forKey: name) ?? [] {
+                if let h = kept.removeValue(forKey: key) { before[key] = h }
+                if retired.remove(key) != nil { retiredBefore.insert(key) }
+            }
+            // One record per key: the copy of the lowest node id, aliased where any is, the largest size.
+            var versions: [Holding] = []
+            for key in readyKeysByName[name] ?? [] {
+                var record: Holding?
+                for node in (readyNodes[key] ?? []).sorted() {
+                    guard let h = holding(node, key) else { continue }
+                    if var r = record {
+                        r.aliased = r.aliased || h.aliased
+                        r.size = max(r.size, h.size)
+                        record = r
+                    } else {
+                        record = h
+                    }
+                }
+                if var r = record {
+                    if aliased.contains(key) { r.aliased = true }
+                    versions.append(r)
+                }
+            }
+            versions.sort { $0.version > $1.version }
+            let published = versions.filter { !$0.draft }, drafts = versions.filter(\.draft)
             let keep = Set(published.prefix(max(1, retainVersions)).map(\.key) + drafts.prefix(max(1, retainDrafts)).map(\.key))
-            for h in sorted {
-                if keep.contains(h.key) || h.aliased { kept[h.key] = h } else { retired.insert(h.key) }
+            var keptNow: [String: Holding] = [:]
+            var retiredNow = Set<String>()
+            for h in versions {
+                if keep.contains(h.key) || h.aliased { keptNow[h.key] = h } else { retiredNow.insert(h.key) }
             }
+            if keptNow != before || retiredNow != retiredBefore { changed = true }
+            kept.merge(keptNow) { _, b in b }
+            retired.formUnion(retiredNow)
+            if !versions.isEmpty { catalogKeys[name] = versions.map(\.key) }
         }
+        touchedNames = []
+        if changed { catalogChangeCount += 1 }
         return (kept, retired)
     }
 }

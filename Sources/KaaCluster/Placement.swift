@@ -116,19 +116,53 @@ public enum Placement {
     }
 
     /// Computes the table. Nodes and snapshots may come in any order; duplicate node ids count once.
-    public static func compute(nodes given: [Node], snapshots: [Snapshot], settings: Settings = .init()) -> Table {
-        // Canonical order: by id, one entry per id.
-        var seen = Set<NodeID>()
-        let nodes = given.sorted { $0.id < $1.id }.filter { seen.insert($0.id).inserted }
-        let ring = Ring(nodes: nodes, tokensPerWeight: settings.tokensPerWeight)
+    public static func compute(nodes: [Node], snapshots: [Snapshot], settings: Settings = .init()) -> Table {
+        var planner = Planner()
+        return planner.compute(nodes: nodes, snapshots: snapshots, settings: settings)
+    }
+
+    /// Computes tables as ``Placement/compute(nodes:snapshots:settings:)`` does, and the same
+    /// ones, keeping what two computations share: the ring of the last node set and each
+    /// snapshot's position on it (a SHA-256 each). A node that plans on every change of the
+    /// cluster's holdings keeps one.
+    public struct Planner: Sendable {
+        private var positions: [String: UInt64] = [:]
+        private var ring: (nodes: [Node], tokensPerWeight: Int, ring: Ring)?
+
+        public init() {}
+
+        public mutating func compute(nodes given: [Node], snapshots: [Snapshot], settings: Settings = .init()) -> Table {
+            // Canonical order: by id, one entry per id.
+            var seen = Set<NodeID>()
+            let nodes = given.sorted { $0.id < $1.id }.filter { seen.insert($0.id).inserted }
+            if ring == nil || ring!.nodes != nodes || ring!.tokensPerWeight != settings.tokensPerWeight {
+                ring = (nodes, settings.tokensPerWeight, Ring(nodes: nodes, tokensPerWeight: settings.tokensPerWeight))
+            }
+            // Positions of snapshots no longer asked for go once they outnumber the rest.
+            if positions.count > 2 * snapshots.count + 1_000 { positions = [:] }
+            let positioned = snapshots.map { s -> (position: UInt64, snapshot: Snapshot) in
+                let key = s.key
+                if let p = positions[key] { return (p, s) }
+                let p = Placement.position(of: key)
+                positions[key] = p
+                return (p, s)
+            }
+            return Placement.place(nodes: nodes, ring: ring!.ring, positioned: positioned, settings: settings)
+        }
+    }
+
+    /// A snapshot's position on the ring: the first 8 bytes of SHA-256 of a prefix and its key.
+    static func position(of key: String) -> UInt64 { hash64(Array("kaa placement snapshot ".utf8) + Array(key.utf8)) }
+
+    /// The table for canonically ordered `nodes`, their ring, and the snapshots with their positions.
+    static func place(nodes: [Node], ring: Ring, positioned unsorted: [(position: UInt64, snapshot: Snapshot)], settings: Settings) -> Table {
         let gpuNodes = nodes.indices.filter { nodes[$0].gpus > 0 }
         let totalWeight = nodes.reduce(0) { $0 + $1.weight }
         let gpuWeight = gpuNodes.reduce(0) { $0 + nodes[$1].weight }
 
         // Fair shares, in bytes, of what the eligible nodes hold in all.
         var caps = [UInt64](repeating: 0, count: nodes.count)
-        let positioned = snapshots.map { (position: hash64(Array("kaa placement snapshot ".utf8) + Array($0.key.utf8)), snapshot: $0) }
-            .sorted { ($0.position, $0.snapshot.key) < ($1.position, $1.snapshot.key) }
+        let positioned = unsorted.sorted { ($0.position, $0.snapshot.key) < ($1.position, $1.snapshot.key) }
         // Holders each snapshot gets: the factor, or every eligible node when there are fewer.
         let want = positioned.map { min(settings.replication, $0.snapshot.accelerator == .requiresGPU ? gpuNodes.count : nodes.count) }
         if totalWeight > 0 {
@@ -281,7 +315,7 @@ public enum Placement {
     }
 
     /// The tokens of every node on the 64-bit ring, sorted.
-    struct Ring {
+    struct Ring: Sendable {
         /// (position, node index), by position then index.
         let tokens: [(position: UInt64, node: Int)]
         let nodeCount: Int

@@ -54,6 +54,11 @@ final class Replicator {
     /// live nodes with a ready copy of each key, and each model's versions in the cluster's
     /// catalog, ascending.
     private var readyCopies: [String: Set<NodeID>] = [:]
+    /// What ``readyCopies`` was taken from: the book's change count and the live nodes.
+    private var readyFrom: (changes: UInt64, live: Set<NodeID>)?
+    /// The book's catalog change count the table was computed from.
+    private var catalogSeen: UInt64?
+    private var planner = Placement.Planner()
     private var catalogVersions: [String: [Int]] = [:]
     /// The catalog the table was computed from, by key.
     private var kept: [String: Holding] = [:]
@@ -67,6 +72,13 @@ final class Replicator {
     private var peerSummary: [NodeID: [String: UInt64]] = [:]
     private var pushPending = false
     private var lastPush: Instant?
+    /// ``local`` (or ``fetching``) changed since this node's entry was last written, and the
+    /// copies that entry lists, by key.
+    private var localDirty = false
+    private var published: [String: Holding] = [:]
+    /// The fetches the last plan wanted, fewest ready copies first: a finished fetch starts the
+    /// next from here rather than planning again.
+    private var wantedFetches: [ReplicationPlan.Fetch] = []
     /// This node's recent entry changes, oldest first: a peer that has one's base gets the
     /// rest folded into one delta instead of the whole entry.
     private var ownLog: [EntryDelta] = []
@@ -181,36 +193,53 @@ final class Replicator {
         }
     }
 
-    /// A new generation of this node's entry, in the book and soon at the peers. Nothing until
-    /// the store has been read: an entry without the copies on disk would tell the cluster they
-    /// are gone.
+    /// This node's copies changed: a new generation of its entry goes into the book and to the
+    /// peers on the push (at most every 50 ms), as a delta of what changed since the last one.
     private func publishLocal() {
-        guard loaded else { return }
-        var entries = Array(local.values)
+        localDirty = true
+        schedulePush()
+    }
+
+    /// Writes a new generation of this node's entry if its copies changed. Nothing until the
+    /// store has been read: an entry without the copies on disk would tell the cluster they
+    /// are gone.
+    private func flushLocal() {
+        guard loaded, localDirty || book.entries[me] == nil else { return }
+        localDirty = false
+        var view = local
         for key in fetching where local[key] == nil {
-            if let h = kept[key] {
-                var f = h
+            if var f = kept[key] {
                 f.state = .fetching
                 f.aliased = false
-                entries.append(f)
+                view[key] = f
             }
         }
-        entries.sort { ($0.name, $0.version) < ($1.name, $1.version) }
+        var upserts: [Holding] = [], removed: [String] = []
+        for (key, h) in view where published[key] != h { upserts.append(h) }
+        for key in published.keys where view[key] == nil { removed.append(key) }
+        let leaving = leavingSince != nil
+        let previous = book.entries[me]
+        if let previous, upserts.isEmpty, removed.isEmpty, previous.leaving == leaving { return }
         let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
         generation = max(generation + 1, now)
-        let entry = HoldingsBook.Entry(generation: generation, holdings: entries, leaving: leavingSince != nil)
-        if let previous = book.entries[me] {
-            ownLog.append(EntryDelta(from: previous, to: entry))
+        if let previous {
+            let delta = EntryDelta(base: previous.generation, generation: generation,
+                                   upserts: upserts.sorted { ($0.name, $0.version) < ($1.name, $1.version) },
+                                   removed: removed.sorted(), leaving: leaving)
+            book.apply(me, delta)
+            ownLog.append(delta)
             if ownLog.count > 1_000 { ownLog.removeFirst(ownLog.count - 1_000) }
+        } else {
+            book.merge(me, HoldingsBook.Entry(generation: generation, holdings: Array(view.values), leaving: leaving))
         }
-        book.merge(me, entry)
+        published = view
         schedulePlan()
-        schedulePush()
     }
 
     /// What to send `peer` of this node's entry: nothing when it has the newest, a delta from
     /// the generation it last said it has, or the whole entry.
     private func entry(for peer: NodeID) -> (entry: HoldingsBook.Entry?, delta: EntryDelta?) {
+        flushLocal()
         guard let mine = book.entries[me] else { return (nil, nil) }
         guard let has = peerSummary[peer]?[me.rawValue] else { return (mine, nil) }
         if has >= mine.generation { return (nil, nil) }
@@ -249,6 +278,7 @@ final class Replicator {
             guard let self, !self.stopped else { return }
             self.pushPending = false
             self.lastPush = Instant.now()
+            self.flushLocal()
             let aliases = self.aliasesToPush
             self.aliasesToPush = []
             for peer in self.livePeers() { self.exchange(with: peer, aliases: aliases, push: true) }
@@ -454,7 +484,7 @@ final class Replicator {
         guard readyHolders.count < need else { return nil }
         let names = memberNames
         var states: [NodeID: Holding.State] = [:]
-        for node in holders { states[node] = book.entries[node]?.holdings.first(where: { $0.key == key })?.state }
+        for node in holders { states[node] = book.holding(node, key)?.state }
         let missing = holders.filter { !ready.contains($0) }.map { node in
             "\(names[node] ?? node.rawValue) (\(live.contains(node) ? states[node]?.rawValue ?? "no copy yet" : "down"))"
         }
@@ -529,7 +559,11 @@ final class Replicator {
 
     func recompute() {
         let now = Instant.now()
-        readyCopies = book.ready(among: liveIDs)
+        let live = liveIDs
+        if readyFrom == nil || readyFrom!.changes != book.changeCount || readyFrom!.live != live {
+            readyCopies = book.ready(among: live)
+            readyFrom = (book.changeCount, live)
+        }
         let nodes = placementNodes(now: now)
         let ids = nodes.map(\.id.rawValue).sorted().joined(separator: ",")
         let nodesChanged = ids != membersDigest
@@ -539,11 +573,12 @@ final class Replicator {
         }
         // The same nodes and the same catalog: the same table.
         let catalog = book.catalog(retainVersions: settings.retainVersions, retainDrafts: settings.retainDrafts, aliased: aliasTargets)
-        guard nodesChanged || catalog.kept != kept || catalog.retired != retired else { return }
+        guard nodesChanged || catalogSeen != book.catalogChangeCount else { return }
+        catalogSeen = book.catalogChangeCount
         let snapshots = catalog.kept.values.map {
             Placement.Snapshot(name: $0.name, version: $0.version, bytes: $0.size, accelerator: $0.accelerator)
         }
-        let next = Placement.compute(nodes: nodes, snapshots: snapshots, settings: .init(replication: settings.replication))
+        let next = planner.compute(nodes: nodes, snapshots: snapshots, settings: .init(replication: settings.replication))
         kept = catalog.kept
         retired = catalog.retired
         var versions: [String: [Int]] = [:]
@@ -593,9 +628,8 @@ final class Replicator {
         let decision = ReplicationPlan.decide(input)
         let now = Instant.now()
         retryAt = retryAt.filter { $0.value > now }
-        for fetch in decision.fetch where fetching.count < settings.repairConcurrency && retryAt[fetch.key] == nil {
-            start(fetch)
-        }
+        wantedFetches = decision.fetch.filter { retryAt[$0.key] == nil }
+        startWantedFetches()
         for key in decision.drop where !dropping.contains(key) && retryAt[key] == nil {
             drop(key)
         }
@@ -652,15 +686,31 @@ final class Replicator {
                                                           "seconds": "\(Double((Instant.now() - started).nanosecondsClamped) / 1e9)"])
                 self.local[fetch.key] = self.holding(record)
                 self.publishLocal()
-                self.act()
+                self.startWantedFetches()
             case .failure(let error):
                 self.fetchFailures += 1
                 self.retryAt[fetch.key] = Instant.now() + .seconds(10)
                 self.logger.warning("fetching a copy failed", metadata: ["snapshot": "\(fetch.key)", "from": "\(peer.info.name)",
                                                                          "error": "\(error.message)"])
                 self.publishLocal()
+                self.startWantedFetches()
             }
         }
+    }
+
+    /// Starts the fetches the last plan wanted while fewer than `repair_concurrency` run.
+    private func startWantedFetches() {
+        guard !stopped, loaded, leavingSince == nil else { return }
+        let now = Instant.now()
+        var started = 0
+        while fetching.count < settings.repairConcurrency, started < wantedFetches.count {
+            let fetch = wantedFetches[started]
+            started += 1
+            if local[fetch.key] != nil || fetching.contains(fetch.key) || retryAt[fetch.key].map({ $0 > now }) == true
+                || table.holders[fetch.key]?.contains(me) != true { continue }
+            start(fetch)
+        }
+        wantedFetches.removeFirst(started)
     }
 
     /// A minute, plus a second per 10 MB, plus what the bandwidth limit makes it take.

@@ -23,6 +23,27 @@ import Testing
         #expect(Placement.compute(nodes: s.nodes, snapshots: s.snapshots, settings: .init(replication: 3)).digest != a.digest)
     }
 
+    /// A planner keeps the ring and the snapshots' positions between tables, and gives the
+    /// tables a fresh computation gives, through joins, leaves and a changing catalog.
+    @Test func aPlannerGivesTheTablesAFreshComputationGives() {
+        let s = PlacementScenario(nodes: 12, snapshots: 600, seed: 5)
+        var planner = Placement.Planner()
+        var rng = SeededRandom(seed: 9)
+        var nodes = s.nodes, snapshots = Array(s.snapshots.prefix(300))
+        for round in 0..<12 {
+            switch round % 4 {
+            case 0: nodes.removeLast()
+            case 1: nodes.append(s.nodes[nodes.count])
+            case 2: snapshots.append(contentsOf: s.snapshots[snapshots.count..<min(s.snapshots.count, snapshots.count + 25)])
+            default: snapshots.shuffle(using: &rng); snapshots.removeLast(10)
+            }
+            let fresh = Placement.compute(nodes: nodes, snapshots: snapshots)
+            let planned = planner.compute(nodes: nodes.shuffled(using: &rng), snapshots: snapshots)
+            #expect(planned.digest == fresh.digest, "round \(round)")
+            #expect(planned.holders == fresh.holders)
+        }
+    }
+
     /// Every process computes the same table: the figure program, run twice as its own process,
     /// prints the digest this process computes (no per-process seed, such as Swift's `Hasher`,
     /// takes part).
