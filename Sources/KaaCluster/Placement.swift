@@ -162,7 +162,12 @@ public enum Placement {
 
         // Fair shares, in bytes, of what the eligible nodes hold in all.
         var caps = [UInt64](repeating: 0, count: nodes.count)
-        let positioned = unsorted.sorted { ($0.position, $0.snapshot.key) < ($1.position, $1.snapshot.key) }
+        // Ring order, the key breaking a tie: sorting indices moves no strings.
+        let order = unsorted.indices.sorted { a, b in
+            let pa = unsorted[a].position, pb = unsorted[b].position
+            return pa != pb ? pa < pb : unsorted[a].snapshot.key < unsorted[b].snapshot.key
+        }
+        let positioned = order.map { unsorted[$0] }
         // Holders each snapshot gets: the factor, or every eligible node when there are fewer.
         let want = positioned.map { min(settings.replication, $0.snapshot.accelerator == .requiresGPU ? gpuNodes.count : nodes.count) }
         if totalWeight > 0 {
@@ -281,17 +286,20 @@ public enum Placement {
         var holders: [String: [NodeID]] = [:]
         holders.reserveCapacity(positioned.count)
         var under = Set<String>(), unplaceable = Set<String>()
+        var hash = SHA256()
         for (k, (_, s)) in positioned.enumerated() {
             // In the snapshot's own order of preference.
             let list = holding[k].map { (rank: candidates[k].firstIndex(of: $0) ?? .max, node: $0) }
                 .sorted { $0.rank < $1.rank }.map { nodes[Int($0.node)].id }
             holders[s.key] = list
+            digestLine(&hash, s.key, list)
             if list.count < settings.replication { under.insert(s.key) }
             if s.accelerator == .requiresGPU && gpuCount == 0 { unplaceable.insert(s.key) }
         }
         var load: [NodeID: UInt64] = [:]
         for i in nodes.indices { load[nodes[i].id] = loads[i] }
-        return Table(holders: holders, underReplicated: under, unplaceable: unplaceable, digest: digest(of: holders), load: load)
+        let digest = hash.finalize().map { String(format: "%02x", $0) }.joined()
+        return Table(holders: holders, underReplicated: under, unplaceable: unplaceable, digest: digest, load: load)
     }
 
     static func splitMixOnce(_ x: UInt64) -> UInt64 {
@@ -299,13 +307,22 @@ public enum Placement {
         return splitMix(&state)
     }
 
-    /// SHA-256 of `key holder,holder\n` lines in key order.
+    /// The digest is SHA-256 of `key holder,holder\n` lines in ring order (the snapshot's
+    /// position, then its key): the order placement computes them in, so no sort is needed.
+    static func digestLine(_ hash: inout SHA256, _ key: String, _ holders: [NodeID]) {
+        var line = Array(key.utf8)
+        line.append(0x20)
+        for (i, node) in holders.enumerated() {
+            if i > 0 { line.append(0x2C) }
+            line.append(contentsOf: node.rawValue.utf8)
+        }
+        line.append(0x0A)
+        hash.update(data: line)
+    }
+
     static func digest(of holders: [String: [NodeID]]) -> String {
         var hash = SHA256()
-        for key in holders.keys.sorted() {
-            hash.update(data: Array(key.utf8) + [0x20])
-            hash.update(data: Array(holders[key]!.map(\.rawValue).joined(separator: ",").utf8) + [0x0A])
-        }
+        for (_, key) in holders.keys.map({ (position(of: $0), $0) }).sorted(by: <) { digestLine(&hash, key, holders[key]!) }
         return hash.finalize().map { String(format: "%02x", $0) }.joined()
     }
 

@@ -194,7 +194,7 @@ final class Replicator {
     }
 
     /// This node's copies changed: a new generation of its entry goes into the book and to the
-    /// peers on the push (at most every 50 ms), as a delta of what changed since the last one.
+    /// peers on the push (at most every 20 ms), as a delta of what changed since the last one.
     private func publishLocal() {
         localDirty = true
         schedulePush()
@@ -248,12 +248,12 @@ final class Replicator {
     }
 
     /// Recomputes the table and acts on it on the next turn of the loop, but at most once per
-    /// 50 ms, or per four times what the last one took, so a storm of holdings changes costs a
+    /// 20 ms, or per four times what the last one took, so a storm of holdings changes costs a
     /// bounded share of a core.
     private func schedulePlan() {
         guard !planPending else { return }
         planPending = true
-        let gap = max(.milliseconds(50), planCost * 4)
+        let gap = max(.milliseconds(20), planCost * 4)
         let wait = lastPlan.map { max(.zero, $0 + gap - Instant.now()) } ?? .zero
         loop.schedule(after: wait) { [weak self] in
             guard let self, !self.stopped else { return }
@@ -269,11 +269,11 @@ final class Replicator {
     }
 
     /// Pushes this node's entry (a delta where the peer has a recent one), and the alias records
-    /// new here, to every live peer: on the next turn of the loop, at most every 50 ms.
+    /// new here, to every live peer: on the next turn of the loop, at most every 20 ms.
     private func schedulePush() {
         guard !pushPending else { return }
         pushPending = true
-        let wait = lastPush.map { max(.zero, $0 + .milliseconds(50) - Instant.now()) } ?? .zero
+        let wait = lastPush.map { max(.zero, $0 + .milliseconds(20) - Instant.now()) } ?? .zero
         loop.schedule(after: wait) { [weak self] in
             guard let self, !self.stopped else { return }
             self.pushPending = false
@@ -375,7 +375,7 @@ final class Replicator {
         var needEntry = false
         if let delta = request.delta, from != me {
             switch book.apply(from, delta) {
-            case .applied: schedulePlan()
+            case .applied: bookChanged()
             case .stale: break
             case .missingBase: needEntry = true
             }
@@ -397,7 +397,7 @@ final class Replicator {
         for (node, entry) in entries where NodeID(node) != me {
             if book.merge(NodeID(node), entry) { changed = true }
         }
-        if changed { schedulePlan() }
+        if changed { bookChanged() }
     }
 
     // MARK: aliases
@@ -557,13 +557,28 @@ final class Replicator {
         }
     }
 
-    func recompute() {
-        let now = Instant.now()
+    /// The book took a peer's change. A publish waiting for it is answered at once when the
+    /// change completes its quorum; the table and the plan follow on the plan's turn.
+    private func bookChanged() {
+        if !waiters.isEmpty {
+            refreshReady()
+            checkWaiters()
+        }
+        schedulePlan()
+    }
+
+    /// Brings ``readyCopies`` up to date with the book and the live members.
+    private func refreshReady() {
         let live = liveIDs
         if readyFrom == nil || readyFrom!.changes != book.changeCount || readyFrom!.live != live {
             readyCopies = book.ready(among: live)
             readyFrom = (book.changeCount, live)
         }
+    }
+
+    func recompute() {
+        let now = Instant.now()
+        refreshReady()
         let nodes = placementNodes(now: now)
         let ids = nodes.map(\.id.rawValue).sorted().joined(separator: ",")
         let nodesChanged = ids != membersDigest
