@@ -3,7 +3,7 @@
 #   1. builds COUNT distinct small archives (iris-logreg under the names r00000, r00001, ...,
 #      each its own manifest and digest) and `probe` (the same model), with `kaa snapshot build`;
 #   2. starts five nodes (replication 2, repair_grace GRACE seconds, placement_settle 5 s),
-#      publishes everything to node 1 with `kaa publish DIR --parallel 8` (each upload answers
+#      publishes everything to node 1 with `kaa publish DIR --parallel PARALLEL` (each upload answers
 #      once two holders have it), and waits until every node reports nothing under-replicated;
 #      prints the publish time, each node's RSS and the bytes of its store;
 #   3. calls `probe` on a holder that survives, 200 calls a second (one connection, each call
@@ -15,10 +15,10 @@
 # Everything runs on this machine: the five nodes, the publisher and the client share its cores.
 # Every process is stopped by pid and the data removed on exit.
 #
-# Usage: tools/bench-repair.sh [COUNT, default 1000] [GRACE seconds, default 10]
+# Usage: tools/bench-repair.sh [COUNT, default 1000] [GRACE seconds, default 10] [PARALLEL uploads, default 8]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-count=${1:-1000}; grace=${2:-10}
+count=${1:-1000}; grace=${2:-10}; parallel=${3:-8}
 source tools/bench-wrk-common.sh
 bench_cluster_setup bench-repair
 model=$PWD/snapshots/iris-logreg/model.onnx
@@ -61,9 +61,9 @@ for _ in $(seq 300); do [ "$(alive "${http[0]}")" = 5 ] && break; sleep 0.1; don
 [ "$(alive "${http[0]}")" = 5 ] || { echo "bench-repair: the five nodes did not form a cluster" >&2; exit 1; }
 
 t0=$(now_ms)
-"$kaa" publish "$work/archives" --parallel 8 --timeout 300 --to "http://127.0.0.1:${http[0]}" >"$work/publish.log" 2>&1 \
+"$kaa" publish "$work/archives" --parallel "$parallel" --timeout 300 --to "http://127.0.0.1:${http[0]}" >"$work/publish.log" 2>&1 \
   || { tail -20 "$work/publish.log" >&2; exit 1; }
-echo "published $total snapshots to one node in $(secs $(( $(now_ms) - t0 ))) s (each answered once 2 holders had it): $(tail -1 "$work/publish.log")"
+echo "published $total snapshots to one node, $parallel uploads at once, in $(secs $(( $(now_ms) - t0 ))) s (each answered once 2 holders had it): $(tail -1 "$work/publish.log")"
 
 # Whether every node in "$@" (indices) counts `total` snapshots, none under-replicated, none fetching.
 at_rest() {
@@ -159,4 +159,4 @@ def report(what, xs):
 report("before the kill (20 s)", [c for c in calls if c[0] < kill])
 report("during the repair     ", [c for c in calls if grace_end <= c[0] <= restored])
 PY
-echo "(tools/bench-repair.sh $count $grace)"
+echo "(tools/bench-repair.sh $count $grace $parallel)"
