@@ -135,6 +135,7 @@ public final class Node: Sendable {
         }
         let replicatorCell = replicator
         let forwarderCell = LoopCell<Forwarder>(loop: loop)
+        let routesCell = LoopCell<HTTPRouter>(loop: loop)
         let deadLetters = DeadLetters(store: deadLetterStore, loop: loop, nodeName: config.nodeName, retain: config.deadLetterRetention,
                                       retainBytes: Int64(config.deadLetterMaxBytes), logger: logger)
         deadLetters.addRoutes(to: &router)
@@ -148,6 +149,14 @@ public final class Node: Sendable {
             guard request.headers["kaa-forwarded"] == nil, let replicator = replicatorCell.value,
                   let forwarder = forwarderCell.value else { return .serveHere(version: version) }
             switch replicator.route(name: name, version: version) {
+            case .unknown where !replicator.synced:
+                // Just started or joined: the call waits until this node has learned the cluster's
+                // holdings, rather than hearing that a model held elsewhere does not exist.
+                replicator.whenSynced {
+                    guard let routes = routesCell.value else { return responder.respond(.error(.serviceUnavailable, "node is starting")) }
+                    routes.handle(request, responder)
+                }
+                return .handled
             case .unknown: return .serveHere(version: version)
             case .local(let v):
                 let others = everyHolder ? replicator.otherHolders("\(name)@\(v)") : []
@@ -198,6 +207,7 @@ public final class Node: Sendable {
         MembersRoute(gossip: gossipCell).add(to: &router)
         PlacementRoute(replicator: replicatorCell).add(to: &router)
         let routes = router
+        loop.execute { routesCell.value = routes }
         let http: HTTPServer
         if let access {
             http = try HTTPServer(on: loop, address: try SocketAddress(resolving: config.httpAddr), configuration: config.http,
@@ -283,7 +293,8 @@ public final class Node: Sendable {
                 deadLetters.peers.withLock { $0 = { members.value.instance.members.filter { $0.status.isReachable && $0.id != members.value.instance.myself.id } } }
                 deadLetters.scheduleRetention()
                 replicator.start()
-                readiness.value.mark(.members)
+                // Ready once the node knows the cluster's holdings, not only its members.
+                replicator.whenSynced { readiness.value.mark(.members) }
                 return LoopBound(shell, loop: loop)
             }
             gossipShell = gossip
@@ -421,7 +432,7 @@ final class Readiness {
         case http = "HTTP listener"
         case peer = "peer plane listener"
         case gossip = "gossip"
-        case members = "members view"
+        case members = "members view and the cluster's holdings (a first exchange with a peer)"
     }
 
     private var up: Set<Plane> = []

@@ -17,6 +17,10 @@ final class Replicator {
         var replication, repairConcurrency, repairBandwidth, retainVersions, retainDrafts: Int
         var repairGrace, settle, publishTimeout, leaveTimeout: Duration
         var tick: Duration = .seconds(1)
+        /// Whether the node has seeds to join (else it may be alone), and how long it waits for
+        /// a first exchange with a peer before it answers calls with what it knows.
+        var hasSeeds: Bool
+        var syncTimeout: Duration = .seconds(10)
 
         init(_ config: NodeConfig) {
             replication = config.replication
@@ -26,6 +30,7 @@ final class Replicator {
             retainDrafts = config.retainDrafts
             repairGrace = config.repairGrace
             settle = config.placementSettle
+            hasSeeds = !config.seeds.isEmpty
             publishTimeout = config.publishTimeout
             leaveTimeout = config.leaveTimeout
         }
@@ -97,6 +102,14 @@ final class Replicator {
     private var aliasesToPush: [AliasRecord] = []
     private var waiters: [String: [(until: Instant, done: (QuorumOutcome) -> Void)]] = [:]
     private var stopped = false
+    /// Whether this node has caught up with the cluster's holdings: a pull from a live peer
+    /// brought every entry that peer had, or no peer was there (no seeds), or `syncTimeout`
+    /// passed. Until then a call for a model this node does not know waits (``whenSynced(_:)``)
+    /// instead of being answered 404, and the node is not ready.
+    private(set) var synced = false
+    private var syncWaiters: [() -> Void] = []
+    private var pulledFrom = Set<NodeID>()
+    private var startedAt = Instant.now()
     /// Whether ``local`` has been read from the store (the first ``reloadLocal(then:)``).
     private var loaded = false
     /// Bandwidth pacing: the instant before which the next fetched byte should not be taken.
@@ -127,21 +140,62 @@ final class Replicator {
     /// Reads the store, then runs the exchange and the plan every tick.
     func start() {
         let store = self.store
+        startedAt = Instant.now()
         loop.offload({ (try? store.aliasRecords()) ?? [] }) { [self] records in
             for r in records { aliasBook[r.key] = r }
             aliasBookChanged()
             reloadLocal { [self] in
-                gossip.subscribe { [weak self] _ in self?.recompute() }
+                gossip.subscribe { [weak self] _ in
+                    guard let self else { return }
+                    self.recompute()
+                    // A first peer to learn the cluster from: ask it now, not at the next tick.
+                    if !self.synced { self.exchangeWithOnePeer() }
+                }
                 scheduleTick()
+                if !settings.hasSeeds && livePeers().isEmpty { markSynced("this node has no seeds and no peers") }
+                exchangeWithOnePeer()
             }
         }
     }
 
-    func stop() { stopped = true }
+    /// Runs `go` once this node has caught up with the cluster's holdings (at once if it has).
+    func whenSynced(_ go: @escaping () -> Void) {
+        if synced { go() } else { syncWaiters.append(go) }
+    }
+
+    private func markSynced(_ why: String) {
+        guard !synced, !stopped else { return }
+        synced = true
+        // The catalog and the table from what was just learned, before anything waits on them.
+        recompute()
+        logger.info("caught up with the cluster's holdings", metadata: ["how": "\(why)", "snapshots": "\(book.readyNodes.count)",
+                                                                        "seconds": "\(Double((Instant.now() - startedAt).nanosecondsClamped) / 1e9)"])
+        let waiting = syncWaiters
+        syncWaiters = []
+        for go in waiting { go() }
+    }
+
+    /// Marks the node synced when it has waited `syncTimeout` without a peer to learn from.
+    private func checkSyncTimeout() {
+        guard !synced, Instant.now() - startedAt >= settings.syncTimeout else { return }
+        logger.warning("no peer answered an exchange within the sync timeout; this node answers calls with what it knows",
+                       metadata: ["timeout": "\(settings.syncTimeout)", "peers.live": "\(livePeers().count)"])
+        markSynced("timeout")
+    }
+
+    func stop() {
+        stopped = true
+        // Calls still waiting to learn the cluster are answered with what this node knows.
+        synced = true
+        let waiting = syncWaiters
+        syncWaiters = []
+        for go in waiting { go() }
+    }
 
     private func scheduleTick() {
         loop.schedule(after: settings.tick) { [weak self] in
             guard let self, !self.stopped else { return }
+            self.checkSyncTimeout()
             self.exchangeWithOnePeer()
             self.recompute()
             self.act()
@@ -313,6 +367,8 @@ final class Replicator {
         var aliasRecords: [AliasRecord]?
         /// The delta did not apply here: send the whole entry.
         var needEntry: Bool?
+        /// Whether the answering node has caught up with the cluster's holdings itself.
+        var synced: Bool?
     }
 
     private func livePeers() -> [Member] {
@@ -335,11 +391,11 @@ final class Replicator {
         frames.request(to: peer.info.peerAddress, type: Node.PeerFrameType.holdings, payload: Array(payload),
                        deadline: .seconds(10)) { result in
             let self_ = bound.value
-            self_.received(result, from: peer)
+            self_.received(result, from: peer, push: push)
         }
     }
 
-    private func received(_ result: Result<Frame, FrameError>, from peer: Member) {
+    private func received(_ result: Result<Frame, FrameError>, from peer: Member, push: Bool) {
         guard !stopped else { return }
         switch result {
         case .failure(let error):
@@ -353,6 +409,23 @@ final class Replicator {
             if let summary = answer.summary { peerSummary[NodeID(answer.from)] = summary }
             take(answer.entries)
             if let records = answer.aliasRecords { takeAliases(records) }
+            if !synced && !push, let summary = answer.summary {
+                // Caught up once this book has every entry the peer has; an answer cut short
+                // for size brings the rest on the next pull, at once.
+                let behind = summary.contains { node, generation in
+                    NodeID(node) != me && (book.entries[NodeID(node)]?.generation ?? 0) < generation
+                }
+                if behind {
+                    exchange(with: peer)
+                } else {
+                    // A peer that has caught up itself knows the cluster; in a cold start, where
+                    // none has, a node knows it once it has pulled from every live peer.
+                    pulledFrom.insert(peer.id)
+                    if answer.synced != false || Set(livePeers().map(\.id)).isSubset(of: pulledFrom) {
+                        markSynced("pulled the holdings of \(peer.info.name)")
+                    }
+                }
+            }
             if answer.needEntry == true {
                 // It lacks the delta's base: the whole entry, now.
                 peerSummary[peer.id]?[me.rawValue] = nil
@@ -387,7 +460,7 @@ final class Replicator {
         let aliases = differ ? Array(aliasBook.values.sorted { $0.stamp > $1.stamp }.prefix(20_000)) : nil
         let entries = request.push == true ? [:] : book.newer(than: request.summary, maxHoldings: max(5_000, 25_000 - (aliases?.count ?? 0)))
         let answer = ExchangeAnswer(from: me.rawValue, entries: entries, members: membersDigest, table: table.digest, summary: book.summary,
-                                    aliasRecords: aliases, needEntry: needEntry ? true : nil)
+                                    aliasRecords: aliases, needEntry: needEntry ? true : nil, synced: synced)
         guard let payload = try? JSONEncoder().encode(answer) else { return responder.fail(.internal, "cannot encode holdings") }
         responder.respond(Array(payload))
     }

@@ -94,6 +94,40 @@ import Testing
         }
     }
 
+    /// A node that has just started knows nothing of the models held elsewhere: a call to it
+    /// waits until its first exchange with a peer instead of hearing 404, and the node turns
+    /// ready only once it knows them (the proof harness found the 404s after every restart).
+    @Test func aNodeJustStartedAnswersForModelsHeldElsewhereOnceItKnowsThem() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        var cluster = try LiveCluster(in: dir)
+        let names = (0..<3).map { "early\($0)" }
+        for name in names { try cluster.build("iris-logreg", as: name) }
+        try cluster.start(["n1", "n2"])
+        defer { cluster.stop() }
+        try cluster.publish()
+        try #require(cluster.whenEveryNode { c in names.allSatisfy { c["\($0)@1"]?.ready.count == 2 } })
+
+        // n3 holds nothing, and is asked the moment its HTTP listener is up.
+        let n3 = try GossipLiveTests.start("n3", in: dir, seeds: [cluster.nodes[0].peer], keyFile: cluster.key,
+                                           extra: LiveCluster.flags, logLevel: "info")
+        defer {
+            n3.process.signal(SIGTERM)
+            n3.process.wait(timeout: 60)
+        }
+        let first = try #require(ForwardingLiveTests.call(n3.http, "POST", "/v2/models/\(names[0])/infer", ForwardingLiveTests.irisBody,
+                                                          headers: "Content-Type: application/json\r\n"))
+        #expect(first.status == 200, "the first call to a node just started: \(first.text)")
+        // Ready means it knows the cluster's models: every one answers at once.
+        #expect(GossipLiveTests.within(30) { ForwardingLiveTests.call(n3.http, "GET", "/v2/health/ready")?.status == 200 } != nil)
+        for name in names {
+            let r = try #require(ForwardingLiveTests.call(n3.http, "POST", "/v2/models/\(name)/infer", ForwardingLiveTests.irisBody,
+                                                          headers: "Content-Type: application/json\r\n"))
+            #expect(r.status == 200, "\(name) on n3 once ready: \(r.text)")
+        }
+        #expect(ForwardingLiveTests.call(n3.http, "POST", "/v2/models/nope/infer", ForwardingLiveTests.irisBody)?.status == 404)
+    }
+
     /// A holder paused (SIGSTOP) mid-call: a call it does not answer within its try limit goes
     /// to the other holder as well, within the budget, and the client gets one answer; when the
     /// paused holder wakes, its late answer goes nowhere.
