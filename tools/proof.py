@@ -250,14 +250,6 @@ class Harness:
             p.expect = expect
         os.kill(p.pid, sig)
 
-    def wait_exit(self, node, timeout):
-        p = node.proc
-        try:
-            p.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise Abort(f"{node.name} (pid {p.pid}) did not exit within {timeout:.0f} s after SIGTERM; see {node.log_path}")
-        self.reap()
-
     def up_nodes(self):
         with self.lock:
             return [n for n in self.nodes if n.state == "up"]
@@ -719,7 +711,15 @@ def graceful_stop(h, node, kind):
     with h.lock:
         node.state = "stopping"
         h.signal(node, signal.SIGTERM, expect="term")
-    h.wait_exit(node, LEAVE_TIMEOUT + SHUTDOWN_GRACE + 30)
+    bound = LEAVE_TIMEOUT + SHUTDOWN_GRACE + 30
+    try:
+        node.proc.popen.wait(bound)
+    except subprocess.TimeoutExpired:
+        h.violate(4, f"{node.name} (pid {node.proc.pid}) did not stop within {bound} s of SIGTERM ({kind}); "
+                     f"SIGKILLed; log tail: {tail(node.log_path)}")
+        os.kill(node.proc.pid, signal.SIGKILL)
+        node.proc.popen.wait()
+    h.reap()
     rc = node.proc.rc
     if rc != 0:
         h.violate(4, f"{node.name} (pid {node.proc.pid}) exited with status {rc} after SIGTERM ({kind}); "
@@ -761,6 +761,7 @@ def fault_upgrade(h):
         t = time.time()
         graceful_stop(h, node, "upgrade")
         h.start(node, binary=h.kaa_next)
+        h.disturb.append((node.name, "upgraded", t, time.time()))
         rest = wait_at_rest(h, h.args.repair_bound, "upgrade step")
         steps.append(f"{node.name} {time.time() - t:.1f} s")
         if rest is None:
