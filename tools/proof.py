@@ -160,6 +160,7 @@ class Harness:
         self.keys = set()
         self.mode = "loopback"
         self.netem_ok = False
+        self.load = None
         self.timing = {}
 
     # -- output
@@ -210,6 +211,8 @@ class Harness:
             node.state = "starting"
         if wait:
             self.wait_ready(node, timeout)
+            if self.load is not None and not self.load.stop.is_set():
+                self.load.first_calls(node)
 
     def wait_ready(self, node, timeout):
         until = time.time() + timeout
@@ -496,6 +499,24 @@ class Load:
         self.threads = []
         self.seed = seed
         self.lag_max = 0.0
+        self.first_seq = 1 << 40
+        self.first_rng = random.Random(seed + 2)
+
+    def first_calls(self, node, count=20):
+        """Sends `count` calls (models drawn uniformly, seeded) to a node the moment it is ready
+        again after a start, so the checks see what a node answers first on every start (most of
+        these models it does not hold)."""
+        for _ in range(count):
+            with self.rlock:
+                self.first_seq += 1
+                seq = self.first_seq
+                model = self.first_rng.choice(self.order)
+            rec = {"seq": seq, "id": f"proof-first-{seq - (1 << 40)}", "model": model, "at": time.time(),
+                   "node": node.name, "pid": node.proc.pid, "sent": time.time(), "first": True}
+            self.call(node, model, rec)
+            rec["end"] = time.time()
+            with self.rlock:
+                self.records.append(rec)
 
     def pick_model(self, rng):
         i = bisect.bisect_left(self.cdf, rng.random())
@@ -1118,6 +1139,7 @@ def run(h):
     names = [f[:-4] for f in files if f[:-4] not in samples]
     bodies = request_bodies(h, names, samples)
     load = Load(h, bodies, names + samples, a.rate, a.seed)
+    h.load = load
     threading.Thread(target=sampler, args=(h,), daemon=True).start()
     load_start = time.time()
     load.start()
@@ -1227,6 +1249,8 @@ def report(h, load, counts, failed, upgrade, replay, rests, final_rest, digests,
     a = h.args
     lat = sorted((r["end"] - r["sent"]) * 1000 for r in load.records if r.get("status") == 200)
     pct = lambda q: lat[min(len(lat) - 1, int(q * (len(lat) - 1)))] if lat else 0.0
+    firsts = [r for r in load.records if r.get("first")]
+    first_bad = sum(1 for r in firsts if r.get("status") != 200 and not r.get("dead_letter"))
     lines = ["", "=" * 78,
              f"Kaa proof report: seed {a.seed}, {h.mode}, {a.nodes} nodes (+{len(h.nodes) - a.nodes} joining), "
              f"{h.total} snapshots ({a.models} generated), replication {REPLICATION}, repair grace {a.repair_grace} s",
@@ -1237,7 +1261,9 @@ def report(h, load, counts, failed, upgrade, replay, rests, final_rest, digests,
              f"calls: {counts['calls']} ({a.rate}/s open loop, max lag behind schedule {load.lag_max * 1000:.0f} ms)",
              f"  answered 200: {counts['answered']} (p50 {pct(0.5):.1f} ms, p99 {pct(0.99):.1f} ms, max {pct(1.0):.1f} ms)",
              f"  dead-lettered (503/504 naming one): {counts['dead_lettered']}",
-             f"  refused 429 (not accepted): {counts['refused_429']}"]
+             f"  refused 429 (not accepted): {counts['refused_429']}",
+             f"  of these, sent to a node the moment it was ready after a (re)start: {len(firsts)}, "
+             f"{first_bad} neither answered nor dead-lettered"]
     if failed:
         lines.append("  failed, by class:")
         for cls, n in sorted(failed.items()):
