@@ -871,6 +871,8 @@ def classify(h, rec):
 
 def since_start(h, rec):
     """`, N s after NODE was started again` when the call went to a node the schedule had restarted."""
+    if rec.get("first"):
+        return ", one of the first calls after it was ready again"
     ends = [end for name, kind, start, end in h.disturb if name == rec["node"] and end <= rec["sent"]]
     return f", {rec['sent'] - max(ends):.1f} s after it was back" if ends else ""
 
