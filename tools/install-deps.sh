@@ -15,6 +15,7 @@ packages=(
   libopenblas-serial-dev  # KaaEngine: single-threaded OpenBLAS for large matrix products
   python3 python3-venv  # tools/python-env.sh: test clients (tritonclient) and benchmark baselines, never the node
   libonnx-testdata    # KaaEngine tests: the ONNX backend node tests (/usr/share/libonnx-testdata)
+  iproute2 nftables   # tools/proof.sh in network namespaces: ip netns, tc netem, nft partitions
 )
 
 missing=()

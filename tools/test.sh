@@ -10,4 +10,6 @@ swift test --skip-build "$@"
 if [ $# -eq 0 ]; then
   # Leak checks read process-wide counters (RSS, descriptors): they run in a process of their own.
   KAA_LEAK_TESTS=1 swift test --skip-build --filter ResourceLeakTests
+  # The proof harness's short schedule (docs/proof.md) against the debug build made above.
+  tools/proof.sh --short --kaa .build/debug/kaa
 fi
