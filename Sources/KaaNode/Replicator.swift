@@ -408,29 +408,30 @@ final class Replicator {
             peerTableDigest[NodeID(answer.from)] = answer.table
             if let summary = answer.summary { peerSummary[NodeID(answer.from)] = summary }
             take(answer.entries)
-            if let records = answer.aliasRecords { takeAliases(records) }
-            if !synced && !push, let summary = answer.summary {
-                // Caught up once this book has every entry the peer has; an answer cut short
-                // for size brings the rest on the next pull, at once.
-                let behind = summary.contains { node, generation in
-                    NodeID(node) != me && (book.entries[NodeID(node)]?.generation ?? 0) < generation
-                }
-                if behind {
-                    exchange(with: peer)
-                } else {
-                    // A peer that has caught up itself knows the cluster; in a cold start, where
-                    // none has, a node knows it once it has pulled from every live peer.
-                    pulledFrom.insert(peer.id)
-                    if answer.synced != false || Set(livePeers().map(\.id)).isSubset(of: pulledFrom) {
-                        markSynced("pulled the holdings of \(peer.info.name)")
-                    }
-                }
-            }
             if answer.needEntry == true {
                 // It lacks the delta's base: the whole entry, now.
                 peerSummary[peer.id]?[me.rawValue] = nil
                 exchange(with: peer)
             }
+            // Caught up only once the alias records that came with the answer have taken effect.
+            takeAliases(answer.aliasRecords ?? []) { [self] in
+                if !synced && !push, let summary = answer.summary { caughtUp(summary, answer.synced, from: peer) }
+            }
+        }
+    }
+
+    /// After a pull's answer and its aliases were taken: marks this node synced when its book
+    /// has every entry the peer has, and the peer knows the cluster (or every live peer has
+    /// been pulled from: in a cold start none knows more than itself).
+    private func caughtUp(_ summary: [String: UInt64], _ peerSynced: Bool?, from peer: Member) {
+        let behind = summary.contains { node, generation in
+            NodeID(node) != me && (book.entries[NodeID(node)]?.generation ?? 0) < generation
+        }
+        // An answer cut short for size brings the rest on the next pull, at once.
+        if behind { return exchange(with: peer) }
+        pulledFrom.insert(peer.id)
+        if peerSynced != false || Set(livePeers().map(\.id)).isSubset(of: pulledFrom) {
+            markSynced("pulled the holdings of \(peer.info.name)")
         }
     }
 
@@ -477,9 +478,10 @@ final class Replicator {
 
     /// Records from a peer: those that supersede this node's are written to the store (off
     /// the loop), then take effect here and in serving.
-    private func takeAliases(_ records: [AliasRecord]) {
+    /// `then` runs once they have taken effect (at once when none is newer).
+    private func takeAliases(_ records: [AliasRecord], then: @escaping () -> Void = {}) {
         let newer = records.filter { r in aliasBook[r.key].map { r.supersedes($0) } ?? true }
-        guard !newer.isEmpty, !stopped else { return }
+        guard !newer.isEmpty, !stopped else { return then() }
         let store = self.store
         loop.offload({ () -> Result<[AliasRecord], SnapshotError> in
             do throws(SnapshotError) { return .success(try store.applyAliases(newer)) } catch { return .failure(error) }
@@ -490,6 +492,7 @@ final class Replicator {
             case .success(let taken):
                 adopt(taken, push: false)
             }
+            then()
         }
     }
 
