@@ -14,7 +14,8 @@ struct PublishCommand: AsyncParsableCommand {
         kaa publish DIR --to URL             upload every .kaa file in DIR, several at once
         kaa publish --model m.onnx --name N [--version V] ... --to URL
                                              build a snapshot and upload it
-        Each archive is verified locally first. Exits non-zero if any upload was refused.
+        Each archive is verified locally first. An upload a busy node refuses (503 with
+        Retry-After) is sent again for up to two minutes. Exits non-zero if any upload was refused.
         """)
 
     @Argument(help: "A .kaa file or a directory of them.") var path: String?
@@ -116,25 +117,32 @@ struct Uploader: Sendable {
             return .failure(CommandFailure("\(file): \(error.message)"))
         }
         let manifest = archive.manifest
-        guard let handle = FileHandle(forReadingAtPath: file) else {
-            return .failure(CommandFailure("cannot open \(file)"))
-        }
-        defer { try? handle.close() }
-        let length = Int(archive.archiveBytes)
-        let bar = progress ? ProgressBar(total: length, label: manifest.isDraft ? manifest.name : "\(manifest.name)@\(manifest.version)") : nil
-        let reader = ChunkReader(handle: handle)
-        let stream = HTTPClientBodyStream(length: length, next: { try reader.next() }, progress: { bar?.update($0) })
-        var request = HTTPRequest(method: .put, target: manifest.isDraft
-            ? "/kaa/v1/snapshots/\(manifest.name)" : "/kaa/v1/snapshots/\(manifest.name)/\(manifest.version)")
-        request.headers.add("content-type", "application/vnd.kaa.snapshot")
-        if let token { request.headers.add("authorization", "Bearer \(token)") }
-        if !manifest.isDraft { request.headers.add("kaa-snapshot-digest", archive.digest.description) }
-        let response: HTTPClientResponse
-        do { response = try await client.execute(request, bodyStream: stream, to: address, deadline: deadline) } catch {
+        // A node at its `max_concurrent_uploads` refuses with 503 and Retry-After: the upload
+        // waits about that long and is sent again, for up to two minutes.
+        let giveUp = Date().addingTimeInterval(120)
+        var response: HTTPClientResponse
+        while true {
+            guard let handle = FileHandle(forReadingAtPath: file) else {
+                return .failure(CommandFailure("cannot open \(file)"))
+            }
+            defer { try? handle.close() }
+            let length = Int(archive.archiveBytes)
+            let bar = progress ? ProgressBar(total: length, label: manifest.isDraft ? manifest.name : "\(manifest.name)@\(manifest.version)") : nil
+            let reader = ChunkReader(handle: handle)
+            let stream = HTTPClientBodyStream(length: length, next: { try reader.next() }, progress: { bar?.update($0) })
+            var request = HTTPRequest(method: .put, target: manifest.isDraft
+                ? "/kaa/v1/snapshots/\(manifest.name)" : "/kaa/v1/snapshots/\(manifest.name)/\(manifest.version)")
+            request.headers.add("content-type", "application/vnd.kaa.snapshot")
+            if let token { request.headers.add("authorization", "Bearer \(token)") }
+            if !manifest.isDraft { request.headers.add("kaa-snapshot-digest", archive.digest.description) }
+            do { response = try await client.execute(request, bodyStream: stream, to: address, deadline: deadline) } catch {
+                bar?.finish()
+                return .failure(CommandFailure("\(file): \(error.message)"))
+            }
             bar?.finish()
-            return .failure(CommandFailure("\(file): \(error.message)"))
+            guard response.status == 503, let after = response.headers["retry-after"].flatMap(Double.init), Date() < giveUp else { break }
+            try? await Task.sleep(for: .milliseconds(Int(min(max(after, 0.05), 2) * 1000 * Double.random(in: 0.5...1))))
         }
-        bar?.finish()
         guard response.status == 200 || response.status == 201 || response.status == 202,
               let object = response.json, let snapshot = object["snapshot"] as? [String: Any],
               let name = snapshot["name"] as? String, let version = snapshot["version"] as? Int,

@@ -82,10 +82,12 @@ import Testing
         #expect(aliases.1 == "stable\t1\n")
     }
 
+    /// Six uploads at once to a node that takes two: the refused ones (503, Retry-After) are
+    /// sent again, and only the broken archive fails.
     @Test func publishingADirectoryReportsOneSummary() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
-        let (node, port) = try NodeProcessTests.startNode(dir)
+        let (node, port) = try NodeProcessTests.startNode(dir, extra: ["--max-concurrent-uploads", "2"])
         defer { node.signal(SIGTERM); node.wait() }
         let batch = dir.path + "/batch"
         try FileManager.default.createDirectory(atPath: batch, withIntermediateDirectories: true)
