@@ -793,35 +793,33 @@ def fault_upgrade(h):
     return fault_record(h, "upgrade", order, start, "; ".join(steps))
 
 
+def hold_network_fault(h, kind, nodes, apply, heal, detail):
+    """Applies a network fault to `nodes`, holds it a seeded 6-10 s, heals it, and records it."""
+    hold = round(h.rng.uniform(6.0, 10.0), 1)
+    h.log(f"fault: {kind} {detail} for {hold} s")
+    start = time.time()
+    apply()
+    time.sleep(hold)
+    heal()
+    for n in nodes:
+        h.disturb.append((n.name, kind, start, time.time()))
+    return fault_record(h, kind, nodes, start, f"{detail}, {hold} s")
+
+
 def fault_partition(h):
     nodes = list(h.up_nodes())
     h.rng.shuffle(nodes)
     k = len(nodes) // 2
     a, b = nodes[:k], nodes[k:]
-    hold = round(h.rng.uniform(6.0, 10.0), 1)
-    h.log(f"fault: partition {{{', '.join(n.name for n in a)}}} | {{{', '.join(n.name for n in b)}}} for {hold} s")
-    start = time.time()
-    h.partition(a, b)
-    time.sleep(hold)
-    h.heal_partition()
-    for n in nodes:
-        h.disturb.append((n.name, "partition", start, time.time()))
-    return fault_record(h, "partition", nodes, start,
-                        f"{{{','.join(n.name for n in a)}}}|{{{','.join(n.name for n in b)}}} {hold} s")
+    side = lambda group: "{" + ", ".join(n.name for n in group) + "}"
+    return hold_network_fault(h, "partition", nodes, lambda: h.partition(a, b), h.heal_partition,
+                              f"{side(a)} | {side(b)}")
 
 
 def fault_netem(h):
     nodes = list(h.up_nodes())
-    hold = round(h.rng.uniform(6.0, 10.0), 1)
     spec = "delay 20ms 10ms loss 5%"
-    h.log(f"fault: netem `{spec}` on every node for {hold} s")
-    start = time.time()
-    h.netem(nodes, spec)
-    time.sleep(hold)
-    h.heal_netem()
-    for n in nodes:
-        h.disturb.append((n.name, "netem", start, time.time()))
-    return fault_record(h, "netem", nodes, start, f"{spec}, {hold} s")
+    return hold_network_fault(h, "netem", nodes, lambda: h.netem(nodes, spec), h.heal_netem, f"`{spec}` on every node")
 
 
 FAULTS = {"kill": fault_kill, "pause": fault_pause, "leave": fault_leave, "join": fault_join,

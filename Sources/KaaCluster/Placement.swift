@@ -112,7 +112,7 @@ public enum Placement {
         }
 
         /// The table of an empty cluster.
-        public static let empty = Table(holders: [:], underReplicated: [], unplaceable: [], digest: Placement.digest(of: [:]), load: [:])
+        public static let empty = Table(holders: [:], underReplicated: [], unplaceable: [], digest: Placement.hex(SHA256()), load: [:])
     }
 
     /// Computes the table. Nodes and snapshots may come in any order; duplicate node ids count once.
@@ -298,8 +298,7 @@ public enum Placement {
         }
         var load: [NodeID: UInt64] = [:]
         for i in nodes.indices { load[nodes[i].id] = loads[i] }
-        let digest = hash.finalize().map { String(format: "%02x", $0) }.joined()
-        return Table(holders: holders, underReplicated: under, unplaceable: unplaceable, digest: digest, load: load)
+        return Table(holders: holders, underReplicated: under, unplaceable: unplaceable, digest: hex(hash), load: load)
     }
 
     static func splitMixOnce(_ x: UInt64) -> UInt64 {
@@ -320,11 +319,8 @@ public enum Placement {
         hash.update(data: line)
     }
 
-    static func digest(of holders: [String: [NodeID]]) -> String {
-        var hash = SHA256()
-        for (_, key) in holders.keys.map({ (position(of: $0), $0) }).sorted(by: <) { digestLine(&hash, key, holders[key]!) }
-        return hash.finalize().map { String(format: "%02x", $0) }.joined()
-    }
+    /// The hash's digest in lowercase hex.
+    static func hex(_ hash: SHA256) -> String { hash.finalize().map { String(format: "%02x", $0) }.joined() }
 
     /// The first 8 bytes of SHA-256 of `bytes`, big-endian.
     static func hash64(_ bytes: [UInt8]) -> UInt64 {

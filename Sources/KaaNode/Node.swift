@@ -149,7 +149,7 @@ public final class Node: Sendable {
             guard request.headers["kaa-forwarded"] == nil, let replicator = replicatorCell.value,
                   let forwarder = forwarderCell.value else { return .serveHere(version: version) }
             switch replicator.route(name: name, version: version) {
-            case .unknown where !replicator.synced:
+            case .notLearnedYet:
                 // Just started or joined: the call waits until this node has learned the cluster's
                 // holdings, rather than hearing that a model held elsewhere does not exist.
                 replicator.whenSynced {

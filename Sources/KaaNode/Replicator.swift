@@ -77,10 +77,8 @@ final class Replicator {
     private var peerSummary: [NodeID: [String: UInt64]] = [:]
     private var pushPending = false
     private var lastPush: Instant?
-    /// ``local`` (or ``fetching``) changed since this node's entry was last written, and the
-    /// copies that entry lists, by key.
+    /// ``local`` (or ``fetching``) changed since this node's entry was last written.
     private var localDirty = false
-    private var published: [String: Holding] = [:]
     /// The fetches the last plan wanted, fewest ready copies first: a finished fetch starts the
     /// next from here rather than planning again.
     private var wantedFetches: [ReplicationPlan.Fetch] = []
@@ -170,6 +168,10 @@ final class Replicator {
         recompute()
         logger.info("caught up with the cluster's holdings", metadata: ["how": "\(why)", "snapshots": "\(book.readyNodes.count)",
                                                                         "seconds": "\(Double((Instant.now() - startedAt).nanosecondsClamped) / 1e9)"])
+        releaseSyncWaiters()
+    }
+
+    private func releaseSyncWaiters() {
         let waiting = syncWaiters
         syncWaiters = []
         for go in waiting { go() }
@@ -187,9 +189,7 @@ final class Replicator {
         stopped = true
         // Calls still waiting to learn the cluster are answered with what this node knows.
         synced = true
-        let waiting = syncWaiters
-        syncWaiters = []
-        for go in waiting { go() }
+        releaseSyncWaiters()
     }
 
     private func scheduleTick() {
@@ -268,11 +268,12 @@ final class Replicator {
                 view[key] = f
             }
         }
-        var upserts: [Holding] = [], removed: [String] = []
-        for (key, h) in view where published[key] != h { upserts.append(h) }
-        for key in published.keys where view[key] == nil { removed.append(key) }
-        let leaving = leavingSince != nil
+        // What differs from the entry the book has of this node.
         let previous = book.entries[me]
+        var upserts: [Holding] = [], removed: [String] = []
+        for (key, h) in view where book.holding(me, key) != h { upserts.append(h) }
+        for h in previous?.holdings ?? [] where view[h.key] == nil { removed.append(h.key) }
+        let leaving = leavingSince != nil
         if let previous, upserts.isEmpty, removed.isEmpty, previous.leaving == leaving { return }
         let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
         generation = max(generation + 1, now)
@@ -286,14 +287,12 @@ final class Replicator {
         } else {
             book.merge(me, HoldingsBook.Entry(generation: generation, holdings: Array(view.values), leaving: leaving))
         }
-        published = view
         schedulePlan()
     }
 
     /// What to send `peer` of this node's entry: nothing when it has the newest, a delta from
     /// the generation it last said it has, or the whole entry.
     private func entry(for peer: NodeID) -> (entry: HoldingsBook.Entry?, delta: EntryDelta?) {
-        flushLocal()
         guard let mine = book.entries[me] else { return (nil, nil) }
         guard let has = peerSummary[peer]?[me.rawValue] else { return (mine, nil) }
         if has >= mine.generation { return (nil, nil) }
@@ -382,6 +381,7 @@ final class Replicator {
     }
 
     private func exchange(with peer: Member, aliases: [AliasRecord] = [], push: Bool = false) {
+        flushLocal()
         let (entry, delta) = entry(for: peer.id)
         let request = ExchangeRequest(from: me.rawValue, entry: entry, delta: delta, push: push ? true : nil, summary: book.summary,
                                       members: membersDigest, table: table.digest, aliases: aliasDigest,
@@ -574,6 +574,9 @@ final class Replicator {
     enum CallRoute {
         /// The cluster does not know it: this node answers as it would alone (404 naming what exists).
         case unknown
+        /// This node does not know it and has not yet learned the cluster's holdings: ask again
+        /// once it has (``whenSynced(_:)``).
+        case notLearnedYet
         /// This node has that version ready: serve it here.
         case local(version: Int)
         /// Send it on to one of these live nodes with a ready copy.
@@ -583,6 +586,12 @@ final class Replicator {
     }
 
     func route(name: String, version: String?) -> CallRoute {
+        let route = resolve(name: name, version: version)
+        if case .unknown = route, !synced { return .notLearnedYet }
+        return route
+    }
+
+    private func resolve(name: String, version: String?) -> CallRoute {
         guard let versions = catalogVersions[name], let latest = versions.last else { return .unknown }
         let chosen: Int
         if let version {
