@@ -1,4 +1,5 @@
 import Crypto
+public import KaaCore
 
 /// Where each snapshot lives: for every snapshot, its ordered holders. A pure function of the
 /// live members, the cluster's snapshots and the replication factor: no sockets, no clock, no
@@ -379,5 +380,21 @@ public enum Placement {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+}
+
+extension Placement {
+    /// The nodes placement sees in a members view (this node's own record included): reachable
+    /// members, and dead ones still within `repairGrace` of their death, so that a node back
+    /// within the grace causes no copy. Members in `leaving` (handing their copies over) and
+    /// members that left are out at once. Weight is GiB of memory (1 to 256).
+    public static func nodes(members: [Member], leaving: Set<NodeID>, repairGrace: Duration, now: Instant) -> [Node] {
+        members.compactMap { m -> Node? in
+            guard !leaving.contains(m.id) else { return nil }
+            let counted = m.status.isReachable || (m.status == .dead && now - m.statusChangedAt < repairGrace)
+            guard counted else { return nil }
+            let gib = Int(min(m.info.capacity.memoryBytes >> 30, 256))
+            return Node(id: m.id, zone: m.info.zone, weight: max(1, gib), gpus: Int(m.info.capacity.gpuCount))
+        }
     }
 }

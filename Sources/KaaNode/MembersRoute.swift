@@ -47,9 +47,8 @@ struct PlacementRoute: Sendable {
                 return responder.respond(.error(.serviceUnavailable, "replication is not running yet"))
             }
             let only = request.query["under_replicated"].map { $0 == "true" || $0 == "1" } ?? false
-            let body = replicator.placementJSON(underReplicatedOnly: only)
-            let data = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data()
-            responder.respond(.json(.ok, Array(data)))
+            let report = replicator.placementReport(underReplicatedOnly: only)
+            replicator.loop.offload({ report.json() }) { responder.respond(.json(.ok, $0)) }
         }
     }
 }

@@ -629,17 +629,9 @@ final class Replicator {
 
     // MARK: the table
 
-    /// The nodes placement sees: live members, and dead ones within the repair grace (a node
-    /// back within it causes no copy). Members that left are out at once.
+    /// The nodes placement sees (``Placement/nodes(members:leaving:repairGrace:now:)``).
     private func placementNodes(now: Instant) -> [Placement.Node] {
-        let leaving = book.leaving
-        return gossip.members.compactMap { m -> Placement.Node? in
-            guard !leaving.contains(m.id) else { return nil }
-            let counted = m.status.isReachable || (m.status == .dead && now - m.statusChangedAt < settings.repairGrace)
-            guard counted else { return nil }
-            let gib = Int(min(m.info.capacity.memoryBytes >> 30, 256))
-            return Placement.Node(id: m.id, zone: m.info.zone, weight: max(1, gib), gpus: Int(m.info.capacity.gpuCount))
-        }
+        Placement.nodes(members: gossip.members, leaving: book.leaving, repairGrace: settings.repairGrace, now: now)
     }
 
     /// The book took a peer's change. A publish waiting for it is answered at once when the
@@ -974,47 +966,36 @@ final class Replicator {
         (table.holders[key] ?? []).filter { readyCopies[key]?.contains($0) == true }.count
     }
 
-    /// `GET /kaa/v1/placement`.
-    func placementJSON(underReplicatedOnly: Bool) -> [String: Any] {
+    /// `GET /kaa/v1/placement`, as values to write off the loop.
+    func placementReport(underReplicatedOnly: Bool) -> PlacementReport {
         let live = liveIDs
-        let names = memberNames
-        let http = Dictionary(gossip.members.map { ($0.id, $0.info.httpAddress.description) }, uniquingKeysWith: { a, _ in a })
-        var states: [String: [NodeID: Holding.State]] = [:]
+        // Copies of live nodes that the table does not name (moving in, draining).
+        var others: [String: [PlacementReport.Copy]] = [:]
         for (node, entry) in book.entries where live.contains(node) {
-            for h in entry.holdings { states[h.key, default: [:]][node] = h.state }
+            for h in entry.holdings where table.holders[h.key]?.contains(node) != true {
+                others[h.key, default: []].append(PlacementReport.Copy(node: node, state: h.state.rawValue))
+            }
         }
-        var rows: [[String: Any]] = []
+        var rows: [PlacementReport.Row] = []
+        rows.reserveCapacity(underReplicatedOnly ? 64 : table.holders.count)
         var under = 0
-        for key in table.holders.keys.sorted() {
-            let holders = table.holders[key]!
+        for (key, holders) in table.holders {
             let ready = readyHolders(key)
             let met = ready >= settings.replication
             if !met { under += 1 }
             if underReplicatedOnly && met { continue }
-            var others: [[String: Any]] = []
-            for (node, state) in (states[key] ?? [:]).sorted(by: { $0.key < $1.key }) where !holders.contains(node) {
-                others.append(["id": node.rawValue, "name": names[node] ?? node.rawValue, "state": state.rawValue])
+            let copies = holders.map { node in
+                PlacementReport.Copy(node: node, state: live.contains(node) ? (book.holding(node, key)?.state.rawValue ?? "missing") : "down")
             }
-            rows.append([
-                "name": kept[key]?.name ?? key, "version": kept[key]?.version ?? 0,
-                "holders": holders.map { node -> [String: Any] in
-                    ["id": node.rawValue, "name": names[node] ?? node.rawValue, "http_addr": http[node] ?? "",
-                     "state": live.contains(node) ? (states[key]?[node]?.rawValue ?? "missing") : "down"]
-                },
-                "others": others, "ready": ready, "replicated": met,
-            ])
+            rows.append(PlacementReport.Row(key: key, name: kept[key]?.name ?? key, version: kept[key]?.version ?? 0, holders: copies,
+                                            others: (others[key] ?? []).sorted { $0.node < $1.node }, ready: ready, replicated: met))
         }
-        let peers = livePeers()
-        var load: [String: UInt64] = [:]
-        for (node, bytes) in table.load { load[names[node] ?? node.rawValue] = bytes }
-        var out: [String: Any] = ["digest": table.digest, "replication": settings.replication, "settled": settled]
-        out["digests_agree"] = tablesAgree(peers)
-        out["snapshots_total"] = table.holders.count
-        out["under_replicated"] = under
-        out["fetching"] = fetching.count
-        out["snapshots"] = rows
-        out["load"] = load
-        return out
+        let members = gossip.members
+        return PlacementReport(
+            digest: table.digest, replication: settings.replication, settled: settled, digestsAgree: tablesAgree(livePeers()),
+            snapshotsTotal: table.holders.count, underReplicated: under, fetching: fetching.count, rows: rows, load: table.load,
+            names: Dictionary(members.map { ($0.id, $0.info.name) }, uniquingKeysWith: { a, _ in a }),
+            httpAddresses: Dictionary(members.map { ($0.id, $0.info.httpAddress.description) }, uniquingKeysWith: { a, _ in a }))
     }
 
     /// Lines for `/metrics`.
