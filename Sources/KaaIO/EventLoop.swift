@@ -21,6 +21,7 @@ public final class EventLoop: @unchecked Sendable {
     private var handles: [ObjectIdentifier: LoopHandle] = [:]
     private let finished = DispatchSemaphore(value: 0)
     private let stopping = Atomic<Bool>(false)
+    private let offloads = Atomic<Int>(0)
     /// Scratch buffer for socket reads: data is consumed inside the read callback, so one
     /// buffer serves every connection on the loop.
     let readBuffer: UnsafeMutableRawBufferPointer
@@ -157,17 +158,23 @@ public final class EventLoop: @unchecked Sendable {
     public func offload<T>(_ work: @escaping @Sendable () -> T, then: @escaping (T) -> Void) {
         assertInLoop()
         let job: OffloadJob = TypedOffloadJob(work: work, then: then)
+        offloads.add(1, ordering: .relaxed)
         let req = UnsafeMutablePointer<uv_work_t>.allocate(capacity: 1)
         req.pointee.data = Unmanaged.passRetained(job).toOpaque()
         let rc = uv_queue_work(raw, req, { req in
             Unmanaged<OffloadJob>.fromOpaque(req!.pointee.data).takeUnretainedValue().perform()
         }, { req, status in
             let job = Unmanaged<OffloadJob>.fromOpaque(req!.pointee.data).takeRetainedValue()
+            Unmanaged<EventLoop>.fromOpaque(req!.pointee.loop.pointee.data).takeUnretainedValue().offloads.subtract(1, ordering: .relaxed)
             req!.deallocate()
             job.finish()
         })
         precondition(rc == 0, "uv_queue_work failed: \(rc)")
     }
+
+    /// Jobs handed to the thread pool by ``offload(_:then:)`` whose `then` has not run yet. The
+    /// loop does not end before they have. Safe from any thread.
+    public var offloadsInFlight: Int { offloads.load(ordering: .relaxed) }
 
     /// Asks the loop to close every handle and return; blocks until the loop thread ends.
     /// MUST NOT be called on the loop thread.

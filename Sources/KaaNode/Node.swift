@@ -42,8 +42,12 @@ public final class Node: Sendable {
         var gossip: LoopBound<GossipShell>?
         var frames: FrameClient?
         var serving: LoopBound<ModelServer>?
+        var lag: LoopBound<LoopLag>?
         var signals: [LoopBound<SignalWatcher>] = []
         var stopping = false
+        /// What a shutdown under way is doing now, for the watchdog's report.
+        var stage = ""
+        var finished = false
     }
 
     /// Creates the node, its data directory and its loop; binds nothing yet.
@@ -133,6 +137,12 @@ public final class Node: Sendable {
             readiness.value.mark(.store)
             return LoopBound(server, loop: loop)
         }
+        let lag = loop.runBlocking { [loop, logger] in
+            let lag = LoopLag(loop: loop, logger: logger)
+            lag.start()
+            return LoopBound(lag, loop: loop)
+        }
+        state.withLock { $0.lag = lag }
         let replicatorCell = replicator
         let forwarderCell = LoopCell<Forwarder>(loop: loop)
         let routesCell = LoopCell<HTTPRouter>(loop: loop)
@@ -140,7 +150,7 @@ public final class Node: Sendable {
                                       retainBytes: Int64(config.deadLetterMaxBytes), logger: logger)
         deadLetters.addRoutes(to: &router)
         var inference = InferenceAPI(server: serving, metrics: metrics, store: store, config: config.serving,
-                                     moreMetrics: { (replicatorCell.value?.metricsText ?? "") + (forwarderCell.value?.metricsText ?? "") })
+                                     moreMetrics: { lag.value.metricsText + (replicatorCell.value?.metricsText ?? "") + (forwarderCell.value?.metricsText ?? "") })
         inference.moreMetricsOffLoop = { deadLetters.metricsText }
         inference.deadLetters = deadLetters
         // Any node answers for any model: a call for a version held elsewhere goes to a holder.
@@ -338,11 +348,13 @@ public final class Node: Sendable {
             return ($0.http, $0.peer, $0.signals, $0.gossip, $0.serving)
         }
         guard let (http, peer, signals, gossip, serving) = servers else { return }
+        startShutdownWatchdog()
         let replicator = self.replicator
         loop.execute { [self] in
             for watcher in signals { watcher.value.close() }
             // First the copies this node holds are made elsewhere (bounded by leave_timeout).
             guard let handover = replicator.value else { return stopServing(http: http, peer: peer, gossip: gossip, serving: serving) }
+            shutdownStage("handing this node's copies over to other nodes (leave_timeout \(config.leaveTimeout))")
             handover.beginLeave { [self] in
                 handover.stop()
                 stopServing(http: http, peer: peer, gossip: gossip, serving: serving)
@@ -357,12 +369,15 @@ public final class Node: Sendable {
         let logger = self.logger
         gossip?.value.leave() // tell the others before going quiet
         let finish = { [self] in
+            shutdownStage("closing gossip and the peer plane")
             gossip?.value.stop()
+            state.withLock { $0.lag }?.value.stop()
             peer?.shutdownOnLoop()
             logger.info("node stopped")
             stopped.signal()
         }
         guard let http else { return finish() }
+        shutdownStage("letting calls in flight finish (shutdown_grace \(grace))")
         // Calls still running when the grace ends are answered (503), not dropped.
         http.shutdownOnLoop(grace: grace, graceEnded: { serving?.value.endGrace() }) {
             // Give the leave announcement a couple of protocol periods to travel.
@@ -373,8 +388,35 @@ public final class Node: Sendable {
     /// Blocks until a shutdown has finished, then stops the loop.
     public func waitUntilStopped() {
         stopped.wait()
+        shutdownStage("ending the event loop once its background jobs are done")
         loop.shutdown()
         dataLock.release()
+        state.withLock { $0.finished = true }
+    }
+
+    private func shutdownStage(_ stage: String) {
+        state.withLock { $0.stage = stage }
+        logger.info("shutdown: \(stage)")
+    }
+
+    /// How long a graceful shutdown may take before the watchdog ends the process.
+    var shutdownLimit: Duration { config.leaveTimeout + config.shutdownGrace + .seconds(30) }
+
+    /// A graceful shutdown has a bound: the handover, the grace for calls in flight, and 30 s
+    /// more. Past it the node says where it was stuck and exits with status 1 rather than
+    /// leave a supervisor waiting; the store is crash-safe, as after any kill.
+    private func startShutdownWatchdog() {
+        let limit = shutdownLimit
+        let seconds = Double(limit.nanosecondsClamped) / 1e9
+        DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [self] in
+            let (finished, stage) = state.withLock { ($0.finished, $0.stage) }
+            guard !finished else { return }
+            logger.critical("shutdown did not finish within \(limit); exiting now", metadata: [
+                "stuck_at": "\(stage.isEmpty ? "starting the shutdown" : stage)",
+                "background_jobs": "\(loop.offloadsInFlight)",
+            ])
+            _exit(1)
+        }
     }
 
     /// The address other nodes use for a bound `address`: the advertised host when set, else

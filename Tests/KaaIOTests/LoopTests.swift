@@ -179,3 +179,21 @@ import Testing
         loop.runBlocking { tcp.value.close() }
     }
 }
+
+extension LoopTests {
+    @Test func theLoopCountsTheJobsItHandedToThePoolUntilTheirAnswerRuns() throws {
+        let loop = EventLoop.start(name: "offloads")
+        defer { loop.shutdown() }
+        let release = DispatchSemaphore(value: 0), answered = DispatchSemaphore(value: 0)
+        loop.execute {
+            for _ in 0..<2 { loop.offload({ release.wait() }) { answered.signal() } }
+        }
+        #expect(loop.runBlocking { loop.offloadsInFlight } == 2)
+        release.signal()
+        answered.wait()
+        #expect(loop.runBlocking { loop.offloadsInFlight } == 1)
+        release.signal()
+        answered.wait()
+        #expect(loop.runBlocking { loop.offloadsInFlight } == 0)
+    }
+}
