@@ -828,6 +828,16 @@ FAULTS = {"kill": fault_kill, "pause": fault_pause, "leave": fault_leave, "join"
 
 def schedule(h):
     a = h.args
+    if a.faults:
+        kinds = [k.strip() for k in a.faults.split(",") if k.strip()]
+        unknown = [k for k in kinds if k not in FAULTS]
+        if unknown:
+            raise Abort(f"--faults: unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
+        if h.mode != "namespaces" and {"partition", "netem"} & set(kinds):
+            raise Abort("--faults: partition and netem need namespaces mode (root, `ip netns`, nft)")
+        if "netem" in kinds and not h.netem_ok:
+            raise Abort("--faults: netem needs the kernel's sch_netem, which this machine lacks")
+        return kinds
     kinds = ["kill", "pause"]
     if a.short:
         if h.mode == "namespaces":
@@ -1030,6 +1040,9 @@ def parse_args(argv):
                    help="seconds within which the cluster must be back at the replication factor after a fault (default 120; --short: 240)")
     p.add_argument("--short", action="store_true",
                    help="the CI schedule: 3 nodes, 1,000 models, one kill and restart, one pause, one partition in namespaces")
+    p.add_argument("--faults", default=None,
+                   help="the faults to inject, in this order, comma-separated (from: " + ", ".join(FAULTS)
+                        + "); default: the schedule's own, shuffled by the seed")
     p.add_argument("--keep", action="store_true", help="keep the work directory (it is also kept when a check fails)")
     a = p.parse_args(argv)
     d = {"nodes": (3, 5), "models": (1000, 10000), "duration": (60, 300), "rate": (30, 100), "repair_bound": (240, 120)}
