@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): repair after a SIGKILL on five release nodes on loopback.
+# Benchmark (not a test): COUNT snapshots (10,000 for the figures) on five release nodes on loopback: publish, idle
+# traffic, cold and warm calls, and repair after a SIGKILL.
 #   1. builds COUNT distinct small archives (iris-logreg under the names r00000, r00001, ...,
 #      each its own manifest and digest) and `probe` (the same model), with `kaa snapshot build`;
 #   2. starts five nodes (replication 2, repair_grace GRACE seconds, placement_settle 5 s),
 #      publishes everything to node 1 with `kaa publish DIR --parallel PARALLEL` (each upload answers
 #      once two holders have it), and waits until every node reports nothing under-replicated;
 #      prints the publish time, each node's RSS and the bytes of its store;
-#   3. calls `probe` on a holder that survives, 200 calls a second (one connection, each call
+#   3. at idle for 60 s: the gossip (UDP and push-pull) and holdings anti-entropy bytes each
+#      node sends a second;
+#   4. calls every snapshot once (cold: its holder loads it) and again (warm), in a random
+#      order, each through a random node, 8 calls at a time: latency p50/p99 of each round;
+#   5. calls `probe` on a holder that survives, 200 calls a second (one connection, each call
 #      timed), from 20 s before the kill to the end of the repair;
-#   4. SIGKILLs the node that holds the most bytes and measures: when the survivors declare it
+#   6. SIGKILLs the node that holds the most bytes and measures: when the survivors declare it
 #      dead (their under-replicated count rises), when every survivor reports every snapshot back
 #      at two ready holders, the bytes the survivors fetched, and probe's latency during the
 #      repair (from the end of the grace to restored) against the 20 s before the kill.
@@ -87,7 +92,57 @@ for i in 0 1 2 3 4; do
        "catalog $(du -cb "$work/n$((i + 1))"/catalog.sqlite* | awk 'END {printf "%.1f MiB", $1 / 1048576}')"
 done
 
-# 3. The victim (the node holding the most bytes) and a probe holder that survives.
+# 3. At idle: gossip and holdings anti-entropy bytes per node over 60 s, no calls, no publishes.
+bytes_of() { curl -sf "http://127.0.0.1:$1/metrics" | awk '
+  /^kaa_gossip_bytes_total\{direction="sent"/ {g += $2}
+  /^kaa_holdings_exchange_bytes_total\{direction="sent"/ {h += $2}
+  END {printf "%d %d\n", g, h}'; }
+declare -a g0 h0
+for i in 0 1 2 3 4; do read -r g0[$i] h0[$i] <<<"$(bytes_of "${http[$i]}")"; done
+sleep 60
+echo "at idle with $total snapshots, bytes sent per node per second over 60 s (gossip: UDP and push-pull; anti-entropy: holdings frames):"
+for i in 0 1 2 3 4; do
+  read -r g h <<<"$(bytes_of "${http[$i]}")"
+  echo "  n$((i + 1)): gossip $(( (g - g0[i]) / 60 )) B/s, anti-entropy $(( (h - h0[i]) / 60 )) B/s"
+done
+
+# 4. Cold and warm calls: every snapshot called once (its holder loads it), then once more, in
+#    a random order, each through a random node, 8 at a time.
+python3 - "$total" "${http[@]}" <<'PY'
+import http.client, json, random, sys, threading, time
+total, ports = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
+names = [f"r{i:05d}" for i in range(total - 1)] + ["probe"]
+body = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]})
+def round_(label, seed):
+    order = names[:]; random.Random(seed).shuffle(order)
+    lat, bad, lock, it = [], [0], threading.Lock(), iter(order)
+    def work(w):
+        rng = random.Random(seed * 100 + w)
+        conns = {p: http.client.HTTPConnection("127.0.0.1", p, timeout=30) for p in ports}
+        while True:
+            with lock:
+                name = next(it, None)
+            if name is None: return
+            p = rng.choice(ports); t = time.perf_counter()
+            try:
+                conns[p].request("POST", f"/v2/models/{name}/infer", body, {"Content-Type": "application/json"})
+                r = conns[p].getresponse(); r.read(); ok = r.status == 200
+            except Exception:
+                ok = False; conns[p] = http.client.HTTPConnection("127.0.0.1", p, timeout=30)
+            with lock:
+                if ok: lat.append(time.perf_counter() - t)
+                else: bad[0] += 1
+    t0 = time.time(); ts = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    lat.sort(); pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
+    print(f"  {label}: {len(lat)} calls in {time.time() - t0:.1f} s, p50 {pct(0.5):.2f} ms, p99 {pct(0.99):.2f} ms, max {lat[-1] * 1000:.1f} ms, {bad[0]} not 200")
+print(f"calls to each of the {total} snapshots through a random node of five, 8 at a time:")
+round_("cold (first call of each)", 1)
+round_("warm (second call of each)", 2)
+PY
+
+# 5. The victim (the node holding the most bytes) and a probe holder that survives.
 read -r victim client_port <<<"$(curl -sf "http://127.0.0.1:${http[0]}/kaa/v1/placement" | python3 -c '
 import json, sys
 p = json.load(sys.stdin)
@@ -120,7 +175,7 @@ PY
 pids+=($!); client=$!
 sleep 20
 
-# 4. The kill.
+# 6. The kill.
 kill_ms=$(now_ms)
 kill -9 "${node_pid[$v]}"; wait "${node_pid[$v]}" 2>/dev/null || true
 detect_ms=""

@@ -29,6 +29,9 @@ public final class GossipShell {
     /// Gossip bytes sent and received over UDP.
     public private(set) var bytesSent = 0
     public private(set) var bytesReceived = 0
+    /// Push-pull (full membership state over the peer plane) bytes sent and received.
+    public private(set) var pushPullBytesSent = 0
+    public private(set) var pushPullBytesReceived = 0
 
     init(loop: EventLoop, instance: SWIMInstance, keyring: Keyring, frames: FrameClient,
          incarnationFile: String, logger: Logger) {
@@ -136,11 +139,13 @@ public final class GossipShell {
             return
         }
         let bound = LoopBound(self, loop: loop)
+        pushPullBytesSent += payload.count
         frames.request(to: peer, type: Node.PeerFrameType.pushPull, payload: payload, deadline: .seconds(3)) { result in
             let shell = bound.value
             guard !shell.stopped else { return }
             switch result {
             case .success(let frame):
+                shell.pushPullBytesReceived += frame.payload.count
                 do {
                     let state = try WireCodec.decodePushPull(shell.keyring.open(frame.payload))
                     shell.run(shell.instance.onPushPull(state, now: .now()))
@@ -158,6 +163,7 @@ public final class GossipShell {
     /// Answers a peer's push-pull frame with this node's state, then merges the peer's.
     func answerPushPull(_ frame: Frame, _ responder: FrameResponder) {
         guard !stopped else { return responder.fail(.notReady, "node is stopping") }
+        pushPullBytesReceived += frame.payload.count
         let remote: PushPullState
         do { remote = try WireCodec.decodePushPull(keyring.open(frame.payload)) } catch {
             droppedPackets += 1
@@ -168,7 +174,9 @@ public final class GossipShell {
             return
         }
         do {
-            responder.respond(try keyring.seal(WireCodec.encode(instance.makePushPullState(isJoin: remote.isJoin))))
+            let answer = try keyring.seal(WireCodec.encode(instance.makePushPullState(isJoin: remote.isJoin)))
+            pushPullBytesSent += answer.count
+            responder.respond(answer)
         } catch {
             responder.fail(.internal, "cannot seal state: \(error)")
         }

@@ -120,6 +120,8 @@ final class Replicator {
 
     private(set) var repairBytes: UInt64 = 0
     private(set) var tableChanges = 0
+    /// Bytes of holdings frames (anti-entropy) sent and received, requests and answers.
+    private(set) var exchangeBytesSent = 0, exchangeBytesReceived = 0
     private(set) var fetchFailures = 0
     private(set) var copiesDropped = 0
 
@@ -387,6 +389,7 @@ final class Replicator {
                                       members: membersDigest, table: table.digest, aliases: aliasDigest,
                                       aliasRecords: aliases.isEmpty ? nil : aliases)
         guard let payload = try? JSONEncoder().encode(request) else { return }
+        exchangeBytesSent += payload.count
         let bound = LoopBound(self, loop: loop)
         frames.request(to: peer.info.peerAddress, type: Node.PeerFrameType.holdings, payload: Array(payload),
                        deadline: .seconds(10)) { result in
@@ -401,6 +404,7 @@ final class Replicator {
         case .failure(let error):
             logger.debug("holdings exchange failed", metadata: ["peer": "\(peer.info.name)", "error": "\(error.message)"])
         case .success(let frame):
+            exchangeBytesReceived += frame.payload.count
             guard let answer = try? JSONDecoder().decode(ExchangeAnswer.self, from: Data(frame.payload)) else {
                 return logger.warning("a peer's holdings answer does not decode", metadata: ["peer": "\(peer.info.name)"])
             }
@@ -437,6 +441,7 @@ final class Replicator {
 
     /// Answers a peer's `holdings` frame: takes its entry, sends what it lacks.
     func answer(_ frame: Frame, _ responder: FrameResponder) {
+        exchangeBytesReceived += frame.payload.count
         let request: ExchangeRequest
         do { request = try JSONDecoder().decode(ExchangeRequest.self, from: Data(frame.payload)) } catch {
             return responder.fail(.badRequest, "holdings wants JSON {from, entry, summary, members, table}: \(error)")
@@ -463,6 +468,7 @@ final class Replicator {
         let answer = ExchangeAnswer(from: me.rawValue, entries: entries, members: membersDigest, table: table.digest, summary: book.summary,
                                     aliasRecords: aliases, needEntry: needEntry ? true : nil, synced: synced)
         guard let payload = try? JSONEncoder().encode(answer) else { return responder.fail(.internal, "cannot encode holdings") }
+        exchangeBytesSent += payload.count
         responder.respond(Array(payload))
     }
 
@@ -1026,6 +1032,16 @@ final class Replicator {
         # HELP kaa_placement_table_changes_total Times this node's placement table changed.
         # TYPE kaa_placement_table_changes_total counter
         kaa_placement_table_changes_total \(tableChanges)
+        # HELP kaa_holdings_exchange_bytes_total Bytes of holdings anti-entropy (the peer plane's holdings frames) this node sent and received.
+        # TYPE kaa_holdings_exchange_bytes_total counter
+        kaa_holdings_exchange_bytes_total{direction="sent"} \(exchangeBytesSent)
+        kaa_holdings_exchange_bytes_total{direction="received"} \(exchangeBytesReceived)
+        # HELP kaa_gossip_bytes_total Bytes of SWIM gossip this node sent and received: UDP datagrams, and push-pull state over the peer plane.
+        # TYPE kaa_gossip_bytes_total counter
+        kaa_gossip_bytes_total{direction="sent",channel="udp"} \(gossip.bytesSent)
+        kaa_gossip_bytes_total{direction="received",channel="udp"} \(gossip.bytesReceived)
+        kaa_gossip_bytes_total{direction="sent",channel="push_pull"} \(gossip.pushPullBytesSent)
+        kaa_gossip_bytes_total{direction="received",channel="push_pull"} \(gossip.pushPullBytesReceived)
 
         """
     }

@@ -31,6 +31,18 @@ import Testing
     }
 
     /// Every snapshot on exactly its table holders, ready, and every node with the same table.
+    /// Node `port`'s `/metrics`, sample by sample (name with labels → value).
+    static func metrics(_ port: UInt16) -> [String: Double] {
+        guard let c = try? RawSocket(port: port, timeout: 30), (try? c.send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")) != nil,
+              let body = try? c.readResponse().body else { return [:] }
+        var out: [String: Double] = [:]
+        for line in String(decoding: body, as: UTF8.self).split(separator: "\n") where !line.hasPrefix("#") {
+            guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
+            out[String(line[..<space])] = value
+        }
+        return out
+    }
+
     static func atRest(_ ports: [UInt16], expecting count: Int) -> Bool { whyNotAtRest(ports, expecting: count) == nil }
 
     /// What keeps the cluster from being at rest, nil when it is.
@@ -109,6 +121,15 @@ import Testing
             let stored = Set((listed["snapshots"] as? [[String: Any]] ?? []).map { "\($0["name"] as? String ?? "?")@\($0["version"] as? Int ?? 0)" })
             let expected = Set(table.filter { $0.value.holders.contains(n.name) }.map(\.key))
             #expect(stored == expected, "\(n.name) holds \(stored.count), its share is \(expected.count)")
+        }
+
+        // What the cluster's own traffic cost is counted: gossip and holdings anti-entropy.
+        for n in nodes {
+            let m = ReplicationLiveTests.metrics(n.http)
+            #expect((m["kaa_holdings_exchange_bytes_total{direction=\"sent\"}"] ?? 0) > 0, "\(n.name)")
+            #expect((m["kaa_holdings_exchange_bytes_total{direction=\"received\"}"] ?? 0) > 0, "\(n.name)")
+            #expect((m["kaa_gossip_bytes_total{direction=\"sent\",channel=\"udp\"}"] ?? 0) > 0, "\(n.name)")
+            #expect((m["kaa_loop_lag_seconds_count"] ?? 0) > 0, "\(n.name)")
         }
 
         // SIGKILL one node: after the grace, every snapshot is back at two ready copies.
