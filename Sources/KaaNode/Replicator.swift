@@ -47,8 +47,11 @@ final class Replicator {
 
     private var book = HoldingsBook()
     private var generation: UInt64 = 0
-    private var local: [String: Holding] = [:]
-    private var fetching: Set<String> = []
+    private var local = LocalCopies()
+    /// Keys being fetched here; each change marks the key in `local` (the entry lists them).
+    private var fetching: Set<String> = [] {
+        didSet { local.touch(oldValue.symmetricDifference(fetching)) }
+    }
     private var dropping: Set<String> = []
     /// When a fetch or a drop of a key that failed may be tried again: a broken source costs
     /// one log line every 10 s, not one a second; a copy still in use is tried each second.
@@ -242,7 +245,7 @@ final class Replicator {
         let store = self.store
         loop.offload({ ((try? store.list()) ?? []).filter { $0.state == .ready } }) { [self] records in
             guard !stopped else { return }
-            local = Dictionary(records.map { ($0.id.description, holding($0)) }, uniquingKeysWith: { a, _ in a })
+            local.replaceAll(with: Dictionary(records.map { ($0.id.description, holding($0)) }, uniquingKeysWith: { a, _ in a }))
             loaded = true
             publishLocal()
             then()
@@ -260,36 +263,49 @@ final class Replicator {
     /// store has been read: an entry without the copies on disk would tell the cluster they
     /// are gone.
     private func flushLocal() {
-        guard loaded, localDirty || book.entries[me] == nil else { return }
+        guard loaded, localDirty || local.hasChanges || book.entries[me] == nil else { return }
         localDirty = false
-        var view = local
-        for key in fetching where local[key] == nil {
-            if var f = kept[key] {
-                f.state = .fetching
-                f.aliased = false
-                view[key] = f
-            }
-        }
-        // What differs from the entry the book has of this node.
-        let previous = book.entries[me]
-        var upserts: [Holding] = [], removed: [String] = []
-        for (key, h) in view where book.holding(me, key) != h { upserts.append(h) }
-        for h in previous?.holdings ?? [] where view[h.key] == nil { removed.append(h.key) }
+        let changed = local.takeChanges()
         let leaving = leavingSince != nil
-        if let previous, upserts.isEmpty, removed.isEmpty, previous.leaving == leaving { return }
         let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
-        generation = max(generation + 1, now)
-        if let previous {
-            let delta = EntryDelta(base: previous.generation, generation: generation,
-                                   upserts: upserts.sorted { ($0.name, $0.version) < ($1.name, $1.version) },
-                                   removed: removed.sorted(), leaving: leaving)
-            book.apply(me, delta)
-            ownLog.append(delta)
-            if ownLog.count > 1_000 { ownLog.removeFirst(ownLog.count - 1_000) }
-        } else {
-            book.merge(me, HoldingsBook.Entry(generation: generation, holdings: Array(view.values), leaving: leaving))
+        guard let previous = book.entries[me] else {
+            generation = max(generation + 1, now)
+            book.merge(me, HoldingsBook.Entry(generation: generation, holdings: Set(local.keys).union(fetching).compactMap(listed), leaving: leaving))
+            return schedulePlan()
         }
+        // What differs from the entry the book has of this node, among the keys that changed.
+        var upserts: [Holding] = [], removed: [String] = []
+        for key in changed {
+            let now = listed(key), was = book.holding(me, key)
+            if now == was { continue }
+            if let now { upserts.append(now) } else { removed.append(key) }
+        }
+        assert(Set(upserts.map(\.key)).union(removed) == wholeDiff(from: previous), "an unmarked change of this node's copies")
+        if upserts.isEmpty, removed.isEmpty, previous.leaving == leaving { return }
+        generation = max(generation + 1, now)
+        let delta = EntryDelta(base: previous.generation, generation: generation,
+                               upserts: upserts.sorted { ($0.name, $0.version) < ($1.name, $1.version) },
+                               removed: removed.sorted(), leaving: leaving)
+        book.apply(me, delta)
+        ownLog.append(delta)
+        if ownLog.count > 1_000 { ownLog.removeFirst(ownLog.count - 1_000) }
         schedulePlan()
+    }
+
+    /// How this node's entry lists `key`: its copy, or a copy being fetched; nil when neither.
+    private func listed(_ key: String) -> Holding? {
+        if let h = local[key] { return h }
+        guard fetching.contains(key), var f = kept[key] else { return nil }
+        f.state = .fetching
+        f.aliased = false
+        return f
+    }
+
+    /// Every key whose listing differs from `previous` (debug builds check the marks with it).
+    private func wholeDiff(from previous: HoldingsBook.Entry) -> Set<String> {
+        var keys = Set(local.keys).union(fetching)
+        keys.formUnion(previous.holdings.map(\.key))
+        return keys.filter { listed($0) != book.holding(me, $0) }
     }
 
     /// What to send `peer` of this node's entry: nothing when it has the newest, a delta from
@@ -541,7 +557,7 @@ final class Replicator {
         }
         aliasDigest = aliasBook.isEmpty ? "" : hash.finalize().map { String(format: "%02x", $0) }.joined()
         var marked = false
-        for (key, h) in local where h.aliased != aliasTargets.contains(key) {
+        for (key, h) in local.all where h.aliased != aliasTargets.contains(key) {
             local[key]!.aliased.toggle()
             marked = true
         }
@@ -717,7 +733,7 @@ final class Replicator {
         guard !stopped, loaded else { return }
         // A leaving node keeps what it has (it may come back with it) and copies nothing.
         if leavingSince != nil { return checkLeave() }
-        var input = ReplicationPlan.Input(me: me, table: table, ready: readyCopies, local: local,
+        var input = ReplicationPlan.Input(me: me, table: table, ready: readyCopies, local: local.all,
                                           fetching: fetching, retired: retired, replication: settings.replication,
                                           settled: settled)
         let peers = livePeers()
@@ -733,7 +749,7 @@ final class Replicator {
         }
         // A copy being drained goes on being dropped until it is gone, unless the table gave it
         // back to this node.
-        for (key, holding) in local where holding.state == .draining && !dropping.contains(key) && retryAt[key] == nil {
+        for (key, holding) in local.all where holding.state == .draining && !dropping.contains(key) && retryAt[key] == nil {
             if table.holders[key]?.contains(me) == true && !retired.contains(key), let id = try? SnapshotID(name: holding.name, version: holding.version) {
                 local[key]?.state = .ready
                 publishLocal()
@@ -1058,4 +1074,44 @@ extension Holding {
         self.init(name: record.id.name, version: record.id.version, digest: record.digest.description, size: record.size,
                   state: .ready, draft: record.isDraft, accelerator: accelerator)
     }
+}
+
+/// This node's copies by key, remembering which keys changed since the entry was last
+/// written, so that writing it costs the changes, not the copies.
+struct LocalCopies {
+    private(set) var all: [String: Holding] = [:]
+    private var changed: Set<String> = []
+
+    subscript(key: String) -> Holding? {
+        get { all[key] }
+        set {
+            all[key] = newValue
+            changed.insert(key)
+        }
+    }
+
+    @discardableResult
+    mutating func removeValue(forKey key: String) -> Holding? {
+        changed.insert(key)
+        return all.removeValue(forKey: key)
+    }
+
+    mutating func replaceAll(with copies: [String: Holding]) {
+        changed.formUnion(all.keys)
+        changed.formUnion(copies.keys)
+        all = copies
+    }
+
+    /// Marks keys whose listing changed for another reason (a fetch began or ended).
+    mutating func touch(_ keys: Set<String>) { changed.formUnion(keys) }
+
+    var hasChanges: Bool { !changed.isEmpty }
+
+    mutating func takeChanges() -> Set<String> {
+        defer { changed = [] }
+        return changed
+    }
+
+    var keys: Dictionary<String, Holding>.Keys { all.keys }
+    var count: Int { all.count }
 }
