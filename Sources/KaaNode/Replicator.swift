@@ -276,9 +276,9 @@ final class Replicator {
         // What differs from the entry the book has of this node, among the keys that changed.
         var upserts: [Holding] = [], removed: [String] = []
         for key in changed {
-            let now = listed(key), was = book.holding(me, key)
-            if now == was { continue }
-            if let now { upserts.append(now) } else { removed.append(key) }
+            let listing = listed(key)
+            if listing == book.holding(me, key) { continue }
+            if let listing { upserts.append(listing) } else { removed.append(key) }
         }
         assert(Set(upserts.map(\.key)).union(removed) == wholeDiff(from: previous), "an unmarked change of this node's copies")
         if upserts.isEmpty, removed.isEmpty, previous.leaving == leaving { return }
