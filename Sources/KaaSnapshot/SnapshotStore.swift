@@ -448,11 +448,12 @@ public final class SnapshotStore: Sendable {
         return report
     }
 
+    static let retiringNamesQuery = "SELECT DISTINCT name FROM snapshot WHERE state = ? ORDER BY name"
+
     private func namesWithRetiringVersions() throws(SnapshotError) -> [String] {
         try catalog.run("list retiring") {
             try catalog.pool.read { db in
-                try String.fetchAll(db, sql: "SELECT DISTINCT name FROM snapshot WHERE state = ? ORDER BY name",
-                                    arguments: [SnapshotRecord.State.retiring.rawValue])
+                try String.fetchAll(db, sql: Self.retiringNamesQuery, arguments: [SnapshotRecord.State.retiring.rawValue])
             }
         }
     }

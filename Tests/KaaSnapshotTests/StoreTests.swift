@@ -463,3 +463,17 @@ struct StoreFixture {
         #expect(extracted.uint64Value == built.manifest.modelFile!.size)
     }
 }
+
+extension StoreTests {
+    /// Retention runs after every stored snapshot and asks which models have retiring versions:
+    /// an index answers that, not a scan of every row and its manifest.
+    @Test func theRetiringVersionsAreFoundThroughAnIndex() throws {
+        let f = try StoreFixture()
+        let plan = try f.store.catalog.pool.read { db in
+            try Row.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + SnapshotStore.retiringNamesQuery, arguments: ["retiring"]).map { $0["detail"] as String }
+        }
+        #expect(plan.contains { $0.contains("USING COVERING INDEX snapshot_by_state") }, "\(plan)")
+        // A search by state, not a scan of the table in the primary key's order.
+        #expect(!plan.contains { $0.hasPrefix("SCAN") }, "\(plan)")
+    }
+}
