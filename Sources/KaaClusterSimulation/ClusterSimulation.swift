@@ -181,6 +181,26 @@ public final class ClusterSimulation {
         return condition()
     }
 
+    /// Adds `n` nodes to an empty simulation, starts them `spacing` apart, each joining through
+    /// node 0, and runs until every one sees every other alive, for at most `limit`. Returns
+    /// the time from the first start, nil when they did not converge. `progress` runs after
+    /// each simulated second of the wait.
+    public func formCluster(_ n: Int, settings: SWIMSettings = SWIMSettings(), spacing: Duration, limit: Duration = .seconds(600),
+                            progress: () -> Void = {}) -> Duration? {
+        precondition(nodes.isEmpty, "formCluster starts an empty simulation")
+        for _ in 0..<n { addNode(settings: settings) }
+        let t0 = now
+        start(0, seeds: [])
+        for i in 1..<n { start(i, seeds: [0], at: t0 + spacing * i) }
+        run(until: t0 + spacing * n)
+        let all = Array(0..<n)
+        guard run(step: .seconds(1), limit: limit, until: {
+            progress()
+            return converged(all)
+        }) else { return nil }
+        return now - t0
+    }
+
     // MARK: Views
 
     /// Indexes of nodes that are up or paused.

@@ -46,15 +46,9 @@ public struct PlacementChurn {
     public static func run(_ o: Options, progress: (String) -> Void = { _ in }) -> Report {
         let sim = ClusterSimulation(seed: o.seed)
         var report = Report(formed: false)
-        for _ in 0..<o.nodes { sim.addNode(settings: o.swim) }
-        let t0 = sim.now
-        sim.start(0, seeds: [])
-        for i in 1..<o.nodes { sim.start(i, seeds: [0], at: t0 + .milliseconds(5) * i) }
-        sim.run(until: t0 + .milliseconds(5) * o.nodes)
-        let formed = sim.run(step: .seconds(1), limit: .seconds(600)) { sim.converged(Array(0..<o.nodes)) }
-        guard formed else { return report }
+        guard let formedIn = sim.formCluster(o.nodes, settings: o.swim, spacing: .milliseconds(5)) else { return report }
         report.formed = true
-        progress("\(o.nodes) nodes formed a cluster in \(((sim.now - t0).seconds * 10).rounded() / 10) s simulated")
+        progress("\(o.nodes) nodes formed a cluster in \((formedIn.seconds * 10).rounded() / 10) s simulated")
 
         let catalog = PlacementScenario(nodes: 0, snapshots: o.snapshots, seed: o.seed).snapshots
         let sizes = Dictionary(uniqueKeysWithValues: catalog.map { ($0.key, $0.bytes) })

@@ -42,7 +42,6 @@ public final class Node: Sendable {
         var gossip: LoopBound<GossipShell>?
         var frames: FrameClient?
         var serving: LoopBound<ModelServer>?
-        var lag: LoopBound<LoopLag>?
         var signals: [LoopBound<SignalWatcher>] = []
         var stopping = false
         /// What a shutdown under way is doing now, for the watchdog's report.
@@ -142,7 +141,6 @@ public final class Node: Sendable {
             lag.start()
             return LoopBound(lag, loop: loop)
         }
-        state.withLock { $0.lag = lag }
         let replicatorCell = replicator
         let forwarderCell = LoopCell<Forwarder>(loop: loop)
         let routesCell = LoopCell<HTTPRouter>(loop: loop)
@@ -371,7 +369,6 @@ public final class Node: Sendable {
         let finish = { [self] in
             shutdownStage("closing gossip and the peer plane")
             gossip?.value.stop()
-            state.withLock { $0.lag }?.value.stop()
             peer?.shutdownOnLoop()
             logger.info("node stopped")
             stopped.signal()

@@ -80,8 +80,6 @@ final class Replicator {
     private var peerSummary: [NodeID: [String: UInt64]] = [:]
     private var pushPending = false
     private var lastPush: Instant?
-    /// ``local`` (or ``fetching``) changed since this node's entry was last written.
-    private var localDirty = false
     /// The fetches the last plan wanted, fewest ready copies first: a finished fetch starts the
     /// next from here rather than planning again.
     private var wantedFetches: [ReplicationPlan.Fetch] = []
@@ -254,19 +252,15 @@ final class Replicator {
 
     /// This node's copies changed: a new generation of its entry goes into the book and to the
     /// peers on the push (at most every 20 ms), as a delta of what changed since the last one.
-    private func publishLocal() {
-        localDirty = true
-        schedulePush()
-    }
+    private func publishLocal() { schedulePush() }
 
-    /// Writes a new generation of this node's entry if its copies changed. Nothing until the
-    /// store has been read: an entry without the copies on disk would tell the cluster they
-    /// are gone.
+    /// Writes a new generation of this node's entry if its copies (or its leaving) changed.
+    /// Nothing until the store has been read: an entry without the copies on disk would tell the
+    /// cluster they are gone.
     private func flushLocal() {
-        guard loaded, localDirty || local.hasChanges || book.entries[me] == nil else { return }
-        localDirty = false
-        let changed = local.takeChanges()
         let leaving = leavingSince != nil
+        guard loaded, local.hasChanges || book.entries[me]?.leaving != leaving else { return }
+        let changed = local.takeChanges()
         let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
         guard let previous = book.entries[me] else {
             generation = max(generation + 1, now)
@@ -1012,12 +1006,11 @@ final class Replicator {
             rows.append(PlacementReport.Row(key: key, name: kept[key]?.name ?? key, version: kept[key]?.version ?? 0, holders: copies,
                                             others: (others[key] ?? []).sorted { $0.node < $1.node }, ready: ready, replicated: met))
         }
-        let members = gossip.members
         return PlacementReport(
             digest: table.digest, replication: settings.replication, settled: settled, digestsAgree: tablesAgree(livePeers()),
             snapshotsTotal: table.holders.count, underReplicated: under, fetching: fetching.count, rows: rows, load: table.load,
-            names: Dictionary(members.map { ($0.id, $0.info.name) }, uniquingKeysWith: { a, _ in a }),
-            httpAddresses: Dictionary(members.map { ($0.id, $0.info.httpAddress.description) }, uniquingKeysWith: { a, _ in a }))
+            names: memberNames,
+            httpAddresses: Dictionary(gossip.members.map { ($0.id, $0.info.httpAddress.description) }, uniquingKeysWith: { a, _ in a }))
     }
 
     /// Lines for `/metrics`.

@@ -54,24 +54,16 @@ func fmt(_ x: Double) -> String {
 
 /// Starts `n` nodes through node 0, `spacing` apart, and runs until all see each other.
 func formCluster(_ sim: ClusterSimulation, n: Int, spacing: Duration) -> Duration? {
-    for _ in 0..<n { sim.addNode(settings: settings) }
-    let t0 = sim.now
-    sim.start(0, seeds: [])
-    for i in 1..<n { sim.start(i, seeds: [0], at: t0 + spacing * i) }
-    sim.run(until: t0 + spacing * n)
-    let all = Array(0..<n)
     let verbose = getenv("KAA_SIM_VERBOSE") != nil
+    let t0 = sim.now
     var lastReport = sim.now
-    guard sim.run(step: .seconds(1), limit: .seconds(600), until: {
-        if verbose && sim.now - lastReport >= .seconds(5) {
-            lastReport = sim.now
-            let counts = sim.nodes.map { $0.instance.reachableCount }
-            let pending = sim.nodes.map { $0.instance.pendingBroadcasts }
-            print("  t=\(fmt((sim.now - t0).seconds)) s events=\(sim.eventsProcessed) min view=\(counts.min()!) mean view=\(counts.reduce(0, +) / n) max queue=\(pending.max()!)")
-        }
-        return sim.converged(all)
-    }) else { return nil }
-    return sim.now - t0
+    return sim.formCluster(n, settings: settings, spacing: spacing) {
+        guard verbose && sim.now - lastReport >= .seconds(5) else { return }
+        lastReport = sim.now
+        let counts = sim.nodes.map { $0.instance.reachableCount }
+        let pending = sim.nodes.map { $0.instance.pendingBroadcasts }
+        print("  t=\(fmt((sim.now - t0).seconds)) s events=\(sim.eventsProcessed) min view=\(counts.min()!) mean view=\(counts.reduce(0, +) / n) max queue=\(pending.max()!)")
+    }
 }
 
 func detection(trials: Int, n: Int) {

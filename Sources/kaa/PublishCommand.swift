@@ -120,21 +120,22 @@ struct Uploader: Sendable {
         // A node at its `max_concurrent_uploads` refuses with 503 and Retry-After: the upload
         // waits about that long and is sent again, for up to two minutes.
         let giveUp = Date().addingTimeInterval(120)
+        let length = Int(archive.archiveBytes)
+        var request = HTTPRequest(method: .put, target: manifest.isDraft
+            ? "/kaa/v1/snapshots/\(manifest.name)" : "/kaa/v1/snapshots/\(manifest.name)/\(manifest.version)")
+        request.headers.add("content-type", "application/vnd.kaa.snapshot")
+        if let token { request.headers.add("authorization", "Bearer \(token)") }
+        if !manifest.isDraft { request.headers.add("kaa-snapshot-digest", archive.digest.description) }
         var response: HTTPClientResponse
         while true {
+            // Each try reads the file from its start.
             guard let handle = FileHandle(forReadingAtPath: file) else {
                 return .failure(CommandFailure("cannot open \(file)"))
             }
             defer { try? handle.close() }
-            let length = Int(archive.archiveBytes)
             let bar = progress ? ProgressBar(total: length, label: manifest.isDraft ? manifest.name : "\(manifest.name)@\(manifest.version)") : nil
             let reader = ChunkReader(handle: handle)
             let stream = HTTPClientBodyStream(length: length, next: { try reader.next() }, progress: { bar?.update($0) })
-            var request = HTTPRequest(method: .put, target: manifest.isDraft
-                ? "/kaa/v1/snapshots/\(manifest.name)" : "/kaa/v1/snapshots/\(manifest.name)/\(manifest.version)")
-            request.headers.add("content-type", "application/vnd.kaa.snapshot")
-            if let token { request.headers.add("authorization", "Bearer \(token)") }
-            if !manifest.isDraft { request.headers.add("kaa-snapshot-digest", archive.digest.description) }
             do { response = try await client.execute(request, bodyStream: stream, to: address, deadline: deadline) } catch {
                 bar?.finish()
                 return .failure(CommandFailure("\(file): \(error.message)"))
