@@ -65,6 +65,13 @@ struct LiveCluster {
         } != nil
     }
 
+    /// Whether process `pid` is stopped (state `T` in `/proc/PID/stat`).
+    static func isStopped(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        return stat[stat.index(after: close)...].split(separator: " ").first == "T"
+    }
+
     /// The first node's table: each snapshot's holders and ready copies.
     func table() throws -> [String: (holders: [String], ready: Set<String>)] {
         ReplicationLiveTests.copies(try #require(ReplicationLiveTests.placement(nodes[0].http)))
