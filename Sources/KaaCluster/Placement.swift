@@ -141,34 +141,38 @@ public enum Placement {
             }
             // Positions of snapshots no longer asked for go once they outnumber the rest.
             if positions.count > 2 * snapshots.count + 1_000 { positions = [:] }
+            var keys: [String] = []
+            keys.reserveCapacity(snapshots.count)
             let positioned = snapshots.map { s -> (position: UInt64, snapshot: Snapshot) in
                 let key = s.key
+                keys.append(key)
                 if let p = positions[key] { return (p, s) }
                 let p = Placement.position(of: key)
                 positions[key] = p
                 return (p, s)
             }
-            return Placement.place(nodes: nodes, ring: ring!.ring, positioned: positioned, settings: settings)
+            return Placement.place(nodes: nodes, ring: ring!.ring, positioned: positioned, keys: keys, settings: settings)
         }
     }
 
     /// A snapshot's position on the ring: the first 8 bytes of SHA-256 of a prefix and its key.
     static func position(of key: String) -> UInt64 { hash64(Array("kaa placement snapshot ".utf8) + Array(key.utf8)) }
 
-    /// The table for canonically ordered `nodes`, their ring, and the snapshots with their positions.
-    static func place(nodes: [Node], ring: Ring, positioned unsorted: [(position: UInt64, snapshot: Snapshot)], settings: Settings) -> Table {
+    /// The table for canonically ordered `nodes`, their ring, and the snapshots with their
+    /// positions and keys (`keys[i]` is `unsorted[i].snapshot.key`).
+    static func place(nodes: [Node], ring: Ring, positioned unsorted: [(position: UInt64, snapshot: Snapshot)], keys unsortedKeys: [String],
+                      settings: Settings) -> Table {
         let gpuNodes = nodes.indices.filter { nodes[$0].gpus > 0 }
         let totalWeight = nodes.reduce(0) { $0 + $1.weight }
         let gpuWeight = gpuNodes.reduce(0) { $0 + nodes[$1].weight }
 
         // Fair shares, in bytes, of what the eligible nodes hold in all.
         var caps = [UInt64](repeating: 0, count: nodes.count)
-        // Ring order, the key breaking a tie: sorting indices moves no strings.
-        let order = unsorted.indices.sorted { a, b in
-            let pa = unsorted[a].position, pb = unsorted[b].position
-            return pa != pb ? pa < pb : unsorted[a].snapshot.key < unsorted[b].snapshot.key
-        }
-        let positioned = order.map { unsorted[$0] }
+        // Ring order, the key breaking a tie: sorting (position, index) pairs moves no strings.
+        var order = unsorted.indices.map { (position: unsorted[$0].position, index: $0) }
+        order.sort { a, b in a.position != b.position ? a.position < b.position : unsortedKeys[a.index] < unsortedKeys[b.index] }
+        let positioned = order.map { unsorted[$0.index] }
+        let keys = order.map { unsortedKeys[$0.index] }
         // Holders each snapshot gets: the factor, or every eligible node when there are fewer.
         let want = positioned.map { min(settings.replication, $0.snapshot.accelerator == .requiresGPU ? gpuNodes.count : nodes.count) }
         if totalWeight > 0 {
@@ -186,14 +190,14 @@ public enum Placement {
             }
         }
 
-        return assign(nodes: nodes, ring: ring, positioned: positioned, want: want, caps: caps, settings: settings)
+        return assign(nodes: nodes, ring: ring, positioned: positioned, keys: keys, want: want, caps: caps, settings: settings)
     }
 
     /// Deferred acceptance: snapshots ask the nodes on their ring walk in turn; a node over its
     /// cap gives up the snapshots it ranks lowest (by a hash of node and snapshot; a GPU node
     /// ranks what needs a GPU first, then what prefers one), which ask their next node. The
     /// outcome does not depend on the order of asking.
-    static func assign(nodes: [Node], ring: Ring, positioned: [(position: UInt64, snapshot: Snapshot)], want: [Int],
+    static func assign(nodes: [Node], ring: Ring, positioned: [(position: UInt64, snapshot: Snapshot)], keys: [String], want: [Int],
                        caps: [UInt64], settings: Settings) -> Table {
         let count = positioned.count
         let seeds = nodes.map { hash64(Array("kaa placement rank ".utf8) + Array($0.id.rawValue.utf8)) }
@@ -213,10 +217,12 @@ public enum Placement {
         // is what made tables of 10,000 snapshots slow.
         var candidates = [[Int32]](repeating: [], count: count)
         var complete = [Bool](repeating: false, count: count)
+        var visits = Ring.Visits(nodeCount: nodes.count)
         func walk(_ k: Int, limit: Int) -> [Int32] {
             let s = positioned[k].snapshot
             var list: [Int32] = []
-            ring.walk(from: positioned[k].position) { i in
+            list.reserveCapacity(min(limit, nodes.count))
+            ring.walk(from: positioned[k].position, visits: &visits) { i in
                 if s.accelerator != .requiresGPU || nodes[i].gpus > 0 { list.append(Int32(i)) }
                 return list.count < limit
             }
@@ -289,13 +295,18 @@ public enum Placement {
         var under = Set<String>(), unplaceable = Set<String>()
         var hash = SHA256()
         for (k, (_, s)) in positioned.enumerated() {
-            // In the snapshot's own order of preference.
-            let list = holding[k].map { (rank: candidates[k].firstIndex(of: $0) ?? .max, node: $0) }
-                .sorted { $0.rank < $1.rank }.map { nodes[Int($0.node)].id }
-            holders[s.key] = list
-            digestLine(&hash, s.key, list)
-            if list.count < settings.replication { under.insert(s.key) }
-            if s.accelerator == .requiresGPU && gpuCount == 0 { unplaceable.insert(s.key) }
+            // In the snapshot's own order of preference: where each stands on its walk.
+            var ordered = holding[k]
+            if ordered.count > 1 {
+                let rank = { (n: Int32) in candidates[k].firstIndex(of: n) ?? .max }
+                ordered.sort { rank($0) < rank($1) }
+            }
+            let list = ordered.map { nodes[Int($0)].id }
+            let key = keys[k]
+            holders[key] = list
+            digestLine(&hash, key, list)
+            if list.count < settings.replication { under.insert(key) }
+            if s.accelerator == .requiresGPU && gpuCount == 0 { unplaceable.insert(key) }
         }
         var load: [NodeID: UInt64] = [:]
         for i in nodes.indices { load[nodes[i].id] = loads[i] }
@@ -310,14 +321,18 @@ public enum Placement {
     /// The digest is SHA-256 of `key holder,holder\n` lines in ring order (the snapshot's
     /// position, then its key): the order placement computes them in, so no sort is needed.
     static func digestLine(_ hash: inout SHA256, _ key: String, _ holders: [NodeID]) {
-        var line = Array(key.utf8)
-        line.append(0x20)
-        for (i, node) in holders.enumerated() {
-            if i > 0 { line.append(0x2C) }
-            line.append(contentsOf: node.rawValue.utf8)
+        func update(_ text: String) {
+            var text = text
+            text.withUTF8 { hash.update(bufferPointer: UnsafeRawBufferPointer($0)) }
         }
-        line.append(0x0A)
-        hash.update(data: line)
+        let space: UInt8 = 0x20, comma: UInt8 = 0x2C, newline: UInt8 = 0x0A
+        update(key)
+        withUnsafeBytes(of: space) { hash.update(bufferPointer: $0) }
+        for (i, node) in holders.enumerated() {
+            if i > 0 { withUnsafeBytes(of: comma) { hash.update(bufferPointer: $0) } }
+            update(node.rawValue)
+        }
+        withUnsafeBytes(of: newline) { hash.update(bufferPointer: $0) }
     }
 
     /// The hash's digest in lowercase hex.
@@ -348,21 +363,34 @@ public enum Placement {
             nodeCount = nodes.count
         }
 
+        /// Which nodes one walk has met, kept between walks: a walk marks a node with its own
+        /// number, so the next needs no clearing.
+        struct Visits {
+            var mark: [UInt32]
+            var walk: UInt32 = 0
+            init(nodeCount: Int) { mark = [UInt32](repeating: 0, count: nodeCount) }
+        }
+
         /// Calls `visit` with each node once, in ring order from `position`, while it returns true.
-        func walk(from position: UInt64, _ visit: (Int) -> Bool) {
+        func walk(from position: UInt64, visits: inout Visits, _ visit: (Int) -> Bool) {
             guard !tokens.isEmpty else { return }
             var lo = 0, hi = tokens.count
             while lo < hi {
                 let mid = (lo + hi) / 2
                 if tokens[mid].position < position { lo = mid + 1 } else { hi = mid }
             }
-            var visited = [Bool](repeating: false, count: nodeCount)
+            if visits.walk == .max {
+                visits.walk = 0
+                for i in visits.mark.indices { visits.mark[i] = 0 }
+            }
+            visits.walk += 1
+            let stamp = visits.walk
             var distinct = 0
             var i = lo == tokens.count ? 0 : lo
             for _ in 0..<tokens.count {
                 let n = tokens[i].node
-                if !visited[n] {
-                    visited[n] = true
+                if visits.mark[n] != stamp {
+                    visits.mark[n] = stamp
                     distinct += 1
                     if !visit(n) { return }
                     if distinct == nodeCount { return }

@@ -318,7 +318,7 @@ final class Replicator {
     private func schedulePlan() {
         guard !planPending else { return }
         planPending = true
-        let gap = max(.milliseconds(20), planCost * 4)
+        let gap = max(.milliseconds(20), planCost * 8)
         let wait = lastPlan.map { max(.zero, $0 + gap - Instant.now()) } ?? .zero
         loop.schedule(after: wait) { [weak self] in
             guard let self, !self.stopped else { return }

@@ -1,5 +1,5 @@
 // Prints the membership figures for the closing note, measured in the deterministic simulation.
-// Usage: swift run kaa-cluster-sim [detection|false-dead|false-dead10|dissemination|bandwidth|join|placement|placement-churn|all]
+// Usage: swift run kaa-cluster-sim [detection|false-dead|false-dead10|dissemination|bandwidth|join|placement|placement-churn|placement-cost|all]
 // Results are deterministic (seeded); the build mode only changes how long they take.
 // KAA_SIM_VERBOSE=1 prints convergence progress; KAA_SIM_N sets the size for `join`;
 // KAA_SIM_MINUTES the length of the false-dead runs.
@@ -214,6 +214,26 @@ func placementFigures() {
     print("  table of 10,000 snapshots on 500 nodes: \(fmt(percentile(times, 0.5))) ms (median of 5, one core)")
 }
 if which == "placement" || which == "all" { placementFigures() }
+
+/// What a node pays to recompute its table while a publish adds snapshots one at a time: five
+/// nodes of equal capacity, KAA_SIM_SNAPSHOTS (10,000) snapshots of equal size, one planner kept
+/// across computations as a node keeps it.
+if which == "placement-cost" {
+    let count = getenv("KAA_SIM_SNAPSHOTS").flatMap { Int(String(cString: $0)) } ?? 10_000
+    let nodes = (1...5).map { Placement.Node(id: NodeID("n\($0)")) }
+    var snapshots = (0..<count).map { Placement.Snapshot(name: "r\($0)", version: 1, bytes: 917) }
+    var planner = Placement.Planner()
+    _ = planner.compute(nodes: nodes, snapshots: snapshots)
+    var times: [Double] = []
+    for i in 0..<20 {
+        snapshots.append(Placement.Snapshot(name: "added\(i)", version: 1, bytes: 917))
+        let t0 = ContinuousClock.now
+        _ = planner.compute(nodes: nodes, snapshots: snapshots)
+        times.append((ContinuousClock.now - t0).seconds * 1000)
+    }
+    print("placement recompute, 5 nodes, \(count) snapshots, one added each time: median \(fmt(percentile(times, 0.5))) ms, "
+          + "p90 \(fmt(percentile(times, 0.9))) ms (20 computations, one core)")
+}
 
 /// Membership and placement under churn on 1,000 nodes (KAA_SIM_N) with 10,000 snapshots
 /// (KAA_SIM_SNAPSHOTS): each node's table from its own view; exits 1 on a violated invariant.

@@ -22,7 +22,7 @@ struct PublishCommand: AsyncParsableCommand {
     @OptionGroup var build: BuildOptions
     @Option(help: "With --model: the version (a positive integer); omit it to get the node's next free one.")
     var version: Int?
-    @Option(help: "Uploads in flight at once when publishing a directory.") var parallel = 8
+    @Option(help: "Uploads in flight at once when publishing a directory. Each upload is answered once `replication` holders have it, so the number in flight, more than bandwidth, sets the pace.") var parallel = 32
     @OptionGroup var node: NodeTarget
 
     func validate() throws {
