@@ -16,6 +16,8 @@ packages=(
   python3 python3-venv  # tools/python-env.sh: test clients (tritonclient) and benchmark baselines, never the node
   libonnx-testdata    # KaaEngine tests: the ONNX backend node tests (/usr/share/libonnx-testdata)
   iproute2 nftables   # tools/proof.sh in network namespaces: ip netns, tc netem, nft partitions
+  lintian             # tools/test-package.sh: checks the .deb against Debian policy
+  systemd adduser     # tools/test-package.sh: systemd-analyze verify on the unit; the .deb's postinst makes the kaa user
 )
 
 missing=()
@@ -37,8 +39,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Another apt-get (a second checkout's install-deps) may hold dpkg's lock: wait for it.
+lock=(-o DPkg::Lock::Timeout=600)
+$sudo apt-get "${lock[@]}" update -qq
+$sudo apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # nginx-light's package starts a system nginx on :80; Kaa's benchmark runs its own instance.
 if command -v systemctl >/dev/null 2>&1; then $sudo systemctl disable --now nginx >/dev/null 2>&1 || true; fi
 $sudo pkill -x nginx 2>/dev/null || true

@@ -12,4 +12,7 @@ if [ $# -eq 0 ]; then
   KAA_LEAK_TESTS=1 swift test --skip-build --filter ResourceLeakTests
   # The proof harness's short schedule (docs/proof.md) against the debug build made above.
   tools/proof.sh --short --kaa .build/debug/kaa
+  # The packages (README, "Packages"): one static release build, the .deb installed, run and
+  # purged, the tarball run without the Swift toolchain.
+  tools/test-package.sh
 fi

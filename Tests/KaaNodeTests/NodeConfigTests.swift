@@ -6,11 +6,16 @@ import Testing
 /// Settings are declared once (`NodeConfig.keys`); flags, environment, YAML, `--help` and the
 /// sample config all come from or are checked against that declaration.
 @Suite struct NodeConfigTests {
-    static let sampleConfig = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .appendingPathComponent("../../cluster/node.yaml").standardized.path
+    /// A file of the repository, by its path from the root.
+    static func repositoryFile(_ path: String) -> String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../../" + path).standardized.path
+    }
 
-    @Test func theSampleConfigDocumentsEveryKeyAndOnlyKnownOnes() throws {
-        let text = try String(contentsOfFile: NodeConfigTests.sampleConfig, encoding: .utf8)
+    /// The sample config, and the production one the .deb installs as /etc/kaa/node.yaml.
+    @Test(arguments: ["cluster/node.yaml", "cluster/node-production.yaml"])
+    func theSampleConfigsDocumentEveryKeyAndOnlyKnownOnes(file: String) throws {
+        let text = try String(contentsOfFile: NodeConfigTests.repositoryFile(file), encoding: .utf8)
         // Keys set (`key: value`) or shown commented out (`# key: value`).
         var documented = Set<String>()
         for line in text.split(separator: "\n") {
@@ -21,8 +26,8 @@ import Testing
             if key.allSatisfy({ $0.isLowercase || $0 == "_" }) && !key.isEmpty { documented.insert(key) }
         }
         let known = Set(NodeConfig.keys.map(\.name))
-        #expect(known.subtracting(documented).sorted() == [], "cluster/node.yaml does not document these keys")
-        #expect(documented.subtracting(known).sorted() == [], "cluster/node.yaml names keys the node does not have")
+        #expect(known.subtracting(documented).sorted() == [], "\(file) does not document these keys")
+        #expect(documented.subtracting(known).sorted() == [], "\(file) names keys the node does not have")
     }
 
     @Test func flagsAreReadInBothFormsAndUnknownOnesAreNamed() throws {

@@ -123,6 +123,20 @@ import Testing
         #expect(config.retainVersions == 5)
     }
 
+    /// The config the .deb installs: a first node's, with the paths the package makes.
+    @Test func theProductionConfigParses() throws {
+        let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../../cluster/node-production.yaml").standardized.path
+        let config = try NodeConfig.load(file: file, environment: [:], flags: [:])
+        #expect(config.dataDir == "/var/lib/kaa")
+        #expect(config.httpAddr == HostPort(host: "0.0.0.0", port: 7070))
+        #expect(config.peerAddr == HostPort(host: "0.0.0.0", port: 7946))
+        #expect(config.seeds.isEmpty)
+        #expect(config.clusterKeyFile == "/etc/kaa/cluster.key")
+        #expect(config.tokensFile == "/etc/kaa/tokens")
+        #expect(!config.gossipPlaintext && config.peerEncryption)
+    }
+
     @Test func versionAndHelp() throws {
         let (status, out, _) = try KaaProcess.run(["--version"])
         #expect(status == 0)
