@@ -20,10 +20,10 @@
 # Everything runs on this machine: the five nodes, the publisher and the client share its cores.
 # Every process is stopped by pid and the data removed on exit.
 #
-# Usage: tools/bench-repair.sh [COUNT, default 1000] [GRACE seconds, default 10] [PARALLEL uploads, default 8]
+# Usage: tools/bench-repair.sh [COUNT, default 1000] [GRACE seconds, default 10] [PARALLEL uploads, default 32, as kaa publish]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-count=${1:-1000}; grace=${2:-10}; parallel=${3:-8}
+count=${1:-1000}; grace=${2:-10}; parallel=${3:-32}
 source tools/bench-wrk-common.sh
 bench_cluster_setup bench-repair
 model=$PWD/snapshots/iris-logreg/model.onnx
