@@ -16,6 +16,8 @@ packages=(
   python3 python3-venv  # tools/python-env.sh: test clients (tritonclient) and benchmark baselines, never the node
   libonnx-testdata    # KaaEngine tests: the ONNX backend node tests (/usr/share/libonnx-testdata)
   iproute2 nftables   # tools/proof.sh in network namespaces: ip netns, tc netem, nft partitions
+  chromium chromium-driver  # DashboardLiveTests: the /ui page in headless Chromium, driven by selenium (.venv-test)
+  fonts-dejavu-core   # a font for the headless browser's screenshots
 )
 
 missing=()
