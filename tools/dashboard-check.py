@@ -17,6 +17,7 @@ run with a message and exit status 1. Prints one `ok    NAME` line per check.
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -68,19 +69,27 @@ def http_json(url, token=None, method="GET", body=None):
 
 
 def browser(screen):
+    """Headless Chromium with a profile of its own; `close(driver)` ends it and removes the profile."""
+    profile = tempfile.mkdtemp(prefix="kaa-ui-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = os.environ.get("KAA_CHROMIUM", "/usr/bin/chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
                  "--no-first-run", "--disable-extensions", "--disable-background-networking", "--force-device-scale-factor=1",
-                 f"--window-size={screen}", f"--user-data-dir={tempfile.mkdtemp(prefix='kaa-ui-chromium-')}"):
+                 f"--window-size={screen}", f"--user-data-dir={profile}"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = Service(executable_path=os.environ.get("KAA_CHROMEDRIVER", "/usr/bin/chromedriver"))
     driver = webdriver.Chrome(options=options, service=service)
+    driver.kaa_profile = profile
     # The page's own size, whatever the headless window's frame takes: a wall screen's.
     width, height = (int(v) for v in screen.split(","))
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
     return driver
+
+
+def close(driver):
+    driver.quit()
+    shutil.rmtree(driver.kaa_profile, ignore_errors=True)
 
 
 def js(driver, script, *args):
@@ -242,7 +251,7 @@ def cluster_mode(args):
         ok("screenshot", args.screenshot)
     finally:
         traffic.stopped.set()
-        driver.quit()
+        close(driver)
     print(f"traffic: {traffic.answered} calls answered, {traffic.failed} failed (the killed node's and the dead letters')")
 
 
@@ -288,7 +297,7 @@ def token_mode(args):
         ok("token_from_fragment", "and removed from the address")
         check_console(driver)
     finally:
-        driver.quit()
+        close(driver)
 
 
 def main():
