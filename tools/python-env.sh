@@ -2,7 +2,7 @@
 # Creates (or reuses) a Python virtual environment for Kaa's tools and tests, from a pinned
 # requirement list. Python is never part of the product: these environments hold test clients
 # and benchmark baselines only, and are ignored by git.
-#   tools/python-env.sh test    .venv-test  from tools/requirements-test.txt  (tritonclient[http], numpy)
+#   tools/python-env.sh test    .venv-test  from tools/requirements-test.txt  (tritonclient[http], numpy, selenium)
 #   tools/python-env.sh bench   .venv-bench from tools/requirements-bench.txt (FastAPI, uvicorn, onnxruntime)
 # Idempotent: an environment whose stamp file holds the same requirement list is reused as it is;
 # anything else (missing, half-installed, other pins) is rebuilt from scratch.

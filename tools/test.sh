@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh
-tools/python-env.sh test >/dev/null   # .venv-test: tritonclient for TritonClientTests
+tools/python-env.sh test >/dev/null   # .venv-test: tritonclient for TritonClientTests, selenium for DashboardLiveTests
 swift build --build-tests
 swift test --skip-build "$@"
 if [ $# -eq 0 ]; then

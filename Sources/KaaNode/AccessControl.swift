@@ -5,7 +5,8 @@ public import KaaIO
 
 /// What a bearer token allows on a node's HTTP API.
 public enum AccessScope: String, CaseIterable, Sendable, Comparable {
-    /// Listings, metadata of the cluster, metrics: `GET /kaa/v1/...`, `/metrics`, the repository index.
+    /// Listings, metadata of the cluster, metrics: `GET /kaa/v1/...` (members, placement, stats,
+    /// dead letters), `/metrics`, the repository index: all the dashboard (`/ui`) shows.
     case read
     /// Uploading snapshots: `PUT /kaa/v1/snapshots/...`.
     case publish
@@ -102,8 +103,14 @@ public struct AccessPolicy: Sendable {
     }
 
     /// The scope a request needs, nil when it is open to anyone.
+    ///
+    /// The dashboard's page and its script and style (`GET /ui`, `/ui/...`) are open: a browser
+    /// cannot attach a bearer token to the address it is sent to, and they hold nothing of the
+    /// cluster's (they are the same bytes in every `kaa` binary). Every figure the page shows
+    /// comes from a `read` route, called with the token the page was given.
     static func requiredScope(method: HTTPMethod, target: String, requireInferToken: Bool) -> AccessScope? {
         let path = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(target[..<$0]) } ?? target
+        if path == "/ui" || path.hasPrefix("/ui/") { return method == .get || method == .head ? nil : .admin }
         if path.hasPrefix("/v2/models/") { return requireInferToken ? .infer : nil }
         if path.hasPrefix("/v2/health/") || path == "/v2" { return nil }
         if path == "/v2/repository/index" { return .read }

@@ -217,6 +217,25 @@ final class DeadLetterStore: Sendable {
         }
     }
 
+    /// The dead letters of calls `node` accepted (not the copies of other nodes' it keeps):
+    /// how many by reason, and the `limit` newest, newest first. For the node's stats.
+    func accepted(by node: String, newest limit: Int) throws(Failure) -> (byReason: [String: Int], newest: [DeadLetter]) {
+        try run("count") {
+            try pool.read { db in
+                var counts: [String: Int] = [:]
+                for row in try Row.fetchAll(db, sql: "SELECT reason, COUNT(*) AS n FROM dead_letter WHERE accepted_by = ? GROUP BY reason",
+                                            arguments: [node]) {
+                    counts[row["reason"]] = row["n"]
+                }
+                let newest = try Data.fetchAll(db, sql: "SELECT record FROM dead_letter WHERE accepted_by = ? ORDER BY id DESC LIMIT ?",
+                                               arguments: [node, max(0, min(limit, 1000))]).map {
+                    try JSONDecoder().decode(DeadLetter.self, from: $0)
+                }
+                return (counts, newest)
+            }
+        }
+    }
+
     /// Deletes one; returns whether it was there.
     @discardableResult
     func delete(_ id: String) throws(Failure) -> Bool {

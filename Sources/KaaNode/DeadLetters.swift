@@ -118,7 +118,7 @@ final class DeadLetters: Sendable {
 
     /// A `dead-letters` frame: a copy to keep, or a listing to answer.
     struct Message: Codable {
-        enum Op: String, Codable { case copy, list, replay, delete, purge }
+        enum Op: String, Codable { case copy, list, replay, delete, purge, get }
         var op: Op
         var letter: DeadLetter?
         /// For `replay`: which, and whether to the alias's current version.
@@ -160,6 +160,10 @@ final class DeadLetters: Sendable {
                     guard let letter = message.letter else { return .success(Array("{}".utf8)) }
                     try store.write(letter)
                     return .success(Array("{}".utf8))
+                case .get:
+                    // `null` when this node has no record of it.
+                    let letter = try store.get(message.id ?? "")
+                    return .success(Array((try? JSONEncoder.sorted.encode(letter)) ?? Data("null".utf8)))
                 case .list:
                     let letters = try store.list(.init(model: message.model, reason: message.reason, since: message.since,
                                                        limit: message.limit ?? 100))
@@ -260,14 +264,26 @@ final class DeadLetters: Sendable {
         router.add(.get, "/kaa/v1/deadletters/{id}") { request, responder in
             let id = request.pathParameters["id"] ?? ""
             let store = letters.store
-            letters.loop.offload({ () -> HTTPResponse in
+            letters.loop.offload({ () -> HTTPResponse? in
                 do throws(DeadLetterStore.Failure) {
-                    guard let letter = try store.get(id) else {
-                        return .error(.notFound, "no dead letter `\(id.prefix(40))` on this node; `kaa deadletters list` shows the cluster's")
-                    }
+                    guard let letter = try store.get(id) else { return nil }
                     return .json(.ok, Array((try? JSONEncoder.sorted.encode(letter)) ?? Data()))
                 } catch { return .error(.internalServerError, error.description) }
-            }) { responder.respond($0) }
+            }) { found in
+                if let found { return responder.respond(found) }
+                // Kept on the node that accepted the call and one other: any node finds it.
+                letters.askEveryPeer(Message(op: .get, id: id), deadline: .seconds(5)) { answers in
+                    for answer in answers {
+                        // A record is a JSON object (`null`: that peer has none); peers are authenticated.
+                        guard case .success(let frame) = answer.result, frame.payload.first == UInt8(ascii: "{") else { continue }
+                        return responder.respond(.json(.ok, frame.payload))
+                    }
+                    let unreachable = DeadLetters.unreachable(answers)
+                    responder.respond(.error(.notFound, "no dead letter `\(id.prefix(40))` on this node or its live peers"
+                        + (unreachable.isEmpty ? "" : " (not answering: \(unreachable.joined(separator: ", ")))")
+                        + "; `kaa deadletters list` shows the cluster's"))
+                }
+            }
         }
         router.add(.delete, "/kaa/v1/deadletters/{id}") { request, responder in
             // Here and on every live peer (where its copy is).

@@ -214,6 +214,10 @@ public final class Node: Sendable {
         let gossipCell = LoopCell<GossipShell>(loop: loop)
         MembersRoute(gossip: gossipCell).add(to: &router)
         PlacementRoute(replicator: replicatorCell).add(to: &router)
+        let stats = StatsRoute(gossip: gossipCell, metrics: metrics, deadLetters: deadLetterStore, frames: frames, loop: loop,
+                               nodeName: config.nodeName)
+        stats.add(to: &router)
+        DashboardRoute().add(to: &router)
         let routes = router
         loop.execute { routesCell.value = routes }
         let http: HTTPServer
@@ -251,6 +255,7 @@ public final class Node: Sendable {
                 Forwarder.serve(frame, responder, routes: routes, myName: name)
             }
             service.register(PeerFrameType.deadLetters) { frame, responder in deadLetters.answer(frame, responder) }
+            service.register(PeerFrameType.stats) { frame, responder in stats.answer(frame, responder) }
             service.register(PeerFrameType.holdings) { frame, responder in
                 guard let replicator = replicatorCell.value else { return responder.fail(.notReady, "replication is not running yet") }
                 replicator.answer(frame, responder)

@@ -28,6 +28,8 @@ extension Node {
         public static let call: UInt16 = 5
         /// A copy of a dead letter to keep, or a listing of them.
         public static let deadLetters: UInt16 = 6
+        /// The node's request series and dead-letter counts, for the cluster view of the stats.
+        public static let stats: UInt16 = 7
 
         public static let all: [Entry] = [
             Entry(type: ping, name: "ping", summary: "any bytes; answered with the same bytes"),
@@ -39,7 +41,9 @@ extension Node {
             Entry(type: call, name: "call",
                   summary: "a call's head (JSON) and body as received; answered with the HTTP answer's head and body"),
             Entry(type: deadLetters, name: "dead-letters",
-                  summary: "JSON `{op: copy|list|replay|delete, ...}`; answered `{}`, a JSON list, or a replay's HTTP answer"),
+                  summary: "JSON `{op: copy|list|replay|delete|get, ...}`; answered `{}`, a JSON list, a record, or a replay's HTTP answer"),
+            Entry(type: stats, name: "stats",
+                  summary: "JSON `{models}`; answered with the node's `GET /kaa/v1/stats` JSON"),
         ]
 
         /// `1 (ping), 2 (push-pull), ...`, for the unknown-type error.

@@ -34,11 +34,27 @@ struct PlacementReport: Sendable {
     var load: [NodeID: UInt64]
     var names: [NodeID: String]
     var httpAddresses: [NodeID: String]
+    /// The alias register's live aliases (removed ones left out): model, alias, version.
+    var aliases: [(name: String, alias: String, version: Int)] = []
 
     /// The JSON object, keys in sorted order, snapshots by key.
     func json() -> [UInt8] {
-        var w = JSONWriter(capacity: 64 + rows.count * 300)
-        w.raw("{\"digest\":"); w.string(digest)
+        var w = JSONWriter(capacity: 64 + rows.count * 300 + aliases.count * 40)
+        // `{"model": {"alias": version, ...}, ...}`, models and aliases in order.
+        w.raw("{\"aliases\":{")
+        var model: String?
+        for a in aliases.sorted(by: { ($0.name, $0.alias) < ($1.name, $1.alias) }) {
+            if a.name != model {
+                if model != nil { w.raw("},") }
+                w.string(a.name); w.raw(":{")
+                model = a.name
+            } else {
+                w.byte(UInt8(ascii: ","))
+            }
+            w.string(a.alias); w.byte(UInt8(ascii: ":")); w.integer(a.version)
+        }
+        if model != nil { w.byte(UInt8(ascii: "}")) }
+        w.raw("},\"digest\":"); w.string(digest)
         w.raw(",\"digests_agree\":"); w.bool(digestsAgree)
         w.raw(",\"fetching\":"); w.integer(fetching)
         w.raw(",\"load\":{")

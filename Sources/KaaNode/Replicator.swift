@@ -1006,11 +1006,17 @@ final class Replicator {
             rows.append(PlacementReport.Row(key: key, name: kept[key]?.name ?? key, version: kept[key]?.version ?? 0, holders: copies,
                                             others: (others[key] ?? []).sorted { $0.node < $1.node }, ready: ready, replicated: met))
         }
+        let shown = underReplicatedOnly ? Set(rows.map(\.name)) : []
         return PlacementReport(
             digest: table.digest, replication: settings.replication, settled: settled, digestsAgree: tablesAgree(livePeers()),
             snapshotsTotal: table.holders.count, underReplicated: under, fetching: fetching.count, rows: rows, load: table.load,
             names: memberNames,
-            httpAddresses: Dictionary(gossip.members.map { ($0.id, $0.info.httpAddress.description) }, uniquingKeysWith: { a, _ in a }))
+            httpAddresses: Dictionary(gossip.members.map { ($0.id, $0.info.httpAddress.description) }, uniquingKeysWith: { a, _ in a }),
+            aliases: aliasBook.values.compactMap { r in
+                // With only the under-replicated rows, only their models' aliases.
+                guard let v = r.version, !underReplicatedOnly || shown.contains(r.name) else { return nil }
+                return (r.name, r.alias, v)
+            })
     }
 
     /// Lines for `/metrics`.

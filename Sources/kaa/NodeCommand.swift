@@ -15,6 +15,11 @@ extension Kaa {
             (KAA_ and the key in capitals, e.g. KAA_HTTP_ADDR), the YAML file given by --config \
             (keys as in `data_dir: /var/lib/kaa`; cluster/node.yaml documents each), or its default.
 
+            A browser pointed at http://HTTP_ADDR/ui shows the cluster as this node sees it: members, \
+            models and their holders, replication, dead letters, calls and latency per node and per \
+            model, updated every two seconds. With tokens_file set, the page asks for a token with the \
+            read scope (or takes one from /ui#token=...).
+
             SETTINGS:
             \(NodeConfig.settingsHelp)
             """)

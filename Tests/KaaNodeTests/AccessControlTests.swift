@@ -28,6 +28,17 @@ import Testing
         #expect(scope(.put, "/kaa/v1/models/iris/aliases/stable") == "admin")
         #expect(scope(.delete, "/kaa/v1/models/iris/aliases/stable") == "admin")
         #expect(scope(.put, "/kaa/v1/snapshotsx") == "admin")
+        // The dashboard: its page, script and style are open (a browser cannot send a token with
+        // the address it opens; they hold no cluster data); every route it reads needs `read`.
+        #expect(scope(.get, "/ui") == "open")
+        #expect(scope(.get, "/ui/dashboard.js") == "open")
+        #expect(scope(.head, "/ui/dashboard.css") == "open")
+        #expect(scope(.post, "/ui") == "admin")
+        #expect(scope(.get, "/uix") == "open", "not the dashboard: no route, a 404")
+        #expect(scope(.get, "/kaa/v1/stats") == "read")
+        #expect(scope(.get, "/kaa/v1/stats/cluster?models=10") == "read")
+        #expect(scope(.get, "/kaa/v1/placement") == "read")
+        #expect(scope(.get, "/kaa/v1/deadletters/01ABC") == "read")
     }
 
     @Test func tokensAreCheckedByTheirHashAndScope() throws {

@@ -44,7 +44,8 @@ import Testing
                 .init(key: "alpha \"q\"@1", name: "alpha \"q\"", version: 1,
                       holders: [.init(node: a, state: "ready"), .init(node: b, state: "ready")], others: [], ready: 2, replicated: true),
             ],
-            load: [a: 10, b: 20], names: [a: "n1", b: "n2"], httpAddresses: [a: "127.0.0.1:1", b: "127.0.0.1:2"])
+            load: [a: 10, b: 20], names: [a: "n1", b: "n2"], httpAddresses: [a: "127.0.0.1:1", b: "127.0.0.1:2"],
+            aliases: [("zeta", "stable", 2), ("alpha \"q\"", "canary", 1), ("zeta", "canary", 1)])
         let object = try #require(try JSONSerialization.jsonObject(with: Data(report.json())) as? [String: Any])
         #expect(object["digest"] as? String == "d1")
         #expect(object["digests_agree"] as? Bool == false)
@@ -54,6 +55,7 @@ import Testing
         #expect(object["snapshots_total"] as? Int == 2)
         #expect(object["under_replicated"] as? Int == 1)
         #expect(object["load"] as? [String: Int] == ["n1": 10, "n2": 20])
+        #expect(object["aliases"] as? [String: [String: Int]] == ["alpha \"q\"": ["canary": 1], "zeta": ["canary": 1, "stable": 2]])
         let rows = try #require(object["snapshots"] as? [[String: Any]])
         #expect(rows.map { $0["name"] as? String } == ["alpha \"q\"", "zeta"]) // by key
         let zeta = rows[1]
@@ -67,7 +69,7 @@ import Testing
         #expect(zeta["others"] as? [[String: String]] == [["id": "a-id", "name": "n1", "state": "draining"]])
         // Keys in sorted order, as before, so that a diff of two answers is a diff of values.
         let text = String(decoding: report.json(), as: UTF8.self)
-        #expect(text.hasPrefix("{\"digest\":\"d1\",\"digests_agree\":false,\"fetching\":3,\"load\":{\"n1\":10,\"n2\":20},\"replication\":2,"))
+        #expect(text.hasPrefix("{\"aliases\":{\"alpha \\\"q\\\"\":{\"canary\":1},\"zeta\":{\"canary\":1,\"stable\":2}},\"digest\":\"d1\",\"digests_agree\":false,\"fetching\":3,\"load\":{\"n1\":10,\"n2\":20},\"replication\":2,"))
         #expect(text.contains("{\"holders\":[{\"http_addr\":\"127.0.0.1:1\",\"id\":\"a-id\",\"name\":\"n1\",\"state\":\"ready\"}"))
     }
 }

@@ -185,7 +185,8 @@ public final class ModelServer {
         case .failure(let error): status = InferenceAPI.status(for: error.code)
         }
         if completion.complete(result) {
-            metrics.record(model: model, status: status, seconds: Double(loop.nowNanoseconds &- received) / 1e9)
+            let now = loop.nowNanoseconds
+            metrics.record(model: model, status: status, latency: now &- received, now: now)
         }
     }
 

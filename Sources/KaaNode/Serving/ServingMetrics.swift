@@ -7,8 +7,9 @@ public import Prometheus
 /// Per-model series are made on first use and cached, so the request path does one dictionary
 /// lookup and atomic adds. Loop-confined caches; the registry itself is thread-safe.
 public final class ServingMetrics: @unchecked Sendable {
-    // SAFETY: `perModel` is touched on the node's loop only; the registry and its metrics are
-    // thread-safe (atomics and locks inside swift-prometheus).
+    // SAFETY: `perModel` and `requests` are touched on the node's loop only (the model server's
+    // calls end there, and the stats route reads `requests` there); the registry and its
+    // metrics are thread-safe (atomics and locks inside swift-prometheus).
     public let registry = PrometheusCollectorRegistry()
     let loads: Counter
     let loadFailures: Counter
@@ -32,6 +33,9 @@ public final class ServingMetrics: @unchecked Sendable {
         }
     }
     private var perModel: [String: ModelSeries] = [:]
+    /// The last two minutes of calls, a second at a time, for `GET /kaa/v1/stats` and the
+    /// dashboard. On the loop.
+    var requests = RequestStats()
     /// Past this many models, per-model series are not made (cardinality guard); the rest are
     /// counted under `model="_other"`.
     private let maxModelSeries = 2_000
@@ -59,8 +63,11 @@ public final class ServingMetrics: @unchecked Sendable {
         MetricNameDescriptor(namespace: "kaa", metricName: metric, unitName: unit, helpText: help)
     }
 
-    /// Counts one finished call of `model` with its status and latency.
-    func record(model: String, status: HTTPStatus, seconds: Double) {
+    /// Counts one finished call of `model` with its status and latency (nanoseconds), ended at
+    /// `now` (the loop's monotonic nanoseconds). On the loop.
+    func record(model: String, status: HTTPStatus, latency: UInt64, now: UInt64) {
+        requests.record(model: model, failed: status != .ok, latency: latency, now: now)
+        let seconds = Double(latency) / 1e9
         let series = self.series(model)
         if status == .ok {
             series.ok.increment()
