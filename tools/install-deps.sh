@@ -18,6 +18,7 @@ packages=(
   iproute2 nftables   # tools/proof.sh in network namespaces: ip netns, tc netem, nft partitions
   lintian             # tools/test-package.sh: checks the .deb against Debian policy
   systemd adduser     # tools/test-package.sh: systemd-analyze verify on the unit; the .deb's postinst makes the kaa user
+  sqlite3 rsync       # tools/test-package.sh: the backup and restore of docs/operations.md
   chromium chromium-driver  # DashboardLiveTests: the /ui page in headless Chromium, driven by selenium (.venv-test)
   fonts-dejavu-core   # a font for the headless browser's screenshots
 )

@@ -5,8 +5,9 @@
 #   admin token with their owners and modes, and a second install keeps them; the installed
 #   /usr/bin/kaa runs as the unit runs it (user kaa, /etc/kaa/node.yaml, its ExecStart line, with
 #   the addresses moved to free loopback ports), takes a sample snapshot with the admin token only,
-#   scores it over HTTP and stops on SIGTERM; `dpkg -r` keeps the data and keys, `dpkg -P` removes
-#   them (the kaa system user stays, as Debian packages leave theirs);
+#   scores it over HTTP, is backed up and restored as docs/operations.md says, and stops on
+#   SIGTERM; `dpkg -r` keeps the data and keys, `dpkg -P` removes them (the kaa system user
+#   stays, as Debian packages leave theirs);
 #   the tarball: unpacked in an empty directory, bin/kaa loads no Swift library (ldd) and, with
 #   the Swift toolchain hidden (a mount namespace), runs a node from etc/node.yaml as INSTALL says,
 #   takes the sample and scores it.
@@ -191,18 +192,44 @@ exec_start=$(sed -n 's/^ExecStart=//p' "$unit")
 http=$(free_port); peer=$(free_port)
 url=http://127.0.0.1:$http
 build_sample /usr/bin/kaa "$work/$sample.kaa"
+start_deb_node() {
+  local log=$1
+  # shellcheck disable=SC2086 # ExecStart is split into words as systemd splits it (no quoting in it)
+  ( cd /var/lib/kaa && umask 0027 &&
+    exec setpriv --reuid=kaa --regid=kaa --init-groups --no-new-privs --reset-env -- \
+      $exec_start --http-addr "127.0.0.1:$http" --peer-addr "127.0.0.1:$peer" ) >"$log" 2>&1 &
+  node_pid=$!
+  wait_ready "$url" "$log"
+}
 log=$work/deb-node.log
-# shellcheck disable=SC2086 # ExecStart is split into words as systemd splits it (no quoting in it)
-( cd /var/lib/kaa && umask 0027 &&
-  exec setpriv --reuid=kaa --regid=kaa --init-groups --no-new-privs --reset-env -- \
-    $exec_start --http-addr "127.0.0.1:$http" --peer-addr "127.0.0.1:$peer" ) >"$log" 2>&1 &
-node_pid=$!
-wait_ready "$url" "$log"
+start_deb_node "$log"
 check "the installed node runs as user kaa" test "$(ps -o user= -p "$node_pid")" = kaa
 pass "the installed node is ready on $url with /etc/kaa/node.yaml"
 publish_and_score /usr/bin/kaa "$url" /etc/kaa/admin.token "installed node"
 check "the snapshot is stored in /var/lib/kaa, owned by kaa" test "$(stat -c %U "/var/lib/kaa/snapshots/$sample/1.kaa")" = kaa
+
+# docs/operations.md, "Backing up and restoring a node's store": its commands, as written there,
+# on the running node; then the data directory emptied, the backup put back, and the node
+# started again serves the sample without a new publish.
+b=$work/backup/kaa-$(date +%F); mkdir -p "$b"
+runuser -u kaa -- sqlite3 /var/lib/kaa/catalog.sqlite ".backup '/tmp/catalog.sqlite'"
+runuser -u kaa -- sqlite3 /var/lib/kaa/deadletters.sqlite ".backup '/tmp/deadletters.sqlite'"
+mv /tmp/catalog.sqlite /tmp/deadletters.sqlite "$b/"
+rsync -a --exclude .tmp /var/lib/kaa/snapshots /var/lib/kaa/node-id /var/lib/kaa/incarnation "$b/"
+check "the backup holds both databases, the archive and the node id" \
+  test -s "$b/catalog.sqlite" -a -s "$b/deadletters.sqlite" -a -f "$b/snapshots/$sample/1.kaa" -a -s "$b/node-id"
+node_id=$(cat /var/lib/kaa/node-id)
 stop_node "the installed node" "$log"
+find /var/lib/kaa -mindepth 1 -delete
+cp -a "$b/." /var/lib/kaa/
+chown -R kaa:kaa /var/lib/kaa
+start_deb_node "$work/deb-node-restored.log"
+check "the restored node keeps its id" test "$(cat /var/lib/kaa/node-id)" = "$node_id"
+answer=$(curl -sf -X POST -H 'Content-Type: application/json' --data "$sample_body" "$url/v2/models/$sample/infer") ||
+  fail "restored node: POST /v2/models/$sample/infer failed"
+check "the node restored from the backup answers $sample without a new publish" \
+  grep -q '"name":"species".*"data":\["setosa"\]' <<<"$answer"
+stop_node "the restored node" "$work/deb-node-restored.log"
 
 dpkg -r kaa >"$work/dpkg.out" 2>&1 || { cat "$work/dpkg.out" >&2; fail "dpkg -r kaa"; }
 check "dpkg -r removes /usr/bin/kaa and the unit" test ! -e /usr/bin/kaa -a ! -e "$unit"
