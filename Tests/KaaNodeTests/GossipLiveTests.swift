@@ -110,4 +110,51 @@ import Testing
         #expect(Set(GossipLiveTests.view(intruder.http).keys) == ["intruder"])
         #expect(a.process.stderr.contains("refused a peer connection") || a.process.stderr.contains("dropped gossip packet"))
     }
+
+    /// The cluster key rotation of docs/operations.md: three rolling passes over the nodes' key
+    /// files (add the new key second; move it first; remove the old), each node restarted in turn
+    /// on its data. After every restart the two nodes see each other alive and the restarted one
+    /// is ready, which takes a holdings exchange over the peer plane: gossip and the peer plane
+    /// both work in every mixed state the procedure passes through.
+    @Test func theClusterKeyRotatesInThreeRollingPasses() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        func keyLine(_ name: String) throws -> String {
+            let path = dir.path + "/" + name
+            #expect(try KaaProcess.run(["keys", "cluster", "--out", path]).0 == 0)
+            let text = try String(contentsOfFile: path, encoding: .utf8)
+            return try #require(text.split(separator: "\n").first { !$0.hasPrefix("#") && !$0.isEmpty }.map(String.init))
+        }
+        let old = try keyLine("old.key"), new = try keyLine("new.key")
+        func write(_ file: String, _ lines: [String]) throws {
+            try (lines.joined(separator: "\n") + "\n").write(toFile: file, atomically: true, encoding: .utf8)
+        }
+        let files = [dir.path + "/n1.key", dir.path + "/n2.key"]
+        for f in files { try write(f, [old]) }
+        var nodes = [try GossipLiveTests.start("n1", in: dir, seeds: [], keyFile: files[0], logLevel: "info")]
+        nodes.append(try GossipLiveTests.start("n2", in: dir, seeds: [nodes[0].peer], keyFile: files[1], logLevel: "info"))
+        defer { for n in nodes { n.process.signal(SIGKILL); n.process.wait() } }
+        let both = { () -> Bool in
+            nodes.allSatisfy { n in
+                let v = GossipLiveTests.view(n.http)
+                return Set(v.keys) == ["n1", "n2"] && v.values.allSatisfy { $0.0 == "alive" }
+            }
+        }
+        #expect(GossipLiveTests.within(20, both) != nil)
+        for (pass, lines) in [[old, new], [new, old], [new]].enumerated() {
+            for i in nodes.indices {
+                try write(files[i], lines)
+                let before = GossipLiveTests.view(nodes[1 - i].http)[nodes[i].name]?.1 ?? -1
+                nodes[i].process.signal(SIGKILL)
+                nodes[i].process.wait()
+                nodes[i] = try GossipLiveTests.start(nodes[i].name, in: dir, seeds: [nodes[1 - i].peer], keyFile: files[i],
+                                                     peerPort: nodes[i].peer, dataDir: nodes[i].dataDir, logLevel: "info")
+                let back = GossipLiveTests.within(30) {
+                    both() && (GossipLiveTests.view(nodes[1 - i].http)[nodes[i].name]?.1 ?? -1) > before
+                        && ForwardingLiveTests.call(nodes[i].http, "GET", "/v2/health/ready")?.status == 200
+                }
+                #expect(back != nil, "pass \(pass + 1), \(nodes[i].name) restarted with \(lines.count) keys: views \(nodes.map { GossipLiveTests.view($0.http) })")
+            }
+        }
+    }
 }
