@@ -111,6 +111,38 @@ import Testing
         #expect(a.process.stderr.contains("refused a peer connection") || a.process.stderr.contains("dropped gossip packet"))
     }
 
+    /// Every metric docs/operations.md names (its "Metrics" section, the alert rules included)
+    /// is one a node exposes: a `# TYPE` line of a running node's `/metrics`.
+    @Test func theOperatorsGuideNamesOnlyMetricsANodeExposes() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let guide = try String(contentsOfFile: ServingTests.repo + "/docs/operations.md", encoding: .utf8)
+        let start = try #require(guide.range(of: "\n## Metrics\n")), end = guide.range(of: "\n## ", range: start.upperBound..<guide.endIndex)
+        let section = guide[start.upperBound..<(end?.lowerBound ?? guide.endIndex)]
+        let regex = try NSRegularExpression(pattern: "kaa_[a-z0-9_]+")
+        let text = String(section)
+        let named = Set(regex.matches(in: text, range: NSRange(text.startIndex..., in: text)).compactMap { Range($0.range, in: text).map { String(text[$0]) } })
+        try #require(named.count >= 20, "the guide's metrics section names \(named.count) metrics")
+        let node = try GossipLiveTests.start("n1", in: dir, seeds: [], keyFile: nil, logLevel: "info")
+        defer { node.process.signal(SIGKILL); node.process.wait() }
+        // One call, for the series a node starts at its first call (by model and status).
+        let archive = dir.path + "/m.kaa"
+        let built = try KaaProcess.run(["snapshot", "build", "--model", ServingTests.repo + "/snapshots/iris-logreg/model.onnx", "--name", "m",
+                                        "--version", "1", "--out", archive])
+        try #require(built.0 == 0, "\(built.2)")
+        let published = try KaaProcess.run(["publish", archive, "--to", "http://127.0.0.1:\(node.http)"])
+        try #require(published.0 == 0, "\(published.1)\(published.2)")
+        let call = ForwardingLiveTests.call(node.http, "POST", "/v2/models/m/infer", ForwardingLiveTests.irisBody,
+                                            headers: "Content-Type: application/json\r\n")
+        try #require(call?.status == 200, "\(call?.text ?? "no answer")")
+        let metrics = try ServingTests.metrics(RawSocket(port: node.http))
+        let exposed = Set(metrics.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.compactMap { $0.split(separator: " ").dropFirst(2).first.map(String.init) })
+        for name in named.sorted() {
+            let base = ["_bucket", "_sum", "_count"].reduce(name) { n, suffix in n.hasSuffix(suffix) && exposed.contains(String(n.dropLast(suffix.count))) ? String(n.dropLast(suffix.count)) : n }
+            #expect(exposed.contains(base), "docs/operations.md names \(name); /metrics has no such metric")
+        }
+    }
+
     /// The cluster key rotation of docs/operations.md: three rolling passes over the nodes' key
     /// files (add the new key second; move it first; remove the old), each node restarted in turn
     /// on its data. After every restart the two nodes see each other alive and the restarted one
