@@ -127,7 +127,7 @@ done
 IFS=$'\n' read -r -d '' -a checkouts < <(printf '%s\n' "${checkouts[@]}" | sort -f && printf '\0')
 swift_license=$(dirname "$(readlink -f "$(command -v swift)")")/../share/swift/LICENSE.txt
 [ -f "$swift_license" ] || fail "the Swift toolchain's licence is not at $swift_license"
-swift_version=$(swift --version 2>/dev/null | sed -n 's/.*Swift version \([^ ]*\).*/\1/p' | head -1)
+swift_version=$(swift --version 2>/dev/null | sed -n 's/.*Swift version \([^ ]*\).*/\1/p' | sed -n 1p)
 # Foundation links ICU (swift-foundation-icu) in when internationalization is used.
 uses_icu=false
 if grep -q ' u_strIsWellFormed' < <(nm "$built" 2>/dev/null); then uses_icu=true; fi
@@ -149,7 +149,9 @@ done
 boring=$scratch/checkouts/swift-crypto/Sources/CCryptoBoringSSL
 if [[ " ${checkouts[*]} " == *" swift-crypto "* ]]; then
   header() { awk '{ print } /\*\// { exit }' "$1"; }
-  isc=$(grep -rl "Permission to use, copy, modify, and/or distribute" "$boring/crypto" | sort | head -1)
+  # The first by name. `sed -n 1p` reads to the end: `head -1` exits early, and `sort` writing
+  # more than a pipe's buffer then dies of SIGPIPE, which pipefail turns into a failed script.
+  isc=$(grep -rl "Permission to use, copy, modify, and/or distribute" "$boring/crypto" | sort | sed -n 1p)
   for f in "$boring/crypto/bio/bio.cc" "$boring/crypto/bio/pair.cc" "$isc"; do
     [ -f "$f" ] || fail "BoringSSL's licence headers are not where tools/package.sh looks ($f)"
   done
