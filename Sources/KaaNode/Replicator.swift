@@ -87,7 +87,7 @@ final class Replicator {
     /// rest folded into one delta instead of the whole entry.
     private var ownLog: [EntryDelta] = []
     private var planPending = false
-    /// How long the last table computation and plan took: the next waits four times as long.
+    /// How long the last table computation and plan took: the next waits eight times as long.
     private var planCost: Duration = .zero
     private var lastPlan: Instant?
     /// When this node last asked each peer for its view to hurry a drop.
@@ -313,7 +313,7 @@ final class Replicator {
     }
 
     /// Recomputes the table and acts on it on the next turn of the loop, but at most once per
-    /// 20 ms, or per four times what the last one took, so a storm of holdings changes costs a
+    /// 20 ms, or per eight times what the last one took, so a storm of holdings changes costs a
     /// bounded share of a core.
     private func schedulePlan() {
         guard !planPending else { return }
