@@ -278,7 +278,7 @@ final class DeadLetters: Sendable {
                         guard case .success(let frame) = answer.result, frame.payload.first == UInt8(ascii: "{") else { continue }
                         return responder.respond(.json(.ok, frame.payload))
                     }
-                    let unreachable = DeadLetters.unreachable(answers)
+                    let unreachable = PeerAnswers.unreachable(answers)
                     responder.respond(.error(.notFound, "no dead letter `\(id.prefix(40))` on this node or its live peers"
                         + (unreachable.isEmpty ? "" : " (not answering: \(unreachable.joined(separator: ", ")))")
                         + "; `kaa deadletters list` shows the cluster's"))
@@ -328,40 +328,19 @@ final class DeadLetters: Sendable {
                     guard case .success(let frame) = answer.result else { return total }
                     return total + ((try? JSONSerialization.jsonObject(with: Data(frame.payload)) as? [String: Any])?["purged"] as? Int ?? 0)
                 }]
-                let unreachable = DeadLetters.unreachable(answers)
+                let unreachable = PeerAnswers.unreachable(answers)
                 if !unreachable.isEmpty { object["unreachable"] = unreachable }
                 responder.respond(.json(.ok, Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())))
             }
         }
     }
 
-    /// One answer of a peer to a `dead-letters` frame sent to every live peer.
-    typealias PeerAnswer = (peer: Member, result: Result<Frame, FrameError>)
-
     /// Sends `message` to every live peer at once; `done` gets every answer or failure, on the
     /// loop, once all are in (at once when there is no peer).
     func askEveryPeer(_ message: Message, deadline: Duration, done: @escaping ([PeerAnswer]) -> Void) {
         let peers = self.peers.withLock { $0 }?() ?? []
-        guard let frames = frames.withLock({ $0 }), !peers.isEmpty, let payload = try? JSONEncoder().encode(message) else { return done([]) }
-        let answers = LoopBound(Answers(expected: peers.count), loop: loop), finish = LoopBound(done, loop: loop)
-        for peer in peers {
-            frames.request(to: peer.info.peerAddress, type: Node.PeerFrameType.deadLetters, payload: Array(payload), deadline: deadline) { result in
-                let a = answers.value
-                a.items.append((peer, result))
-                if a.items.count == a.expected { finish.value(a.items) }
-            }
-        }
-    }
-
-    /// The answers being gathered. Loop-confined.
-    private final class Answers {
-        let expected: Int
-        var items: [PeerAnswer] = []
-        init(expected: Int) { self.expected = expected }
-    }
-
-    static func unreachable(_ answers: [PeerAnswer]) -> [String] {
-        answers.compactMap { if case .failure = $0.result { $0.peer.info.name } else { nil } }.sorted()
+        guard let frames = frames.withLock({ $0 }), let payload = try? JSONEncoder().encode(message) else { return done([]) }
+        frames.askEach(peers, type: Node.PeerFrameType.deadLetters, payload: Array(payload), deadline: deadline, done: done)
     }
 
     /// This node's dead letters that `filter` selects and the live peers' (asked for up to
@@ -383,7 +362,7 @@ final class DeadLetters: Sendable {
                     if case .success(let frame) = answer.result { all += (try? JSONDecoder().decode([Summary].self, from: Data(frame.payload))) ?? [] }
                 }
                 var seen = Set<String>()
-                done(.success((all.filter { seen.insert($0.id).inserted }.sorted { $0.id < $1.id }, DeadLetters.unreachable(answers))))
+                done(.success((all.filter { seen.insert($0.id).inserted }.sorted { $0.id < $1.id }, PeerAnswers.unreachable(answers))))
             }
         }
     }

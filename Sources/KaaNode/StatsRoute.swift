@@ -146,40 +146,17 @@ struct StatsRoute: Sendable {
         let me = shell.instance.myself.id
         let peers = shell.instance.members.filter { $0.status.isReachable && $0.id != me }
         let payload = Array("{\"models\":\(models)}".utf8)
-        let gathered = LoopBound(Gathered(expected: peers.count + 1), loop: loop)
-        let finish = { @Sendable in
-            let answers = gathered.value.answers, failed = gathered.value.failed
-            // Checking the peers' answers and joining them is work in proportion to their size: off the loop.
-            loop.offload({ StatsRoute.merge(answers, failed: failed) }) { responder.respond(.json(.ok, $0)) }
-        }
-        report(models: models) { mine in
-            gathered.value.answers.insert((nodeName, mine), at: 0)
-            if gathered.value.arrived() { finish() }
-        }
-        for peer in peers {
-            let name = peer.info.name
-            frames.request(to: peer.info.peerAddress, type: Node.PeerFrameType.stats, payload: payload, deadline: StatsRoute.peerDeadline) { result in
-                let g = gathered.value
-                switch result {
-                case .success(let frame): g.answers.append((name, frame.payload))
-                case .failure: g.failed.append(name)
-                }
-                if g.arrived() { finish() }
+        let (loop, nodeName) = (self.loop, self.nodeName)
+        frames.askEach(peers, type: Node.PeerFrameType.stats, payload: payload, deadline: StatsRoute.peerDeadline) { answers in
+            let gathered = answers.compactMap { a -> (node: String, json: [UInt8])? in
+                if case .success(let frame) = a.result { (a.peer.info.name, frame.payload) } else { nil }
             }
-        }
-    }
-
-    /// Answers being gathered. Loop-confined.
-    private final class Gathered {
-        let expected: Int
-        var answers: [(node: String, json: [UInt8])] = []
-        var failed: [String] = []
-        private var count = 0
-        init(expected: Int) { self.expected = expected }
-        /// Counts one arrival; true at the last.
-        func arrived() -> Bool {
-            count += 1
-            return count == expected
+            let failed = PeerAnswers.unreachable(answers)
+            report(models: models) { mine in
+                let all = [(node: nodeName, json: mine)] + gathered
+                // Checking the peers' answers and joining them is work in proportion to their size: off the loop.
+                loop.offload({ StatsRoute.merge(all, failed: failed) }) { responder.respond(.json(.ok, $0)) }
+            }
         }
     }
 

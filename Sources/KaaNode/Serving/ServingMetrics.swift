@@ -67,11 +67,10 @@ public final class ServingMetrics: @unchecked Sendable {
     /// `now` (the loop's monotonic nanoseconds). On the loop.
     func record(model: String, status: HTTPStatus, latency: UInt64, now: UInt64) {
         requests.record(model: model, failed: status != .ok, latency: latency, now: now)
-        let seconds = Double(latency) / 1e9
         let series = self.series(model)
         if status == .ok {
             series.ok.increment()
-            series.latency.recordNanoseconds(Int64(seconds * 1e9))
+            series.latency.recordNanoseconds(Int64(clamping: latency))
             return
         }
         if let counter = series.byStatus[status.code] { return counter.increment() }
