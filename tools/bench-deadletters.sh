@@ -39,7 +39,7 @@ start h1 "$h1" $((base + 3)) 1 "127.0.0.1:$((base + 1))"
 start h2 "$h2" $((base + 5)) 1 "127.0.0.1:$((base + 1))"
 sleep 2
 "$kaa" publish "$work/iris.kaa" --to "http://127.0.0.1:$entry" >/dev/null
-# The publish went through `entry`, which keeps its copy until both holders have theirs.
+# The publish went through `entry`, which streamed it on to both holders and keeps no copy.
 served_by() { curl -s -D - -o /dev/null -X POST -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$entry/v2/models/iris/infer" \
                 | awk -F': ' 'tolower($1) == "kaa-served-by" {print $2}' | tr -d '\r'; }
 for _ in $(seq 300); do case "$(served_by)" in h1|h2) break ;; esac; sleep 0.1; done

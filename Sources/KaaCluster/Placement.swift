@@ -133,12 +133,7 @@ public enum Placement {
         public init() {}
 
         public mutating func compute(nodes given: [Node], snapshots: [Snapshot], settings: Settings = .init()) -> Table {
-            // Canonical order: by id, one entry per id.
-            var seen = Set<NodeID>()
-            let nodes = given.sorted { $0.id < $1.id }.filter { seen.insert($0.id).inserted }
-            if ring == nil || ring!.nodes != nodes || ring!.tokensPerWeight != settings.tokensPerWeight {
-                ring = (nodes, settings.tokensPerWeight, Ring(nodes: nodes, tokensPerWeight: settings.tokensPerWeight))
-            }
+            let (nodes, ring) = self.ring(of: given, settings)
             // Positions of snapshots no longer asked for go once they outnumber the rest.
             if positions.count > 2 * snapshots.count + 1_000 { positions = [:] }
             var keys: [String] = []
@@ -151,7 +146,53 @@ public enum Placement {
                 positions[key] = p
                 return (p, s)
             }
-            return Placement.place(nodes: nodes, ring: ring!.ring, positioned: positioned, keys: keys, settings: settings)
+            return Placement.place(nodes: nodes, ring: ring, positioned: positioned, keys: keys, settings: settings)
+        }
+
+        /// The nodes a snapshot not yet in the catalog asks first: the first `replication`
+        /// eligible ones on its ring walk, in distinct zones when there are enough, GPU nodes
+        /// first when it prefers one. These are its holders once it is in the table unless a
+        /// node's load cap turns it away (then the table names the next one on the walk). A node
+        /// receiving a publish streams it to these at once, before the table is recomputed.
+        public mutating func preference(for snapshot: Snapshot, nodes given: [Node], settings: Settings = .init()) -> [NodeID] {
+            let (nodes, ring) = self.ring(of: given, settings)
+            let eligible = { (i: Int) in snapshot.accelerator != .requiresGPU || nodes[i].gpus > 0 }
+            let want = min(settings.replication, nodes.indices.filter(eligible).count)
+            guard want > 0 else { return [] }
+            let distinct = Set(nodes.map(\.zone)).count >= want
+            var chosen: [Int] = []
+            func take(_ i: Int) {
+                if chosen.count < want && !(distinct && chosen.contains(where: { nodes[$0].zone == nodes[i].zone })) { chosen.append(i) }
+            }
+            // A GPU preference reorders the whole walk; otherwise the walk stops once it has them.
+            var walk: [Int] = []
+            var visits = Ring.Visits(nodeCount: nodes.count)
+            ring.walk(from: Placement.position(of: snapshot.key), visits: &visits) { i in
+                guard eligible(i) else { return true }
+                if snapshot.accelerator == .prefersGPU { walk.append(i) } else { take(i) }
+                return chosen.count < want
+            }
+            if snapshot.accelerator == .prefersGPU {
+                for i in walk.filter({ nodes[$0].gpus > 0 }) + walk.filter({ nodes[$0].gpus == 0 }) { take(i) }
+            }
+            // The eligible nodes span too few zones: the rest as the table takes them, heaviest
+            // first, then in canonical order.
+            if chosen.count < want {
+                let rest = nodes.indices.filter { eligible($0) && !chosen.contains($0) }
+                    .sorted { a, b in (nodes[b].weight, a) < (nodes[a].weight, b) }
+                chosen += rest.prefix(want - chosen.count)
+            }
+            return chosen.map { nodes[$0].id }
+        }
+
+        /// `given` in canonical order (by id, one entry per id) and its ring, kept between calls.
+        private mutating func ring(of given: [Node], _ settings: Settings) -> ([Node], Ring) {
+            var seen = Set<NodeID>()
+            let nodes = given.sorted { $0.id < $1.id }.filter { seen.insert($0.id).inserted }
+            if ring == nil || ring!.nodes != nodes || ring!.tokensPerWeight != settings.tokensPerWeight {
+                ring = (nodes, settings.tokensPerWeight, Ring(nodes: nodes, tokensPerWeight: settings.tokensPerWeight))
+            }
+            return (nodes, ring!.ring)
         }
     }
 

@@ -256,6 +256,10 @@ public final class Node: Sendable {
             }
             service.register(PeerFrameType.deadLetters) { frame, responder in deadLetters.answer(frame, responder) }
             service.register(PeerFrameType.stats) { frame, responder in stats.answer(frame, responder) }
+            service.register(PeerFrameType.pushSnapshot) { frame, responder in
+                guard let replicator = replicatorCell.value else { return responder.fail(.notReady, "replication is not running yet") }
+                replicator.receivePush(frame, responder)
+            }
             service.register(PeerFrameType.holdings) { frame, responder in
                 guard let replicator = replicatorCell.value else { return responder.fail(.notReady, "replication is not running yet") }
                 replicator.answer(frame, responder)

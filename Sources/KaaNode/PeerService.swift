@@ -30,6 +30,8 @@ extension Node {
         public static let deadLetters: UInt16 = 6
         /// The node's request series and dead-letter counts, for the cluster view of the stats.
         public static let stats: UInt16 = 7
+        /// A published archive streamed on to a holder by the node that received the upload.
+        public static let pushSnapshot: UInt16 = 8
 
         public static let all: [Entry] = [
             Entry(type: ping, name: "ping", summary: "any bytes; answered with the same bytes"),
@@ -44,6 +46,8 @@ extension Node {
                   summary: "JSON `{op: copy|list|replay|delete|get, ...}`; answered `{}`, a JSON list, a record, or a replay's HTTP answer"),
             Entry(type: stats, name: "stats",
                   summary: "JSON `{models}`; answered with the node's `GET /kaa/v1/stats` JSON"),
+            Entry(type: pushSnapshot, name: "push-snapshot",
+                  summary: "JSON `{name, version, digest, size}` and the archive as a stream; answered with JSON `{outcome, digest}` once stored"),
         ]
 
         /// `1 (ping), 2 (push-pull), ...`, for the unknown-type error.
@@ -86,26 +90,41 @@ struct FetchHead: Codable {
     var digest: String
 }
 
-/// Sends one stored archive as a stream, reading it on the thread pool a chunk at a time, with
-/// a lease that keeps retention from deleting it meanwhile. Loop-confined.
+/// What a `push-snapshot` request names: the archive that follows it.
+struct PushRequest: Codable {
+    var name: String
+    var version: Int
+    var digest: String
+    var size: UInt64
+}
+
+/// The answer to a `push-snapshot`: `stored` or `already-present`, and the stored digest.
+struct PushAnswer: Codable {
+    var outcome: String
+    var digest: String
+}
+
+/// Sends one archive as a stream, reading it on the thread pool a chunk at a time: a stored
+/// one (with a lease that keeps retention from deleting it meanwhile) to a node fetching it, or
+/// an upload this node verified to a holder. Loop-confined.
 final class ArchiveSender {
     let loop: EventLoop
-    let store: SnapshotStore
-    let lease: SnapshotLease
     private let file: Int32
     private let size: UInt64
     private var offset: UInt64 = 0
     private var writer: FrameStreamWriter?
     private var closed = false
+    /// Gives back what kept the file (a lease); runs once, when the sender closes.
+    private var release: (() -> Void)?
     let logger: Logger
 
-    init(loop: EventLoop, store: SnapshotStore, lease: SnapshotLease, file: Int32, size: UInt64, logger: Logger) {
+    /// Sends `size` bytes of the open descriptor `file`, which the sender closes.
+    init(loop: EventLoop, file: Int32, size: UInt64, logger: Logger, release: (() -> Void)? = nil) {
         self.loop = loop
-        self.store = store
-        self.lease = lease
         self.file = file
         self.size = size
         self.logger = logger
+        self.release = release
     }
 
     /// Serves `fetch-snapshot`: checks the request, takes a lease, and streams the archive.
@@ -138,7 +157,7 @@ final class ArchiveSender {
             case .failure(let failure):
                 responder.fail(failure.code, failure.message)
             case .success(let (lease, record, fd)):
-                let sender = ArchiveSender(loop: loop, store: store, lease: lease, file: fd, size: record.size, logger: logger)
+                let sender = ArchiveSender(loop: loop, file: fd, size: record.size, logger: logger) { store.releaseLease(lease) }
                 let head = (try? JSONEncoder().encode(FetchHead(size: record.size, digest: record.digest.description))).map(Array.init) ?? []
                 guard let writer = responder.respondStream(head) else { return sender.close() }
                 sender.start(writer)
@@ -185,7 +204,8 @@ final class ArchiveSender {
         guard !closed else { return }
         closed = true
         Glibc.close(file)
-        store.releaseLease(lease)
+        release?()
+        release = nil
     }
 
     deinit { close() }

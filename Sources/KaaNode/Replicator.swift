@@ -124,6 +124,13 @@ final class Replicator {
     /// Bytes of holdings frames (anti-entropy) sent and received, requests and answers.
     private(set) var exchangeBytesSent = 0, exchangeBytesReceived = 0
     private(set) var fetchFailures = 0
+    /// Copies of publishes streamed on to holders, those that failed, uploads this node passed
+    /// on without keeping a copy, and copies other nodes streamed here.
+    private(set) var pushesSent = 0, pushFailures = 0, uploadsPassedOn = 0, pushesReceived = 0
+    /// Keys other nodes are streaming here from a publish (how many streams of each).
+    private var receiving: [String: Int] = [:]
+    private var pushesInFlight: [NodeID: Int] = [:]
+    private var pushQueue: [NodeID: [(@escaping () -> Void) -> Void]] = [:]
     private(set) var copiesDropped = 0
 
     init(loop: EventLoop, store: SnapshotStore, api: SnapshotAPI, frames: FrameClient, gossip: GossipShell,
@@ -814,7 +821,8 @@ final class Replicator {
         while fetching.count < settings.repairConcurrency, started < wantedFetches.count {
             let fetch = wantedFetches[started]
             started += 1
-            if local[fetch.key] != nil || fetching.contains(fetch.key) || retryAt[fetch.key].map({ $0 > now }) == true
+            if local[fetch.key] != nil || fetching.contains(fetch.key) || receiving[fetch.key] != nil
+                || retryAt[fetch.key].map({ $0 > now }) == true
                 || table.holders[fetch.key]?.contains(me) != true { continue }
             start(fetch)
         }
@@ -873,6 +881,105 @@ final class Replicator {
         }
     }
 
+    // MARK: copies a publish streams on
+
+    /// Where the node receiving a verified upload sends it (`nil`: it stores it itself, and the
+    /// cluster copies it as it copies any other): the snapshot's holders as the ring names them
+    /// (``Placement/Planner/preference(for:nodes:settings:)``), whether this node is one, and
+    /// the others to stream it to. Nil for a node alone, not yet caught up, or leaving.
+    func publishTargets(_ id: SnapshotID, bytes: UInt64, accelerator: SnapshotManifest.Requirements.Accelerator)
+        -> (here: Bool, peers: [Member])? {
+        guard !stopped, loaded, synced, leavingSince == nil, !livePeers().isEmpty else { return nil }
+        let snapshot = Placement.Snapshot(name: id.name, version: id.version, bytes: bytes,
+                                          accelerator: Holding.accelerator(accelerator))
+        let holders = planner.preference(for: snapshot, nodes: placementNodes(now: Instant.now()),
+                                         settings: .init(replication: settings.replication))
+        guard !holders.isEmpty else { return nil }
+        let members = Dictionary(gossip.members.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        let peers = holders.filter { $0 != me }.compactMap { members[$0] }
+        // A holder down within the repair grace cannot take it: this node keeps a copy.
+        guard peers.allSatisfy(\.status.isReachable) else { return nil }
+        return (holders.contains(me), peers)
+    }
+
+    /// Runs `go` once fewer than ``pushesPerPeer`` of this node's publish streams to `peer` are
+    /// in flight (at once, or in turn as they end); `go` gets the release to call when its
+    /// stream ended. Bounds what one node's publishes ask of a holder's upload slots and of the
+    /// streams of one peer connection.
+    func withPushSlot(to peer: NodeID, _ go: @escaping (_ release: @escaping () -> Void) -> Void) {
+        guard pushesInFlight[peer, default: 0] < Replicator.pushesPerPeer else {
+            pushQueue[peer, default: []].append(go)
+            return
+        }
+        pushesInFlight[peer, default: 0] += 1
+        var released = false
+        go { [weak self] in
+            guard let self, !released else { return }
+            released = true
+            self.pushesInFlight[peer, default: 1] -= 1
+            if var waiting = self.pushQueue[peer], !waiting.isEmpty {
+                let next = waiting.removeFirst()
+                self.pushQueue[peer] = waiting.isEmpty ? nil : waiting
+                self.withPushSlot(to: peer, next)
+            }
+        }
+    }
+
+    /// Publish streams in flight from this node to one peer.
+    static let pushesPerPeer = 8
+
+    /// Counts a publish's copies streamed on to holders, and those that failed.
+    func countPushes(sent: Int, failed: Int, passedOn: Bool) {
+        pushesSent += sent
+        pushFailures += failed
+        if passedOn { uploadsPassedOn += 1 }
+    }
+
+    /// Takes a copy that the node which received its upload streams here (`push-snapshot`):
+    /// no plan fetches it meanwhile, and it is listed ready once stored (file, directory and
+    /// catalog synced), when the push is answered.
+    func receivePush(_ frame: Frame, _ responder: FrameResponder) {
+        guard !stopped, loaded, leavingSince == nil else {
+            return responder.fail(.notReady, stopped ? "this node is stopping" : loaded ? "this node is leaving" : "this node has not read its store yet")
+        }
+        guard responder.hasBody, let request = try? JSONDecoder().decode(PushRequest.self, from: Data(frame.payload)) else {
+            return responder.fail(.badRequest, "push-snapshot wants JSON {\"name\", \"version\", \"digest\", \"size\"} followed by the archive as a stream")
+        }
+        let key = "\(request.name)@\(request.version)"
+        if store.uploadsInProgress >= store.configuration.maxConcurrentIngests {
+            return responder.fail(.overloaded, "this node is receiving \(store.configuration.maxConcurrentIngests) uploads already, its limit (its `max_concurrent_uploads` setting)")
+        }
+        if let copy = local[key] {
+            guard copy.digest == request.digest else {
+                return responder.fail(.badRequest, "\(key) is stored on this node with digest \(copy.digest), not \(request.digest); snapshots are immutable: publish it as a new version")
+            }
+            return responder.respond(Replicator.encoded(PushAnswer(outcome: "already-present", digest: copy.digest)))
+        }
+        receiving[key, default: 0] += 1
+        api.receivePush(request, responder) { [weak self] result in
+            guard let self else { return }
+            self.receiving[key] = self.receiving[key].flatMap { $0 > 1 ? $0 - 1 : nil }
+            switch result {
+            case .success(let (outcome, record)):
+                self.pushesReceived += 1
+                if !self.stopped, self.local[key] == nil {
+                    self.local[key] = self.holding(record)
+                    self.publishLocal()
+                }
+                responder.respond(Replicator.encoded(PushAnswer(outcome: outcome, digest: record.digest.description)))
+            case .failure(let error):
+                let code: PeerErrorCode = switch error.code {
+                case .busy: .overloaded
+                case .io: .internal
+                default: .badRequest
+                }
+                responder.fail(code, error.message)
+            }
+        }
+    }
+
+    private static func encoded<T: Encodable>(_ value: T) -> [UInt8] { (try? JSONEncoder().encode(value)).map(Array.init) ?? [] }
+
     // MARK: a graceful leave
 
     /// Hands this node's copies over before it stops: announces that it is leaving (placement
@@ -927,10 +1034,11 @@ final class Replicator {
     }
 
     /// Calls `done` once `replication` holders of `id` have it ready (or fewer, when fewer
-    /// nodes are there), or when the publish timeout passes.
-    func awaitQuorum(_ id: SnapshotID, record: SnapshotRecord, done: @escaping (QuorumOutcome) -> Void) {
+    /// nodes are there), or when the publish timeout passes. `record`: the copy this node
+    /// stored, listed at once; nil when the upload went on to the holders and not here.
+    func awaitQuorum(_ id: SnapshotID, record: SnapshotRecord?, done: @escaping (QuorumOutcome) -> Void) {
         let key = id.description
-        if local[key] == nil {
+        if let record, local[key] == nil {
             local[key] = holding(record)
             publishLocal()
         }
@@ -1041,6 +1149,16 @@ final class Replicator {
         # HELP kaa_copy_fetch_failures_total Fetches of a copy that failed.
         # TYPE kaa_copy_fetch_failures_total counter
         kaa_copy_fetch_failures_total \(fetchFailures)
+        # HELP kaa_publish_copies_sent_total Copies of uploads this node received streamed on to their holders, by outcome.
+        # TYPE kaa_publish_copies_sent_total counter
+        kaa_publish_copies_sent_total{outcome="stored"} \(pushesSent - pushFailures)
+        kaa_publish_copies_sent_total{outcome="failed"} \(pushFailures)
+        # HELP kaa_publish_uploads_passed_on_total Uploads this node verified and streamed on to their holders without keeping a copy.
+        # TYPE kaa_publish_uploads_passed_on_total counter
+        kaa_publish_uploads_passed_on_total \(uploadsPassedOn)
+        # HELP kaa_publish_copies_received_total Copies another node streamed here from an upload it received.
+        # TYPE kaa_publish_copies_received_total counter
+        kaa_publish_copies_received_total \(pushesReceived)
         # HELP kaa_copies_dropped_total Copies this node deleted (no longer a holder, or retired).
         # TYPE kaa_copies_dropped_total counter
         kaa_copies_dropped_total \(copiesDropped)
@@ -1065,13 +1183,17 @@ final class Replicator {
 extension Holding {
     /// A ready copy of a stored snapshot.
     init(_ record: SnapshotRecord) {
-        let accelerator: Placement.Accelerator = switch record.accelerator {
+        self.init(name: record.id.name, version: record.id.version, digest: record.digest.description, size: record.size,
+                  state: .ready, draft: record.isDraft, accelerator: Holding.accelerator(record.accelerator))
+    }
+
+    /// Placement's word for a manifest's accelerator requirement.
+    static func accelerator(_ requirement: SnapshotManifest.Requirements.Accelerator) -> Placement.Accelerator {
+        switch requirement {
         case .none: .none
         case .gpu: .requiresGPU
         case .gpuPreferred: .prefersGPU
         }
-        self.init(name: record.id.name, version: record.id.version, digest: record.digest.description, size: record.size,
-                  state: .ready, draft: record.isDraft, accelerator: accelerator)
     }
 }
 

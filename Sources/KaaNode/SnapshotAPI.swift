@@ -1,4 +1,5 @@
 import Foundation
+import KaaCluster
 import KaaCore
 import KaaEngine
 public import KaaIO
@@ -366,6 +367,18 @@ struct SnapshotSummary: Encodable {
         draft = record.isDraft
     }
 
+    /// A snapshot this node verified and streamed on to its holders without storing it.
+    init(id: SnapshotID, archive: VerifiedArchive, receivedAt: Date) {
+        name = id.name
+        version = id.version
+        digest = archive.digest.description
+        size = archive.archiveBytes
+        state = "\(SnapshotRecord.State.ready)"
+        self.receivedAt = receivedAt
+        signer = archive.signerKeyID
+        draft = false
+    }
+
     enum CodingKeys: String, CodingKey {
         case name, version, digest, size, state, signer, draft
         case receivedAt = "received_at"
@@ -415,50 +428,176 @@ final class UploadSink: HTTPBodySink {
         }
     }
 
+    /// What a publish answers.
+    struct Answer: Encodable {
+        var snapshot: SnapshotSummary
+        var outcome: String
+        var assignedVersion: Bool
+        var holders: [String]?
+        var readyHolders: [String]?
+        var replicated: Bool?
+        enum CodingKeys: String, CodingKey {
+            case snapshot, outcome, holders, replicated
+            case assignedVersion = "assigned_version", readyHolders = "ready_holders"
+        }
+    }
+
+    /// The upload is in: verified, then stored here, or streamed on to the holders the ring
+    /// names (``Replicator/publishTargets(_:bytes:accelerator:)``) and stored here as well only
+    /// when this node is one of them or a holder could not take it.
     func finish(_ responder: HTTPResponder) {
         if let failed {
             responder.respond(SnapshotAPI.response(for: failed))
             return
         }
         let job = self.job, api = self.api
-        struct Answer: Encodable {
-            var snapshot: SnapshotSummary
-            var outcome: String
-            var assignedVersion: Bool
-            var holders: [String]?
-            var readyHolders: [String]?
-            var replicated: Bool?
-            enum CodingKeys: String, CodingKey {
-                case snapshot, outcome, holders, replicated
-                case assignedVersion = "assigned_version", readyHolders = "ready_holders"
-            }
-        }
-        api.loop.offload({ () -> Result<(IngestResult, Answer), SnapshotError> in
-            do throws(SnapshotError) {
-                let result = try job.finish()
-                let outcome = api.ingested(result)
-                return .success((result, Answer(snapshot: SnapshotSummary(result.record), outcome: outcome,
-                                                assignedVersion: result.assignedVersion)))
-            } catch {
-                return .failure(error)
-            }
-        }) { result in
+        guard let replicator = api.replicator?.value else { return store(responder) }
+        api.loop.offload({ () -> Result<(archive: VerifiedArchive, path: String), SnapshotError> in
+            do throws(SnapshotError) { return .success(try job.verify()) } catch { return .failure(error) }
+        }) { [self] result in
             switch result {
             case .failure(let error):
                 responder.respond(SnapshotAPI.response(for: error))
-            case .success(let (result, answer)):
-                let status: HTTPStatus = result.outcome == .stored ? .created : .ok
-                guard let replicator = api.replicator?.value else { return responder.respond(SnapshotAPI.json(status, answer)) }
-                // The write quorum: answered once the table's holders have their copies, or
-                // with 202 when the publish timeout passes first.
-                replicator.awaitQuorum(result.record.id, record: result.record) { quorum in
-                    var answer = answer
-                    answer.holders = quorum.holders
-                    answer.readyHolders = quorum.ready
-                    answer.replicated = quorum.replicated
-                    responder.respond(SnapshotAPI.json(quorum.timedOut ? HTTPStatus(202, "Accepted") : status, answer))
+            case .success(let (archive, path)):
+                // A draft takes its version from this node's store: it is stored here.
+                guard !archive.manifest.isDraft,
+                      let id = try? SnapshotID(name: archive.manifest.name, version: archive.manifest.version),
+                      let targets = replicator.publishTargets(id, bytes: archive.archiveBytes,
+                                                              accelerator: archive.manifest.requirements.accelerator),
+                      !targets.peers.isEmpty else { return store(responder) }
+                streamOn(archive, id: id, path: path, here: targets.here, to: targets.peers, replicator: replicator, responder)
+            }
+        }
+    }
+
+    /// Stores the upload here, then answers once the write quorum is met (``answer(_:)``).
+    private func store(_ responder: HTTPResponder) {
+        commit { [self] result in
+            switch result {
+            case .failure(let error): responder.respond(SnapshotAPI.response(for: error))
+            case .success(let result):
+                let answer = Answer(snapshot: SnapshotSummary(result.record), outcome: result.outcome == .stored ? "stored" : "already-present",
+                                    assignedVersion: result.assignedVersion)
+                self.answer(answer, id: result.record.id, record: result.record, responder)
+            }
+        }
+    }
+
+    /// Streams the verified upload at `path` to `peers` (each stores it through its own ingest)
+    /// and, when `here`, stores it on this node meanwhile. Without `here`, the upload's file goes
+    /// once every peer has its copy; a peer that could not take it (down, busy, cut off) makes
+    /// this node keep a copy too, which the cluster then copies as it copies any other.
+    private func streamOn(_ archive: VerifiedArchive, id: SnapshotID, path: String, here: Bool, to peers: [Member],
+                          replicator: Replicator, _ responder: HTTPResponder) {
+        // One descriptor, opened before a commit here renames the file, for every stream to share.
+        api.loop.offload({ open(path, O_RDONLY | O_CLOEXEC) }) { [self] file in
+            guard file >= 0 else { return store(responder) }
+            let api = self.api, job = self.job
+            let request = PushRequest(name: id.name, version: id.version, digest: archive.digest.description, size: archive.archiveBytes)
+            let deadline = Duration.seconds(60 + Int64(archive.archiveBytes / 10_000_000))
+            var answers: [(peer: Member, result: Result<PushAnswer, FrameError>)] = []
+            var storedHere: Result<IngestResult, SnapshotError>?
+            let receivedAt = Date()
+            var decided = false
+            // Runs after each answer; decides once, when every peer answered and the copy here is in.
+            let allIn = { [self] in
+                guard !decided, answers.count == peers.count, !here || storedHere != nil else { return }
+                decided = true
+                close(file)
+                let failed = answers.compactMap { a in UploadSink.failure(a.result).map { (peer: a.peer, error: $0) } }
+                let storedThere = answers.contains { UploadSink.stored($0.result) }
+                replicator.countPushes(sent: peers.count, failed: failed.count, passedOn: !here && failed.isEmpty)
+                for (peer, error) in failed {
+                    api.logger.notice("a holder did not take a published snapshot streamed to it", metadata: [
+                        "snapshot": "\(id)", "holder": "\(peer.info.name)", "error": "\(error.message)",
+                        "then": "\(here ? "the cluster copies it from this node" : "this node keeps a copy, which the cluster copies")",
+                    ])
+                }
+                // A holder refused the archive itself (another digest stored as this version there).
+                if let refusal = failed.first(where: { $0.error.remote == .badRequest }), !here {
+                    api.loop.offload({ job.abort() }) { _ in }
+                    return responder.respond(.error(.conflict, "\(refusal.peer.info.name) refused \(id): \(refusal.error.message)"))
+                }
+                if let storedHere {
+                    switch storedHere {
+                    case .failure(let error): return responder.respond(SnapshotAPI.response(for: error))
+                    case .success(let result):
+                        let outcome = result.outcome == .stored || storedThere
+                        return answer(Answer(snapshot: SnapshotSummary(result.record), outcome: outcome ? "stored" : "already-present",
+                                             assignedVersion: false), id: id, record: result.record, responder)
+                    }
+                }
+                guard failed.isEmpty else { return store(responder) }
+                api.loop.offload({ job.abort() }) { _ in }
+                answer(Answer(snapshot: SnapshotSummary(id: id, archive: archive, receivedAt: receivedAt),
+                              outcome: storedThere ? "stored" : "already-present", assignedVersion: false),
+                       id: id, record: nil, responder)
+            }
+            // One peer's copy: sent in turn with this node's other streams to that peer, and sent
+            // again for up to 10 s while the peer (or the connection to it) is at its limit.
+            let busyUntil = Instant.now() + .seconds(10)
+            func send(to peer: Member) {
+                replicator.withPushSlot(to: peer.id) { release in
+                    let copy = dup(file)
+                    guard copy >= 0 else {
+                        release()
+                        answers.append((peer, .failure(FrameError(.closed, "cannot read the verified upload: \(String(cString: strerror(errno)))"))))
+                        return allIn()
+                    }
+                    api.push(request, file: copy, to: peer.info.peerAddress, frames: replicator.frames, deadline: deadline) { result in
+                        release()
+                        if let error = UploadSink.failure(result), error.code == .overloaded || error.remote == .overloaded,
+                           Instant.now() < busyUntil {
+                            api.loop.schedule(after: .milliseconds(100)) { send(to: peer) }
+                            return
+                        }
+                        answers.append((peer, result))
+                        allIn()
+                    }
                 }
             }
+            for peer in peers { send(to: peer) }
+            guard here else { return }
+            commit { result in
+                storedHere = result
+                allIn()
+            }
+        }
+    }
+
+    /// Commits the upload into this node's store (``ingested(_:)`` follows), on the thread pool.
+    private func commit(then done: @escaping (Result<IngestResult, SnapshotError>) -> Void) {
+        let job = self.job, api = self.api
+        api.loop.offload({ () -> Result<IngestResult, SnapshotError> in
+            do throws(SnapshotError) {
+                let result = try job.finish()
+                _ = api.ingested(result)
+                return .success(result)
+            } catch {
+                return .failure(error)
+            }
+        }, then: done)
+    }
+
+    private static func failure(_ result: Result<PushAnswer, FrameError>) -> FrameError? {
+        if case .failure(let error) = result { error } else { nil }
+    }
+
+    private static func stored(_ result: Result<PushAnswer, FrameError>) -> Bool {
+        if case .success(let answer) = result { answer.outcome == "stored" } else { false }
+    }
+
+    /// Answers once the write quorum is met: the table's holders have their copies ready (202
+    /// Accepted when the publish timeout passes first). `record`: the copy stored here.
+    private func answer(_ answer: Answer, id: SnapshotID, record: SnapshotRecord?, _ responder: HTTPResponder) {
+        let status: HTTPStatus = answer.outcome == "stored" ? .created : .ok
+        guard let replicator = api.replicator?.value else { return responder.respond(SnapshotAPI.json(status, answer)) }
+        replicator.awaitQuorum(id, record: record) { quorum in
+            var answer = answer
+            answer.holders = quorum.holders
+            answer.readyHolders = quorum.ready
+            answer.replicated = quorum.replicated
+            responder.respond(SnapshotAPI.json(quorum.timedOut ? HTTPStatus(202, "Accepted") : status, answer))
         }
     }
 
@@ -498,6 +637,20 @@ final class IngestJob: Sendable {
             guard !s.done else { throw IngestJob.aborted }
             if s.session == nil { s.session = try store.beginIngest(request) }
             try s.session?.append(chunk)
+        }
+    }
+
+    /// Runs the upload's checks without storing it (``IngestSession/verify()``): the archive and
+    /// the path of its temporary file, which stays until ``finish()`` or ``abort()``.
+    func verify() throws(SnapshotError) -> (archive: VerifiedArchive, path: String) {
+        let store = self.store, request = self.request
+        return try state.withLock { (s) throws(SnapshotError) -> (archive: VerifiedArchive, path: String) in
+            guard !s.done else { throw IngestJob.aborted }
+            if s.session == nil { s.session = try store.beginIngest(request) }
+            guard let session = s.session else { throw IngestJob.aborted }
+            let archive = try session.verify()
+            guard let path = session.verifiedPath else { throw IngestJob.aborted }
+            return (archive, path)
         }
     }
 

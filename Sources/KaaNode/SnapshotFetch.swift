@@ -11,13 +11,7 @@ extension SnapshotAPI {
                deadline: Duration = .seconds(30), pace: ((Int, @escaping () -> Void) -> Void)? = nil,
                done: @escaping (Result<(String, SnapshotRecord), SnapshotError>) -> Void) {
         let api = self
-        let receiver = ArchiveReceiver(loop: loop, pace: pace) { result in
-            switch result {
-            case .failure(let error): done(.failure(error))
-            case .success(let ingest):
-                api.loop.offload({ api.ingested(ingest) }) { outcome in done(.success((outcome, ingest.record))) }
-            }
-        }
+        let receiver = archiveReceiver(pace: pace, done: done)
         let request = FetchRequest(name: id.name, version: id.version, digest: digest?.description)
         let payload = (try? JSONEncoder().encode(request)).map(Array.init) ?? []
         frames.requestStream(to: peer, type: Node.PeerFrameType.fetchSnapshot, payload: payload, deadline: deadline,
@@ -36,6 +30,58 @@ extension SnapshotAPI {
                 // The archive must be what the peer announced, and only that.
                 receiver.job = IngestJob(store: api.store, request: IngestRequest(
                     expectedName: id.name, expectedVersion: id.version, expectedDigest: announced, declaredLength: head.size))
+            }
+        }
+    }
+
+    /// Takes into the store an archive the node that received its upload streams on here
+    /// (`push-snapshot`), through the same verifying ingest as an upload, held to the name,
+    /// version, digest and size the request names. `done` runs on the loop with the outcome
+    /// (`stored`, `already-present`); the caller answers the request.
+    func receivePush(_ request: PushRequest, _ responder: FrameResponder,
+                     done: @escaping (Result<(String, SnapshotRecord), SnapshotError>) -> Void) {
+        let digest: SnapshotDigest
+        do throws(SnapshotError) {
+            _ = try SnapshotID(name: request.name, version: request.version)
+            digest = try SnapshotDigest(parsing: request.digest)
+        } catch {
+            return done(.failure(error))
+        }
+        let receiver = archiveReceiver(pace: nil, done: done)
+        receiver.job = IngestJob(store: store, request: IngestRequest(
+            expectedName: request.name, expectedVersion: request.version, expectedDigest: digest, declaredLength: request.size))
+        responder.attachBody(receiver)
+    }
+
+    /// Streams the archive in `file` (an open descriptor of `request.size` bytes, which this
+    /// closes) to the node at `peer` with a `push-snapshot` request; `done` runs on the loop
+    /// with its answer once that node has stored it. On the loop.
+    func push(_ request: PushRequest, file: Int32, to peer: HostPort, frames: FrameClient, deadline: Duration,
+              done: @escaping (Result<PushAnswer, FrameError>) -> Void) {
+        let sender = ArchiveSender(loop: loop, file: file, size: request.size, logger: logger)
+        let payload = (try? JSONEncoder().encode(request)).map(Array.init) ?? []
+        frames.requestStream(to: peer, type: Node.PeerFrameType.pushSnapshot, payload: payload, deadline: deadline,
+                             receiver: nil, body: { writer in sender.start(writer) }) { result in
+            sender.close()
+            done(result.flatMap { frame in
+                guard let answer = try? JSONDecoder().decode(PushAnswer.self, from: Data(frame.payload)) else {
+                    return .failure(FrameError(.protocolViolation, "\(peer) answered a push-snapshot without an outcome and digest"))
+                }
+                return .success(answer)
+            })
+        }
+    }
+
+    /// A receiver that feeds an archive's chunks into the store's ingest and, once it is
+    /// committed, applies retention and tells the serving side (``ingested(_:)``).
+    private func archiveReceiver(pace: ((Int, @escaping () -> Void) -> Void)?,
+                                 done: @escaping (Result<(String, SnapshotRecord), SnapshotError>) -> Void) -> ArchiveReceiver {
+        let api = self
+        return ArchiveReceiver(loop: loop, pace: pace) { result in
+            switch result {
+            case .failure(let error): done(.failure(error))
+            case .success(let ingest):
+                api.loop.offload({ api.ingested(ingest) }) { outcome in done(.success((outcome, ingest.record))) }
             }
         }
     }

@@ -177,6 +177,8 @@ public final class IngestSession {
     private var failure: SnapshotError?
     private var finished = false
     private var checkedManifest = false
+    /// Set by ``verify()``: every check passed; what is left is the commit.
+    private var verified: VerifiedArchive?
     /// The `name@version` this upload holds in the store's reservations from its manifest to
     /// its commit, so that a concurrent draft is not given the same version.
     private var held: SnapshotID?
@@ -324,10 +326,14 @@ public final class IngestSession {
         store.logger.info("snapshot upload aborted", metadata: ["upload.bytes": "\(bytesReceived)"])
     }
 
-    /// Completes the upload: final checks, then the atomic commit.
-    public func finish() throws(SnapshotError) -> IngestResult {
+    /// Runs every check ``finish()`` runs and stores nothing: the verified archive stays in its
+    /// temporary file (``verifiedPath``) until ``finish()`` commits it or ``abort()`` removes it.
+    /// A node that is not to hold an upload verifies it this way, then streams it on to the
+    /// nodes that are. Calling it again returns the same verification.
+    public func verify() throws(SnapshotError) -> VerifiedArchive {
         if let failure { throw failure }
-        precondition(!finished, "finish twice")
+        precondition(!finished, "verify after finish")
+        if let verified { return verified }
         do throws(SnapshotError) {
             if let declared = request.declaredLength, bytesReceived < declared {
                 throw SnapshotError(.truncated, "upload was cut off after \(bytesReceived) of its declared \(declared) bytes")
@@ -336,6 +342,22 @@ public final class IngestSession {
             if !checkedManifest { try checkEarly(verified.manifest, verified.digest) }
             try checkModel(verified.manifest)
             spool.discard()
+            self.verified = verified
+            return verified
+        } catch {
+            throw fail(error)
+        }
+    }
+
+    /// The verified archive's temporary file, between ``verify()`` and ``finish()`` or ``abort()``.
+    public var verifiedPath: String? { verified != nil && !finished ? tempPath : nil }
+
+    /// Completes the upload: final checks (unless ``verify()`` made them), then the atomic commit.
+    public func finish() throws(SnapshotError) -> IngestResult {
+        if let failure { throw failure }
+        precondition(!finished, "finish twice")
+        let verified = try verify()
+        do throws(SnapshotError) {
             guard let file else { throw SnapshotError(.io, "upload's temporary file is closed") }
             try file.sync()
             file.close()

@@ -44,6 +44,30 @@ import Testing
         }
     }
 
+    /// The holders a node streams a new publish to are the ones the table gives the snapshot
+    /// when no load cap turns a node away: for a table of that snapshot alone (each node keeps
+    /// at least one), on clusters with zones, GPU nodes, and every accelerator requirement.
+    @Test func thePreferenceOfANewSnapshotIsItsHoldersInATableOfItAlone() {
+        var planner = Placement.Planner()
+        for seed in UInt64(1)...8 {
+            let s = PlacementScenario(nodes: 3 + Int(seed) * 4, snapshots: 60, seed: seed)
+            for (i, base) in s.snapshots.enumerated() {
+                var snapshot = base
+                snapshot.accelerator = [.none, .requiresGPU, .prefersGPU][i % 3]
+                for replication in [1, 2, 3] {
+                    let settings = Placement.Settings(replication: replication)
+                    let alone = Placement.compute(nodes: s.nodes, snapshots: [snapshot], settings: settings)
+                    let preferred = planner.preference(for: snapshot, nodes: s.nodes.reversed(), settings: settings)
+                    #expect(Set(preferred) == Set(alone.holders[snapshot.key] ?? []) && preferred.count == Set(preferred).count,
+                            "seed \(seed), \(snapshot.key), replication \(replication): \(preferred) against \(alone.holders[snapshot.key] ?? [])")
+                }
+            }
+        }
+        // No node that can take it: nobody.
+        #expect(planner.preference(for: Placement.Snapshot(name: "g", version: 1, bytes: 1, accelerator: .requiresGPU),
+                                   nodes: [PlacementTests.node("a")]).isEmpty)
+    }
+
     /// Every process computes the same table: the figure program, run twice as its own process,
     /// prints the digest this process computes (no per-process seed, such as Swift's `Hasher`,
     /// takes part).

@@ -181,10 +181,10 @@ import Testing
         #expect(GossipLiveTests.within(30) { send()?.status == 200 && send()?.status == 200 } != nil)
     }
 
-    /// A publish through a node that is not a holder leaves it a copy until the holders have
-    /// theirs; calls in the meantime load the model there. The copy still goes (the model is let
-    /// go once its calls end), and calls to that node then go to a holder.
-    @Test func aCopyLeftByAPublishGoesEvenWhileItsModelIsLoaded() throws {
+    /// A publish to a node that is not a holder: the node verifies the upload and streams it
+    /// to the two GPU nodes the snapshot needs, answers once both have it, and never stores a
+    /// copy itself; calls to it go to a holder.
+    @Test func aPublishToANodeThatIsNotAHolderLeavesNoCopyThere() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
         var cluster = try LiveCluster(in: dir)
@@ -193,9 +193,55 @@ import Testing
         try #require(built.0 == 0, "\(built.2)")
         try cluster.start(["n1", "n2", "n3"], more: ["n2": ["--gpus", "1"], "n3": ["--gpus", "1"]])
         defer { cluster.stop() }
-        // n1 has no GPU: it takes the publish, answers once n2 and n3 have it, and keeps a copy until then.
+        let entry = cluster.nodes[0]
+        let archive = try Array(Data(contentsOf: URL(fileURLWithPath: cluster.snapshots + "/g.kaa")))
+        let put = try #require(ForwardingLiveTests.call(entry.http, "PUT", "/kaa/v1/snapshots/g/1", archive))
+        #expect(put.status == 201, "\(put.text)")
+        let answer = try ServingTests.json(put)
+        #expect(Set(answer["holders"] as? [String] ?? []) == ["n2", "n3"], "\(put.text)")
+        #expect(Set(answer["ready_holders"] as? [String] ?? []) == ["n2", "n3"], "\(put.text)")
+        #expect(answer["replicated"] as? Bool == true && answer["outcome"] as? String == "stored", "\(put.text)")
+        // At the answer: the holders have it, n1 has nothing and never stored it.
+        #expect(ForwardingLiveTests.call(entry.http, "GET", "/kaa/v1/snapshots")?.text.contains("\"g\"") == false)
+        let metrics = ReplicationLiveTests.metrics(entry.http)
+        #expect(metrics["kaa_publish_uploads_passed_on_total"] == 1, "\(metrics.filter { $0.key.hasPrefix("kaa_publish") })")
+        #expect(metrics["kaa_publish_copies_sent_total{outcome=\"stored\"}"] == 2)
+        #expect(metrics["kaa_publish_copies_sent_total{outcome=\"failed\"}"] == 0)
+        #expect(metrics["kaa_copies_dropped_total"] == 0)
+        #expect(!entry.process.stderr.contains("snapshot stored"), "n1 stored a copy")
+        for holder in cluster.nodes.dropFirst() {
+            #expect(ForwardingLiveTests.call(holder.http, "GET", "/kaa/v1/snapshots")?.text.contains("\"g\"") == true, "\(holder.name)")
+            #expect(ReplicationLiveTests.metrics(holder.http)["kaa_publish_copies_received_total"] == 1, "\(holder.name)")
+        }
+        let r = try #require(ForwardingLiveTests.call(entry.http, "POST", "/v2/models/g/infer", ForwardingLiveTests.irisBody,
+                                                      headers: "Content-Type: application/json\r\n"))
+        #expect(r.status == 200 && ["n2", "n3"].contains(r.headers["kaa-served-by"] ?? ""), "\(r.headers) \(r.text)")
+        // The same archive again: already present on both holders, and still no copy on n1.
+        let again = try #require(ForwardingLiveTests.call(entry.http, "PUT", "/kaa/v1/snapshots/g/1", archive))
+        #expect(again.status == 200 && (try? ServingTests.json(again)["outcome"] as? String) == "already-present", "\(again.text)")
+        #expect(ForwardingLiveTests.call(entry.http, "GET", "/kaa/v1/snapshots")?.text.contains("\"g\"") == false)
+    }
+
+    /// A node that no longer holds a copy whose model it has loaded (a GPU node joined, and the
+    /// snapshot prefers a GPU): the copy still goes once the new holders have theirs (the model
+    /// is let go once its calls end), and calls to that node then go to a holder.
+    @Test func aCopyANodeNoLongerHoldsGoesEvenWhileItsModelIsLoaded() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        var cluster = try LiveCluster(in: dir)
+        let built = try KaaProcess.run(["snapshot", "build", "--model", ServingTests.repo + "/snapshots/iris-logreg/model.onnx", "--name", "g",
+                                        "--version", "1", "--prefers", "gpu", "--out", cluster.snapshots + "/g.kaa"])
+        try #require(built.0 == 0, "\(built.2)")
+        try cluster.start(["n1", "n2"], more: ["n2": ["--gpus", "1"]])
+        defer { cluster.stop() }
         let entry = cluster.nodes[0]
         try cluster.publish(to: entry)
+        // Two nodes, replication 2: n1 holds it, and serves it itself, loading the model.
+        let local = try #require(ForwardingLiveTests.call(entry.http, "POST", "/v2/models/g/infer", ForwardingLiveTests.irisBody,
+                                                          headers: "Content-Type: application/json\r\n"))
+        #expect(local.status == 200 && local.headers["kaa-served-by"] == nil, "\(local.headers) \(local.text)")
+        // A second GPU node joins: the snapshot's holders become n2 and n3.
+        try cluster.start(["n3"], more: ["n3": ["--gpus", "1"]])
         var servedHere = 0, servedThere: String?
         let moved = GossipLiveTests.within(60) {
             guard let r = ForwardingLiveTests.call(entry.http, "POST", "/v2/models/g/infer", ForwardingLiveTests.irisBody,

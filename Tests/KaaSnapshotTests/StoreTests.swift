@@ -209,6 +209,38 @@ struct StoreFixture {
         #expect(try f.state() == before)
     }
 
+    /// A node that passes an upload on verifies it without storing it: the archive waits in its
+    /// temporary file, which goes with an abort and becomes the stored copy with a finish.
+    @Test func anUploadVerifiedButNotStoredLeavesNothingOrCommitsLater() throws {
+        let f = try StoreFixture()
+        _ = try buildSample(in: f.dir)
+        let bytes = try f.dir.read("iris.kaa")
+        let before = try f.state()
+        let passed = try f.store.beginIngest(.init(expectedName: "iris", declaredLength: UInt64(bytes.count)))
+        try passed.append(bytes)
+        let verified = try passed.verify()
+        #expect(verified.manifest.name == "iris" && verified.archiveBytes == UInt64(bytes.count))
+        let path = try #require(passed.verifiedPath)
+        #expect(try Array(Data(contentsOf: URL(fileURLWithPath: path))) == bytes)
+        #expect(try passed.verify().digest == verified.digest)
+        // Nothing is stored: only the temporary file is new.
+        #expect(try f.store.list().isEmpty)
+        let during = try f.state()
+        #expect(during.filter { !$0.hasPrefix("snapshots/.tmp/") || $0 == "snapshots/.tmp/" } == before, "\(during) against \(before)")
+        passed.abort()
+        #expect(!FileManager.default.fileExists(atPath: path))
+        #expect(try f.state() == before)
+        #expect(f.store.shared.reservationCount == 0 && f.store.uploadsInProgress == 0)
+
+        let kept = try f.store.beginIngest(.init(expectedName: "iris", declaredLength: UInt64(bytes.count)))
+        try kept.append(bytes)
+        _ = try kept.verify()
+        let stored = try kept.finish()
+        #expect(stored.outcome == .stored && stored.record.id.description == "iris@1")
+        #expect(kept.verifiedPath == nil)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: f.data + "/snapshots/.tmp").isEmpty)
+    }
+
     @Test func asyncChunkedIngest() async throws {
         let f = try StoreFixture()
         _ = try buildSample(in: f.dir)
