@@ -7,7 +7,8 @@ extension Kaa {
     struct Ops: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "ops",
-            abstract: "List the ONNX operators the engine supports, with their opset ranges.")
+            abstract: "List the ONNX operators the engine supports, with their opset ranges, and the kernels' instruction-set level.",
+            discussion: "The kernels run at the highest level the CPU has (avx512, avx2, baseline); the environment variable KAA_ENGINE_LEVEL names a lower one.")
 
         @Flag(help: "Print JSON for scripts instead of a table.")
         var json = false
@@ -28,6 +29,7 @@ extension Kaa {
                     + "\(op.minOpset)-\(op.maxOpset)")
             }
             print("\(ops.count) operators")
+            print(EngineLevel.summary)
         }
     }
 }

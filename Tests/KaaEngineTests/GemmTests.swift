@@ -26,10 +26,11 @@ import Testing
         return nil
     }
 
-    /// Every edge of the tiling (rows past a 6-row tile, columns past a 16-column panel, depth
-    /// past a 256-deep pass, rows past a 72-row block), both layouts of B, both kernels.
+    /// Every edge of the tiling (rows past a 6- or 12-row tile, columns past a 16-column panel,
+    /// depth past a 1024-deep pass, rows past a 72-row block), both layouts of B, every kernel
+    /// this CPU runs.
     @Test(arguments: [(1, 1, 1), (1, 784, 256), (2, 3, 5), (7, 300, 33), (13, 5, 17), (6, 257, 16),
-                      (5, 16, 15), (80, 40, 48), (3, 0, 4), (64, 128, 10)])
+                      (5, 16, 15), (80, 40, 48), (3, 0, 4), (64, 128, 10), (25, 1500, 40), (12, 9, 33), (11, 2, 16)])
     func packedProductMatchesReference(shape: (Int, Int, Int)) throws {
         let (m, k, n) = shape
         var values = Values(state: UInt64(m * 1_000_000 + k * 1000 + n))
@@ -38,7 +39,7 @@ import Testing
             // B as the kernel is handed it: k×n, or n×k when transposed.
             let given = transposed ? (0..<n * k).map { b[($0 % k) * n + $0 / k] } : b
             let packed = given.withUnsafeBufferPointer { PackedMatrix($0, k: k, n: n, transposed: transposed, alpha: 0.5) }
-            for kernel in [PackedMatrix.KernelChoice.best, .baseline] {
+            for kernel in [PackedMatrix.KernelChoice.best] + PackedMatrix.KernelChoice.allRunnable {
                 for (useBias, accumulate, relu) in [(false, false, false), (true, false, false), (true, false, true), (false, true, false), (false, true, true)] {
                     var want = [Double](repeating: 0, count: m * n), scale = want
                     for i in 0..<m {
@@ -68,7 +69,7 @@ import Testing
 
     @Test func reluKeepsNaN() {
         let packed = [Float(1), -1].withUnsafeBufferPointer { PackedMatrix($0, k: 1, n: 2, transposed: false) }
-        for kernel in [PackedMatrix.KernelChoice.best, .baseline] {
+        for kernel in [PackedMatrix.KernelChoice.best] + PackedMatrix.KernelChoice.allRunnable {
             var c = [Float](repeating: 0, count: 2)
             [Float.nan].withUnsafeBufferPointer { pa in c.withUnsafeMutableBufferPointer { pc in
                 packed.multiply(pa.baseAddress!, rows: 1, into: pc.baseAddress!, bias: nil, accumulate: false, relu: true, kernel: kernel)

@@ -1,3 +1,4 @@
+import Foundation
 import CKaaKernels
 import COpenBLAS
 
@@ -37,8 +38,29 @@ final class PackedMatrix: @unchecked Sendable {
     /// Bytes the panels take.
     var byteCount: Int { floatCount * MemoryLayout<Float>.stride }
 
-    /// Which kernel ``multiply(_:rows:into:bias:accumulate:relu:kernel:)`` runs.
-    enum KernelChoice { case best, baseline }
+    /// Which kernel ``multiply(_:rows:into:bias:accumulate:relu:kernel:)`` runs: the one of the
+    /// level the engine runs at (``EngineLevel``), or, for tests, one variant.
+    enum KernelChoice: CustomStringConvertible {
+        case best
+        /// A `KAA_LEVEL_…` or `KAA_VARIANT_…` of CKaaKernels.
+        case variant(Int32)
+
+        /// Every kernel this CPU can run: each level up to its own, and the AVX-512 tiling
+        /// compiled for AVX2 where AVX2 runs, so the tiling is tested on machines without AVX-512.
+        static var allRunnable: [KernelChoice] {
+            let cpu = kaa_cpu_level()
+            var all = (0...cpu).map { KernelChoice.variant($0) }
+            if cpu >= Int32(KAA_LEVEL_AVX2) { all.append(.variant(Int32(KAA_VARIANT_WIDE_AVX2))) }
+            return all
+        }
+
+        var description: String {
+            switch self {
+            case .best: "best"
+            case .variant(let v): v == Int32(KAA_VARIANT_WIDE_AVX2) ? "avx512-tiling-on-avx2" : String(cString: kaa_level_name(v))
+            }
+        }
+    }
 
     /// `c` (m×n) = `a` (m×k) · B, plus `bias` (n floats) on every row when given; with
     /// `accumulate`, `c` += a·B instead (bias ignored). With `relu`, negative results become 0.
@@ -48,7 +70,9 @@ final class PackedMatrix: @unchecked Sendable {
         let flags = Int32((accumulate ? KAA_SGEMM_ACCUMULATE : 0) | (relu ? KAA_SGEMM_RELU : 0))
         switch kernel {
         case .best: kaa_sgemm_packed(m, n, k, a, k, panels, c, n, accumulate ? nil : bias, flags)
-        case .baseline: kaa_sgemm_packed_baseline(m, n, k, a, k, panels, c, n, accumulate ? nil : bias, flags)
+        case .variant(let v):
+            let ran = kaa_sgemm_packed_variant(v, m, n, k, a, k, panels, c, n, accumulate ? nil : bias, flags)
+            precondition(ran == 0, "this CPU cannot run kernel \(kernel)")
         }
     }
 }
@@ -427,4 +451,26 @@ extension MathOps {
         }, [t])
     }
 
+}
+
+/// The instruction-set level the engine's kernels run at: the highest this CPU has (`avx512`,
+/// `avx2` with FMA, or `baseline`), or a lower one the environment variable `KAA_ENGINE_LEVEL`
+/// names (read once, at the first use).
+public enum EngineLevel {
+    /// The level the kernels run at.
+    public static var current: String { String(cString: kaa_level_name(kaa_kernel_level())) }
+    /// The highest level this CPU supports.
+    public static var cpu: String { String(cString: kaa_level_name(kaa_cpu_level())) }
+    /// What `KAA_ENGINE_LEVEL` says, when set: the level, or why it is not used.
+    public static var forced: String? {
+        guard let value = ProcessInfo.processInfo.environment["KAA_ENGINE_LEVEL"] else { return nil }
+        let level = kaa_level_named(value)
+        if level < 0 { return "KAA_ENGINE_LEVEL=\(value) is not a level (baseline, avx2, avx512); ignored" }
+        if level > kaa_cpu_level() { return "KAA_ENGINE_LEVEL=\(value) is above this CPU's \(cpu); ignored" }
+        return "KAA_ENGINE_LEVEL=\(value)"
+    }
+    /// One line for `kaa ops` and the node's start: the level, the CPU's, and why they differ.
+    public static var summary: String {
+        "kernels: \(current) (CPU: \(cpu)\(forced.map { "; \($0)" } ?? ""))"
+    }
 }
