@@ -19,9 +19,11 @@ public import KaaCore
 ///   times its fair share (its weight over the total weight, of all snapshots' bytes times the
 ///   replication factor); a snapshot passes over a full node to the next on its list. So no
 ///   node holds more than 1.25 times its share (with the default slack), whatever the hash did.
-///   Which snapshots a full node gives up is decided by deferred acceptance (each node ranks
-///   snapshots by a hash of its id and the snapshot's), so the outcome is as random as the hash
-///   and does not depend on the order snapshots are considered in.
+///   Which snapshots a full node gives up is decided by deferred acceptance, so the outcome
+///   does not depend on the order snapshots are considered in. A node keeps the snapshots
+///   nearest its tokens (by ring distance from the snapshot's position to the token where its
+///   walk meets the node) and gives up the farthest: a rank that is geometry, like the ring,
+///   so a join or a leave changes it only next to the tokens it adds or removes.
 /// - Zones: the holders of a snapshot are in distinct zones whenever the eligible nodes span at
 ///   least `replication` zones.
 /// - GPUs: a snapshot that requires a GPU is placed only on nodes with one (and is reported
@@ -235,13 +237,20 @@ public enum Placement {
     }
 
     /// Deferred acceptance: snapshots ask the nodes on their ring walk in turn; a node over its
-    /// cap gives up the snapshots it ranks lowest (by a hash of node and snapshot; a GPU node
-    /// ranks what needs a GPU first, then what prefers one), which ask their next node. The
-    /// outcome does not depend on the order of asking.
+    /// cap gives up the snapshots it ranks lowest, which ask their next node. The outcome does
+    /// not depend on the order of asking.
+    ///
+    /// A node ranks a snapshot by the ring distance from the snapshot's position to the token
+    /// where the snapshot's walk meets the node, nearer first (a GPU node ranks what needs a GPU
+    /// first, then what prefers one). The rank is geometry rather than a hash of node and
+    /// snapshot: what a node gives up is the far end of its arcs, so the snapshots a joining
+    /// node's tokens take from an arc are those its owner gave up first, and a copy spilled
+    /// past a full node arrives at the next one from farther than the snapshots whose walks
+    /// start there. On 500 nodes a join or a leave moves fewer bytes than with a hash rank,
+    /// though still more than its share (docs/placement.md, "Figures", says how much and why).
     static func assign(nodes: [Node], ring: Ring, positioned: [(position: UInt64, snapshot: Snapshot)], keys: [String], want: [Int],
                        caps: [UInt64], settings: Settings) -> Table {
         let count = positioned.count
-        let seeds = nodes.map { hash64(Array("kaa placement rank ".utf8) + Array($0.id.rawValue.utf8)) }
         let zoneIndex: [Int] = {
             var map: [String: Int] = [:]
             return nodes.map { n in
@@ -257,25 +266,32 @@ public enum Placement {
         // then the rest is the same as asking down the whole list: a 500-node walk per snapshot
         // is what made tables of 10,000 snapshots slow.
         var candidates = [[Int32]](repeating: [], count: count)
+        // `distances[k][j]`: from snapshot k's position to the token where its walk meets `candidates[k][j]`.
+        var distances = [[UInt64]](repeating: [], count: count)
         var complete = [Bool](repeating: false, count: count)
         var visits = Ring.Visits(nodeCount: nodes.count)
-        func walk(_ k: Int, limit: Int) -> [Int32] {
-            let s = positioned[k].snapshot
-            var list: [Int32] = []
+        func walk(_ k: Int, limit: Int) -> (nodes: [Int32], distances: [UInt64]) {
+            let (position, s) = positioned[k]
+            var list: [Int32] = [], distance: [UInt64] = []
             list.reserveCapacity(min(limit, nodes.count))
-            ring.walk(from: positioned[k].position, visits: &visits) { i in
-                if s.accelerator != .requiresGPU || nodes[i].gpus > 0 { list.append(Int32(i)) }
+            distance.reserveCapacity(min(limit, nodes.count))
+            ring.walkWithTokens(from: position, visits: &visits) { i, token in
+                if s.accelerator != .requiresGPU || nodes[i].gpus > 0 {
+                    list.append(Int32(i))
+                    distance.append(token &- position)
+                }
                 return list.count < limit
             }
             if s.accelerator == .prefersGPU {
-                list = list.filter { nodes[Int($0)].gpus > 0 } + list.filter { nodes[Int($0)].gpus == 0 }
+                let order = list.indices.filter { nodes[Int(list[$0])].gpus > 0 } + list.indices.filter { nodes[Int(list[$0])].gpus == 0 }
+                return (order.map { list[$0] }, order.map { distance[$0] })
             }
-            return list
+            return (list, distance)
         }
         for (k, (_, s)) in positioned.enumerated() {
             // A GPU preference reorders the whole walk.
             let limit = s.accelerator == .prefersGPU ? Int.max : max(8, 4 * want[k])
-            candidates[k] = walk(k, limit: limit)
+            (candidates[k], distances[k]) = walk(k, limit: limit)
             complete[k] = limit == Int.max || candidates[k].count < limit
         }
         var holding = [[Int32]](repeating: [], count: count)
@@ -286,20 +302,24 @@ public enum Placement {
         while let k = queue.popLast() {
             let s = positioned[k].snapshot
             let distinct = zones >= want[k]
-            for candidate in candidates[k] where holding[k].count < want[k] {
+            for (place, candidate) in candidates[k].enumerated() where holding[k].count < want[k] {
                 let n = Int(candidate)
                 if holding[k].contains(candidate) || rejectedBy[k].contains(candidate) { continue }
                 if distinct && holding[k].contains(where: { zoneIndex[Int($0)] == zoneIndex[n] }) { continue }
-                // A GPU node keeps what needs a GPU, then what prefers one, before the rest.
-                let hash = splitMixOnce(seeds[n] ^ positioned[k].position)
+                // Highest kept: a GPU node keeps what needs a GPU, then what prefers one, before
+                // the rest (the top 2 bits); then the nearer the snapshot is to the node's token.
                 let tier: UInt64 = nodes[n].gpus == 0 ? 0 : s.accelerator == .requiresGPU ? 2 : s.accelerator == .prefersGPU ? 1 : 0
-                let rank = nodes[n].gpus == 0 ? hash : tier << 62 | hash >> 2
+                let rank = tier << 62 | ~distances[k][place] >> 2
                 holding[k].append(candidate)
                 accepted[n].append((rank, k))
                 loads[n] &+= s.bytes
                 // Over the cap: give up the lowest-ranked until within it (keeping at least one).
                 while loads[n] > caps[n] && accepted[n].count > 1 {
-                    let worst = accepted[n].indices.min { accepted[n][$0].rank < accepted[n][$1].rank }!
+                    // The lowest rank; on a tie (a distance equal in its top 62 bits), the
+                    // snapshot earlier in ring order.
+                    let worst = accepted[n].indices.min { a, b in
+                        (accepted[n][a].rank, accepted[n][a].snapshot) < (accepted[n][b].rank, accepted[n][b].snapshot)
+                    }!
                     let (_, loser) = accepted[n].remove(at: worst)
                     loads[n] &-= positioned[loser].snapshot.bytes
                     holding[loser].removeAll { $0 == candidate }
@@ -308,7 +328,7 @@ public enum Placement {
                 }
             }
             if holding[k].count < want[k] && !complete[k] {
-                candidates[k] = walk(k, limit: .max)
+                (candidates[k], distances[k]) = walk(k, limit: .max)
                 complete[k] = true
                 queue.append(k)
             }
@@ -352,11 +372,6 @@ public enum Placement {
         var load: [NodeID: UInt64] = [:]
         for i in nodes.indices { load[nodes[i].id] = loads[i] }
         return Table(holders: holders, underReplicated: under, unplaceable: unplaceable, digest: hex(hash), load: load)
-    }
-
-    static func splitMixOnce(_ x: UInt64) -> UInt64 {
-        var state = x
-        return splitMix(&state)
     }
 
     /// The digest is SHA-256 of `key holder,holder\n` lines in ring order (the snapshot's
@@ -414,6 +429,11 @@ public enum Placement {
 
         /// Calls `visit` with each node once, in ring order from `position`, while it returns true.
         func walk(from position: UInt64, visits: inout Visits, _ visit: (Int) -> Bool) {
+            walkWithTokens(from: position, visits: &visits) { node, _ in visit(node) }
+        }
+
+        /// As ``walk(from:visits:_:)``, with the position of the token where the walk meets each node.
+        func walkWithTokens(from position: UInt64, visits: inout Visits, _ visit: (_ node: Int, _ token: UInt64) -> Bool) {
             guard !tokens.isEmpty else { return }
             var lo = 0, hi = tokens.count
             while lo < hi {
@@ -433,7 +453,7 @@ public enum Placement {
                 if visits.mark[n] != stamp {
                     visits.mark[n] = stamp
                     distinct += 1
-                    if !visit(n) { return }
+                    if !visit(n, tokens[i].position) { return }
                     if distinct == nodeCount { return }
                 }
                 i += 1

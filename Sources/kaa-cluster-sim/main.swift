@@ -182,27 +182,45 @@ if which == "join" {
     print("converged: \(t.map { fmt($0.seconds) } ?? "no") events: \(counts.sorted { $0.key < $1.key })")
 }
 
+/// One seeded join and leave: `n` nodes, then one more (and back), with the snapshots that do
+/// not care about GPUs. The max/mean spread of the `n` nodes' table, the bytes the join moves
+/// over the newcomer's ideal share, and the bytes its leave moves over its own bytes.
+func placementMovement(nodes n: Int, seed: UInt64, settings: Placement.Settings) -> (imbalance: Double, join: Double, leave: Double) {
+    let s = PlacementScenario(nodes: n + 1, snapshots: 10_000, seed: seed)
+    let general = s.snapshots.filter { $0.accelerator == .none }
+    let sizes = Dictionary(uniqueKeysWithValues: general.map { ($0.key, $0.bytes) })
+    let before = Placement.compute(nodes: Array(s.nodes.prefix(n)), snapshots: general, settings: settings)
+    let after = Placement.compute(nodes: s.nodes, snapshots: general, settings: settings)
+    let total = Double(general.reduce(UInt64(0)) { $0 + $1.bytes } * 2)
+    let weight = Double(s.nodes.reduce(0) { $0 + $1.weight })
+    let ideal = total * Double(s.nodes[n].weight) / weight
+    let joined = Double(PlacementScenario.bytesMoved(from: before, to: after, sizes: sizes))
+    let left = Double(PlacementScenario.bytesMoved(from: after, to: before, sizes: sizes))
+    let own = Double(after.load[s.nodes[n].id] ?? 0)
+    return (PlacementScenario.imbalance(before, Array(s.nodes.prefix(n))), joined / ideal, left / own)
+}
+
 /// Placement figures: the load spread, what a join and a leave move, and the time to compute a
 /// table of 10,000 snapshots on 500 nodes (median of 5; run a release build for this figure).
+/// KAA_SIM_SEEDS=k adds, for each size, the spread of the join and leave figures over k more
+/// seeded scenarios (seeds n·31 + 1000·i, i = 1...k).
 func placementFigures() {
     var settings = Placement.Settings()
     if let t = getenv("KAA_SIM_TOKENS").flatMap({ Int(String(cString: $0)) }) { settings.tokensPerWeight = t }
     if let e = getenv("KAA_SIM_SLACK").flatMap({ Int(String(cString: $0)) }) { settings.loadSlackPercent = e }
+    let seeds = getenv("KAA_SIM_SEEDS").flatMap { Int(String(cString: $0)) } ?? 0
     print("placement, 10,000 snapshots of mixed sizes (10 KB-50 MB), replication 2, nodes of weight 1-8 in 3 zones, 10% with GPUs:")
     for n in [5, 50, 500] {
-        let s = PlacementScenario(nodes: n + 1, snapshots: 10_000, seed: UInt64(n) &* 31)
-        let general = s.snapshots.filter { $0.accelerator == .none }
-        let sizes = Dictionary(uniqueKeysWithValues: general.map { ($0.key, $0.bytes) })
-        let before = Placement.compute(nodes: Array(s.nodes.prefix(n)), snapshots: general, settings: settings)
-        let after = Placement.compute(nodes: s.nodes, snapshots: general, settings: settings)
-        let total = Double(general.reduce(UInt64(0)) { $0 + $1.bytes } * 2)
-        let weight = Double(s.nodes.reduce(0) { $0 + $1.weight })
-        let ideal = total * Double(s.nodes[n].weight) / weight
-        let joined = Double(PlacementScenario.bytesMoved(from: before, to: after, sizes: sizes))
-        let left = Double(PlacementScenario.bytesMoved(from: after, to: before, sizes: sizes))
-        let own = Double(after.load[s.nodes[n].id] ?? 0)
-        print("  \(n) nodes: max/mean bytes per unit of capacity \(fmt(PlacementScenario.imbalance(before, Array(s.nodes.prefix(n))))); "
-              + "a join moves \(fmt(joined / ideal))x the newcomer's ideal share; its leave moves \(fmt(left / own))x its own bytes")
+        let m = placementMovement(nodes: n, seed: UInt64(n) &* 31, settings: settings)
+        print("  \(n) nodes: max/mean bytes per unit of capacity \(fmt(m.imbalance)); "
+              + "a join moves \(fmt(m.join))x the newcomer's ideal share; its leave moves \(fmt(m.leave))x its own bytes")
+        guard seeds > 0 else { continue }
+        let runs = (1...seeds).map { placementMovement(nodes: n, seed: UInt64(n) &* 31 &+ UInt64($0) &* 1000, settings: settings) }
+        func spread(_ values: [Double]) -> String {
+            "median \(fmt(percentile(values, 0.5)))x, p90 \(fmt(percentile(values, 0.9)))x, worst \(fmt(values.max() ?? 0))x"
+        }
+        print("    over \(seeds) more seeds: a join \(spread(runs.map(\.join))); a leave \(spread(runs.map(\.leave))); "
+              + "max/mean at most \(fmt(runs.map(\.imbalance).max() ?? 0))")
     }
     let s = PlacementScenario(nodes: 500, snapshots: 10_000, seed: 500)
     var times: [Double] = []

@@ -194,12 +194,14 @@ import Testing
 
     /// A join moves at most 1.5 times the new node's ideal share of bytes; a leave moves the
     /// leaving node's copies (and, from spills, little else). On 5 and 50 nodes. On 500 nodes
-    /// the bounded loads cascade (each node holds ~40 copies there, a 50 MB snapshot is a fifth
-    /// of a share, so caps bind often and a cap that moves on a join or leave shifts spills):
-    /// a join moves about 2.2 times its ideal share and a leave 2.6 times its own bytes
-    /// (`kaa-cluster-sim placement`); docs/placement.md says so.
-    @Test(arguments: [5, 50])
+    /// the bounds are not met: each node holds ~40 copies there and a 50 MB snapshot is
+    /// a fifth of a share, so about a third of the capacity sits at its cap, every cap moves
+    /// with the total weight, and what a cap gives up or takes back is moved too. Ranking by
+    /// ring distance brought this scenario from 2.19x / 2.61x (a hash rank) to 2.05x / 2.33x;
+    /// the bounds below keep it there (`kaa-cluster-sim placement`; docs/placement.md, "Figures").
+    @Test(arguments: [5, 50, 500])
     func joinsAndLeavesMoveAboutTheirShare(nodes count: Int) {
+        let (joinBound, leaveBound) = count < 500 ? (1.5, 1.1) : (2.1, 2.4)
         let s = PlacementScenario(nodes: count + 1, snapshots: 10_000, seed: UInt64(count) &* 31)
         let snapshots = s.snapshots.filter { $0.accelerator == .none }
         let sizes = Dictionary(uniqueKeysWithValues: snapshots.map { ($0.key, $0.bytes) })
@@ -210,10 +212,10 @@ import Testing
         let weight = s.nodes.reduce(0) { $0 + $1.weight }
         let ideal = Double(total) * Double(newcomer.weight) / Double(weight)
         let joined = Double(PlacementScenario.bytesMoved(from: before, to: after, sizes: sizes))
-        #expect(joined <= 1.5 * ideal, "a join moved \(joined / ideal)x its ideal share")
+        #expect(joined <= joinBound * ideal, "a join moved \(joined / ideal)x its ideal share")
         // The reverse: the newcomer leaves again.
         let left = Double(PlacementScenario.bytesMoved(from: after, to: before, sizes: sizes))
         let itsCopies = Double(after.load[newcomer.id] ?? 0)
-        #expect(left <= 1.1 * itsCopies, "a leave moved \(left / itsCopies)x the leaving node's bytes")
+        #expect(left <= leaveBound * itsCopies, "a leave moved \(left / itsCopies)x the leaving node's bytes")
     }
 }
