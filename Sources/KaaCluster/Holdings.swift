@@ -180,6 +180,10 @@ public struct HoldingsBook: Sendable {
     private var catalogKeys: [String: [String]] = [:]
     /// Counts the changes to the catalog's outcome: equal counts, the same catalog.
     public private(set) var catalogChangeCount: UInt64 = 0
+    /// The models the last ``catalog(retainVersions:retainDrafts:aliased:)`` cut again, with the
+    /// versions it keeps of each, ascending (empty: none left).
+    public var lastCatalogVersions: [String: [Int]] { lastVersions }
+    private var lastVersions: [String: [Int]] = [:]
 
     private struct CatalogSettings: Equatable, Sendable {
         var retainVersions, retainDrafts: Int
@@ -351,6 +355,7 @@ public struct HoldingsBook: Sendable {
             touchedNames.formUnion(catalogKeys.keys)
         }
         var changed = false
+        lastVersions = [:]
         for name in touchedNames {
             var before: [String: Holding] = [:]
             var retiredBefore = Set<String>()
@@ -386,6 +391,7 @@ public struct HoldingsBook: Sendable {
                 if keep.contains(h.key) || h.aliased { keptNow[h.key] = h } else { retiredNow.insert(h.key) }
             }
             if keptNow != before || retiredNow != retiredBefore { changed = true }
+            lastVersions[name] = keptNow.values.map(\.version).sorted()
             kept.merge(keptNow) { _, b in b }
             retired.formUnion(retiredNow)
             if !versions.isEmpty { catalogKeys[name] = versions.map(\.key) }

@@ -99,7 +99,9 @@ final class Replicator {
     private(set) var aliasDigest = ""
     private var aliasTargets = Set<String>()
     private var aliasesToPush: [AliasRecord] = []
-    private var waiters: [String: [(until: Instant, done: (QuorumOutcome) -> Void)]] = [:]
+    /// Publishes waiting for their copies, by key: on the table's holders (`on` nil), or on the
+    /// nodes a publish streamed it to.
+    private var waiters: [String: [(until: Instant, on: Set<NodeID>?, done: (QuorumOutcome) -> Void)]] = [:]
     private var stopped = false
     /// Whether this node has caught up with the cluster's holdings: a pull from a live peer
     /// brought every entry that peer had, or no peer was there (no seeds), or `syncTimeout`
@@ -658,13 +660,26 @@ final class Replicator {
     }
 
     /// The book took a peer's change. A publish waiting for it is answered at once when the
-    /// change completes its quorum; the table and the plan follow on the plan's turn.
+    /// change completes it (the ready copies and the catalog's versions, which calls are routed
+    /// by, follow first); the table and the plan follow on the plan's turn.
     private func bookChanged() {
         if !waiters.isEmpty {
             refreshReady()
+            refreshVersions()
             checkWaiters()
         }
         schedulePlan()
+    }
+
+    /// Brings ``catalogVersions`` up to date with the book for the models whose catalog
+    /// changed, between two computations of the table (which sets it whole).
+    private func refreshVersions() {
+        let count = book.catalogChangeCount
+        _ = book.catalog(retainVersions: settings.retainVersions, retainDrafts: settings.retainDrafts, aliased: aliasTargets)
+        guard book.catalogChangeCount != count else { return }
+        for (name, versions) in book.lastCatalogVersions {
+            catalogVersions[name] = versions.isEmpty ? nil : versions
+        }
     }
 
     /// Brings ``readyCopies`` up to date with the book and the live members.
@@ -1035,24 +1050,40 @@ final class Replicator {
 
     /// Calls `done` once `replication` holders of `id` have it ready (or fewer, when fewer
     /// nodes are there), or when the publish timeout passes. `record`: the copy this node
-    /// stored, listed at once; nil when the upload went on to the holders and not here.
-    func awaitQuorum(_ id: SnapshotID, record: SnapshotRecord?, done: @escaping (QuorumOutcome) -> Void) {
+    /// stored, listed at once.
+    func awaitQuorum(_ id: SnapshotID, record: SnapshotRecord, done: @escaping (QuorumOutcome) -> Void) {
         let key = id.description
-        if let record, local[key] == nil {
+        if local[key] == nil {
             local[key] = holding(record)
             publishLocal()
         }
-        if let outcome = quorum(key, timedOut: false) { return done(outcome) }
-        waiters[key, default: []].append((Instant.now() + settings.publishTimeout, done))
-        // The holders learn of it from the push; pull their answers sooner than the tick.
-        act()
+        wait(for: key, on: nil, done: done)
     }
 
-    /// The outcome for `key`, nil while its quorum is not met (unless `timedOut`).
-    private func quorum(_ key: String, timedOut: Bool) -> QuorumOutcome? {
-        let holders = table.holders[key] ?? []
+    /// Calls `done` once this node knows `id` ready on `nodes` (a publish streamed it there and
+    /// each answered that it stored it): their holdings reached this node, so it routes calls
+    /// for the snapshot, without waiting for the table to be computed again. Or when the publish
+    /// timeout passes.
+    func awaitCopies(_ id: SnapshotID, on nodes: Set<NodeID>, done: @escaping (QuorumOutcome) -> Void) {
+        wait(for: id.description, on: nodes, done: done)
+    }
+
+    private func wait(for key: String, on nodes: Set<NodeID>?, done: @escaping (QuorumOutcome) -> Void) {
+        if let outcome = quorum(key, on: nodes, timedOut: false) { return done(outcome) }
+        waiters[key, default: []].append((Instant.now() + settings.publishTimeout, nodes, done))
+        // The holders learn of it from the push; pull their answers sooner than the tick.
+        if nodes == nil { act() }
+    }
+
+    /// The outcome for `key` on the table's holders, or on `nodes`; nil while it is not met
+    /// (unless `timedOut`).
+    private func quorum(_ key: String, on nodes: Set<NodeID>?, timedOut: Bool) -> QuorumOutcome? {
+        let holders = nodes.map { Array($0).sorted() } ?? table.holders[key] ?? []
         let readyHolders = holders.filter { readyCopies[key]?.contains($0) == true }
-        let met = !holders.isEmpty && readyHolders.count >= min(settings.replication, holders.count)
+        var met = !holders.isEmpty && readyHolders.count >= min(settings.replication, holders.count)
+        if nodes != nil, let id = try? SnapshotID(parsing: key) {
+            met = readyHolders.count == holders.count && catalogVersions[id.name]?.contains(id.version) == true
+        }
         guard met || timedOut else { return nil }
         let names = memberNames
         return QuorumOutcome(holders: holders.map { names[$0] ?? $0.rawValue }, ready: readyHolders.map { names[$0] ?? $0.rawValue },
@@ -1061,8 +1092,13 @@ final class Replicator {
 
     private func checkWaiters() {
         for key in Array(waiters.keys) {
-            guard let outcome = quorum(key, timedOut: false) else { continue }
-            for w in waiters.removeValue(forKey: key) ?? [] { w.done(outcome) }
+            var waiting = waiters[key]!
+            waiting.removeAll { w in
+                guard let outcome = quorum(key, on: w.on, timedOut: false) else { return false }
+                w.done(outcome)
+                return true
+            }
+            waiters[key] = waiting.isEmpty ? nil : waiting
         }
     }
 
@@ -1074,8 +1110,7 @@ final class Replicator {
             guard !expired.isEmpty else { continue }
             waiters[key]!.removeAll { $0.until <= now }
             if waiters[key]!.isEmpty { waiters[key] = nil }
-            let outcome = quorum(key, timedOut: true)!
-            for w in expired { w.done(outcome) }
+            for w in expired { w.done(quorum(key, on: w.on, timedOut: true)!) }
         }
     }
 

@@ -529,9 +529,14 @@ final class UploadSink: HTTPBodySink {
                 }
                 guard failed.isEmpty else { return store(responder) }
                 api.loop.offload({ job.abort() }) { _ in }
-                answer(Answer(snapshot: SnapshotSummary(id: id, archive: archive, receivedAt: receivedAt),
-                              outcome: storedThere ? "stored" : "already-present", assignedVersion: false),
-                       id: id, record: nil, responder)
+                // The holders answered once their copies were durable: that is the write quorum.
+                // The answer waits only until this node knows them, so that it routes calls for
+                // the snapshot as soon as the publisher has its answer.
+                let answer = Answer(snapshot: SnapshotSummary(id: id, archive: archive, receivedAt: receivedAt),
+                                    outcome: storedThere ? "stored" : "already-present", assignedVersion: false)
+                replicator.awaitCopies(id, on: Set(peers.map(\.id))) { copies in
+                    UploadSink.respond(answer, copies, responder)
+                }
             }
             // One peer's copy: sent in turn with this node's other streams to that peer, and sent
             // again for up to 10 s while the peer (or the connection to it) is at its limit.
@@ -589,16 +594,22 @@ final class UploadSink: HTTPBodySink {
 
     /// Answers once the write quorum is met: the table's holders have their copies ready (202
     /// Accepted when the publish timeout passes first). `record`: the copy stored here.
-    private func answer(_ answer: Answer, id: SnapshotID, record: SnapshotRecord?, _ responder: HTTPResponder) {
-        let status: HTTPStatus = answer.outcome == "stored" ? .created : .ok
-        guard let replicator = api.replicator?.value else { return responder.respond(SnapshotAPI.json(status, answer)) }
-        replicator.awaitQuorum(id, record: record) { quorum in
-            var answer = answer
-            answer.holders = quorum.holders
-            answer.readyHolders = quorum.ready
-            answer.replicated = quorum.replicated
-            responder.respond(SnapshotAPI.json(quorum.timedOut ? HTTPStatus(202, "Accepted") : status, answer))
+    private func answer(_ answer: Answer, id: SnapshotID, record: SnapshotRecord, _ responder: HTTPResponder) {
+        guard let replicator = api.replicator?.value else {
+            return responder.respond(SnapshotAPI.json(answer.outcome == "stored" ? .created : .ok, answer))
         }
+        replicator.awaitQuorum(id, record: record) { quorum in UploadSink.respond(answer, quorum, responder) }
+    }
+
+    /// The answer with where the copies are: 201 for a new snapshot, 200 for one already
+    /// there, 202 Accepted when the publish timeout passed before the copies were made.
+    private static func respond(_ answer: Answer, _ quorum: Replicator.QuorumOutcome, _ responder: HTTPResponder) {
+        var answer = answer
+        answer.holders = quorum.holders
+        answer.readyHolders = quorum.ready
+        answer.replicated = quorum.replicated
+        let status: HTTPStatus = quorum.timedOut ? HTTPStatus(202, "Accepted") : answer.outcome == "stored" ? .created : .ok
+        responder.respond(SnapshotAPI.json(status, answer))
     }
 
     func abort(_ reason: String) {
