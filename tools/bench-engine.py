@@ -1,7 +1,8 @@
 """Kaa's engine against onnxruntime on the same models and inputs, in one run.
 
-Prints, per model and batch size, the median call time of each and the ratio
-onnxruntime / Kaa (above 1: Kaa is faster). Run through tools/bench-engine.sh.
+Prints, per model and batch size (1, 64, 256), the median call time of onnxruntime and of
+Kaa at each instruction-set level this CPU has (KAA_ENGINE_LEVEL: baseline, avx2, avx512),
+and the ratio onnxruntime / Kaa (above 1: Kaa is faster). Run through tools/bench-engine.sh.
 """
 import os
 import statistics
@@ -57,6 +58,22 @@ def ort_median(path, x, calls):
     return statistics.median(times)
 
 
+def levels():
+    """The kernel levels this CPU has, lowest first (as the engine reads CPUID)."""
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    out = ["baseline"]
+    if {"avx2", "fma"} <= flags:
+        out.append("avx2")
+        if {"avx512f", "avx512vl"} <= flags:
+            out.append("avx512")
+    return out, sorted(f for f in flags if f.startswith("avx512") or f in ("avx2", "fma", "avx_vnni"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     mlp = os.path.join(OUT, "mlp-784.onnx")
@@ -67,22 +84,33 @@ def main():
         ("digits-mlp", os.path.join(ROOT, "snapshots/digits-mlp/model.onnx"), load_digits().data),
         ("wine-forest (50 trees)", os.path.join(ROOT, "snapshots/wine-forest/model.onnx"), load_wine().data),
         ("diabetes-gbr (100 trees)", os.path.join(ROOT, "snapshots/diabetes-gbr/model.onnx"), load_diabetes().data),
-        ("torch-style mlp 784-256-128-10", mlp, rng.standard_normal((64, 784))),
+        ("torch-style mlp 784-256-128-10", mlp, rng.standard_normal((256, 784))),
     ]
-    print(f"{'model':34} {'batch':>5} {'kaa µs':>9} {'ort µs':>9} {'ort/kaa':>8}")
+    have, flags = levels()
+    print("CPU flags: " + " ".join(flags))
+    print(f"{'model':32} {'batch':>5} {'ort µs':>9} " + " ".join(f"{'kaa ' + l + ' µs':>16} {'ort/kaa':>7}" for l in have))
     for name, path, data in models:
-        x = np.ascontiguousarray(data[:64].astype(np.float32))
+        # 256 rows: the data set's rows, repeated when it has fewer.
+        x = np.ascontiguousarray(np.resize(data, (256, data.shape[1])).astype(np.float32))
         bin_path = os.path.join(OUT, "input.bin")
         x.tofile(bin_path)
-        res = subprocess.run([BENCH, path, f"input={bin_path}:{x.shape[1]}"], check=True, capture_output=True, text=True)
         kaa = {}
-        for line in res.stdout.split("\n"):
-            if line.startswith("batch="):
-                parts = dict(p.split("=") for p in line.split())
-                kaa[int(parts["batch"])] = int(parts["median_ns"])
-        for batch, calls in [(1, 20000), (64, 2000)]:
+        for level in have:
+            env = dict(os.environ, KAA_ENGINE_LEVEL=level)
+            res = subprocess.run([BENCH, path, f"input={bin_path}:{x.shape[1]}"], check=True, capture_output=True, text=True, env=env)
+            ran = None
+            for line in res.stdout.split("\n"):
+                if line.startswith("level="):
+                    ran = line.split("=", 1)[1]
+                if line.startswith("batch="):
+                    parts = dict(p.split("=") for p in line.split())
+                    kaa[(level, int(parts["batch"]))] = int(parts["median_ns"])
+            assert ran == level, f"kaa-bench ran at {ran}, not {level}"
+        for batch, calls in [(1, 20000), (64, 2000), (256, 1000)]:
             o = ort_median(path, x[:batch], calls)
-            print(f"{name:34} {batch:5d} {kaa[batch] / 1000:9.2f} {o / 1000:9.2f} {o / kaa[batch]:8.2f}x")
+            row = f"{name:32} {batch:5d} {o / 1000:9.2f} "
+            row += " ".join(f"{kaa[(l, batch)] / 1000:16.2f} {o / kaa[(l, batch)]:6.2f}x" for l in have)
+            print(row)
 
 
 if __name__ == "__main__":

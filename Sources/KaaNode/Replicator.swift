@@ -274,7 +274,7 @@ final class Replicator {
         guard let previous = book.entries[me] else {
             generation = max(generation + 1, now)
             book.merge(me, HoldingsBook.Entry(generation: generation, holdings: Set(local.keys).union(fetching).compactMap(listed), leaving: leaving))
-            return schedulePlan()
+            return bookChanged()
         }
         // What differs from the entry the book has of this node, among the keys that changed.
         var upserts: [Holding] = [], removed: [String] = []
@@ -292,7 +292,7 @@ final class Replicator {
         book.apply(me, delta)
         ownLog.append(delta)
         if ownLog.count > 1_000 { ownLog.removeFirst(ownLog.count - 1_000) }
-        schedulePlan()
+        bookChanged()
     }
 
     /// How this node's entry lists `key`: its copy, or a copy being fetched; nil when neither.
@@ -1050,14 +1050,16 @@ final class Replicator {
 
     /// Calls `done` once `replication` holders of `id` have it ready (or fewer, when fewer
     /// nodes are there), or when the publish timeout passes. `record`: the copy this node
-    /// stored, listed at once.
-    func awaitQuorum(_ id: SnapshotID, record: SnapshotRecord, done: @escaping (QuorumOutcome) -> Void) {
+    /// stored, listed at once. With `others`, the nodes a publish streamed it to as well (each
+    /// answered that it stored it): then `done` runs once this node knows it ready here and on
+    /// them (``awaitCopies(_:on:done:)``).
+    func awaitQuorum(_ id: SnapshotID, record: SnapshotRecord, others: Set<NodeID>? = nil, done: @escaping (QuorumOutcome) -> Void) {
         let key = id.description
         if local[key] == nil {
             local[key] = holding(record)
             publishLocal()
         }
-        wait(for: key, on: nil, done: done)
+        wait(for: key, on: others.map { $0.union([me]) }, done: done)
     }
 
     /// Calls `done` once this node knows `id` ready on `nodes` (a publish streamed it there and

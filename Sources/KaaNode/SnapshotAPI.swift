@@ -523,8 +523,13 @@ final class UploadSink: HTTPBodySink {
                     case .failure(let error): return responder.respond(SnapshotAPI.response(for: error))
                     case .success(let result):
                         let outcome = result.outcome == .stored || storedThere
-                        return answer(Answer(snapshot: SnapshotSummary(result.record), outcome: outcome ? "stored" : "already-present",
-                                             assignedVersion: false), id: id, record: result.record, responder)
+                        let answer = Answer(snapshot: SnapshotSummary(result.record), outcome: outcome ? "stored" : "already-present",
+                                            assignedVersion: false)
+                        // Durable here and on every peer: the write quorum, as above.
+                        guard failed.isEmpty else { return self.answer(answer, id: id, record: result.record, responder) }
+                        return replicator.awaitQuorum(id, record: result.record, others: Set(peers.map(\.id))) { copies in
+                            UploadSink.respond(answer, copies, responder)
+                        }
                     }
                 }
                 guard failed.isEmpty else { return store(responder) }

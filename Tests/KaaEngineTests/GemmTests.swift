@@ -67,6 +67,21 @@ import Testing
         }
     }
 
+    /// The kernels run at the CPU's level, or at the lower one `KAA_ENGINE_LEVEL` names (CI runs
+    /// the engine's tests again at each lower level, and this says they did).
+    @Test func theKernelsRunAtTheCPUsLevelOrALowerOneTheEnvironmentNames() {
+        let order = ["baseline", "avx2", "avx512"]
+        let cpu = EngineLevel.cpu, current = EngineLevel.current
+        #expect(order.contains(cpu) && order.contains(current))
+        if let forced = ProcessInfo.processInfo.environment["KAA_ENGINE_LEVEL"], let f = order.firstIndex(of: forced),
+           f <= order.firstIndex(of: cpu)! {
+            #expect(current == forced)
+        } else {
+            #expect(current == cpu)
+        }
+        #expect(EngineLevel.summary.hasPrefix("kernels: \(current) (CPU: \(cpu)"))
+    }
+
     @Test func reluKeepsNaN() {
         let packed = [Float(1), -1].withUnsafeBufferPointer { PackedMatrix($0, k: 1, n: 2, transposed: false) }
         for kernel in [PackedMatrix.KernelChoice.best] + PackedMatrix.KernelChoice.allRunnable {

@@ -1,7 +1,8 @@
-// kaa-bench MODEL.onnx INPUT.bin... : times Model.run at batch 1 and batch 64.
+// kaa-bench MODEL.onnx INPUT.bin... : times Model.run at batch 1, 64 and 256.
 //
-// Each input file is raw little-endian float32 rows of one input, named NAME=PATH:COLS.
-// Prints one line per batch size: `batch=B median_ns=N calls=C`.
+// Each input file is raw little-endian float32 rows of one input, named NAME=PATH:COLS (at
+// least 256 rows). Prints one line per batch size: `batch=B median_ns=N calls=C`, after a line
+// `level=L` naming the kernels' instruction-set level (KAA_ENGINE_LEVEL chooses a lower one).
 // With KAA_BENCH_PROFILE set, it runs batch 1 only, 200,000 calls: long enough to profile
 // (`perf record -g`) the per-call cost of a small model.
 //
@@ -33,7 +34,9 @@ struct Bench {
             let floats = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
             columns.append((name, floats, Int(parts[1])!))
         }
-        for (batch, calls) in (ProcessInfo.processInfo.environment["KAA_BENCH_PROFILE"] != nil ? [(1, 200_000)] : [(1, 20_000), (64, 2_000)]) {
+        print("level=\(EngineLevel.current)")
+        for (batch, calls) in (ProcessInfo.processInfo.environment["KAA_BENCH_PROFILE"] != nil
+            ? [(1, 200_000)] : [(1, 20_000), (64, 2_000), (256, 1_000)]) {
             var inputs: [String: Tensor] = [:]
             for (name, values, cols) in columns {
                 inputs[name] = Tensor(shape: [batch, cols], floats: Array(values.prefix(batch * cols)))
