@@ -89,7 +89,8 @@ public struct ComparisonReport: Sendable, Equatable, Encodable {
     /// The output read as each row's top label: the first one-string-or-integer-per-row
     /// output; nil when there is none (then the top score's class, with two or more classes).
     public var labelOutput: String?
-    /// The output read as scores: the first floating-point output with one row per input row.
+    /// The output read as scores: the first floating-point output with one row per input row
+    /// whose values are keyed by class (ZipMap's probabilities), else the first one.
     public var scoreOutput: String?
     /// The score output's classes (map keys, else column numbers from 0).
     public var classes: [String]
@@ -278,7 +279,7 @@ public struct SnapshotComparison: Sendable {
             let w = layout.classes.count
             tauScore = switch Self.tauClass(width: w) {
             case 0?: "the only score"
-            case 1?: "class `\(layout.classes[1])` (the positive class)"
+            case 1?: "the positive class `\(layout.classes[1])`"
             default: "OLD's top class of each row"
             }
         }
@@ -328,6 +329,8 @@ public struct SnapshotComparison: Sendable {
         var classes: [String] = []
         var scores: [Double] = []
         var width = 0
+        /// The scores carry class keys (a sequence of maps).
+        var keyed = false
 
         /// The label of each row: the label output, else the top score's class (two or more classes).
         var topLabels: [String]? {
@@ -368,16 +371,19 @@ public struct SnapshotComparison: Sendable {
             case .int32(let v) where p.labels == nil && per == 1:
                 p.labelOutput = sig.name
                 p.labels = v.map { String($0) }
-            case .float32(let v) where p.scoreOutput == nil && per >= 1:
+            // A map-keyed output (ZipMap's per-class probabilities) over any other.
+            case .float32(let v) where per >= 1 && (p.scoreOutput == nil || !p.keyed && t.mapKeys != nil):
                 p.scoreOutput = sig.name
                 p.scores = v.map(Double.init)
                 p.width = per
                 p.classes = classes(t.mapKeys, per)
-            case .float64(let v) where p.scoreOutput == nil && per >= 1:
+                p.keyed = t.mapKeys != nil
+            case .float64(let v) where per >= 1 && (p.scoreOutput == nil || !p.keyed && t.mapKeys != nil):
                 p.scoreOutput = sig.name
                 p.scores = v
                 p.width = per
                 p.classes = classes(t.mapKeys, per)
+                p.keyed = t.mapKeys != nil
             default:
                 continue
             }

@@ -7,9 +7,10 @@ import Testing
 @Suite struct CompareCLITests {
     /// Builds iris@`version` in `dir` from the sample model, with the sample's pipeline or the
     /// shifted one, and any `extra` arguments.
-    static func build(_ dir: TempDir, version: Int, shifted: Bool, extra: [String] = []) throws -> KaaProcess.Result {
+    static func build(_ dir: TempDir, version: Int, shifted: Bool, extra: [String] = [],
+                      edit: (String) -> String = { $0 }) throws -> KaaProcess.Result {
         let pipeline = try String(contentsOfFile: BatchCLITests.sample("iris-logreg", "pipeline.yaml"), encoding: .utf8)
-        let file = try dir.write("pipeline-\(version).yaml", Array((shifted ? IrisGateFixture.shiftedPipeline(pipeline) : pipeline).utf8))
+        let file = try dir.write("pipeline-\(version).yaml", Array(edit(shifted ? IrisGateFixture.shiftedPipeline(pipeline) : pipeline).utf8))
         return try KaaProcess.run([
             "snapshot", "build", "--model", BatchCLITests.sample("iris-logreg", "model.onnx"), "--pipeline", file,
             "--name", "iris", "--version", "\(version)", "--created-at", "2026-01-31T12:00:00Z", "--out", "iris-\(version).kaa",
@@ -75,6 +76,25 @@ import Testing
         #expect(tau > 0.5 && tau < 0.6)
     }
 
+    /// A regressor has no label: no agreement; its one score is the one tau ranks.
+    @Test func aRegressorAgainstItself() throws {
+        let dir = try TempDir()
+        let file = try BatchCLITests.build("diabetes-gbr", in: dir)
+        let data = BatchCLITests.sample("diabetes-gbr", "example.jsonl")
+        let r = try KaaProcess.run(["snapshot", "compare", file, "--against", file, "--data", data], in: dir.path)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == """
+            NEW              diabetes-gbr@1
+            OLD              diabetes-gbr@1
+            rows             2 (\(data))
+            agreement        n/a  (no label output)
+            max score diff   0.0000  (`progression`: 0)
+            mean score diff  0.0000
+            kendall tau      1.0000  (the only score)
+
+            """)
+    }
+
     @Test func badInputsAreRefusedWithWhatIsWrong() throws {
         let dir = try CompareCLITests.snapshots()
         try dir.write("bad.jsonl", Array("""
@@ -86,6 +106,11 @@ import Testing
         try dir.write("empty.jsonl", [])
         try dir.write("unlabelled.jsonl", Array("{\"sepal_length\": 5.1, \"sepal_width\": 3.5, \"petal_length\": 1.4, \"petal_width\": 0.2}\n".utf8))
         let wine = try BatchCLITests.build("wine-forest", in: dir)
+        // Same output names, but `probabilities` is the top two scores: two classes, not three.
+        let narrowed = try CompareCLITests.build(dir, version: 4, shifted: false) {
+            $0.replacingOccurrences(of: "from: output_probability", with: "from: top_scores")
+        }
+        #expect(narrowed.status == 0, "\(narrowed.stderr)")
         func compare(_ args: [String]) throws -> KaaProcess.Result {
             try KaaProcess.run(["snapshot", "compare"] + args, in: dir.path)
         }
@@ -98,6 +123,8 @@ import Testing
              "error: line 1: field `species` (the label field) is missing; every row needs its true label to measure accuracy\n"),
             (["iris-2.kaa", "--against", wine, "--data", "rows.jsonl"],
              "error: NEW (iris@2) and OLD (wine-forest@1) are not comparable: NEW outputs `species`, `probabilities`, `top_species`, `top_scores`, OLD outputs `cultivar`, `probabilities`; compare versions of one model, whose outputs have the same names\n"),
+            (["iris-4.kaa", "--against", "iris-1.kaa", "--data", "rows.jsonl"],
+             "error: NEW (iris@4) and OLD (iris@1) are not comparable: their label sets differ: NEW's `probabilities` has classes 0, 1; OLD's has 0, 1, 2\n"),
         ] {
             let r = try compare(args)
             #expect(r.status == 1)
