@@ -66,6 +66,12 @@ let package = Package(
                 .unsafeFlags(["-O"], .when(configuration: .debug)),
                 .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
             ]),
+        // Comparing two snapshots' predictions on the same rows, and the quality gate that runs
+        // that comparison on alias moves: shared by the CLI and the node.
+        .target(
+            name: "KaaQuality",
+            dependencies: ["KaaCore", "KaaEngine", "KaaSnapshot"],
+            swiftSettings: strict),
         .target(
             name: "KaaCluster",
             dependencies: [
@@ -95,7 +101,7 @@ let package = Package(
         .target(
             name: "KaaNode",
             dependencies: [
-                "KaaCore", "KaaIO", "KaaSnapshot", "KaaCluster", "KaaEngine",
+                "KaaCore", "KaaIO", "KaaSnapshot", "KaaCluster", "KaaEngine", "KaaQuality",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Yams", package: "Yams"),
@@ -106,7 +112,7 @@ let package = Package(
         .executableTarget(
             name: "kaa",
             dependencies: [
-                "KaaCore", "KaaIO", "KaaNode", "KaaSnapshot", "KaaCluster", "KaaEngine",
+                "KaaCore", "KaaIO", "KaaNode", "KaaSnapshot", "KaaCluster", "KaaEngine", "KaaQuality",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -137,6 +143,7 @@ let package = Package(
             dependencies: [
                 "KaaSnapshot",
                 "KaaEngine", // BatchCLITests compare `kaa batch` with the engine row by row
+                "KaaQuality", // CompareTests check the comparison's metrics by hand
                 "KaaCore",
                 "KaaTestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),

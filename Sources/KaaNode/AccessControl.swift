@@ -143,6 +143,13 @@ public struct AccessPolicy: Sendable {
         return nil
     }
 
+    /// The name of the token `request` carries, when it is one this node knows.
+    func tokenName(_ request: HTTPRequest) -> String? {
+        guard let header = request.headers["authorization"], header.utf8.count > 7,
+              header.prefix(7).lowercased() == "bearer " else { return nil }
+        return tokens.entry(forToken: header.dropFirst(7).trimmingCharacters(in: .whitespaces))?.name
+    }
+
     private static func unauthorized(_ message: String) -> HTTPResponse {
         var response = HTTPResponse.error(HTTPStatus(401, "Unauthorized"), message)
         response.headers.add("www-authenticate", "Bearer")

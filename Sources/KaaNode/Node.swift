@@ -207,6 +207,7 @@ public final class Node: Sendable {
             replicatorCell.value?.storeChanged(event)
         }
         snapshots.replicator = replicatorCell
+        snapshots.access = access
         let snapshotAPI = snapshots
         snapshotAPI.addRoutes(to: &router)
         let frames = FrameClient(loop: loop, configuration: peerClientConfiguration, keys: peerKeys)

@@ -592,6 +592,12 @@ final class Replicator {
         return .error(.conflict, "alias `\(alias)` stays: \(key) has \(readyHolders.count) of the \(need) ready holders it needs; missing: \(missing.joined(separator: ", ")). It can move once they are ready (`kaa placement --holders-of \(name)`)")
     }
 
+    /// The names of the live nodes with a ready copy of `name@version`, sorted, for messages.
+    func readyHolderNames(name: String, version: Int) -> [String] {
+        let live = liveIDs, names = memberNames
+        return (readyCopies["\(name)@\(version)"] ?? []).filter { live.contains($0) }.map { names[$0] ?? $0.rawValue }.sorted()
+    }
+
     // MARK: routing calls
 
     /// Where a call for `name` (and `version`: a number, an alias, or nil for `stable` else

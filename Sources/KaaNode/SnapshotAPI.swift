@@ -28,6 +28,8 @@ public struct SnapshotAPI: Sendable {
     let observer: @Sendable (Event) -> Void
     /// In a node, the replicator: a publish answers once its copies are made (the write quorum).
     var replicator: LoopCell<Replicator>?
+    /// The node's access control, if on: names the token behind a forced alias move.
+    var access: AccessPolicy?
 
     public init(store: SnapshotStore, loop: EventLoop, logger: Logger, observer: @escaping @Sendable (Event) -> Void = { _ in }) {
         self.store = store
@@ -185,30 +187,36 @@ public struct SnapshotAPI: Sendable {
             }
         }
         router.add(.put, "/kaa/v1/models/{name}/aliases/{alias}") { request, responder in
-            let name: String, alias: String, version: Int
+            let name: String, alias: String, version: Int, force: Bool
             do throws(SnapshotError) {
                 name = try SnapshotAPI.parameter(request, "name")
                 alias = try SnapshotAPI.parameter(request, "alias")
                 try SnapshotNaming.validateModelName(name)
                 try SnapshotNaming.validateAlias(alias)
                 version = try SnapshotAPI.version(fromBody: request.body)
+                force = try SnapshotAPI.force(request)
             } catch {
                 return responder.respond(SnapshotAPI.response(for: error))
             }
             let answer = { @Sendable () throws -> HTTPResponse in
                 .json(.ok, try SnapshotAPI.encode(["name": .string(name), "alias": .string(alias)], ["version": version]))
             }
+            let move = AliasMove(name: name, alias: alias, version: version, force: force, caller: api.caller(request))
             guard let replicator = api.replicator?.value else {
-                return api.blocking(responder) {
-                    try api.store.setAlias(name: name, alias: alias, version: version)
-                    api.notify([.aliasSet(name: name, alias: alias, version: version)])
-                    return try answer()
+                return api.checkGate(move, holders: { _ in [] }, responder) {
+                    api.blocking(responder) {
+                        try api.store.setAlias(name: name, alias: alias, version: version)
+                        api.notify([.aliasSet(name: name, alias: alias, version: version)])
+                        return try answer()
+                    }
                 }
             }
             // In a cluster the alias is cluster state: it moves only to a version with its
             // ready holders, and every node learns of it from this one.
             if let refusal = replicator.aliasRefusal(name: name, alias: alias, version: version) { return responder.respond(refusal) }
-            api.writeAlias(name: name, alias: alias, version: version, author: replicator.me.rawValue, responder, answer)
+            api.checkGate(move, holders: { replicator.readyHolderNames(name: name, version: $0) }, responder) {
+                api.writeAlias(name: name, alias: alias, version: version, author: replicator.me.rawValue, responder, answer)
+            }
         }
         router.add(.delete, "/kaa/v1/models/{name}/aliases/{alias}") { request, responder in
             let name: String, alias: String

@@ -416,17 +416,25 @@ public enum SnapshotArchive {
     /// verified either way.
     public static func loadFiles(path: String, policy: VerificationPolicy = .init(),
                                  keeping: @escaping (SnapshotManifest.File) -> Bool = { _ in true }) throws(SnapshotError) -> (archive: VerifiedArchive, files: [String: [UInt8]]) {
+        try loadFiles(path: path, policy: policy, keepingIn: { _, file in keeping(file) })
+    }
+
+    /// ``loadFiles(path:policy:keeping:)`` where the choice of files may depend on the
+    /// manifest (read, and verified against the digest, before the first file).
+    public static func loadFiles(path: String, policy: VerificationPolicy = .init(),
+                                 keepingIn keeping: @escaping (SnapshotManifest, SnapshotManifest.File) -> Bool) throws(SnapshotError) -> (archive: VerifiedArchive, files: [String: [UInt8]]) {
         var files: [String: [UInt8]] = [:]
+        var manifest: SnapshotManifest?
         var current: [UInt8] = []
         var keep = false
         let (expanded, overflow) = (PosixFile.size(path) ?? 0).multipliedReportingOverflow(by: 256)
         let plausible = overflow ? UInt64.max : expanded
         let reader = try ArchiveReader(policy: policy) { (event) throws(SnapshotError) in
             switch event {
-            case .manifest: break
+            case .manifest(let m, _, _): manifest = m
             case .fileStart(let f):
                 current = []
-                keep = keeping(f)
+                keep = manifest.map { keeping($0, f) } ?? false
                 if keep { current.reserveCapacity(Int(clamping: min(f.size, plausible))) }
             case .fileData(let bytes): if keep { current.append(contentsOf: bytes) }
             case .fileEnd(let f):

@@ -23,14 +23,17 @@ public struct SnapshotBuildRequest: Sendable {
     public var lineage: SnapshotManifest.Lineage
     /// Signs the snapshot when set; sets `lineage.publisher` to the key id when that is empty.
     public var signingKey: PublisherPrivateKey?
+    /// A quality gate; its holdout MUST be one of ``extraFiles`` (by entry name).
+    public var gate: SnapshotManifest.Gate?
 
     public init(
         modelPath: String, name: String, version: Int = 0, pipeline: String? = nil,
         extraFiles: [(source: String, entry: String)] = [], labels: [String: String] = [:],
         createdAt: Date = Date(), memoryBytes: UInt64? = nil, accelerator: SnapshotManifest.Requirements.Accelerator = .none,
         lineage: SnapshotManifest.Lineage = .init(), signingKey: PublisherPrivateKey? = nil,
-        signature: SnapshotManifest.ModelSignature? = nil
+        signature: SnapshotManifest.ModelSignature? = nil, gate: SnapshotManifest.Gate? = nil
     ) {
+        self.gate = gate
         self.signature = signature
         self.modelPath = modelPath
         self.name = name
@@ -79,11 +82,12 @@ public enum SnapshotBuilder {
         let memory = request.memoryBytes ?? (o1 || o2 ? .max : estimate)
         // Dates carry whole seconds so the manifest round-trips exactly.
         let created = Date(timeIntervalSince1970: request.createdAt.timeIntervalSince1970.rounded(.down))
-        let manifest = SnapshotManifest(
+        var manifest = SnapshotManifest(
             name: request.name, version: request.version, createdAt: created, model: modelEntryName,
             files: sources.map(\.file), pipeline: request.pipeline, signature: signature,
             requirements: .init(memoryBytes: memory, accelerator: request.accelerator),
             labels: request.labels, lineage: lineage)
+        manifest.gate = request.gate
         try manifest.validate()
         let manifestBytes = try manifest.canonicalBytes()
         let digest = SnapshotDigest(SHA256.hash(data: manifestBytes))

@@ -27,6 +27,8 @@ public struct SnapshotError: Error, CustomStringConvertible, Sendable, Equatable
         public static let invalidEntry = Code(raw: "invalid-entry")
         /// A model name, version, alias or reference is not well-formed.
         public static let invalidName = Code(raw: "invalid-name")
+        /// A quality gate expression does not parse, or its holdout does not fit it.
+        public static let invalidGate = Code(raw: "invalid-gate")
         /// The ONNX model file could not be read.
         public static let invalidModel = Code(raw: "invalid-model")
         /// A key file could not be read.

@@ -32,6 +32,10 @@ public struct SnapshotManifest: Sendable, Equatable, Codable {
     /// Free `key=value` labels.
     public var labels: [String: String]
     public var lineage: Lineage
+    /// The quality gate and the holdout rows it runs on, if any. Optional, and left out of the
+    /// manifest's bytes when absent, so a snapshot without one has the bytes (and digest) it
+    /// had before gates existed.
+    public var gate: Gate?
 
     public init(
         name: String, version: Int, createdAt: Date, model: String, files: [File],
@@ -49,6 +53,43 @@ public struct SnapshotManifest: Sendable, Equatable, Codable {
         self.requirements = requirements
         self.labels = labels
         self.lineage = lineage
+    }
+
+    /// A quality gate (docs/quality-gate.md): the conditions on ``QualityGate/Metric``s this
+    /// version must meet against the one `stable` points at, computed on its holdout rows.
+    public struct Gate: Sendable, Equatable, Codable {
+        /// The gate's text, as ``QualityGate/init(parsing:)`` reads it.
+        public var expression: String
+        /// The entry name of the holdout rows (JSONL, one object per row), one of ``files``.
+        public var holdout: String
+        /// How many rows the holdout holds.
+        public var holdoutRows: Int
+        /// The rows' field holding the true label; required when a term needs labels.
+        public var labelField: String?
+
+        public init(expression: String, holdout: String, holdoutRows: Int, labelField: String?) {
+            self.expression = expression
+            self.holdout = holdout
+            self.holdoutRows = holdoutRows
+            self.labelField = labelField
+        }
+
+        /// The parsed expression (``SnapshotManifest/validate()`` has checked that it parses).
+        public func parsed() throws(SnapshotError) -> QualityGate { try QualityGate(parsing: expression) }
+
+        enum CodingKeys: String, CodingKey {
+            case expression, holdout
+            case holdoutRows = "holdout_rows"
+            case labelField = "label_field"
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(expression, forKey: .expression)
+            try c.encode(holdout, forKey: .holdout)
+            try c.encode(holdoutRows, forKey: .holdoutRows)
+            try c.encode(labelField, forKey: .labelField)
+        }
     }
 
     /// One file of the snapshot.
@@ -130,7 +171,7 @@ public struct SnapshotManifest: Sendable, Equatable, Codable {
         case formatVersion = "format_version"
         case name, version
         case createdAt = "created_at"
-        case model, files, pipeline, signature, requirements, labels, lineage
+        case model, files, pipeline, signature, requirements, labels, lineage, gate
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -146,6 +187,7 @@ public struct SnapshotManifest: Sendable, Equatable, Codable {
         try c.encode(requirements, forKey: .requirements)
         try c.encode(labels, forKey: .labels)
         try c.encode(lineage, forKey: .lineage)
+        try c.encodeIfPresent(gate, forKey: .gate)
     }
 
     /// Whether this is a draft (version 0) awaiting a version from the receiving node.
@@ -280,6 +322,18 @@ public struct SnapshotManifest: Sendable, Equatable, Codable {
             }
         }
         guard !signature.outputs.isEmpty else { throw bad("signature.outputs is empty; the ONNX graph must declare an output") }
+        if let gate {
+            let parsed: QualityGate
+            do { parsed = try gate.parsed() } catch { throw bad(error.message) }
+            guard files.contains(where: { $0.path == gate.holdout && $0.role == .extra }) else {
+                throw bad("gate.holdout `\(gate.holdout)` is not one of the snapshot's extra files")
+            }
+            guard gate.holdoutRows >= 1 else { throw bad("gate.holdout_rows is \(gate.holdoutRows); a holdout holds at least one row") }
+            if let l = gate.labelField, l.isEmpty { throw bad("gate.label_field is empty; leave it out or name the rows' label field") }
+            if parsed.needsLabels, gate.labelField == nil {
+                throw bad("gate `\(gate.expression)` bounds accuracy, but gate.label_field names no field of the holdout rows holding the true label")
+            }
+        }
     }
 
     /// The model file's entry.
@@ -385,12 +439,13 @@ enum ManifestDate {
 /// from an unknown format never passes silently.
 enum ManifestSchema {
     static let top: Set<String> = ["format_version", "name", "version", "created_at", "model", "files",
-                                   "pipeline", "signature", "requirements", "labels", "lineage"]
+                                   "pipeline", "signature", "requirements", "labels", "lineage", "gate"]
     static let file: Set<String> = ["path", "role", "size", "sha256"]
     static let signature: Set<String> = ["inputs", "outputs"]
     static let tensor: Set<String> = ["name", "kind", "dtype", "shape"]
     static let requirements: Set<String> = ["memory_bytes", "accelerator"]
     static let lineage: Set<String> = ["parent_version", "training_data", "publisher"]
+    static let gate: Set<String> = ["expression", "holdout", "holdout_rows", "label_field"]
 
     static func checkKeys(_ top: JSON) throws(SnapshotError) {
         try check(top, allowed: Self.top, at: "")
@@ -405,6 +460,7 @@ enum ManifestSchema {
         }
         if let r = top["requirements"] { try check(r, allowed: requirements, at: "requirements.") }
         if let l = top["lineage"] { try check(l, allowed: lineage, at: "lineage.") }
+        if let g = top["gate"] { try check(g, allowed: gate, at: "gate.") }
     }
 
     /// Refuses unknown keys of `value` when it is an object (other types are the decoder's to

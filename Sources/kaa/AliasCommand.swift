@@ -15,10 +15,12 @@ struct AliasCommand: AsyncParsableCommand {
         @Argument(help: "The model name.") var name: String
         @Argument(help: "The alias ([a-z][a-z0-9-]*).") var alias: String
         @Argument(help: "The version it points at.") var version: Int
+        @Flag(help: "Move `stable` even when the version's quality gate fails against the current one (the node logs who did).")
+        var force = false
         @OptionGroup var node: NodeTarget
 
         func run() async throws {
-            let r = try await send(HTTPRequest(method: .put, target: "/kaa/v1/models/\(name)/aliases/\(alias)",
+            let r = try await send(HTTPRequest(method: .put, target: "/kaa/v1/models/\(name)/aliases/\(alias)" + (force ? "?force=true" : ""),
                                                body: Array("\(version)".utf8)), node)
             print("\(name)@\(alias) -> \(r.json?["version"] as? Int ?? version)")
         }

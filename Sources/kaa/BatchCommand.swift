@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KaaCore
 import KaaEngine
+import KaaQuality
 import KaaSnapshot
 
 /// `kaa batch`: scores a file offline through a snapshot's pipeline and model — the same
@@ -63,6 +64,8 @@ struct BatchCommand: ParsableCommand {
                 try decoder.bind(header: header.fields, line: header.line)
             }
         } catch let e as CommandFailure {
+            throw fail(e.description)
+        } catch let e as RowError {
             throw fail(e.description)
         }
         let sink: OutputSink

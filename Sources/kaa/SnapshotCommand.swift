@@ -6,8 +6,8 @@ import KaaSnapshot
 struct SnapshotCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "snapshot",
-        abstract: "Build, inspect and verify snapshot archives (.kaa).",
-        subcommands: [Build.self, Inspect.self, Verify.self])
+        abstract: "Build, inspect, verify and compare snapshot archives (.kaa).",
+        subcommands: [Build.self, Inspect.self, Verify.self, Compare.self])
 
     struct Build: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -148,7 +148,10 @@ enum SnapshotReport {
             ["accelerator", m.requirements.accelerator.rawValue],
             ["labels", m.labels.isEmpty ? "-" : m.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ", ")],
             ["pipeline", m.pipeline.map { "\($0.utf8.count) bytes" } ?? "-"],
-        ]) + "\n"
+        ] + (m.gate.map { g in [
+            ["gate", g.expression],
+            ["holdout", "\(g.holdout): \(g.holdoutRows) row\(g.holdoutRows == 1 ? "" : "s")" + (g.labelField.map { ", label field `\($0)`" } ?? "")],
+        ] } ?? [])) + "\n"
         func values(_ title: String, _ list: [TensorSignature]) {
             out += "\n\(title)\n"
             var rows = [["NAME", "KIND", "DTYPE", "SHAPE"]]
@@ -202,6 +205,10 @@ struct BuildOptions: ParsableArguments {
     @Option(help: "An accelerator the model must have: gpu (placed only on nodes with a GPU).") var requires: String?
     @Option(help: "An accelerator the model should have: gpu (placed on GPU nodes while they have room).") var prefers: String?
     @Option(help: "Creation time, RFC 3339 (default: now); fix it for reproducible builds.") var createdAt: String?
+    @Option(help: "Holdout rows (JSONL) the gate runs on; carried in the archive as `holdout.jsonl`.") var holdout: String?
+    @Option(help: "A quality gate checked when `stable` moves to this version, like 'agreement>=0.99,accuracy_drop<=0.005' (docs/quality-gate.md).")
+    var gate: String?
+    @Option(help: "The holdout rows' field holding the true label (needed for accuracy terms).") var holdoutLabel: String?
 
     func validate() throws {
         for (flag, value) in [("--requires", requires), ("--prefers", prefers)] {
@@ -245,12 +252,33 @@ struct BuildOptions: ParsableArguments {
             created = d
         }
         let key = try sign.map { try PublisherPrivateKey(contentsOf: $0) }
+        var extraFiles = extras
+        var gate: SnapshotManifest.Gate?
+        // Checked here rather than in `validate()`: argument-parser answers a validation error
+        // with the version when the arguments hold `--version`, as `snapshot build` takes.
+        if (self.gate == nil) != (holdout == nil) {
+            throw SnapshotError(.invalidGate, "--gate and --holdout go together: the gate runs on the holdout rows")
+        }
+        if holdoutLabel != nil && holdout == nil {
+            throw SnapshotError(.invalidGate, "--holdout-label names a field of the --holdout rows; give --holdout")
+        }
+        if let expression = self.gate, let holdout {
+            gate = try Self.holdoutGate(expression: expression, holdout: holdout, labelField: holdoutLabel)
+            extraFiles.append((holdout, gate!.holdout))
+        }
         let request = SnapshotBuildRequest(
-            modelPath: model, name: name, version: version ?? 0, pipeline: pipelineText, extraFiles: extras,
+            modelPath: model, name: name, version: version ?? 0, pipeline: pipelineText, extraFiles: extraFiles,
             labels: labelMap, createdAt: created, memoryBytes: memory,
             accelerator: requires != nil ? .gpu : prefers != nil ? .gpuPreferred : .none,
             lineage: .init(parentVersion: parent, trainingData: trainingData, publisher: publisher),
-            signingKey: key, signature: servedSignature)
-        return try SnapshotBuilder.build(request, to: path)
+            signingKey: key, signature: servedSignature, gate: gate)
+        let built = try SnapshotBuilder.build(request, to: path)
+        if gate != nil {
+            do { try Self.checkHoldout(path) } catch {
+                unlink(path)
+                throw error
+            }
+        }
+        return built
     }
 }

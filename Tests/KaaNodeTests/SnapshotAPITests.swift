@@ -403,3 +403,92 @@ enum HostileUploads {
         }.count
     }
 }
+
+/// The quality gate on `stable` moves (docs/quality-gate.md), on one real node: the iris
+/// sample as version 1, and gated versions whose holdout is ``IrisGateFixture``'s rows.
+@Suite struct AliasGateTests {
+    /// Builds iris@`version`: the sample, or the shifted copy, with a gate when given.
+    static func build(_ dir: TemporaryDirectory, version: Int, shifted: Bool, gate: String?) throws -> String {
+        let pipeline = try String(contentsOfFile: ServingTests.repo + "/snapshots/iris-logreg/pipeline.yaml", encoding: .utf8)
+        let pipelineFile = dir.path + "/pipeline-\(version).yaml"
+        try (shifted ? IrisGateFixture.shiftedPipeline(pipeline) : pipeline).write(toFile: pipelineFile, atomically: true, encoding: .utf8)
+        let rows = dir.path + "/holdout.jsonl"
+        try IrisGateFixture.labelledRows.write(toFile: rows, atomically: true, encoding: .utf8)
+        let out = dir.path + "/iris-\(version).kaa"
+        let args = ["snapshot", "build", "--model", SnapshotAPITests.model, "--pipeline", pipelineFile, "--name", "iris",
+                    "--version", "\(version)", "--out", out]
+            + (gate.map { ["--holdout", rows, "--holdout-label", "species", "--gate", $0] } ?? [])
+        let (status, _, stderr) = try KaaProcess.run(args)
+        guard status == 0 else { throw RawSocketError("build failed: \(stderr)") }
+        return out
+    }
+
+    @Test func stableMovesOnlyPastTheGateUnlessForced() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let tokens = dir.path + "/tokens"
+        let made = try KaaProcess.run(["tokens", "create", "--scope", "admin", "--name", "release-bot", "--out", dir.path + "/admin.token",
+                                       "--append-to", tokens])
+        #expect(made.0 == 0, "\(made.2)")
+        let (node, port) = try NodeProcessTests.startNode(dir, extra: ["--tokens-file", tokens])
+        defer { node.signal(SIGTERM); node.wait() }
+        let to = ["--to", "http://127.0.0.1:\(port)", "--token-file", dir.path + "/admin.token"]
+        let gate = "agreement>=0.99,accuracy_drop<=0.005"
+        for file in [try AliasGateTests.build(dir, version: 1, shifted: false, gate: nil),
+                     try AliasGateTests.build(dir, version: 2, shifted: false, gate: gate),
+                     try AliasGateTests.build(dir, version: 3, shifted: true, gate: gate)] {
+            let published = try KaaProcess.run(["publish", file] + to)
+            #expect(published.0 == 0, "\(published.2)")
+        }
+        // No `stable` yet: nothing to hold a gate against.
+        #expect(try KaaProcess.run(["alias", "set", "iris", "stable", "1"] + to).1 == "iris@stable -> 1\n")
+
+        // Version 2 is the sample itself: its gate passes against version 1.
+        let passed = try KaaProcess.run(["alias", "set", "iris", "stable", "2"] + to)
+        #expect(passed.0 == 0, "\(passed.2)")
+        #expect(passed.1 == "iris@stable -> 2\n")
+        _ = try node.waitForLog("quality gate passed .*alias.from=1 alias.to=2")
+
+        // Version 3 disagrees on 1 of the 12 holdout rows and is right on 1 fewer: refused, with the report.
+        let token = try String(contentsOfFile: dir.path + "/admin.token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        func put(_ target: String, _ body: String) throws -> RawResponse {
+            let c = try RawSocket(port: port)
+            try c.send("PUT \(target) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+            return try c.readResponse()
+        }
+        let refused = try put("/kaa/v1/models/iris/aliases/stable", "3")
+        #expect(refused.status == 409)
+        let answer = try #require(try JSONSerialization.jsonObject(with: Data(refused.body)) as? [String: Any])
+        #expect(answer["error"] as? String == "alias `stable` stays at 2: iris@3 fails its quality gate against iris@2 on its 12 holdout rows: agreement 0.9167 (needs >= 0.99), accuracy_drop 0.0833 (needs <= 0.005); move it anyway with force=true (`kaa alias set --force`)")
+        let report = try #require(answer["gate"] as? [String: Any])
+        #expect(report["gate"] as? String == gate)
+        #expect(report["passed"] as? Bool == false)
+        let terms = try #require(report["terms"] as? [[String: Any]])
+        #expect(terms.map { $0["term"] as? String } == ["agreement>=0.99", "accuracy_drop<=0.005"])
+        #expect(terms.map { $0["passed"] as? Bool } == [false, false])
+        #expect(terms.first?["value"] as? Double == 11.0 / 12)
+        let comparison = try #require(report["comparison"] as? [String: Any])
+        #expect(comparison["new"] as? String == "iris@3" && comparison["old"] as? String == "iris@2")
+        #expect(comparison["rows"] as? Int == 12)
+        #expect(comparison["accuracy"] as? Double == 9.0 / 12 && comparison["old_accuracy"] as? Double == 10.0 / 12)
+        let cli = try KaaProcess.run(["alias", "set", "iris", "stable", "3"] + to)
+        #expect(cli.0 != 0)
+        #expect(cli.2.contains("fails its quality gate against iris@2") && cli.2.contains("(HTTP 409)"), "\(cli.2)")
+        let list = try KaaProcess.run(["alias", "list", "iris"] + to)
+        #expect(list.1 == "stable\t2\n")
+
+        // Forced: it moves, and the log says who forced what.
+        #expect(try put("/kaa/v1/models/iris/aliases/stable?force=maybe", "3").status == 400)
+        let forced = try KaaProcess.run(["alias", "set", "iris", "stable", "3", "--force"] + to)
+        #expect(forced.0 == 0, "\(forced.2)")
+        #expect(forced.1 == "iris@stable -> 3\n")
+        let line = try node.waitForLog("(alias stable forced past its quality gate .*)")
+        #expect(line.contains("alias.from=2") && line.contains("alias.to=3") && line.contains("forced.by.token=release-bot")
+                && line.contains("gate=\"\(gate)\"") && line.contains("model.name=iris"), "\(line)")
+        #expect(try KaaProcess.run(["alias", "list", "iris"] + to).1 == "stable\t3\n")
+
+        // Back to version 1, which has no gate: it moves as it always did.
+        #expect(try KaaProcess.run(["alias", "set", "iris", "stable", "1"] + to).0 == 0)
+        #expect(!node.stderr.contains("alias.to=1"))
+    }
+}
