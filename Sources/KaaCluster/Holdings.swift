@@ -19,9 +19,12 @@ public struct Holding: Hashable, Sendable, Codable {
     public var aliased: Bool
     /// What its manifest asks of a holder's accelerators.
     public var accelerator: Placement.Accelerator
+    /// Its manifest carries a quality gate: a node without a copy refuses to move `stable` to it
+    /// unforced, as it cannot run the gate (docs/quality-gate.md).
+    public var gated: Bool
 
     public init(name: String, version: Int, digest: String, size: UInt64, state: State, draft: Bool = false, aliased: Bool = false,
-                accelerator: Placement.Accelerator = .none) {
+                accelerator: Placement.Accelerator = .none, gated: Bool = false) {
         self.name = name
         self.version = version
         self.digest = digest
@@ -30,6 +33,7 @@ public struct Holding: Hashable, Sendable, Codable {
         self.draft = draft
         self.aliased = aliased
         self.accelerator = accelerator
+        self.gated = gated
     }
 
     /// `name@version`, the key placement uses.
@@ -54,6 +58,7 @@ public struct Holding: Hashable, Sendable, Codable {
         draft = flags & 1 != 0
         aliased = flags & 2 != 0
         accelerator = flags & 4 != 0 ? .requiresGPU : flags & 8 != 0 ? .prefersGPU : .none
+        gated = flags & 16 != 0
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -63,7 +68,8 @@ public struct Holding: Hashable, Sendable, Codable {
         try c.encode(digest)
         try c.encode(size)
         try c.encode(state == .fetching ? 0 : state == .ready ? 1 : 2)
-        try c.encode((draft ? 1 : 0) | (aliased ? 2 : 0) | (accelerator == .requiresGPU ? 4 : accelerator == .prefersGPU ? 8 : 0))
+        try c.encode((draft ? 1 : 0) | (aliased ? 2 : 0) | (accelerator == .requiresGPU ? 4 : accelerator == .prefersGPU ? 8 : 0)
+                     | (gated ? 16 : 0))
     }
 }
 

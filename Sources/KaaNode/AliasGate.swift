@@ -15,6 +15,9 @@ struct AliasMove: Sendable {
     /// Who asked, for the log: the token's name under access control (`forced.by.token`), else
     /// the remote address (`forced.by.address`).
     var caller: (key: String, value: String)
+    /// Whether the version carries a gate, as the cluster's holdings say (nil: not known), for a
+    /// node that holds no copy of it.
+    var gatedElsewhere: Bool? = nil
 }
 
 /// The quality gate on `stable` moves (docs/quality-gate.md).
@@ -101,6 +104,8 @@ extension SnapshotAPI {
             let newID = try SnapshotID(name: move.name, version: move.version)
             let oldID = try SnapshotID(name: move.name, version: current)
             guard try store.record(newID) != nil else {
+                // Its holders say it has no gate: the move goes ahead as it would without gates.
+                if move.gatedElsewhere == false { return .proceed }
                 return move.force ? .forced(current: current, gate: nil) : .notHere(current: current, missing: [move.version])
             }
             guard let gate = try store.manifest(newID).gate else { return .proceed }

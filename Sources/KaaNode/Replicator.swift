@@ -643,6 +643,10 @@ final class Replicator {
     /// The digest of `key` (`name@version`) in the cluster's catalog.
     func digest(of key: String) -> String? { kept[key]?.digest }
 
+    /// Whether `key` (`name@version`) carries a quality gate, as its holders say; nil when no
+    /// node has it ready.
+    func gated(_ key: String) -> Bool? { kept[key]?.gated }
+
     /// The live nodes other than this one with `key` (`name@version`) ready.
     func otherHolders(_ key: String) -> [Member] {
         let ready = readyCopies[key] ?? []
@@ -1227,7 +1231,7 @@ extension Holding {
     /// A ready copy of a stored snapshot.
     init(_ record: SnapshotRecord) {
         self.init(name: record.id.name, version: record.id.version, digest: record.digest.description, size: record.size,
-                  state: .ready, draft: record.isDraft, accelerator: Holding.accelerator(record.accelerator))
+                  state: .ready, draft: record.isDraft, accelerator: Holding.accelerator(record.accelerator), gated: record.hasGate)
     }
 
     /// Placement's word for a manifest's accelerator requirement.

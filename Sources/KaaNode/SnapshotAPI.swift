@@ -201,7 +201,7 @@ public struct SnapshotAPI: Sendable {
             let answer = { @Sendable () throws -> HTTPResponse in
                 .json(.ok, try SnapshotAPI.encode(["name": .string(name), "alias": .string(alias)], ["version": version]))
             }
-            let move = AliasMove(name: name, alias: alias, version: version, force: force, caller: api.caller(request))
+            var move = AliasMove(name: name, alias: alias, version: version, force: force, caller: api.caller(request))
             guard let replicator = api.replicator?.value else {
                 return api.checkGate(move, holders: { _ in [] }, responder) {
                     api.blocking(responder) {
@@ -214,6 +214,7 @@ public struct SnapshotAPI: Sendable {
             // In a cluster the alias is cluster state: it moves only to a version with its
             // ready holders, and every node learns of it from this one.
             if let refusal = replicator.aliasRefusal(name: name, alias: alias, version: version) { return responder.respond(refusal) }
+            move.gatedElsewhere = replicator.gated("\(name)@\(version)")
             api.checkGate(move, holders: { replicator.readyHolderNames(name: name, version: $0) }, responder) {
                 api.writeAlias(name: name, alias: alias, version: version, author: replicator.me.rawValue, responder, answer)
             }

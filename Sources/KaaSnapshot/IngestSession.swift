@@ -125,7 +125,8 @@ extension SnapshotStore {
             let record = SnapshotRecord(id: id, digest: verified.digest, size: verified.archiveBytes, state: .ready,
                                         receivedAt: Date(timeIntervalSince1970: now.timeIntervalSince1970),
                                         signerKeyID: verified.signerKeyID, isDraft: assigned, path: final,
-                                        accelerator: verified.manifest.requirements.accelerator)
+                                        accelerator: verified.manifest.requirements.accelerator,
+                                        hasGate: verified.manifest.gate != nil)
             return IngestResult(record: record, outcome: .stored, assignedVersion: assigned)
         }
     }

@@ -22,6 +22,8 @@ public struct SnapshotRecord: Sendable, Equatable {
     public var path: String
     /// What its manifest asks of a holder's accelerators (placement honours it).
     public var accelerator: SnapshotManifest.Requirements.Accelerator = .none
+    /// Whether its manifest carries a quality gate (docs/quality-gate.md).
+    public var hasGate = false
 }
 
 /// The SQLite catalog (WAL) of a store: tables `snapshot` and `alias` (the alias register).
@@ -116,12 +118,15 @@ struct SnapshotCatalog: Sendable {
             signerKeyID: row["signer"],
             isDraft: row["draft"] ?? false,
             path: SnapshotStore.archivePath(directory: directory, name: id.name, version: id.version),
-            accelerator: (row["accelerator"] as String?).flatMap(SnapshotManifest.Requirements.Accelerator.init(rawValue:)) ?? .none)
+            accelerator: (row["accelerator"] as String?).flatMap(SnapshotManifest.Requirements.Accelerator.init(rawValue:)) ?? .none,
+            hasGate: (row["gated"] as Bool?) ?? false)
     }
 
-    /// The columns of a record: the row and its manifest's accelerator requirement.
+    /// The columns of a record: the row, its manifest's accelerator requirement, and whether
+    /// the manifest carries a quality gate.
     static let recordColumns = """
-        *, CASE WHEN json_valid(CAST(manifest AS TEXT)) THEN json_extract(CAST(manifest AS TEXT), '$.requirements.accelerator') END AS accelerator
+        *, CASE WHEN json_valid(CAST(manifest AS TEXT)) THEN json_extract(CAST(manifest AS TEXT), '$.requirements.accelerator') END AS accelerator,
+        CASE WHEN json_valid(CAST(manifest AS TEXT)) THEN json_type(CAST(manifest AS TEXT), '$.gate') IS NOT NULL ELSE 0 END AS gated
         """
 
     enum RowCheck {

@@ -5,7 +5,8 @@ import Testing
 
 /// The quality gate in a cluster of three real nodes (replication 2): the node that takes a
 /// `stable` move runs the gate only with both versions on its own disk; a node without them
-/// refuses (409) naming the nodes that hold each, and fetches nothing.
+/// refuses (409) naming the nodes that hold each, and fetches nothing; a version without a gate
+/// moves from any node, as the cluster's holdings say it has none.
 @Suite(.serialized) struct ClusterGateLiveTests {
     @Test func aNodeWithoutBothVersionsNamesTheirHolders() throws {
         let dir = TemporaryDirectory()
@@ -14,12 +15,13 @@ import Testing
         // Version 1: the sample; version 2: the sample again, with a gate it passes.
         let v1 = try AliasGateTests.build(dir, version: 1, shifted: false, gate: nil)
         let v2 = try AliasGateTests.build(dir, version: 2, shifted: false, gate: "agreement>=0.99")
-        for file in [v1, v2] { try FileManager.default.moveItem(atPath: file, toPath: cluster.snapshots + "/" + (file as NSString).lastPathComponent) }
+        let v3 = try AliasGateTests.build(dir, version: 3, shifted: false, gate: nil)
+        for file in [v1, v2, v3] { try FileManager.default.moveItem(atPath: file, toPath: cluster.snapshots + "/" + (file as NSString).lastPathComponent) }
         try cluster.start(["n1", "n2", "n3"])
         defer { cluster.stop() }
         let nodes = cluster.nodes
         try cluster.publish()
-        #expect(cluster.whenEveryNode { $0["iris@1"]?.ready.count == 2 && $0["iris@2"]?.ready.count == 2 })
+        #expect(cluster.whenEveryNode { c in (1...3).allSatisfy { c["iris@\($0)"]?.ready.count == 2 } })
         let table = try cluster.table()
         let holders1 = try #require(table["iris@1"]?.holders), holders2 = try #require(table["iris@2"]?.holders)
         #expect(ClusterAliasLiveTests.request(nodes[0].http, "PUT", "/kaa/v1/models/iris/aliases/stable", "1")?.status == 200)
@@ -40,5 +42,12 @@ import Testing
         #expect(moved.status == 200, "\(moved.text)")
         _ = try both.process.waitForLog("quality gate passed .*alias.from=1 alias.to=2")
         #expect(GossipLiveTests.within(15) { nodes.allSatisfy { ClusterAliasLiveTests.aliases($0.http, "iris") == ["stable": 2] } } != nil)
+
+        // Version 3 has no gate: a node without a copy of it moves `stable` there.
+        let holders3 = try #require(table["iris@3"]?.holders)
+        let outsider = try #require(nodes.first { !holders3.contains($0.name) })
+        let third = try #require(ClusterAliasLiveTests.request(outsider.http, "PUT", "/kaa/v1/models/iris/aliases/stable", "3"))
+        #expect(third.status == 200, "\(outsider.name), without iris@3: \(third.text)")
+        #expect(GossipLiveTests.within(15) { nodes.allSatisfy { ClusterAliasLiveTests.aliases($0.http, "iris") == ["stable": 3] } } != nil)
     }
 }
