@@ -580,9 +580,11 @@ final class Replicator {
             if versions.isEmpty { return .error(.notFound, "model `\(name)` is not stored on any node of the cluster") }
             return .error(.notFound, "model `\(name)` has no version \(version) in the cluster; versions: \(versions.map(String.init).joined(separator: ", "))")
         }
+        // Ready copies on live nodes, wherever they are: the table's holders, or the nodes a
+        // publish streamed it to while a load cap moves a copy to the table's choice.
         let need = min(settings.replication, holders.count)
         let readyHolders = holders.filter { ready.contains($0) }
-        guard readyHolders.count < need else { return nil }
+        guard ready.intersection(live).count < need else { return nil }
         let names = memberNames
         var states: [NodeID: Holding.State] = [:]
         for node in holders { states[node] = book.holding(node, key)?.state }

@@ -21,7 +21,7 @@ import Testing
         defer { cluster.stop() }
         let nodes = cluster.nodes
         try cluster.publish()
-        #expect(cluster.whenEveryNode { c in (1...3).allSatisfy { c["iris@\($0)"]?.ready.count == 2 } })
+        #expect(cluster.whenEveryNode { c in (1...3).allSatisfy { LiveCluster.onItsHolders(c["iris@\($0)"]) } })
         let table = try cluster.table()
         let holders1 = try #require(table["iris@1"]?.holders), holders2 = try #require(table["iris@2"]?.holders)
         #expect(ClusterAliasLiveTests.request(nodes[0].http, "PUT", "/kaa/v1/models/iris/aliases/stable", "1")?.status == 200)

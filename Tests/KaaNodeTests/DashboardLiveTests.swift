@@ -43,7 +43,7 @@ import Testing
         defer { cluster.stop() }
         try cluster.publish()
         try #require(cluster.whenEveryNode { c in
-            DashboardLiveTests.samples.allSatisfy { c["\($0)@1"]?.ready.count == 2 } && c["iris-gpu@1"]?.ready == ["n3"]
+            DashboardLiveTests.samples.allSatisfy { LiveCluster.onItsHolders(c["\($0)@1"]) } && c["iris-gpu@1"]?.ready == ["n3"]
         }, "the samples never reached two ready copies each: \(String(describing: try? cluster.table()))")
 
         let alias = try KaaProcess.run(["alias", "set", "iris-logreg", "stable", "1", "--to", "http://127.0.0.1:\(cluster.nodes[1].http)"])

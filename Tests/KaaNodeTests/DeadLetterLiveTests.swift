@@ -27,7 +27,7 @@ import Testing
         defer { cluster.stop() }
         let nodes = cluster.nodes
         try cluster.publish()
-        try #require(cluster.whenEveryNode { c in c["digits@1"]?.ready.count == 2 && c["iris@1"]?.ready.count == 2 })
+        try #require(cluster.whenEveryNode { c in LiveCluster.onItsHolders(c["digits@1"]) && LiveCluster.onItsHolders(c["iris@1"]) })
         let table = try cluster.table()
         let digitsHolders = try #require(table["digits@1"]?.holders)
         let outsider = try #require(nodes.first { !digitsHolders.contains($0.name) })
@@ -119,7 +119,7 @@ import Testing
         defer { cluster.stop() }
         let nodes = cluster.nodes
         try cluster.publish()
-        try #require(cluster.whenEveryNode { $0["iris@1"]?.ready.count == 2 })
+        try #require(cluster.whenEveryNode { LiveCluster.onItsHolders($0["iris@1"]) })
         let holders = try #require(try cluster.table()["iris@1"]?.holders)
         let entry = try #require(nodes.first { !holders.contains($0.name) })
         let victim = try #require(nodes.first { $0.name == holders[0] })

@@ -30,7 +30,7 @@ import Testing
         let nodes = cluster.nodes
         try cluster.publish()
         // Every node has heard of every ready copy.
-        try #require(cluster.whenEveryNode { c in names.allSatisfy { c["\($0)@1"]?.ready.count == 2 } })
+        try #require(cluster.whenEveryNode { c in names.allSatisfy { LiveCluster.onItsHolders(c["\($0)@1"]) } })
         let table = try cluster.table()
 
         for name in names {
@@ -106,7 +106,7 @@ import Testing
         try cluster.start(["n1", "n2"])
         defer { cluster.stop() }
         try cluster.publish()
-        try #require(cluster.whenEveryNode { c in names.allSatisfy { c["\($0)@1"]?.ready.count == 2 } })
+        try #require(cluster.whenEveryNode { c in names.allSatisfy { LiveCluster.onItsHolders(c["\($0)@1"]) } })
 
         // n3 holds nothing, and is asked the moment its HTTP listener is up.
         let n3 = try GossipLiveTests.start("n3", in: dir, seeds: [cluster.nodes[0].peer], keyFile: cluster.key,
@@ -141,7 +141,7 @@ import Testing
         try cluster.publish()
         // The copies exactly on the table's holders, as every node sees them: the node that took
         // the publish may keep a copy for a while, and a node with a copy serves it itself.
-        try #require(cluster.whenEveryNode { $0["m@1"].map { $0.holders.count == 2 && $0.ready == Set($0.holders) } ?? false })
+        try #require(cluster.whenEveryNode { LiveCluster.onItsHolders($0["m@1"]) })
         let holders = try #require(try cluster.table()["m@1"]?.holders)
         let outsider = try #require(cluster.nodes.first { !holders.contains($0.name) })
         let send = { () -> RawResponse? in

@@ -57,6 +57,14 @@ struct LiveCluster {
         try #require(published.0 == 0, "\(published.1)\(published.2)")
     }
 
+    /// Whether a snapshot's copies are exactly on its two table holders, all ready: a publish
+    /// streams to the holders the ring names, and where a load cap makes the table name another
+    /// node, the copies move there after the publish has answered.
+    static func onItsHolders(_ copies: (holders: [String], ready: Set<String>)?) -> Bool {
+        guard let copies else { return false }
+        return copies.holders.count == 2 && Set(copies.holders) == copies.ready
+    }
+
     /// Waits up to 60 s until `condition` holds of every node's view of the copies.
     func whenEveryNode(_ condition: @escaping ([String: (holders: [String], ready: Set<String>)]) -> Bool) -> Bool {
         let all = nodes
