@@ -186,7 +186,7 @@ public struct NodeConfig: Sendable {
         .integer("retain_drafts", "drafts (uploads without a version) kept per model", \.retainDrafts, min: 1),
         .bytes("max_model_bytes", "largest model file a snapshot may hold", \.maxModelBytes, min: 1),
         .bytes("max_content_bytes", "largest sum of the files of one snapshot", \.maxContentBytes, min: 1),
-        .integer("max_concurrent_uploads", "snapshot uploads taken at once; past it 503", \.maxConcurrentUploads, min: 1),
+        .integer("max_concurrent_uploads", "snapshot uploads taken at once, copies a publish streams here from a peer included; past it 503 (a peer's copy: overloaded, sent again)", \.maxConcurrentUploads, min: 1),
 
         .integer("replication", "copies of each snapshot the cluster keeps, on distinct nodes", \.replication, min: 1, max: 16),
         .duration("repair_grace", "a dead member's copies are made again elsewhere after this", \.repairGrace, allowZero: true),
