@@ -542,7 +542,10 @@ final class UploadSink: HTTPBodySink {
                     }
                 }
                 guard failed.isEmpty else { return store(responder) }
-                api.loop.offload({ job.abort() }) { _ in }
+                api.loop.offload({ job.passedOn() }) { _ in }
+                api.logger.info("snapshot passed on to its holders", metadata: [
+                    "snapshot.id": "\(id)", "snapshot.digest": "\(archive.digest)", "holders": "\(peers.map(\.info.name).joined(separator: ","))",
+                ])
                 // The holders answered once their copies were durable: that is the write quorum.
                 // The answer waits only until this node knows them, so that it routes calls for
                 // the snapshot as soon as the publisher has its answer.
@@ -695,6 +698,16 @@ final class IngestJob: Sendable {
             guard !s.done else { return }
             s.done = true
             s.session?.abort()
+            s.session = nil
+        }
+    }
+
+    /// The verified upload went on to its holders: its temporary file goes.
+    func passedOn() {
+        state.withLock { s in
+            guard !s.done else { return }
+            s.done = true
+            s.session?.discardVerified()
             s.session = nil
         }
     }

@@ -318,6 +318,14 @@ public final class IngestSession {
         if let check = request.modelCheck { try check(m, map.bytes) }
     }
 
+    /// Removes a verified upload that this node streamed on to the nodes that hold it instead
+    /// of storing it (``verify()``): everything it wrote goes, quietly, as with ``abort()``.
+    public func discardVerified() {
+        guard !finished, verified != nil else { return abort() }
+        finished = true
+        releaseAll()
+    }
+
     /// The upload was cut off: removes everything it wrote. MUST NOT run during an `append`.
     public func abort() {
         guard !finished else { return }

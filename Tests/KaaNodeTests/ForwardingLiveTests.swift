@@ -209,6 +209,8 @@ import Testing
         #expect(metrics["kaa_publish_copies_sent_total{outcome=\"failed\"}"] == 0)
         #expect(metrics["kaa_copies_dropped_total"] == 0)
         #expect(!entry.process.stderr.contains("snapshot stored"), "n1 stored a copy")
+        #expect(!entry.process.stderr.contains("snapshot upload aborted"), "n1's log calls the passed-on upload aborted")
+        _ = try entry.process.waitForLog("snapshot passed on to its holders .*holders=n[23],n[23]")
         for holder in cluster.nodes.dropFirst() {
             #expect(ForwardingLiveTests.call(holder.http, "GET", "/kaa/v1/snapshots")?.text.contains("\"g\"") == true, "\(holder.name)")
             #expect(ReplicationLiveTests.metrics(holder.http)["kaa_publish_copies_received_total"] == 1, "\(holder.name)")
