@@ -973,14 +973,12 @@ final class Replicator {
             return responder.fail(.badRequest, "push-snapshot wants JSON {\"name\", \"version\", \"digest\", \"size\"} followed by the archive as a stream")
         }
         let key = "\(request.name)@\(request.version)"
-        if store.uploadsInProgress >= store.configuration.maxConcurrentIngests {
-            return responder.fail(.overloaded, "this node is receiving \(store.configuration.maxConcurrentIngests) uploads already, its limit (its `max_concurrent_uploads` setting)")
-        }
+        if let busy = api.atUploadLimit { return responder.fail(.overloaded, busy.message) }
         if let copy = local[key] {
             guard copy.digest == request.digest else {
                 return responder.fail(.badRequest, "\(key) is stored on this node with digest \(copy.digest), not \(request.digest); snapshots are immutable: publish it as a new version")
             }
-            return responder.respond(Replicator.encoded(PushAnswer(outcome: "already-present", digest: copy.digest)))
+            return responder.respond((try? SnapshotAPI.encode(PushAnswer(outcome: "already-present", digest: copy.digest))) ?? [])
         }
         receiving[key, default: 0] += 1
         api.receivePush(request, responder) { [weak self] result in
@@ -993,7 +991,7 @@ final class Replicator {
                     self.local[key] = self.holding(record)
                     self.publishLocal()
                 }
-                responder.respond(Replicator.encoded(PushAnswer(outcome: outcome, digest: record.digest.description)))
+                responder.respond((try? SnapshotAPI.encode(PushAnswer(outcome: outcome, digest: record.digest.description))) ?? [])
             case .failure(let error):
                 let code: PeerErrorCode = switch error.code {
                 case .busy: .overloaded
@@ -1004,8 +1002,6 @@ final class Replicator {
             }
         }
     }
-
-    private static func encoded<T: Encodable>(_ value: T) -> [UInt8] { (try? JSONEncoder().encode(value)).map(Array.init) ?? [] }
 
     // MARK: a graceful leave
 

@@ -96,11 +96,16 @@ public struct SnapshotAPI: Sendable {
                 return RefusingSink(.error(.badRequest, "header Kaa-Snapshot-Digest: \(error.message)"))
             }
         }
-        let configuration = store.configuration
-        if store.uploadsInProgress >= configuration.maxConcurrentIngests {
-            return RefusingSink(SnapshotAPI.response(for: SnapshotError(.busy, "this node is receiving \(configuration.maxConcurrentIngests) uploads already, its limit (the node's `max_concurrent_uploads` setting); retry when one has finished")))
-        }
+        if let busy = atUploadLimit { return RefusingSink(SnapshotAPI.response(for: busy)) }
         return UploadSink(api: self, request: request)
+    }
+
+    /// Why this node takes no more uploads now (nil while it takes them): it is receiving
+    /// `max_concurrent_uploads` already, uploads and copies a publish streams here alike.
+    var atUploadLimit: SnapshotError? {
+        let limit = store.configuration.maxConcurrentIngests
+        guard store.uploadsInProgress >= limit else { return nil }
+        return SnapshotError(.busy, "this node is receiving \(limit) uploads already, its limit (the node's `max_concurrent_uploads` setting); retry when one has finished")
     }
 
     /// Refuses a snapshot whose pipeline spec does not parse (a snapshot without one is fine),
