@@ -129,6 +129,7 @@ let package = Package(
             name: "KaaEngineTests",
             dependencies: [
                 "KaaEngine",
+                "CKaaKernels",
                 "KaaAllocationCounter",
                 "KaaTestSupport",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),

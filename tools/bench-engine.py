@@ -2,7 +2,10 @@
 
 Prints, per model and batch size (1, 64, 256), the median call time of onnxruntime and of
 Kaa at each instruction-set level this CPU has (KAA_ENGINE_LEVEL: baseline, avx2, avx512),
-and the ratio onnxruntime / Kaa (above 1: Kaa is faster). Run through tools/bench-engine.sh.
+and the ratio onnxruntime / Kaa (above 1: Kaa is faster). Then int8: each MLP quantized by
+Kaa (`kaa snapshot build --quantize int8`) against its float model in Kaa, and against
+onnxruntime running the model its own `quantize_dynamic` writes; and the sizes of each model
+file and of what the engine counts for it loaded. Run through tools/bench-engine.sh.
 """
 import os
 import statistics
@@ -13,6 +16,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
 from sklearn.datasets import load_diabetes, load_digits, load_iris, load_wine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,6 +78,66 @@ def levels():
     return out, sorted(f for f in flags if f.startswith("avx512") or f in ("avx2", "fma", "avx_vnni"))
 
 
+def kaa_medians(path, bin_path, cols, have):
+    """Kaa's median ns per (level, batch) for one model."""
+    kaa = {}
+    for level in have:
+        env = dict(os.environ, KAA_ENGINE_LEVEL=level)
+        res = subprocess.run([BENCH, path, f"input={bin_path}:{cols}"], check=True, capture_output=True, text=True, env=env)
+        ran = None
+        for line in res.stdout.split("\n"):
+            if line.startswith("level="):
+                ran = line.split("=", 1)[1]
+            if line.startswith("batch="):
+                parts = dict(p.split("=") for p in line.split())
+                kaa[(level, int(parts["batch"]))] = int(parts["median_ns"])
+        assert ran == level, f"kaa-bench ran at {ran}, not {level}"
+    return kaa
+
+
+def counted_bytes(path):
+    """What the engine counts for the model loaded (Model.memoryBytes), and the resident
+    growth per loaded copy."""
+    res = subprocess.run([BENCH, "--memory", path, "300"], check=True, capture_output=True, text=True)
+    parts = dict(p.split("=", 1) for p in res.stdout.split())
+    return int(parts["counted_bytes"]), int(parts["resident_bytes_per_copy"])
+
+
+def int8_section(mlps, have):
+    """int8 against float32 in Kaa, and against onnxruntime's quantize_dynamic model."""
+    print()
+    print("int8: Kaa's --quantize int8 model against the float model in Kaa (same level), and against "
+          "onnxruntime running the model its quantize_dynamic writes (ort-q) and Kaa's int8 model (ort on kaa-int8)")
+    print(f"{'model':32} {'batch':>5} {'ort-q µs':>9} {'ort kaa-int8':>12} " + " ".join(
+        f"{'kaa ' + l + ' f32':>14} {'int8':>9} {'f32/int8':>8} {'ort-q/int8':>10}" for l in have))
+    sizes = []
+    for name, path, data in mlps:
+        base = os.path.splitext(os.path.basename(path))[0]
+        q_kaa = os.path.join(OUT, f"{base}-kaa-int8.onnx")
+        q_ort = os.path.join(OUT, f"{base}-ort-int8.onnx")
+        subprocess.run([BENCH, "--quantize-int8", path, q_kaa], check=True, capture_output=True, text=True)
+        quantize_dynamic(path, q_ort, weight_type=QuantType.QInt8)
+        x = np.ascontiguousarray(np.resize(data, (256, data.shape[1])).astype(np.float32))
+        bin_path = os.path.join(OUT, "input.bin")
+        x.tofile(bin_path)
+        f32 = kaa_medians(path, bin_path, x.shape[1], have)
+        i8 = kaa_medians(q_kaa, bin_path, x.shape[1], have)
+        for batch, calls in [(1, 20000), (64, 2000), (256, 1000)]:
+            oq = ort_median(q_ort, x[:batch], calls)
+            ok = ort_median(q_kaa, x[:batch], calls)
+            row = f"{name:32} {batch:5d} {oq / 1000:9.2f} {ok / 1000:12.2f} "
+            row += " ".join(f"{f32[(l, batch)] / 1000:14.2f} {i8[(l, batch)] / 1000:9.2f} {f32[(l, batch)] / i8[(l, batch)]:7.2f}x "
+                            f"{oq / i8[(l, batch)]:9.2f}x" for l in have)
+            print(row)
+        for label, p in [("float32", path), ("kaa int8", q_kaa), ("ort int8", q_ort)]:
+            counted, resident = counted_bytes(p) if label != "ort int8" else (None, None)
+            sizes.append((name, label, os.path.getsize(p), counted, resident))
+    print()
+    print(f"{'model':32} {'form':>9} {'file bytes':>11} {'counted loaded':>15} {'resident/copy':>14}")
+    for name, label, file_bytes, counted, resident in sizes:
+        print(f"{name:32} {label:>9} {file_bytes:11d} {counted if counted is not None else '-':>15} {resident if resident is not None else '-':>14}")
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     mlp = os.path.join(OUT, "mlp-784.onnx")
@@ -89,28 +153,21 @@ def main():
     have, flags = levels()
     print("CPU flags: " + " ".join(flags))
     print(f"{'model':32} {'batch':>5} {'ort µs':>9} " + " ".join(f"{'kaa ' + l + ' µs':>16} {'ort/kaa':>7}" for l in have))
+    only = os.environ.get("KAA_BENCH_ONLY")
     for name, path, data in models:
+        if only == "int8":
+            break
         # 256 rows: the data set's rows, repeated when it has fewer.
         x = np.ascontiguousarray(np.resize(data, (256, data.shape[1])).astype(np.float32))
         bin_path = os.path.join(OUT, "input.bin")
         x.tofile(bin_path)
-        kaa = {}
-        for level in have:
-            env = dict(os.environ, KAA_ENGINE_LEVEL=level)
-            res = subprocess.run([BENCH, path, f"input={bin_path}:{x.shape[1]}"], check=True, capture_output=True, text=True, env=env)
-            ran = None
-            for line in res.stdout.split("\n"):
-                if line.startswith("level="):
-                    ran = line.split("=", 1)[1]
-                if line.startswith("batch="):
-                    parts = dict(p.split("=") for p in line.split())
-                    kaa[(level, int(parts["batch"]))] = int(parts["median_ns"])
-            assert ran == level, f"kaa-bench ran at {ran}, not {level}"
+        kaa = kaa_medians(path, bin_path, x.shape[1], have)
         for batch, calls in [(1, 20000), (64, 2000), (256, 1000)]:
             o = ort_median(path, x[:batch], calls)
             row = f"{name:32} {batch:5d} {o / 1000:9.2f} "
             row += " ".join(f"{kaa[(l, batch)] / 1000:16.2f} {o / kaa[(l, batch)]:6.2f}x" for l in have)
             print(row)
+    int8_section([m for m in models if "mlp" in m[0]], have)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ if [ $# -eq 0 ]; then
   for level in baseline avx2 avx512; do
     [ "$level" = "$cpu_level" ] && break
     echo "engine tests at KAA_ENGINE_LEVEL=$level"
-    KAA_ENGINE_LEVEL=$level swift test --skip-build --filter 'GemmTests|BackendNodeTests|SampleModelTests|MLOperatorTests|PipelineTests'
+    KAA_ENGINE_LEVEL=$level swift test --skip-build --filter 'GemmTests|QGemmTests|QuantizedModelTests|ElementwiseTests|BackendNodeTests|SampleModelTests|MLOperatorTests|PipelineTests'
   done
   # Leak checks read process-wide counters (RSS, descriptors): they run in a process of their own.
   KAA_LEAK_TESTS=1 swift test --skip-build --filter ResourceLeakTests

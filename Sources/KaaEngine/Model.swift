@@ -496,7 +496,7 @@ struct Planner {
 
         let direct = Self.elideIdentities(zip(steps.map(\.0), stepOps).map { ($0, $1) }, outputSlots: &outputSlots)
         let keep = Set(outputSlots.map(\.1))
-        steps = Self.fuseEpilogues(direct, template: template, keep: keep).map { ($0, $0.inputs) }
+        steps = Self.fuseEpilogues(direct, template: template, types: types, keep: keep).map { ($0, $0.inputs) }
         // Initializers that kernels have taken in, and no step reads, are not kept twice.
         let read = Set(steps.flatMap(\.1))
         for s in template.indices where template[s] != nil && !read.contains(s) && !keep.contains(s) {

@@ -1,7 +1,7 @@
 /// The operators the engine runs, by domain and name.
 enum Registry {
     /// Every supported operator.
-    static let all: [OperatorSpec] = MathOps.specs + ShapeOps.specs + MLOps.specs + TextOps.specs
+    static let all: [OperatorSpec] = MathOps.specs + ShapeOps.specs + MLOps.specs + TextOps.specs + QuantizedOps.specs
 
     static let byKey: [String: OperatorSpec] = Dictionary(all.map { (key($0.domain, $0.name), $0) }, uniquingKeysWith: { a, _ in a })
 

@@ -4,6 +4,8 @@
 /// onto this enum with `DType(rawValue:)`.
 public enum DType: Int, Sendable, CaseIterable, CustomStringConvertible {
     case float32 = 1
+    case uint8 = 2
+    case int8 = 3
     case int32 = 6
     case int64 = 7
     case string = 8
@@ -14,6 +16,8 @@ public enum DType: Int, Sendable, CaseIterable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .float32: "float32"
+        case .uint8: "uint8"
+        case .int8: "int8"
         case .int32: "int32"
         case .int64: "int64"
         case .string: "string"
@@ -27,7 +31,7 @@ public enum DType: Int, Sendable, CaseIterable, CustomStringConvertible {
         switch self {
         case .float32, .int32: 4
         case .int64, .float64: 8
-        case .bool: 1
+        case .bool, .uint8, .int8: 1
         case .string: MemoryLayout<String>.stride
         }
     }
@@ -58,6 +62,10 @@ public struct Tensor: Sendable, Equatable {
         case int32([Int32])
         case bool([Bool])
         case string([String])
+        /// Quantized values (ONNX `uint8`), as DynamicQuantizeLinear and QuantizeLinear write them.
+        case uint8([UInt8])
+        /// Quantized values (ONNX `int8`), as quantized weights are stored.
+        case int8([Int8])
     }
 
     /// Keys of the maps of a sequence-of-maps value (see ``Tensor``).
@@ -132,6 +140,10 @@ public struct Tensor: Sendable, Equatable {
     public init(shape: [Int], bools: [Bool]) { self.init(shape: shape, storage: .bool(bools)) }
     /// A string tensor.
     public init(shape: [Int], strings: [String]) { self.init(shape: shape, storage: .string(strings)) }
+    /// A uint8 tensor.
+    public init(shape: [Int], uint8s: [UInt8]) { self.init(shape: shape, storage: .uint8(uint8s)) }
+    /// An int8 tensor.
+    public init(shape: [Int], int8s: [Int8]) { self.init(shape: shape, storage: .int8(int8s)) }
 
     /// The element type.
     public var dtype: DType { storage.dtype }
@@ -152,6 +164,10 @@ public struct Tensor: Sendable, Equatable {
     public var bools: [Bool]? { if case .bool(let v) = storage { v } else { nil } }
     /// The elements as strings, or `nil` when the tensor holds another type.
     public var strings: [String]? { if case .string(let v) = storage { v } else { nil } }
+    /// The elements as uint8, or `nil` when the tensor holds another type.
+    public var uint8s: [UInt8]? { if case .uint8(let v) = storage { v } else { nil } }
+    /// The elements as int8, or `nil` when the tensor holds another type.
+    public var int8s: [Int8]? { if case .int8(let v) = storage { v } else { nil } }
 
     /// Bytes the elements take in memory (strings: their headers plus their UTF-8 bytes).
     public var byteCount: Int {
@@ -169,6 +185,8 @@ public struct Tensor: Sendable, Equatable {
         case .int64(let v): v.map(Double.init)
         case .int32(let v): v.map(Double.init)
         case .bool(let v): v.map { $0 ? 1 : 0 }
+        case .uint8(let v): v.map(Double.init)
+        case .int8(let v): v.map(Double.init)
         case .string: nil
         }
     }
@@ -184,6 +202,8 @@ extension Tensor.Storage {
         case .int32: .int32
         case .bool: .bool
         case .string: .string
+        case .uint8: .uint8
+        case .int8: .int8
         }
     }
 
@@ -196,6 +216,8 @@ extension Tensor.Storage {
         case .int32(let v): v.count
         case .bool(let v): v.count
         case .string(let v): v.count
+        case .uint8(let v): v.count
+        case .int8(let v): v.count
         }
     }
 }

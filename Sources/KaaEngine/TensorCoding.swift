@@ -75,6 +75,21 @@ enum TensorCoding {
             let v = try raw.map { try fromRaw(UInt8.self, $0).map { $0 != 0 } } ?? t.int32Data.map { $0 != 0 }
             guard v.count == n else { throw sizeError(v.count) }
             storage = .bool(v)
+        case .uint8:
+            // Without raw_data, ONNX keeps 8-bit values in int32_data, one per entry.
+            let v = try raw.map { try fromRaw(UInt8.self, $0) } ?? t.int32Data.map {
+                guard let b = UInt8(exactly: $0) else { throw EngineError.invalid("\(what) is uint8 but holds \($0)") }
+                return b
+            }
+            guard v.count == n else { throw sizeError(v.count) }
+            storage = .uint8(v)
+        case .int8:
+            let v = try raw.map { try fromRaw(Int8.self, $0) } ?? t.int32Data.map {
+                guard let b = Int8(exactly: $0) else { throw EngineError.invalid("\(what) is int8 but holds \($0)") }
+                return b
+            }
+            guard v.count == n else { throw sizeError(v.count) }
+            storage = .int8(v)
         case .string:
             guard raw == nil else { throw EngineError.invalid("\(what) is a string tensor with raw_data; strings belong in string_data") }
             guard t.stringData.count == n else { throw sizeError(t.stringData.count) }
@@ -96,6 +111,8 @@ enum TensorCoding {
         case .int32(let v): p.int32Data = v
         case .bool(let v): p.int32Data = v.map { $0 ? 1 : 0 }
         case .string(let v): p.stringData = v.map { Data($0.utf8) }
+        case .uint8(let v): p.rawData = Data(v)
+        case .int8(let v): p.rawData = v.withUnsafeBytes { Data($0) }
         }
         return p
     }

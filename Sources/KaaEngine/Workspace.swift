@@ -1,6 +1,7 @@
 import KaaCore
 
-/// What one kernel call produces: one tensor, or two (a classifier's labels and scores).
+/// What one kernel call produces: one tensor, two (a classifier's labels and scores) or three
+/// (DynamicQuantizeLinear's values, scale and zero point).
 ///
 /// Held inline rather than in an array, so that returning it allocates nothing.
 struct Outputs {
@@ -8,17 +9,29 @@ struct Outputs {
     /// it; a kernel always sets it.
     private var first: Tensor?
     private var second: Tensor?
+    private var third: Tensor?
 
     init(_ first: Tensor) { self.first = first }
     init(_ first: Tensor, _ second: Tensor) {
         self.first = first
         self.second = second
     }
+    init(_ first: Tensor, _ second: Tensor, _ third: Tensor) {
+        self.first = first
+        self.second = second
+        self.third = third
+    }
 
-    var count: Int { second == nil ? 1 : 2 }
+    var count: Int { third != nil ? 3 : second != nil ? 2 : 1 }
 
-    /// Moves output `i` (0 or 1, under ``count``) out; it is nil afterwards.
-    mutating func take(_ i: Int) -> Tensor? { i == 0 ? first.take() : second.take() }
+    /// Moves output `i` (under ``count``) out; it is nil afterwards.
+    mutating func take(_ i: Int) -> Tensor? {
+        switch i {
+        case 0: first.take()
+        case 1: second.take()
+        default: third.take()
+        }
+    }
 }
 
 /// The memory one run of a plan works in: its value slots, and the element arrays and
@@ -55,6 +68,8 @@ final class Workspace: @unchecked Sendable {
         var int32: [[Int32]] = []
         var bool: [[Bool]] = []
         var string: [[String]] = []
+        var uint8: [[UInt8]] = []
+        var int8: [[Int8]] = []
         var scratchInts: [Int] = []
         var shapeScratch: [Int] = []
         /// Shapes handed out before, shared by every tensor of that shape (a shape array is
@@ -138,7 +153,9 @@ final class Workspace: @unchecked Sendable {
         case ObjectIdentifier(Float.self): "float32 elements"
         case ObjectIdentifier(Double.self): "float64 elements"
         case ObjectIdentifier(String.self): "strings"
-        case ObjectIdentifier(UInt8.self): "bytes of text"
+        case ObjectIdentifier(TextBytes.self): "bytes of text"
+        case ObjectIdentifier(UInt8.self): "uint8 elements"
+        case ObjectIdentifier(Int8.self): "int8 elements"
         case ObjectIdentifier(Int.self): "scratch indices"
         default: "\(type) elements".lowercased()
         }
@@ -187,6 +204,8 @@ final class Workspace: @unchecked Sendable {
         case .int32(let v): .int32(try array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
         case .bool(let v): .bool(try array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
         case .string(let v): .string(try strings(n) { o in for i in 0..<n { o[i] = v[index(i)] } })
+        case .uint8(let v): .uint8(try array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
+        case .int8(let v): .int8(try array(n) { o in v.withUnsafeBufferPointer { p in for i in 0..<n { o[i] = p[index(i)] } } })
         }
     }
 
@@ -282,6 +301,8 @@ final class Workspace: @unchecked Sendable {
         case .int32(let v): put(v, &m.pointee.int32)
         case .bool(let v): put(v, &m.pointee.bool)
         case .string(let v): put(v, &m.pointee.string)
+        case .uint8(let v): put(v, &m.pointee.uint8)
+        case .int8(let v): put(v, &m.pointee.int8)
         }
     }
 }
@@ -317,6 +338,20 @@ extension Bool: Reusable {
     static func put(_ a: [Bool], _ ws: Workspace) { ws.m.pointee.bool.append(a) }
 }
 
+extension UInt8: Reusable {
+    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [UInt8] { ws.take(n, &ws.m.pointee.uint8) }
+    static func put(_ a: [UInt8], _ ws: Workspace) { ws.m.pointee.uint8.append(a) }
+}
+
+extension Int8: Reusable {
+    @inline(__always) static func take(_ n: Int, _ ws: Workspace) -> [Int8] { ws.take(n, &ws.m.pointee.int8) }
+    static func put(_ a: [Int8], _ ws: Workspace) { ws.m.pointee.int8.append(a) }
+}
+
+/// What text operators name when they charge the bytes of strings they make
+/// (``Workspace/charge(_:_:what:)``).
+enum TextBytes {}
+
 extension Tensor.Storage {
     /// Where the elements live, for telling whether two tensors share them; `nil` when empty.
     var address: UnsafeRawPointer? {
@@ -327,6 +362,8 @@ extension Tensor.Storage {
         case .int32(let v): v.isEmpty ? nil : v.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress) }
         case .bool(let v): v.isEmpty ? nil : v.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress) }
         case .string(let v): v.isEmpty ? nil : v.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress) }
+        case .uint8(let v): v.isEmpty ? nil : v.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress) }
+        case .int8(let v): v.isEmpty ? nil : v.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress) }
         }
     }
 }

@@ -146,6 +146,7 @@ public struct RowDecoder: Sendable {
         var dtype: DType
         var floats: [Float] = [], doubles: [Double] = [], int64s: [Int64] = [], int32s: [Int32] = []
         var bools: [Bool] = [], strings: [String] = []
+        var uint8s: [UInt8] = [], int8s: [Int8] = []
         /// Values per row, once known.
         var perRow: Int?
 
@@ -157,6 +158,8 @@ public struct RowDecoder: Sendable {
             case .int32: int32s.count
             case .bool: bools.count
             case .string: strings.count
+            case .uint8: uint8s.count
+            case .int8: int8s.count
             }
         }
 
@@ -164,6 +167,7 @@ public struct RowDecoder: Sendable {
             floats.removeSubrange(min(n, floats.count)...); doubles.removeSubrange(min(n, doubles.count)...)
             int64s.removeSubrange(min(n, int64s.count)...); int32s.removeSubrange(min(n, int32s.count)...)
             bools.removeSubrange(min(n, bools.count)...); strings.removeSubrange(min(n, strings.count)...)
+            uint8s.removeSubrange(min(n, uint8s.count)...); int8s.removeSubrange(min(n, int8s.count)...)
         }
 
         /// Appends a number; integer columns MUST get integral values in range (see ``fits(_:)``).
@@ -174,6 +178,8 @@ public struct RowDecoder: Sendable {
             case .int64: int64s.append(Int64(d))
             case .int32: int32s.append(Int32(d))
             case .bool: bools.append(d != 0)
+            case .uint8: uint8s.append(UInt8(d))
+            case .int8: int8s.append(Int8(d))
             case .string: break
             }
         }
@@ -184,6 +190,8 @@ public struct RowDecoder: Sendable {
             switch dtype {
             case .int64: d.rounded() == d && abs(d) < 9.2e18
             case .int32: d.rounded() == d && abs(d) <= Double(Int32.max)
+            case .uint8: UInt8(exactly: d) != nil
+            case .int8: Int8(exactly: d) != nil
             default: true
             }
         }
@@ -196,6 +204,8 @@ public struct RowDecoder: Sendable {
             case .int32(let v): int32s += v
             case .bool(let v): bools += v
             case .string(let v): strings += v
+            case .uint8(let v): uint8s += v
+            case .int8(let v): int8s += v
             }
         }
 
@@ -207,6 +217,8 @@ public struct RowDecoder: Sendable {
             case .int32: .int32(int32s)
             case .bool: .bool(bools)
             case .string: .string(strings)
+            case .uint8: .uint8(uint8s)
+            case .int8: .int8(int8s)
             }
             return Tensor(shape: [rows] + rowShape, storage: storage)
         }

@@ -432,6 +432,8 @@ extension Tensor.Storage {
         case .int32(let v): .int32(Array(v[r]))
         case .bool(let v): .bool(Array(v[r]))
         case .string(let v): .string(Array(v[r]))
+        case .uint8(let v): .uint8(Array(v[r]))
+        case .int8(let v): .int8(Array(v[r]))
         }
     }
 }

@@ -168,6 +168,8 @@ enum RowEncoder {
         case .int32(let v): w.integer(v[i])
         case .bool(let v): w.bool(v[i])
         case .string(let v): w.string(v[i])
+        case .uint8(let v): w.integer(Int64(v[i]))
+        case .int8(let v): w.integer(Int64(v[i]))
         }
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import struct KaaEngine.QuantizationReport
 import KaaSnapshot
 
 /// `kaa snapshot build|inspect|verify`.
@@ -209,6 +210,10 @@ struct BuildOptions: ParsableArguments {
     @Option(help: "A quality gate checked when `stable` moves to this version, like 'agreement>=0.99,accuracy_drop<=0.005' (docs/quality-gate.md).")
     var gate: String?
     @Option(help: "The holdout rows' field holding the true label (needed for accuracy terms).") var holdoutLabel: String?
+    @Option(help: "Quantize the model's large matrix products: int8 (weights per output column, activations per call; docs/quantization.md). Needs --holdout: the int8 model must pass --quantize-gate against the float one on those rows, or nothing is written.")
+    var quantize: String?
+    @Option(help: "The gate an int8 build must pass against its float model on the --holdout rows (default: \(QuantizeBuild.defaultGate)).")
+    var quantizeGate: String?
 
     func validate() throws {
         for (flag, value) in [("--requires", requires), ("--prefers", prefers)] {
@@ -221,7 +226,21 @@ struct BuildOptions: ParsableArguments {
     /// Builds the archive at `path` (a draft when `version` is nil). Requires `model` and `name`.
     /// A pipeline is parsed and checked against the model first.
     func build(version: Int?, to path: String) throws -> VerifiedArchive {
-        guard let model, let name else { throw SnapshotError(.invalidManifest, "--model and --name are required to build a snapshot") }
+        guard var model, let name else { throw SnapshotError(.invalidManifest, "--model and --name are required to build a snapshot") }
+        // Checked first: the other options are checked against the model that is built. (Not
+        // in `validate()`: see the gate's checks below.)
+        if let quantize, quantize != "int8" { throw SnapshotError(.invalidModel, "--quantize `\(quantize)`: the only quantization is int8") }
+        if quantizeGate != nil && quantize == nil { throw SnapshotError(.invalidGate, "--quantize-gate goes with --quantize int8") }
+        var quantized: (path: String, report: QuantizationReport)?
+        if quantize != nil {
+            guard holdout != nil else {
+                throw SnapshotError(.invalidGate, "--quantize int8 checks the int8 model against the float one on holdout rows: give --holdout rows.jsonl")
+            }
+            quantized = try QuantizeBuild.quantize(model: model)
+        }
+        let floatModel = model
+        defer { if let quantized { unlink(quantized.path) } }
+        if let quantized { model = quantized.path }
         var labelMap: [String: String] = [:]
         for l in labels {
             let (k, v) = split(l)
@@ -256,7 +275,9 @@ struct BuildOptions: ParsableArguments {
         var gate: SnapshotManifest.Gate?
         // Checked here rather than in `validate()`: argument-parser answers a validation error
         // with the version when the arguments hold `--version`, as `snapshot build` takes.
-        if (self.gate == nil) != (holdout == nil) {
+        // An int8 build may take holdout rows without a gate: they then serve only its check
+        // against the float model, and the archive does not carry them.
+        if (self.gate == nil) != (holdout == nil) && !(quantize != nil && self.gate == nil) {
             throw SnapshotError(.invalidGate, "--gate and --holdout go together: the gate runs on the holdout rows")
         }
         if holdoutLabel != nil && holdout == nil {
@@ -266,6 +287,7 @@ struct BuildOptions: ParsableArguments {
             gate = try Self.holdoutGate(expression: expression, holdout: holdout, labelField: holdoutLabel)
             extraFiles.append((holdout, gate!.holdout))
         }
+        if quantized != nil && labelMap["quantization"] == nil { labelMap["quantization"] = "int8" }
         let request = SnapshotBuildRequest(
             modelPath: model, name: name, version: version ?? 0, pipeline: pipelineText, extraFiles: extraFiles,
             labels: labelMap, createdAt: created, memoryBytes: memory,
@@ -275,6 +297,28 @@ struct BuildOptions: ParsableArguments {
         let built = try SnapshotBuilder.build(request, to: path)
         if gate != nil {
             do { try Self.checkHoldout(path) } catch {
+                unlink(path)
+                throw error
+            }
+        }
+        if let quantized, let holdout {
+            // The float parent: the same snapshot but for the model, built aside to compare.
+            let parentPath = path + ".float-\(getpid())"
+            defer { unlink(parentPath) }
+            var parent = request
+            parent.modelPath = floatModel
+            parent.gate = nil
+            parent.extraFiles = extras
+            parent.labels.removeValue(forKey: "quantization")
+            do {
+                _ = try SnapshotBuilder.build(parent, to: parentPath)
+                let verdict = try QuantizeBuild.check(path: path, parent: parentPath, holdout: holdout, labelField: holdoutLabel,
+                                                      gate: quantizeGate ?? QuantizeBuild.defaultGate)
+                print(QuantizeBuild.summary(quantized.report, verdict))
+                guard verdict.passed else {
+                    throw SnapshotError(.invalidGate, "the int8 model fails its gate against the float model: \(verdict.failures); nothing written. Keep the float model, or loosen --quantize-gate")
+                }
+            } catch {
                 unlink(path)
                 throw error
             }

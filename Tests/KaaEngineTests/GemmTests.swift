@@ -80,6 +80,14 @@ import Testing
             #expect(current == cpu)
         }
         #expect(EngineLevel.summary.hasPrefix("kernels: \(current) (CPU: \(cpu)"))
+        // The int8 kernel follows the level: VNNI only at avx512 (or AVX-VNNI from avx2 up).
+        let int8 = EngineLevel.int8
+        #expect(EngineLevel.summary.hasSuffix("; int8: \(int8)"))
+        switch current {
+        case "baseline": #expect(int8 == "baseline")
+        case "avx2": #expect(int8 == "avx2" || int8 == "avx-vnni")
+        default: #expect(int8 != "baseline")
+        }
     }
 
     @Test func reluKeepsNaN() {

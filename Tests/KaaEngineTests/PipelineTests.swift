@@ -526,6 +526,8 @@ extension Tensor {
         case .int32: Tensor(shape: shape, int32s: [])
         case .bool: Tensor(shape: shape, bools: [])
         case .string: Tensor(shape: shape, strings: [])
+        case .uint8: Tensor(shape: shape, uint8s: [])
+        case .int8: Tensor(shape: shape, int8s: [])
         }
     }
 }

@@ -74,6 +74,8 @@ import Testing
         case .int32(let v): .int32(idx.map { v[$0] })
         case .bool(let v): .bool(idx.map { v[$0] })
         case .string(let v): .string(idx.map { v[$0] })
+        case .uint8(let v): .uint8(idx.map { v[$0] })
+        case .int8(let v): .int8(idx.map { v[$0] })
         }
         return Tensor(shape: shape, storage: s, mapKeys: t.mapKeys)
     }

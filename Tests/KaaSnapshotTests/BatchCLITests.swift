@@ -52,6 +52,8 @@ import Testing
         case .int32(let v): .int32(Array(v[range]))
         case .bool(let v): .bool(Array(v[range]))
         case .string(let v): .string(Array(v[range]))
+        case .uint8(let v): .uint8(Array(v[range]))
+        case .int8(let v): .int8(Array(v[range]))
         }
         return Tensor(shape: shape, storage: s, mapKeys: t.mapKeys)
     }
@@ -66,6 +68,8 @@ import Testing
             case .int32(let v): Double(v[i])
             case .bool(let v): v[i]
             case .string(let v): v[i]
+            case .uint8(let v): Double(v[i])
+            case .int8(let v): Double(v[i])
             }
         }
         if let keys = t.mapKeys {

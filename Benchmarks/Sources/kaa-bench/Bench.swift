@@ -11,6 +11,10 @@
 // process's resident-set growth per copy next to `Model.memoryBytes`, the figure the node's
 // memory budget counts. Run one model per process: memory freed by an earlier model would be
 // reused and hide growth.
+//
+// kaa-bench --quantize-int8 IN.onnx OUT.onnx : writes the int8 model `kaa snapshot build
+// --quantize int8` would build from IN (Quantization.int8), for the int8 rows of
+// tools/bench-engine.sh, and prints which products it quantized.
 import Foundation
 import KaaEngine
 
@@ -20,6 +24,12 @@ struct Bench {
         let args = CommandLine.arguments
         if args.count >= 3, args[1] == "--memory" {
             return try memory(path: args[2], copies: args.count > 3 ? Int(args[3]) ?? 2_000 : 2_000)
+        }
+        if args.count == 4, args[1] == "--quantize-int8" {
+            let (bytes, report) = try Quantization.int8(onnx: Data(contentsOf: URL(fileURLWithPath: args[2])))
+            try bytes.write(to: URL(fileURLWithPath: args[3]))
+            for p in report.products { print("\(p.node) \(p.k)x\(p.n): \(p.keptFloat.map { "float32 (\($0))" } ?? "int8")") }
+            return
         }
         guard args.count >= 3 else {
             FileHandle.standardError.write(Data("usage: kaa-bench MODEL.onnx NAME=PATH:COLS [...]\n".utf8))

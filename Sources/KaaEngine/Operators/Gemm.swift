@@ -83,6 +83,13 @@ enum Epilogue {
     case add(Tensor)
     /// Relu.
     case relu
+    /// A Cast of an integer product to float32.
+    case castToFloat
+    /// A Mul by a constant that broadcasts along rows.
+    case mul(Tensor)
+    /// A Mul by a value computed at run time, which the fused step reads as its input at this
+    /// index.
+    case mulInput(Int)
 }
 
 /// A kernel that can take over the elementwise node after it (see ``Planner`` fusion), saving
@@ -132,6 +139,8 @@ struct PackedProductKernel: EpilogueFusable {
             if case .gemm(_, let c?) = form, c != 0 { return nil }
             k.bias = bias.map { b in zip(b, row).map { $0 + $1 } } ?? row
             k.minRank = max(minRank, t.rank)
+        case .castToFloat, .mul, .mulInput:
+            return nil
         }
         return k
     }
@@ -469,8 +478,11 @@ public enum EngineLevel {
         if level > kaa_cpu_level() { return "KAA_ENGINE_LEVEL=\(value) is above this CPU's \(cpu); ignored" }
         return "KAA_ENGINE_LEVEL=\(value)"
     }
-    /// One line for `kaa ops` and the node's start: the level, the CPU's, and why they differ.
+    /// The int8 product's kernel at this level: `avx512-vnni`, `avx-vnni`, `avx2` or `baseline`.
+    public static var int8: String { String(cString: kaa_qgemm_variant_name(kaa_qgemm_variant())) }
+    /// One line for `kaa ops` and the node's start: the level, the CPU's, why they differ, and
+    /// the int8 kernel.
     public static var summary: String {
-        "kernels: \(current) (CPU: \(cpu)\(forced.map { "; \($0)" } ?? ""))"
+        "kernels: \(current) (CPU: \(cpu)\(forced.map { "; \($0)" } ?? "")); int8: \(int8)"
     }
 }

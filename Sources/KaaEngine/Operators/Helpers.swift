@@ -38,6 +38,8 @@ enum K {
         case .int64(let v): return v.map { Float($0) }
         case .int32(let v): return v.map { Float($0) }
         case .bool(let v): return v.map { $0 ? 1 : 0 }
+        case .uint8(let v): return v.map { Float($0) }
+        case .int8(let v): return v.map { Float($0) }
         case .string: throw EngineError.invalid("a tensor attribute holds strings where numbers are expected")
         }
     }
@@ -190,6 +192,8 @@ enum K {
         case .int64(let v): return (try ws.array(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
         case .int32(let v): return (try ws.array(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
         case .bool(let v): return (try ws.array(v.count) { o in for i in v.indices { o[i] = v[i] ? 1 : 0 } }, true)
+        case .uint8(let v): return (try ws.array(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
+        case .int8(let v): return (try ws.array(v.count) { o in for i in v.indices { o[i] = Float(v[i]) } }, true)
         case .string: throw EngineError.runtime("expected a numeric tensor, got strings")
         }
     }

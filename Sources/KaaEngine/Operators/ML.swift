@@ -1,3 +1,4 @@
+import CKaaKernels
 /// The ai.onnx.ml operators that scikit-learn exports use.
 enum MLOps {
     static let ml = "ai.onnx.ml"
@@ -24,18 +25,18 @@ enum MLOps {
                 if converted { ws.giveBack(v) }
                 throw EngineError.input("offset/scale have \(a) values for the \(c) columns of input \(x.shape)")
             }
+            // One offset and one scale per column (a single value or none repeats), for the
+            // vectorized kernel (CKaaKernels, at the engine's level).
+            let offsets: [Float] = try ws.array(c) { o in for j in 0..<c { o[j] = offset.isEmpty ? 0 : offset[offset.count == 1 ? 0 : j] } }
+            let scales: [Float] = try ws.array(c) { o in for j in 0..<c { o[j] = scale.isEmpty ? 1 : scale[scale.count == 1 ? 0 : j] } }
             let out: [Float] = try ws.array(v.count) { out in
-                guard c > 0 else { return }
-                var i = 0
-                while i < out.count {
-                    for j in 0..<c {
-                        let o = offset.isEmpty ? 0 : offset[offset.count == 1 ? 0 : j]
-                        let m = scale.isEmpty ? 1 : scale[scale.count == 1 ? 0 : j]
-                        out[i + j] = (v[i + j] - o) * m
-                    }
-                    i += c
-                }
+                guard c > 0, !out.isEmpty else { return }
+                v.withUnsafeBufferPointer { pv in offsets.withUnsafeBufferPointer { po in scales.withUnsafeBufferPointer { ps in
+                    kaa_scale_columns(pv.baseAddress, out.count / c, c, po.baseAddress, ps.baseAddress, out.baseAddress)
+                } } }
             }
+            ws.giveBack(offsets)
+            ws.giveBack(scales)
             if converted { ws.giveBack(v) }
             return Outputs(Tensor(shape: x.shape, floats: out))
         }, [.float32])
@@ -285,6 +286,8 @@ enum MLOps {
                 case .float32(let v): Int64(exactly: v[e].rounded(.towardZero)).flatMap { ii[$0] }
                 case .float64(let v): Int64(exactly: v[e].rounded(.towardZero)).flatMap { ii[$0] }
                 case .bool(let v): ii[v[e] ? 1 : 0]
+                case .uint8(let v): ii[Int64(v[e])]
+                case .int8(let v): ii[Int64(v[e])]
                 }
             }
             for e in 0..<x.count where !zeros && position(e) == nil {

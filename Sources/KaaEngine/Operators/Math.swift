@@ -1,4 +1,5 @@
 import Foundation
+import CKaaKernels
 
 /// Elementwise arithmetic, activations, Softmax, Gemm, MatMul (in Gemm.swift) and
 /// BatchNormalization.
@@ -167,7 +168,18 @@ enum MathOps {
                     }
                 }
                 switch x.storage {
-                case .float32(let v): return Outputs(Tensor(shape: x.shape, floats: try run(v, expf, logf)))
+                case .float32(let v):
+                    // Contiguous rows (the last axis, or legacy's flattened tail): the vectorized
+                    // kernel; it declines a tensor with NaN or an infinity, which the loop defines.
+                    if inner == 1, n > 0, !v.isEmpty {
+                        var declined = false
+                        let out: [Float] = try ws.array(v.count) { o in
+                            v.withUnsafeBufferPointer { p in declined = kaa_softmax_rows(p.baseAddress, outer, n, o.baseAddress, log ? 1 : 0) != 0 }
+                        }
+                        if !declined { return Outputs(Tensor(shape: x.shape, floats: out)) }
+                        ws.giveBack(out)
+                    }
+                    return Outputs(Tensor(shape: x.shape, floats: try run(v, expf, logf)))
                 case .float64(let v): return Outputs(Tensor(shape: x.shape, doubles: try run(v, exp, Foundation.log)))
                 default: throw EngineError.runtime("input is \(x.dtype)")
                 }

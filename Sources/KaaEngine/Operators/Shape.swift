@@ -165,6 +165,8 @@ enum ShapeOps {
             case .int32: .int32(try ws.array(count) { fill($0) { $0.int32s! } })
             case .bool: .bool(try ws.array(count) { fill($0) { $0.bools! } })
             case .string: .string(try ws.strings(count) { fill($0) { $0.strings! } })
+            case .uint8: .uint8(try ws.array(count) { fill($0) { $0.uint8s! } })
+            case .int8: .int8(try ws.array(count) { fill($0) { $0.int8s! } })
             }
             return Outputs(Tensor(shape: outShape, storage: storage))
         }, [t])
@@ -394,6 +396,8 @@ enum Cast {
                 case .int32(let v): for i in 0..<n { o[i] = String(v[i]) }
                 case .bool(let v): for i in 0..<n { o[i] = v[i] ? "1" : "0" }
                 case .string(let v): for i in 0..<n { o[i] = v[i] }
+                case .uint8(let v): for i in 0..<n { o[i] = String(v[i]) }
+                case .int8(let v): for i in 0..<n { o[i] = String(v[i]) }
                 }
             })
         default:
@@ -415,6 +419,9 @@ enum Cast {
             case .int64: .int64(try each(v) { toInt(d($0)) })
             case .int32: .int32(try each(v) { Int32(truncatingIfNeeded: toInt(d($0))) })
             case .bool: .bool(try each(v) { d($0) != 0 })
+            // Out of range wraps, as a C cast of the integer part does (numpy's astype).
+            case .uint8: .uint8(try each(v) { UInt8(truncatingIfNeeded: toInt(d($0))) })
+            case .int8: .int8(try each(v) { Int8(truncatingIfNeeded: toInt(d($0))) })
             case .string: nil
             }
         }
@@ -428,6 +435,12 @@ enum Cast {
             if target == .int64 { return .int64(try each(v) { Int64($0) }) }
             return try from(v) { Double($0) }
         case .bool(let v): return try from(v) { $0 ? 1 : 0 }
+        case .uint8(let v):
+            if target == .float32 { return .float32(try each(v) { Float($0) }) }
+            return try from(v) { Double($0) }
+        case .int8(let v):
+            if target == .float32 { return .float32(try each(v) { Float($0) }) }
+            return try from(v) { Double($0) }
         case .string: return nil
         }
     }

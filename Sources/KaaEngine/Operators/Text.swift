@@ -29,7 +29,7 @@ enum TextOps {
             if !stops.isEmpty || action != "NONE" {
                 // A new array, and new text where the case changes.
                 try ws.charge(v.count, MemoryLayout<String>.stride, what: String.self)
-                if action != "NONE" { try ws.charge(v.reduce(0) { $0 + K.stringBytes($1) }, 1, what: UInt8.self) }
+                if action != "NONE" { try ws.charge(v.reduce(0) { $0 + K.stringBytes($1) }, 1, what: TextBytes.self) }
             }
             var out = stops.isEmpty ? v : v.filter { !stops.contains(caseSensitive ? $0 : $0.lowercased()) }
             switch action {
@@ -152,7 +152,7 @@ enum TextOps {
                 if mark { t = ["\u{2}"] + t + ["\u{3}"] }
                 // The row's tokens, kept until the output holds them: counted as they are made.
                 try ws.charge(t.count, MemoryLayout<String>.stride, what: String.self)
-                try ws.charge(t.reduce(0) { $0 + K.stringBytes($1) }, 1, what: UInt8.self)
+                try ws.charge(t.reduce(0) { $0 + K.stringBytes($1) }, 1, what: TextBytes.self)
                 tokens.append(t)
             }
             let width = tokens.map(\.count).max() ?? 0

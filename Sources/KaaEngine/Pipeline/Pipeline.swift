@@ -153,6 +153,8 @@ public struct Pipeline: Sendable {
                 // An integer field's default must be an integer its dtype holds.
                 if dtype == .int64, Int64(exactly: d) == nil { throw bad(n) }
                 if dtype == .int32, Int32(exactly: d) == nil { throw bad(n) }
+                if dtype == .uint8, UInt8(exactly: d) == nil { throw bad(n) }
+                if dtype == .int8, Int8(exactly: d) == nil { throw bad(n) }
                 doubles.append(d)
             }
         }
@@ -165,6 +167,8 @@ public struct Pipeline: Sendable {
         case .float64: return Tensor(shape: shape, doubles: rep(doubles))
         case .int64: return Tensor(shape: shape, int64s: rep(doubles).map { Int64($0) })
         case .int32: return Tensor(shape: shape, int32s: rep(doubles).map { Int32($0) })
+        case .uint8: return Tensor(shape: shape, uint8s: rep(doubles).map { UInt8($0) })
+        case .int8: return Tensor(shape: shape, int8s: rep(doubles).map { Int8($0) })
         }
     }
 

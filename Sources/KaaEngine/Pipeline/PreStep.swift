@@ -272,6 +272,8 @@ struct PreStep: Sendable {
         case .int32: return .int32(interleave { if case .int32(let v) = $0 { v } else { [] } })
         case .bool: return .bool(interleave { if case .bool(let v) = $0 { v } else { [] } })
         case .string: return .string(interleave { if case .string(let v) = $0 { v } else { [] } })
+        case .uint8: return .uint8(interleave { if case .uint8(let v) = $0 { v } else { [] } })
+        case .int8: return .int8(interleave { if case .int8(let v) = $0 { v } else { [] } })
         }
     }
 }
@@ -289,6 +291,8 @@ extension Tensor.Storage {
         case .int64(let v): d = v.map(Double.init)
         case .int32(let v): d = v.map(Double.init)
         case .bool(let v): d = v.map { $0 ? 1 : 0 }
+        case .uint8(let v): d = v.map(Double.init)
+        case .int8(let v): d = v.map(Double.init)
         case .string: return nil
         }
         func int<T: FixedWidthInteger>(_ x: Double) -> T { x.isFinite ? T(clamping: Int64(exactly: x.rounded(.towardZero)) ?? (x < 0 ? Int64.min : Int64.max)) : 0 }
@@ -298,6 +302,8 @@ extension Tensor.Storage {
         case .int64: return .int64(d.map { int($0) })
         case .int32: return .int32(d.map { int($0) })
         case .bool: return .bool(d.map { $0 != 0 })
+        case .uint8: return .uint8(d.map { int($0) })
+        case .int8: return .int8(d.map { int($0) })
         case .string: return nil
         }
     }

@@ -203,6 +203,8 @@ public final class Scorer: Sendable {
             case .int32: .int32(.init(repeating: 0, count: count))
             case .bool: .bool(.init(repeating: false, count: count))
             case .string: .string(.init(repeating: "", count: count))
+            case .uint8: .uint8(.init(repeating: 0, count: count))
+            case .int8: .int8(.init(repeating: 0, count: count))
             }
             probe?[sig.name] = Tensor(shape: shape, storage: storage)
         }
@@ -395,6 +397,8 @@ public final class Scorer: Sendable {
         case .int32(let v): .int32(rep(v))
         case .bool(let v): .bool(rep(v))
         case .string(let v): .string(rep(v))
+        case .uint8(let v): .uint8(rep(v))
+        case .int8(let v): .int8(rep(v))
         }
         return Tensor(shape: [rows, w], storage: s)
     }

@@ -18,6 +18,8 @@ public enum OIPDatatype {
         case .int32: "INT32"
         case .bool: "BOOL"
         case .string: "BYTES"
+        case .uint8: "UINT8"
+        case .int8: "INT8"
         }
     }
 
@@ -28,6 +30,8 @@ public enum OIPDatatype {
         case "INT64": .int64
         case "INT32": .int32
         case "BOOL": .bool
+        case "UINT8": .uint8
+        case "INT8": .int8
         case "BYTES": .string
         default: nil
         }
@@ -284,6 +288,20 @@ public enum InferenceCodec {
                 out[i] = w
             }
             return .int32(out)
+        case .uint8:
+            var out = [UInt8](repeating: 0, count: count)
+            for i in 0..<count {
+                guard let v = flat[i].int64, let w = UInt8(exactly: v) else { throw bad(i, "an integer from 0 to 255") }
+                out[i] = w
+            }
+            return .uint8(out)
+        case .int8:
+            var out = [Int8](repeating: 0, count: count)
+            for i in 0..<count {
+                guard let v = flat[i].int64, let w = Int8(exactly: v) else { throw bad(i, "an integer from -128 to 127") }
+                out[i] = w
+            }
+            return .int8(out)
         case .bool:
             var out = [Bool](repeating: false, count: count)
             for i in 0..<count {
@@ -343,6 +361,12 @@ public enum InferenceCodec {
         case .bool:
             try check(1)
             return .bool(bytes.map { $0 != 0 })
+        case .uint8:
+            try check(1)
+            return .uint8(Array(bytes))
+        case .int8:
+            try check(1)
+            return .int8(bytes.map { Int8(bitPattern: $0) })
         case .string:
             var out: [String] = []
             out.reserveCapacity(count)
@@ -448,6 +472,8 @@ public enum InferenceCodec {
         case .int32: "INT32"
         case .bool: "BOOL"
         case .string: "BYTES"
+        case .uint8: "UINT8"
+        case .int8: "INT8"
         }
     }
 
@@ -468,6 +494,8 @@ public enum InferenceCodec {
         case .int32(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.integer(Int64(x)) }
         case .bool(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.bool(x) }
         case .string(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.string(x) }
+        case .uint8(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.integer(Int64(x)) }
+        case .int8(let v): for (i, x) in v.enumerated() { if i > 0 { w.byte(UInt8(ascii: ",")) }; w.integer(Int64(x)) }
         }
     }
 
@@ -478,6 +506,8 @@ public enum InferenceCodec {
         case .int64(let v): for x in v { withUnsafeBytes(of: x.littleEndian) { out.append(contentsOf: $0) } }
         case .int32(let v): for x in v { withUnsafeBytes(of: x.littleEndian) { out.append(contentsOf: $0) } }
         case .bool(let v): out.append(contentsOf: v.map { $0 ? 1 : 0 })
+        case .uint8(let v): out.append(contentsOf: v)
+        case .int8(let v): out.append(contentsOf: v.map { UInt8(bitPattern: $0) })
         case .string(let v):
             for s in v {
                 withUnsafeBytes(of: UInt32(s.utf8.count).littleEndian) { out.append(contentsOf: $0) }
