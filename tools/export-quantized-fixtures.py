@@ -53,6 +53,19 @@ def main():
         os.replace(os.path.join(tmp, "t.onnx"), os.path.join(OUT, "dynamic-per-channel.onnx"))
         quantize_dynamic(os.path.join(OUT, "float.onnx"), os.path.join(tmp, "t.onnx"), weight_type=QuantType.QUInt8)
         os.replace(os.path.join(tmp, "t.onnx"), os.path.join(OUT, "dynamic-uint8.onnx"))
+    # A model that takes uint8 (an image's bytes, a quantized feature) and int8 inputs.
+    g = helper.make_graph(
+        [helper.make_node("Cast", ["pixels"], ["p"], to=TensorProto.FLOAT),
+         helper.make_node("Cast", ["offsets"], ["o"], to=TensorProto.FLOAT),
+         helper.make_node("Add", ["p", "o"], ["sum"])],
+        "bytes",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", 3]),
+         helper.make_tensor_value_info("offsets", TensorProto.INT8, ["batch", 3])],
+        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    with open(os.path.join(OUT, "bytes-in.onnx"), "wb") as f:
+        f.write(m.SerializeToString())
     rng = np.random.default_rng(11)
     x = (rng.standard_normal((33, SIZES[0])) * 1.5).astype(np.float32)
     with open(os.path.join(OUT, "inputs.json"), "w") as f:

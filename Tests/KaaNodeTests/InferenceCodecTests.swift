@@ -175,4 +175,38 @@ import Testing
         #expect(String(decoding: bytes.prefix(json.utf8.count), as: UTF8.self) == json)
         #expect(bytes.count == json.utf8.count + 16)
     }
+    /// UINT8 and INT8 inputs (as a quantized model may take) decode from JSON and binary data,
+    /// refuse values out of their range, and encode back as integers.
+    @Test func eightBitTensorsDecodeAndEncode() throws {
+        // Cast(pixels: uint8) + Cast(offsets: int8), from tools/export-quantized-fixtures.py.
+        let model = try Scorer(model: Model(onnx: Data(contentsOf: URL(fileURLWithPath: ServingTests.repo
+            + "/Tests/KaaEngineTests/Fixtures/mlp-int8/bytes-in.onnx"))), pipeline: nil)
+        let parsed = try #require(Self.agree(#"{"inputs":[{"name":"pixels","datatype":"UINT8","shape":[1,3],"data":[0,7,255]},{"name":"offsets","datatype":"INT8","shape":[1,3],"data":[-128,0,127]}]}"#, model))
+        #expect(parsed.inputs["pixels"] == Tensor(shape: [1, 3], uint8s: [0, 7, 255]))
+        #expect(parsed.inputs["offsets"] == Tensor(shape: [1, 3], int8s: [-128, 0, 127]))
+        for (bad, message) in [("[0,7,256]", "input `pixels`: element 2 is 256.0, not an integer from 0 to 255"),
+                               ("[0,-1,2]", "input `pixels`: element 1 is -1.0, not an integer from 0 to 255")] {
+            let body = #"{"inputs":[{"name":"pixels","datatype":"UINT8","shape":[1,3],"data":"# + bad + #"},{"name":"offsets","datatype":"INT8","shape":[1,3],"data":[0,0,0]}]}"#
+            do {
+                _ = try InferenceCodec.parseGeneral(body: Array(body.utf8), headerLength: nil, model: model)
+                Issue.record("\(bad) was accepted")
+            } catch { #expect(error.description == message) }
+        }
+        // Binary data: one byte per element.
+        let json = #"{"inputs":[{"name":"pixels","datatype":"UINT8","shape":[1,3],"parameters":{"binary_data_size":3}},{"name":"offsets","datatype":"INT8","shape":[1,3],"parameters":{"binary_data_size":3}}]}"#
+        let body = Array(json.utf8) + [1, 2, 200, 0xFF, 0x80, 5]
+        let fromBinary = try InferenceCodec.parseGeneral(body: body, headerLength: json.utf8.count, model: model)
+        #expect(fromBinary.inputs["pixels"] == Tensor(shape: [1, 3], uint8s: [1, 2, 200]))
+        #expect(fromBinary.inputs["offsets"] == Tensor(shape: [1, 3], int8s: [-1, -128, 5]))
+        #expect(OIPDatatype.dtype("UINT8") == .uint8 && OIPDatatype.dtype("INT8") == .int8)
+        #expect(OIPDatatype.name(.uint8) == "UINT8" && OIPDatatype.name(.int8) == "INT8")
+        let outputs: [String: Tensor] = ["q": Tensor(shape: [3], uint8s: [0, 7, 255]), "s": Tensor(shape: [2], int8s: [-128, 127])]
+        let order = [TensorSignature(name: "q", dtype: .uint8, shape: nil), TensorSignature(name: "s", dtype: .int8, shape: nil)]
+        let request = InferRequest(id: nil, inputs: [:], outputs: [], binaryByDefault: false, batchSize: 1)
+        let (text, _) = InferenceCodec.encodeResponse(modelName: "m", modelVersion: 1, request: request, outputs: outputs, order: order)
+        #expect(String(decoding: text, as: UTF8.self) == #"{"model_name":"m","model_version":"1","outputs":[{"name":"q","datatype":"UINT8","shape":[3],"data":[0,7,255]},{"name":"s","datatype":"INT8","shape":[2],"data":[-128,127]}]}"#)
+        let binary = InferRequest(id: nil, inputs: [:], outputs: [("q", true), ("s", true)], binaryByDefault: false, batchSize: 1)
+        let (bytes, length) = InferenceCodec.encodeResponse(modelName: "m", modelVersion: 1, request: binary, outputs: outputs, order: order)
+        #expect(Array(bytes[try #require(length)...]) == [0, 7, 255, 128, 127])
+    }
 }

@@ -182,6 +182,44 @@ import Testing
         #expect(refused.text.contains("binary_data_size 32 runs past the end of the body"), "\(refused.text)")
     }
 
+    /// A snapshot built with `--quantize int8` serves the same labels as its float parent on
+    /// the digits the gate checked, and its loaded model counts far fewer bytes.
+    @Test func anInt8SnapshotServesLikeItsFloatParent() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let (node, port) = try NodeProcessTests.startNode(dir)
+        defer { node.signal(SIGTERM); node.wait() }
+        try ServingTests.publish("digits-mlp", as: "digits", version: 1, port: port, dir: dir)
+        let fixture = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(ServingTests.repo)/Tests/KaaEngineTests/Fixtures/digits-mlp/inputs.json"))) as! [String: [String: Any]]
+        let pixels = (fixture["input"]!["data"] as! [NSNumber]).map { Int($0.doubleValue) }
+        let rows = (0..<300).map { r in "[" + pixels[(r * 64)..<((r + 1) * 64)].map(String.init).joined(separator: ",") + "]" }
+        let holdout = rows.map { #"{"pixels": \#($0)}"# }.joined(separator: "\n") + "\n"
+        try holdout.write(toFile: dir.path + "/holdout.jsonl", atomically: true, encoding: .utf8)
+        let out = dir.path + "/digits-2.kaa"
+        let build = try KaaProcess.run(["snapshot", "build", "--model", "\(ServingTests.repo)/snapshots/digits-mlp/model.onnx",
+                                        "--pipeline", "\(ServingTests.repo)/snapshots/digits-mlp/pipeline.yaml", "--name", "digits",
+                                        "--version", "2", "--quantize", "int8", "--holdout", dir.path + "/holdout.jsonl", "--out", out])
+        #expect(build.0 == 0, "\(build.2)")
+        #expect(try KaaProcess.run(["publish", out, "--to", "http://127.0.0.1:\(port)"]).0 == 0)
+        let c = try RawSocket(port: port)
+        // Version 1 serves the graph's own input; version 2 its pipeline's `pixels` field.
+        let batch = rows[0..<64].joined(separator: ",")
+        let float = try ServingTests.post(c, "/v2/models/digits/versions/1/infer",
+                                          #"{"inputs":[{"name":"input","shape":[64,64],"datatype":"FP32","data":[\#(batch)]}],"outputs":[{"name":"output_label"}]}"#)
+        let int8 = try ServingTests.post(c, "/v2/models/digits/versions/2/infer",
+                                         #"{"inputs":[{"name":"pixels","shape":[64,64],"datatype":"FP32","data":[\#(batch)]}],"outputs":[{"name":"label"}]}"#)
+        #expect(float.status == 200 && int8.status == 200, "\(float.text) \(int8.text)")
+        func labels(_ r: RawResponse) throws -> [Int] {
+            let output = try #require((try ServingTests.json(r)["outputs"] as? [[String: Any]])?.first)
+            return try #require(output["data"] as? [Int])
+        }
+        #expect(try labels(float).count == 64)
+        #expect(try labels(int8) == labels(float))
+        let floatBytes = try #require(Int(try node.waitForLog(#"model loaded .*model\.bytes=(\d+) .*snapshot\.id=digits@1"#)))
+        let int8Bytes = try #require(Int(try node.waitForLog(#"model loaded .*model\.bytes=(\d+) .*snapshot\.id=digits@2"#)))
+        #expect(int8Bytes * 10 < floatBytes * 8, "int8 \(int8Bytes) bytes, float \(floatBytes)")
+    }
+
     @Test func overloadAndDeadline() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }

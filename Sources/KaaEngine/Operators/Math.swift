@@ -16,7 +16,7 @@ enum MathOps {
             try ctx.inputs(2, 2)
             _ = try ctx.attributes.int("broadcast")  // opset < 7 only; broadcasting is numpy's
             _ = try ctx.attributes.int("axis")
-            let t = try ctx.input(0, .numeric)
+            let t = try ctx.input(0, .numeric.union(QuantizedOps.eightBit))
             guard try ctx.input(1) == t else { throw ctx.bad("inputs are \(t) and \(ctx.inputTypes[1]!); they must have one type") }
             return (ClosureKernel { inputs, ws in
                 let a = try K.arg(inputs, 0), b = try K.arg(inputs, 1)
@@ -35,6 +35,15 @@ enum MathOps {
                     if intDivision, y.contains(0) { throw EngineError.input("integer division by zero: the divisor holds 0") }
                     let r = try K.binary(ws, x, a.shape, y, b.shape, i32)
                     return Outputs(Tensor(shape: r.shape, int32s: r.values))
+                // 8-bit integers compute in 32 bits and wrap to 8, as C and numpy do.
+                case (.uint8(let x), .uint8(let y)):
+                    if intDivision, y.contains(0) { throw EngineError.input("integer division by zero: the divisor holds 0") }
+                    let r = try K.binary(ws, x, a.shape, y, b.shape) { UInt8(truncatingIfNeeded: i32(Int32($0), Int32($1))) }
+                    return Outputs(Tensor(shape: r.shape, uint8s: r.values))
+                case (.int8(let x), .int8(let y)):
+                    if intDivision, y.contains(0) { throw EngineError.input("integer division by zero: the divisor holds 0") }
+                    let r = try K.binary(ws, x, a.shape, y, b.shape) { Int8(truncatingIfNeeded: i32(Int32($0), Int32($1))) }
+                    return Outputs(Tensor(shape: r.shape, int8s: r.values))
                 default:
                     throw EngineError.runtime("inputs are \(a.dtype) and \(b.dtype)")
                 }
@@ -89,7 +98,7 @@ enum MathOps {
 
     static let clip = OperatorSpec(name: "Clip", domain: "ai.onnx", opsets: 6...22) { ctx in
         try ctx.inputs(1, 3)
-        let t = try ctx.input(0, .numeric)
+        let t = try ctx.input(0, .numeric.union(QuantizedOps.eightBit))
         var lo: Float = -.infinity, hi: Float = .infinity
         if ctx.opset < 11 {
             lo = try ctx.attributes.float("min", default: -.greatestFiniteMagnitude)
@@ -123,6 +132,12 @@ enum MathOps {
             case .int32(let v):
                 let a = bound(1) { $0.int32s } ?? .min, b = bound(2) { $0.int32s } ?? .max
                 return Outputs(Tensor(shape: x.shape, int32s: try clip(v, a, b)))
+            case .uint8(let v):
+                let a = bound(1) { $0.uint8s } ?? .min, b = bound(2) { $0.uint8s } ?? .max
+                return Outputs(Tensor(shape: x.shape, uint8s: try clip(v, a, b)))
+            case .int8(let v):
+                let a = bound(1) { $0.int8s } ?? .min, b = bound(2) { $0.int8s } ?? .max
+                return Outputs(Tensor(shape: x.shape, int8s: try clip(v, a, b)))
             default: throw EngineError.runtime("input is \(x.dtype)")
             }
         }, [t])
