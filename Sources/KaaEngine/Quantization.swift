@@ -119,7 +119,8 @@ public enum Quantization {
                 guard largest.isFinite else {
                     throw EngineError.invalid("\(label): its weights hold NaN or an infinity; they cannot be quantized")
                 }
-                let s = largest > 0 ? largest / 127 : 1
+                // All-zero columns (and ones so small that the scale underflows) get scale 1.
+                let s = largest / 127 > 0 ? largest / 127 : 1
                 scales[j] = s
                 for p in 0..<k { q[p * n + j] = Int8(max(-127, min(127, (w(p, j) / s).rounded(.toNearestOrEven)))) }
             }

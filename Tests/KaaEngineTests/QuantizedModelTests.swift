@@ -133,4 +133,34 @@ import Testing
             (e as? EngineError)?.message.contains("NaN or an infinity") == true
         }
     }
+    /// Hostile values in a quantized operator's parameters give values, not a crash: a NaN
+    /// scale in QLinearMatMul gives the zero point, and DequantizeLinear of int32 extremes
+    /// does not overflow.
+    @Test func quantizedOperatorsSurviveHostileParameters() throws {
+        func model(_ node: Onnx_NodeProto, _ inputs: [(String, DType, [Int64])]) throws -> Model {
+            var m = Onnx_ModelProto()
+            m.irVersion = 8
+            var o = Onnx_OperatorSetIdProto()
+            o.version = 17
+            m.opsetImport = [o]
+            m.graph.node = [node]
+            m.graph.input = inputs.map { LoaderErrorTests.valueInfo($0.0, $0.1, $0.2) }
+            var y = Onnx_ValueInfoProto()
+            y.name = "y"
+            m.graph.output = [y]
+            return try Model(onnx: m.serializedData())
+        }
+        let q = try model(LoaderErrorTests.node("QLinearMatMul", ["a", "sa", "za", "b", "sb", "zb", "sy", "zy"], ["y"]),
+                          [("a", .uint8, [1, 2]), ("sa", .float32, []), ("za", .uint8, []), ("b", .uint8, [2, 2]),
+                           ("sb", .float32, []), ("zb", .uint8, []), ("sy", .float32, []), ("zy", .uint8, [])])
+        let scalar = { (v: Float) in Tensor(shape: [], floats: [v]) }
+        let y = try q.run(["a": Tensor(shape: [1, 2], uint8s: [3, 200]), "sa": scalar(.nan), "za": Tensor(shape: [], uint8s: [0]),
+                           "b": Tensor(shape: [2, 2], uint8s: [1, 2, 3, 4]), "sb": scalar(1), "zb": Tensor(shape: [], uint8s: [0]),
+                           "sy": scalar(0), "zy": Tensor(shape: [], uint8s: [9])])["y"]
+        #expect(y == Tensor(shape: [1, 2], uint8s: [9, 9]))
+        let d = try model(LoaderErrorTests.node("DequantizeLinear", ["x", "s", "z"], ["y"]),
+                          [("x", .int32, [2]), ("s", .float32, []), ("z", .int32, [])])
+        let out = try d.run(["x": Tensor(shape: [2], int32s: [.min, .max]), "s": scalar(1), "z": Tensor(shape: [], int32s: [.max])])["y"]
+        #expect(out == Tensor(shape: [2], floats: [-4294967295, 0]))
+    }
 }

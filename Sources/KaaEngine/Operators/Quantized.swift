@@ -448,12 +448,15 @@ enum QuantizedOps {
             }
             defer { ws.giveBack(real); ws.giveBack(multipliers) }
             let zy = Float(QuantizedProduct.element(yZero, 0))
-            let storage: Tensor.Storage
-            if ty == .uint8 {
-                storage = .uint8(try ws.array(count) { o in for i in 0..<count { o[i] = UInt8(min(max((real[i].rounded(.toNearestOrEven) + zy), 0), 255)) } })
-            } else {
-                storage = .int8(try ws.array(count) { o in for i in 0..<count { o[i] = Int8(min(max((real[i].rounded(.toNearestOrEven) + zy), -128), 127)) } })
+            let (lo, hi): (Float, Float) = ty == .uint8 ? (0, 255) : (-128, 127)
+            // Rounded, shifted and saturated; NaN (from a NaN scale) becomes the zero point.
+            func q(_ i: Int) -> Float {
+                let v = real[i].rounded(.toNearestOrEven) + zy
+                return v.isNaN ? zy : min(max(v, lo), hi)
             }
+            let storage: Tensor.Storage = ty == .uint8
+                ? .uint8(try ws.array(count) { o in for i in 0..<count { o[i] = UInt8(q(i)) } })
+                : .int8(try ws.array(count) { o in for i in 0..<count { o[i] = Int8(q(i)) } })
             return Outputs(Tensor(shape: outShape, storage: storage))
         }, [ty])
     }
@@ -538,7 +541,7 @@ enum QuantizedOps {
                 for i in 0..<n {
                     let c = per.map { (i / $0.inner) % $0.dim } ?? 0
                     let zp = z.map { QuantizedProduct.element($0, c) } ?? 0
-                    o[i] = Float(QuantizedProduct.element(x, i) - zp) * scales[c]
+                    o[i] = Float(Int64(QuantizedProduct.element(x, i)) - Int64(zp)) * scales[c]
                 }
             }
             return Outputs(Tensor(shape: x.shape, floats: out))
