@@ -398,6 +398,35 @@ extension MathOps {
         }, [t])
     }
 
+    /// The shapes of a (batched, broadcasting) matrix product of `a` by `b`, as MatMul,
+    /// MatMulInteger and QLinearMatMul have them: rows, depth, columns, the broadcast batch dimensions and the output shape.
+    static func productShapes(_ a: [Int], _ b: [Int], _ ws: Workspace) throws -> (m: Int, k: Int, n: Int, batch: [Int], out: [Int]) {
+        guard a.count >= 1, b.count >= 1 else { throw EngineError.input("the product needs inputs of rank 1 or more, got shapes \(a) and \(b)") }
+        let ra = a.count, rb = b.count
+        let m = ra == 1 ? 1 : a[ra - 2], k = a[ra - 1]
+        let kb = rb == 1 ? b[0] : b[rb - 2], n = rb == 1 ? 1 : b[rb - 1]
+        guard k == kb else { throw EngineError.input("shapes \(a) and \(b) do not multiply: inner dimensions \(k) and \(kb) differ") }
+        let aBatch = a.prefix(max(ra - 2, 0)), bBatch = b.prefix(max(rb - 2, 0))
+        let br = max(aBatch.count, bBatch.count)
+        var fits = true
+        let batch = ws.shape(rank: br) { d in
+            for i in 0..<br {
+                let da = i < br - aBatch.count ? 1 : aBatch[i - (br - aBatch.count)]
+                let db = i < br - bBatch.count ? 1 : bBatch[i - (br - bBatch.count)]
+                if da == db || db == 1 { d[i] = da } else if da == 1 { d[i] = db } else { fits = false; d[i] = 0 }
+            }
+        }
+        guard fits else { throw EngineError.input("shapes \(a) and \(b) do not broadcast in their leading (batch) dimensions") }
+        let out = ws.shape(rank: br + (ra == 1 ? 0 : 1) + (rb == 1 ? 0 : 1)) { d in
+            for i in 0..<br { d[i] = batch[i] }
+            var j = br
+            if ra != 1 { d[j] = m; j += 1 }
+            if rb != 1 { d[j] = n }
+        }
+        _ = try K.count(out, "the product of \(a) and \(b)")
+        return (m, k, n, batch, out)
+    }
+
     static let matMul = OperatorSpec(name: "MatMul", domain: "ai.onnx", opsets: 1...22) { ctx in
         try ctx.inputs(2, 2)
         let t = try ctx.input(0, .floats)
@@ -411,29 +440,9 @@ extension MathOps {
         return (ClosureKernel { inputs, ws in
             let a = try K.arg(inputs, 0), b = try K.arg(inputs, 1)
             guard a.rank >= 1, b.rank >= 1 else { throw EngineError.input("MatMul needs inputs of rank 1 or more, got shapes \(a.shape) and \(b.shape)") }
-            let ra = a.rank, rb = b.rank
-            let m = ra == 1 ? 1 : a.shape[ra - 2], k = a.shape[ra - 1]
-            let kb = rb == 1 ? b.shape[0] : b.shape[rb - 2], n = rb == 1 ? 1 : b.shape[rb - 1]
-            guard k == kb else { throw EngineError.input("shapes \(a.shape) and \(b.shape) do not multiply: inner dimensions \(k) and \(kb) differ") }
-            // The stacked (batch) dimensions before the last two, broadcast.
-            let aBatch = a.shape.prefix(max(ra - 2, 0)), bBatch = b.shape.prefix(max(rb - 2, 0))
-            let br = max(aBatch.count, bBatch.count)
-            var fits = true
-            let batch = ws.shape(rank: br) { d in
-                for i in 0..<br {
-                    let da = i < br - aBatch.count ? 1 : aBatch[i - (br - aBatch.count)]
-                    let db = i < br - bBatch.count ? 1 : bBatch[i - (br - bBatch.count)]
-                    if da == db || db == 1 { d[i] = da } else if da == 1 { d[i] = db } else { fits = false; d[i] = 0 }
-                }
-            }
-            guard fits else { throw EngineError.input("shapes \(a.shape) and \(b.shape) do not broadcast in their leading (batch) dimensions") }
-            let outShape = ws.shape(rank: br + (ra == 1 ? 0 : 1) + (rb == 1 ? 0 : 1)) { d in
-                for i in 0..<br { d[i] = batch[i] }
-                var j = br
-                if ra != 1 { d[j] = m; j += 1 }
-                if rb != 1 { d[j] = n }
-            }
-            let count = try K.count(outShape, "the product of \(a.shape) and \(b.shape)")
+            let (m, k, n, batch, outShape) = try productShapes(a.shape, b.shape, ws)
+            let count = outShape.reduce(1, *)
+            let aBatch = a.shape.prefix(max(a.rank - 2, 0)), bBatch = b.shape.prefix(max(b.rank - 2, 0))
             let nb = batch.reduce(1, *)
             func run<T: BinaryFloatingPoint & Reusable>(_ av: [T], _ bv: [T]) throws -> [T] {
                 var out: [T] = try ws.array(count, repeating: 0)

@@ -109,42 +109,13 @@ enum QuantizedProduct {
         }
     }
 
-    /// The shapes of a (batched, broadcasting) matrix product of `a` by `b`, as MatMul has
-    /// them: rows, depth, columns, the broadcast batch dimensions and the output shape.
-    static func shapes(_ a: [Int], _ b: [Int], _ ws: Workspace) throws -> (m: Int, k: Int, n: Int, batch: [Int], out: [Int]) {
-        guard a.count >= 1, b.count >= 1 else { throw EngineError.input("the product needs inputs of rank 1 or more, got shapes \(a) and \(b)") }
-        let ra = a.count, rb = b.count
-        let m = ra == 1 ? 1 : a[ra - 2], k = a[ra - 1]
-        let kb = rb == 1 ? b[0] : b[rb - 2], n = rb == 1 ? 1 : b[rb - 1]
-        guard k == kb else { throw EngineError.input("shapes \(a) and \(b) do not multiply: inner dimensions \(k) and \(kb) differ") }
-        let aBatch = a.prefix(max(ra - 2, 0)), bBatch = b.prefix(max(rb - 2, 0))
-        let br = max(aBatch.count, bBatch.count)
-        var fits = true
-        let batch = ws.shape(rank: br) { d in
-            for i in 0..<br {
-                let da = i < br - aBatch.count ? 1 : aBatch[i - (br - aBatch.count)]
-                let db = i < br - bBatch.count ? 1 : bBatch[i - (br - bBatch.count)]
-                if da == db || db == 1 { d[i] = da } else if da == 1 { d[i] = db } else { fits = false; d[i] = 0 }
-            }
-        }
-        guard fits else { throw EngineError.input("shapes \(a) and \(b) do not broadcast in their leading (batch) dimensions") }
-        let out = ws.shape(rank: br + (ra == 1 ? 0 : 1) + (rb == 1 ? 0 : 1)) { d in
-            for i in 0..<br { d[i] = batch[i] }
-            var j = br
-            if ra != 1 { d[j] = m; j += 1 }
-            if rb != 1 { d[j] = n }
-        }
-        _ = try K.count(out, "the product of \(a) and \(b)")
-        return (m, k, n, batch, out)
-    }
-
     /// The integer product of A and B as ONNX's MatMulInteger defines it (batched,
     /// broadcasting, B packed per matrix at run time), into `out` (one int32 or float per
     /// output element; floats are `scale`d per column as ``multiply`` does). Zero points: A's
     /// is one value or one per row of a 2-D A; B's one value or one per column of a 2-D B.
     static func batched(a: Tensor, aZero: Tensor?, b: Tensor, bZero: Tensor?, ws: Workspace,
                         scale: UnsafeBufferPointer<Float>? = nil, ints: UnsafeMutablePointer<Int32>?, floats: UnsafeMutablePointer<Float>?) throws -> [Int] {
-        let (m, k, n, batch, outShape) = try shapes(a.shape, b.shape, ws)
+        let (m, k, n, batch, outShape) = try MathOps.productShapes(a.shape, b.shape, ws)
         let aZeros = aZero?.count ?? 1, bZeros = bZero?.count ?? 1
         guard aZeros == 1 || (a.rank == 2 && aZeros == m) else {
             throw EngineError.input("a_zero_point has \(aZeros) elements; it must be a scalar, or one per row of a 2-D A (\(m))")
@@ -159,8 +130,9 @@ enum QuantizedProduct {
         let bUnsigned = b.dtype == .uint8
         let nb = batch.reduce(1, *)
         let packedBytes = kaa_qgemm_packed_size(k, n)
-        var panels: [Int8] = try ws.array(max(packedBytes, 1), repeating: 0)
-        var sums: [Int32] = try ws.array(n, repeating: 0)
+        // Written whole by each packing below.
+        var panels: [Int8] = try ws.array(max(packedBytes, 1)) { _ in }
+        var sums: [Int32] = try ws.array(n) { _ in }
         let bShift: Int32 = bUnsigned ? 128 : 0
         let bz: [Int32] = try ws.array(n) { o in for j in 0..<n { o[j] = (bZero.map { element($0, bZeros == 1 ? 0 : j) } ?? 0) - bShift } }
         let az: [Int32] = try ws.array(aZeros) { o in for i in 0..<aZeros { o[i] = (aZero.map { element($0, i) } ?? 0) + shift } }
@@ -409,7 +381,7 @@ enum QuantizedOps {
         return (ClosureKernel { inputs, ws in
             let a = try K.arg(inputs, 0), b = try K.arg(inputs, 1)
             let aZero = inputs.count > 2 ? inputs[2] : nil, bZero = inputs.count > 3 ? inputs[3] : nil
-            let (_, _, _, _, shape) = try QuantizedProduct.shapes(a.shape, b.shape, ws)
+            let (_, _, _, _, shape) = try MathOps.productShapes(a.shape, b.shape, ws)
             var outShape = shape
             let out: [Int32] = try ws.array(shape.reduce(1, *)) { o in
                 outShape = try QuantizedProduct.batched(a: a, aZero: aZero, b: b, bZero: bZero, ws: ws, ints: o.baseAddress, floats: nil)
@@ -432,7 +404,7 @@ enum QuantizedOps {
             guard aScale.count == 1, yScale.count == 1, yZero.count == 1, aZero.count == 1 else {
                 throw EngineError.input("a_scale, a_zero_point, y_scale and y_zero_point must each be one value (per-tensor quantization)")
             }
-            let (_, _, n, _, shape) = try QuantizedProduct.shapes(a.shape, b.shape, ws)
+            let (_, _, n, _, shape) = try MathOps.productShapes(a.shape, b.shape, ws)
             guard bScale.count == 1 || (b.rank == 2 && bScale.count == n) else {
                 throw EngineError.input("b_scale has \(bScale.count) elements; it must be one value, or one per column of a 2-D B (\(n))")
             }
