@@ -2,28 +2,32 @@ import Crypto
 public import KaaCore
 
 /// Where each snapshot lives: for every snapshot, its ordered holders. A pure function of the
-/// live members, the cluster's snapshots and the replication factor: no sockets, no clock, no
-/// randomness, and only integer arithmetic and SHA-256, so every node that sees the same
-/// members and catalog computes the same table (and the same ``Table/digest``), whatever its
-/// process, build or CPU.
+/// live members, the cluster's snapshots, the replication factor and where the copies are now:
+/// no sockets, no clock, no randomness, and only integer arithmetic and SHA-256, so every node
+/// that sees the same members, catalog and holdings computes the same table (and the same
+/// ``Table/digest``), whatever its process, build or CPU.
 ///
 /// The method is consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam,
-/// "Consistent Hashing with Bounded Loads", SODA 2018), weighted by capacity:
+/// "Consistent Hashing with Bounded Loads", SODA 2018), weighted by capacity, with the copies
+/// that exist kept where they are:
 ///
 /// - Each node puts `weight × tokensPerWeight` tokens on a 64-bit ring, at positions derived from
 ///   its id (SHA-256 of the id seeds a SplitMix64 sequence). A snapshot's position is the
 ///   SHA-256 of `name@version`; its preference list is the nodes met walking the ring clockwise
-///   from there. A join or a leave changes only the arcs next to the tokens it adds or removes,
-///   so it moves about its own share of snapshots and no more.
-/// - Bounded loads: a node takes a snapshot only while its bytes stay within `(1 + loadSlack)`
-///   times its fair share (its weight over the total weight, of all snapshots' bytes times the
-///   replication factor); a snapshot passes over a full node to the next on its list. So no
-///   node holds more than 1.25 times its share (with the default slack), whatever the hash did.
-///   Which snapshots a full node gives up is decided by deferred acceptance, so the outcome
-///   does not depend on the order snapshots are considered in. A node keeps the snapshots
-///   nearest its tokens (by ring distance from the snapshot's position to the token where its
-///   walk meets the node) and gives up the farthest: a rank that is geometry, like the ring,
-///   so a join or a leave changes it only next to the tokens it adds or removes.
+///   from there. A join or a leave changes only the arcs next to the tokens it adds or removes.
+/// - Bounded loads: no node holds more than `(1 + loadSlack)` times its fair share (its weight
+///   over the total weight, of all snapshots' bytes times the replication factor), the hard
+///   cap, 1.25 by default, whatever the hash did; a snapshot passes over a full node to the
+///   next on its list. Which snapshots a full node gives up is decided by deferred acceptance,
+///   so the outcome does not depend on the order snapshots are considered in (``Rule``).
+/// - Hysteresis: every cap is a share of the total weight, so a join lowers them all (a leave
+///   raises them), and a table that depended on the members alone would move, at every full
+///   node, what the cap change took off or gave back: on 500 nodes twice the newcomer's share.
+///   So a copy that exists stays on its node while the node is within the hard cap; a node
+///   takes a new copy only within a lower cap (its share for a snapshot its arcs prefer, 1.20
+///   of it for one that spilled), and the rule is applied to its own outcome until the
+///   table names the holders it was computed from. A join then moves about the newcomer's
+///   share, a leave the leaver's copies, and a table at rest stays put.
 /// - Zones: the holders of a snapshot are in distinct zones whenever the eligible nodes span at
 ///   least `replication` zones.
 /// - GPUs: a snapshot that requires a GPU is placed only on nodes with one (and is reported
@@ -81,14 +85,25 @@ public enum Placement {
     public struct Settings: Sendable, Hashable {
         /// Holders per snapshot.
         public var replication = 2
-        /// A node holds at most `1 + loadSlack` times its fair share of bytes.
+        /// A node holds at most `1 + loadSlack` times its fair share of bytes (the hard cap,
+        /// which copies it holds already are kept within).
         public var loadSlackPercent = 25
+        /// A node takes a copy it does not hold yet only while within `1 + placeSlack` times its
+        /// share (at most the load slack): the margin between the two is what lets a table keep
+        /// the copies where they are when the caps move with the total weight.
+        public var placeSlackPercent = 20
         /// Ring tokens per unit of weight: more tokens, a smoother spread before the cap.
         public var tokensPerWeight = 40
-        public init(replication: Int = 2, loadSlackPercent: Int = 25, tokensPerWeight: Int = 40) {
+        /// How many times the rule is applied to its own outcome, at most, to reach a table that
+        /// names the holders it is computed from (``Placement/compute(nodes:snapshots:current:settings:)``).
+        public var passes = 4
+        public init(replication: Int = 2, loadSlackPercent: Int = 25, placeSlackPercent: Int = 20, tokensPerWeight: Int = 40,
+                    passes: Int = 4) {
             self.replication = max(1, replication)
             self.loadSlackPercent = max(0, loadSlackPercent)
+            self.placeSlackPercent = max(0, placeSlackPercent)
             self.tokensPerWeight = max(1, tokensPerWeight)
+            self.passes = max(1, passes)
         }
     }
 
@@ -118,13 +133,18 @@ public enum Placement {
         public static let empty = Table(holders: [:], underReplicated: [], unplaceable: [], digest: Placement.hex(SHA256()), load: [:])
     }
 
-    /// Computes the table. Nodes and snapshots may come in any order; duplicate node ids count once.
-    public static func compute(nodes: [Node], snapshots: [Snapshot], settings: Settings = .init()) -> Table {
+    /// Computes the table. Nodes and snapshots may come in any order; duplicate node ids count
+    /// once. `current` names, by snapshot key, the nodes that hold a copy now (in any order;
+    /// ids that are not among `nodes` are ignored): a copy stays where it is while its node is
+    /// within the hard cap, so the table moves what a change of members or catalog asks for and
+    /// little else. Empty, the table is placed from scratch.
+    public static func compute(nodes: [Node], snapshots: [Snapshot], current: [String: [NodeID]] = [:],
+                               settings: Settings = .init()) -> Table {
         var planner = Planner()
-        return planner.compute(nodes: nodes, snapshots: snapshots, settings: settings)
+        return planner.compute(nodes: nodes, snapshots: snapshots, current: current, settings: settings)
     }
 
-    /// Computes tables as ``Placement/compute(nodes:snapshots:settings:)`` does, and the same
+    /// Computes tables as ``Placement/compute(nodes:snapshots:current:settings:)`` does, and the same
     /// ones, keeping what two computations share: the ring of the last node set and each
     /// snapshot's position on it (a SHA-256 each). A node that plans on every change of the
     /// cluster's holdings keeps one.
@@ -134,7 +154,8 @@ public enum Placement {
 
         public init() {}
 
-        public mutating func compute(nodes given: [Node], snapshots: [Snapshot], settings: Settings = .init()) -> Table {
+        public mutating func compute(nodes given: [Node], snapshots: [Snapshot], current: [String: [NodeID]] = [:],
+                                     settings: Settings = .init()) -> Table {
             let (nodes, ring) = self.ring(of: given, settings)
             // Positions of snapshots no longer asked for go once they outnumber the rest.
             if positions.count > 2 * snapshots.count + 1_000 { positions = [:] }
@@ -148,7 +169,7 @@ public enum Placement {
                 positions[key] = p
                 return (p, s)
             }
-            return Placement.place(nodes: nodes, ring: ring, positioned: positioned, keys: keys, settings: settings)
+            return Placement.place(nodes: nodes, ring: ring, positioned: positioned, keys: keys, current: current, settings: settings)
         }
 
         /// The nodes a snapshot not yet in the catalog asks first: the first `replication`
@@ -201,80 +222,254 @@ public enum Placement {
     /// A snapshot's position on the ring: the first 8 bytes of SHA-256 of a prefix and its key.
     static func position(of key: String) -> UInt64 { hash64(Array("kaa placement snapshot ".utf8) + Array(key.utf8)) }
 
-    /// The table for canonically ordered `nodes`, their ring, and the snapshots with their
-    /// positions and keys (`keys[i]` is `unsorted[i].snapshot.key`).
+    /// The table for canonically ordered `nodes`, their ring, the snapshots with their positions
+    /// and keys (`keys[i]` is `unsorted[i].snapshot.key`), and where copies are now.
     static func place(nodes: [Node], ring: Ring, positioned unsorted: [(position: UInt64, snapshot: Snapshot)], keys unsortedKeys: [String],
-                      settings: Settings) -> Table {
-        let gpuNodes = nodes.indices.filter { nodes[$0].gpus > 0 }
-        let totalWeight = nodes.reduce(0) { $0 + $1.weight }
-        let gpuWeight = gpuNodes.reduce(0) { $0 + nodes[$1].weight }
-
-        // Fair shares, in bytes, of what the eligible nodes hold in all.
-        var caps = [UInt64](repeating: 0, count: nodes.count)
+                      current: [String: [NodeID]], settings: Settings) -> Table {
         // Ring order, the key breaking a tie: sorting (position, index) pairs moves no strings.
         var order = unsorted.indices.map { (position: unsorted[$0].position, index: $0) }
         order.sort { a, b in a.position != b.position ? a.position < b.position : unsortedKeys[a.index] < unsortedKeys[b.index] }
         let positioned = order.map { unsorted[$0.index] }
         let keys = order.map { unsortedKeys[$0.index] }
-        // Holders each snapshot gets: the factor, or every eligible node when there are fewer.
-        let want = positioned.map { min(settings.replication, $0.snapshot.accelerator == .requiresGPU ? gpuNodes.count : nodes.count) }
-        if totalWeight > 0 {
-            var general: UInt64 = 0, gpuOnly: UInt64 = 0
-            for (k, (_, s)) in positioned.enumerated() {
-                let (b, o) = s.bytes.multipliedReportingOverflow(by: UInt64(want[k]))
-                let add = o ? UInt64.max / 4 : b
-                if s.accelerator == .requiresGPU { gpuOnly &+= add } else { general &+= add }
+        var rule = Rule(nodes: nodes, ring: ring, positioned: positioned, settings: settings)
+        var indexOf: [NodeID: Int32] = [:]
+        for (i, n) in nodes.enumerated() { indexOf[n.id] = Int32(i) }
+        var held = positioned.indices.map { k in rule.held(k, current[keys[k]] ?? [], indexOf) }
+        // The rule applied to its own outcome until that stops changing: at the outcome, the
+        // holders the table names hold it, and the table names them again.
+        var outcome = rule.pass(held)
+        var passes = 1
+        while passes < settings.passes && outcome.holding != held {
+            held = outcome.holding
+            outcome = rule.pass(held)
+            passes += 1
+        }
+        var holders: [String: [NodeID]] = [:]
+        holders.reserveCapacity(positioned.count)
+        var under = Set<String>(), unplaceable = Set<String>()
+        let gpuCount = nodes.filter { $0.gpus > 0 }.count
+        var hash = SHA256()
+        for (k, (_, s)) in positioned.enumerated() {
+            let list = outcome.holding[k].map { nodes[Int($0)].id }
+            holders[keys[k]] = list
+            digestLine(&hash, keys[k], list)
+            if list.count < settings.replication { under.insert(keys[k]) }
+            if s.accelerator == .requiresGPU && gpuCount == 0 { unplaceable.insert(keys[k]) }
+        }
+        var load: [NodeID: UInt64] = [:]
+        for i in nodes.indices { load[nodes[i].id] = outcome.loads[i] }
+        return Table(holders: holders, underReplicated: under, unplaceable: unplaceable, digest: hex(hash), load: load)
+    }
+
+    /// One application of the placement rule, and what its applications share: the nodes' caps
+    /// and each snapshot's ring walk.
+    ///
+    /// Each snapshot asks nodes in turn, and each ask carries a class that sets the cap the node
+    /// applies to it:
+    ///
+    /// 0. its preferred holders (the first `want` eligible nodes of its walk, in distinct zones
+    ///    when there are enough) that hold it now: the hard cap, `(1 + loadSlack)` × the share;
+    /// 1. its preferred holders that do not: the pull cap, 1 × the share (a node below its share
+    ///    takes what its arcs of the ring bring it, which is how a newcomer fills);
+    /// 2. the other nodes that hold it now: the hard cap (a copy stays where it is);
+    /// 3. the rest of its walk: the place cap, `(1 + placeSlack)` × the share.
+    ///
+    /// A node ranks what it is asked: copies it holds first, then a GPU node what needs a GPU,
+    /// then what prefers one, then the nearer to its token on the ring. It keeps the longest
+    /// prefix of that ranking in which every copy's cumulative bytes are within the cap of its
+    /// class, and turns the rest away (deferred acceptance: the outcome does not depend on the
+    /// order of asking). Copies stay while their node is within the hard cap; new copies come
+    /// only within the pull or the place cap, below it: so a table reached from the last one
+    /// moves what the change of members or catalog asks for, and little else.
+    struct Rule {
+        struct Ask: Equatable { var node: Int32; var cls: Int8; var place: Int32 }
+        struct Kept {
+            var rank: UInt64
+            var bytes: UInt64
+            var snapshot: Int32
+            var cls: Int8
+            /// Whether this ranks above `other`: the higher rank; on a tie, the snapshot later in ring order.
+            func above(_ other: Kept) -> Bool { rank != other.rank ? rank > other.rank : snapshot > other.snapshot }
+        }
+
+        /// What one node keeps, highest rank first, in blocks of at most 64 with each block's
+        /// bytes and, for each kind of cap, the cumulative bytes within the block up to its last
+        /// copy under that cap: on a small cluster a node keeps thousands of copies, most of
+        /// them held (ranked first, so each insert lands among them), and an insert or a check
+        /// of the caps then costs a block and a pass over the blocks rather than the whole list.
+        struct KeptList {
+            struct Block {
+                var entries: [Kept]
+                var bytes: UInt64 = 0
+                /// By kind (hard, pull, place): the bytes up to and with its last copy of that kind.
+                var last: (UInt64, UInt64, UInt64) = (0, 0, 0)
+                /// Bit k: the block has a copy of kind k.
+                var kinds: UInt8 = 0
+
+                init(_ entries: [Kept]) {
+                    self.entries = entries
+                    var sum: UInt64 = 0
+                    for e in entries {
+                        sum &+= e.bytes
+                        switch KeptList.kind(e.cls) {
+                        case 0: last.0 = sum
+                        case 1: last.1 = sum
+                        default: last.2 = sum
+                        }
+                        kinds |= 1 << KeptList.kind(e.cls)
+                    }
+                    bytes = sum
+                }
             }
-            for i in nodes.indices {
-                let w = UInt64(nodes[i].weight)
-                var share = general / UInt64(totalWeight) * w
-                if nodes[i].gpus > 0, gpuWeight > 0 { share &+= gpuOnly / UInt64(gpuWeight) * w }
-                caps[i] = share + share / 100 * UInt64(settings.loadSlackPercent)
+            typealias Position = (block: Int, index: Int)
+            private(set) var blocks: [Block] = []
+
+            /// 0: the hard cap (classes 0 and 2), 1: the pull cap (class 1), 2: the place cap (class 3).
+            static func kind(_ cls: Int8) -> Int { cls == 1 ? 1 : cls == 3 ? 2 : 0 }
+
+            /// Inserts `e` in rank order; returns where it went.
+            mutating func insert(_ e: Kept) -> Position {
+                guard !blocks.isEmpty else {
+                    blocks = [Block([e])]
+                    return (0, 0)
+                }
+                var lo = 0, hi = blocks.count
+                while lo < hi {
+                    let mid = (lo + hi) / 2
+                    if blocks[mid].entries[blocks[mid].entries.count - 1].above(e) { lo = mid + 1 } else { hi = mid }
+                }
+                var b = min(lo, blocks.count - 1)
+                var entries = blocks[b].entries
+                var i = 0, j = entries.count
+                while i < j {
+                    let mid = (i + j) / 2
+                    if entries[mid].above(e) { i = mid + 1 } else { j = mid }
+                }
+                entries.insert(e, at: i)
+                if entries.count > 64 {
+                    blocks[b] = Block(Array(entries[..<32]))
+                    blocks.insert(Block(Array(entries[32...])), at: b + 1)
+                    if i >= 32 {
+                        b += 1
+                        i -= 32
+                    }
+                } else {
+                    blocks[b] = Block(entries)
+                }
+                return (b, i)
+            }
+
+            /// The first position at or after `from` whose copy's cumulative bytes (with all copies
+            /// ranked above it) pass the cap of its kind; the very first copy always stays.
+            func firstOverCap(from: Position, caps: (hard: UInt64, pull: UInt64, place: UInt64)) -> Position? {
+                func cap(_ cls: Int8) -> UInt64 { cls == 1 ? caps.pull : cls == 3 ? caps.place : caps.hard }
+                var offset: UInt64 = 0
+                for b in 0..<from.block { offset &+= blocks[b].bytes }
+                let first = blocks[from.block].entries
+                var cumulative = offset
+                for j in 0..<from.index { cumulative &+= first[j].bytes }
+                for j in from.index..<first.count {
+                    cumulative &+= first[j].bytes
+                    if (from.block > 0 || j > 0) && cumulative > cap(first[j].cls) { return (from.block, j) }
+                }
+                offset &+= blocks[from.block].bytes
+                for b in (from.block + 1)..<blocks.count {
+                    let block = blocks[b]
+                    let over = (block.kinds & 1 != 0 && offset &+ block.last.0 > caps.hard)
+                        || (block.kinds & 2 != 0 && offset &+ block.last.1 > caps.pull)
+                        || (block.kinds & 4 != 0 && offset &+ block.last.2 > caps.place)
+                    if over {
+                        var cumulative = offset
+                        for (j, e) in block.entries.enumerated() {
+                            cumulative &+= e.bytes
+                            if cumulative > cap(e.cls) { return (b, j) }
+                        }
+                    }
+                    offset &+= block.bytes
+                }
+                return nil
+            }
+
+            /// Removes the copies from `at` on and returns them, highest rank first.
+            mutating func removeAll(from at: Position) -> [Kept] {
+                var removed = Array(blocks[at.block].entries[at.index...])
+                for b in (at.block + 1)..<blocks.count { removed += blocks[b].entries }
+                blocks.removeSubrange((at.block + 1)...)
+                if at.index == 0 {
+                    blocks.removeLast()
+                } else {
+                    blocks[at.block] = Block(Array(blocks[at.block].entries[..<at.index]))
+                }
+                return removed
             }
         }
 
-        return assign(nodes: nodes, ring: ring, positioned: positioned, keys: keys, want: want, caps: caps, settings: settings)
-    }
+        let nodes: [Node]
+        let ring: Ring
+        let positioned: [(position: UInt64, snapshot: Snapshot)]
+        /// Holders each snapshot gets: the factor, or every eligible node when there are fewer.
+        let want: [Int]
+        let zoneIndex: [Int]
+        let zones: Int
+        let hard: [UInt64], pull: [UInt64], placeCap: [UInt64]
+        /// Each snapshot's first eligible nodes on its walk (the whole walk once ``complete``),
+        /// and from its position to the token where the walk meets each.
+        var candidates: [[Int32]]
+        var distances: [[UInt64]]
+        var complete: [Bool]
+        var visits: Ring.Visits
 
-    /// Deferred acceptance: snapshots ask the nodes on their ring walk in turn; a node over its
-    /// cap gives up the snapshots it ranks lowest, which ask their next node. The outcome does
-    /// not depend on the order of asking.
-    ///
-    /// A node ranks a snapshot by the ring distance from the snapshot's position to the token
-    /// where the snapshot's walk meets the node, nearer first (a GPU node ranks what needs a GPU
-    /// first, then what prefers one). The rank is geometry rather than a hash of node and
-    /// snapshot: what a node gives up is the far end of its arcs, so the snapshots a joining
-    /// node's tokens take from an arc are those its owner gave up first, and a copy spilled
-    /// past a full node arrives at the next one from farther than the snapshots whose walks
-    /// start there. On 500 nodes a join or a leave moves fewer bytes than with a hash rank,
-    /// though still more than its share (docs/placement.md, "Figures", says how much and why).
-    static func assign(nodes: [Node], ring: Ring, positioned: [(position: UInt64, snapshot: Snapshot)], keys: [String], want: [Int],
-                       caps: [UInt64], settings: Settings) -> Table {
-        let count = positioned.count
-        let zoneIndex: [Int] = {
-            var map: [String: Int] = [:]
-            return nodes.map { n in
-                if let z = map[n.zone] { return z }
-                map[n.zone] = map.count
-                return map.count - 1
+        init(nodes: [Node], ring: Ring, positioned: [(position: UInt64, snapshot: Snapshot)], settings: Settings) {
+            self.nodes = nodes
+            self.ring = ring
+            self.positioned = positioned
+            let gpuNodes = nodes.indices.filter { nodes[$0].gpus > 0 }
+            want = positioned.map { min(settings.replication, $0.snapshot.accelerator == .requiresGPU ? gpuNodes.count : nodes.count) }
+            var zoneOf: [String: Int] = [:]
+            zoneIndex = nodes.map { n in
+                if let z = zoneOf[n.zone] { return z }
+                zoneOf[n.zone] = zoneOf.count
+                return zoneOf.count - 1
             }
-        }()
-        let zones = Set(zoneIndex).count
-        let gpuCount = nodes.filter { $0.gpus > 0 }.count
-        // Each snapshot's candidates in preference order: the first few on its ring walk, the
-        // whole walk only when those are used up (``complete``). Asking down a short list and
-        // then the rest is the same as asking down the whole list: a 500-node walk per snapshot
-        // is what made tables of 10,000 snapshots slow.
-        var candidates = [[Int32]](repeating: [], count: count)
-        // `distances[k][j]`: from snapshot k's position to the token where its walk meets `candidates[k][j]`.
-        var distances = [[UInt64]](repeating: [], count: count)
-        var complete = [Bool](repeating: false, count: count)
-        var visits = Ring.Visits(nodeCount: nodes.count)
-        func walk(_ k: Int, limit: Int) -> (nodes: [Int32], distances: [UInt64]) {
+            zones = zoneOf.count
+            var share = [UInt64](repeating: 0, count: nodes.count)
+            if !nodes.isEmpty {
+                // All bytes held, and the most one zone can hold (one copy of each snapshot).
+                var general: UInt64 = 0, gpuOnly: UInt64 = 0, generalOnce: UInt64 = 0, gpuOnce: UInt64 = 0
+                for (k, (_, s)) in positioned.enumerated() where want[k] > 0 {
+                    let (b, o) = s.bytes.multipliedReportingOverflow(by: UInt64(want[k]))
+                    let all = o ? UInt64.max / 4 : b, once = min(s.bytes, UInt64.max / 4)
+                    if s.accelerator == .requiresGPU { gpuOnly &+= all; gpuOnce &+= once } else { general &+= all; generalOnce &+= once }
+                }
+                let distinct = zones >= settings.replication
+                let generalShare = Placement.zoneShares(total: general, bound: generalOnce, members: Array(nodes.indices), nodes: nodes,
+                                                        zoneIndex: zoneIndex, distinct: distinct)
+                let gpuShare = Placement.zoneShares(total: gpuOnly, bound: gpuOnce, members: gpuNodes, nodes: nodes, zoneIndex: zoneIndex,
+                                                    distinct: distinct)
+                for i in nodes.indices { share[i] = generalShare[i] &+ gpuShare[i] }
+            }
+            func cap(_ s: UInt64, _ percent: Int) -> UInt64 { s / 100 * UInt64(100 + percent) }
+            hard = share.map { cap($0, settings.loadSlackPercent) }
+            pull = share
+            placeCap = share.map { cap($0, min(settings.placeSlackPercent, settings.loadSlackPercent)) }
+            candidates = [[Int32]](repeating: [], count: positioned.count)
+            distances = [[UInt64]](repeating: [], count: positioned.count)
+            complete = [Bool](repeating: false, count: positioned.count)
+            visits = Ring.Visits(nodeCount: nodes.count)
+            for (k, (_, s)) in positioned.enumerated() {
+                // A GPU preference reorders the whole walk; otherwise the first few, and the
+                // whole walk only when those are used up (a 500-node walk per snapshot is what
+                // would make tables of 10,000 snapshots slow).
+                walk(k, limit: s.accelerator == .prefersGPU ? .max : max(8, 4 * want[k]))
+            }
+        }
+
+        mutating func walk(_ k: Int, limit: Int) {
             let (position, s) = positioned[k]
             var list: [Int32] = [], distance: [UInt64] = []
             list.reserveCapacity(min(limit, nodes.count))
             distance.reserveCapacity(min(limit, nodes.count))
+            let nodes = self.nodes
             ring.walkWithTokens(from: position, visits: &visits) { i, token in
                 if s.accelerator != .requiresGPU || nodes[i].gpus > 0 {
                     list.append(Int32(i))
@@ -284,94 +479,167 @@ public enum Placement {
             }
             if s.accelerator == .prefersGPU {
                 let order = list.indices.filter { nodes[Int(list[$0])].gpus > 0 } + list.indices.filter { nodes[Int(list[$0])].gpus == 0 }
-                return (order.map { list[$0] }, order.map { distance[$0] })
+                list = order.map { list[$0] }
+                distance = order.map { distance[$0] }
             }
-            return (list, distance)
+            complete[k] = limit == .max || list.count < limit
+            candidates[k] = list
+            distances[k] = distance
         }
-        for (k, (_, s)) in positioned.enumerated() {
-            // A GPU preference reorders the whole walk.
-            let limit = s.accelerator == .prefersGPU ? Int.max : max(8, 4 * want[k])
-            (candidates[k], distances[k]) = walk(k, limit: limit)
-            complete[k] = limit == Int.max || candidates[k].count < limit
+
+        /// Twice as far along snapshot `k`'s walk: asking down a longer list only adds asks after
+        /// the ones already made.
+        mutating func extend(_ k: Int) { walk(k, limit: candidates[k].count >= nodes.count / 2 ? .max : 2 * candidates[k].count) }
+
+        /// The eligible nodes among `ids` (snapshot `k`'s holders now), once each, in walk order.
+        mutating func held(_ k: Int, _ ids: [NodeID], _ indexOf: [NodeID: Int32]) -> [Int32] {
+            guard !ids.isEmpty else { return [] }
+            var out: [Int32] = []
+            for id in ids {
+                guard let i = indexOf[id], !out.contains(i),
+                      positioned[k].snapshot.accelerator != .requiresGPU || nodes[Int(i)].gpus > 0 else { continue }
+                out.append(i)
+            }
+            while !complete[k] && out.contains(where: { !candidates[k].contains($0) }) { extend(k) }
+            return inWalkOrder(k, out)
         }
-        var holding = [[Int32]](repeating: [], count: count)
-        var rejectedBy = [Set<Int32>](repeating: [], count: count)
-        var accepted = [[(rank: UInt64, snapshot: Int)]](repeating: [], count: nodes.count)
-        var loads = [UInt64](repeating: 0, count: nodes.count)
-        var queue = Array(0..<count)
-        while let k = queue.popLast() {
-            let s = positioned[k].snapshot
+
+        func inWalkOrder(_ k: Int, _ list: [Int32]) -> [Int32] {
+            guard list.count > 1 else { return list }
+            let place = { (n: Int32) in candidates[k].firstIndex(of: n) ?? .max }
+            return list.sorted { place($0) < place($1) }
+        }
+
+        /// Snapshot `k`'s asks, in order, given its holders now.
+        func asks(_ k: Int, _ held: [Int32]) -> [Ask] {
             let distinct = zones >= want[k]
-            for (place, candidate) in candidates[k].enumerated() where holding[k].count < want[k] {
-                let n = Int(candidate)
-                if holding[k].contains(candidate) || rejectedBy[k].contains(candidate) { continue }
-                if distinct && holding[k].contains(where: { zoneIndex[Int($0)] == zoneIndex[n] }) { continue }
-                // Highest kept: a GPU node keeps what needs a GPU, then what prefers one, before
-                // the rest (the top 2 bits); then the nearer the snapshot is to the node's token.
-                let tier: UInt64 = nodes[n].gpus == 0 ? 0 : s.accelerator == .requiresGPU ? 2 : s.accelerator == .prefersGPU ? 1 : 0
-                let rank = tier << 62 | ~distances[k][place] >> 2
-                holding[k].append(candidate)
-                accepted[n].append((rank, k))
-                loads[n] &+= s.bytes
-                // Over the cap: give up the lowest-ranked until within it (keeping at least one).
-                while loads[n] > caps[n] && accepted[n].count > 1 {
-                    // The lowest rank; on a tie (a distance equal in its top 62 bits), the
-                    // snapshot earlier in ring order.
-                    let worst = accepted[n].indices.min { a, b in
-                        (accepted[n][a].rank, accepted[n][a].snapshot) < (accepted[n][b].rank, accepted[n][b].snapshot)
-                    }!
-                    let (_, loser) = accepted[n].remove(at: worst)
-                    loads[n] &-= positioned[loser].snapshot.bytes
-                    holding[loser].removeAll { $0 == candidate }
-                    rejectedBy[loser].insert(candidate)
-                    if loser != k { queue.append(loser) }
+            var preferred: [Int32] = []
+            for c in candidates[k] where preferred.count < want[k] {
+                if distinct && preferred.contains(where: { zoneIndex[Int($0)] == zoneIndex[Int(c)] }) { continue }
+                preferred.append(c)
+            }
+            var list: [Ask] = []
+            list.reserveCapacity(candidates[k].count + held.count + preferred.count)
+            for (j, n) in candidates[k].enumerated() where preferred.contains(n) && held.contains(n) { list.append(Ask(node: n, cls: 0, place: Int32(j))) }
+            for (j, n) in candidates[k].enumerated() where preferred.contains(n) && !held.contains(n) { list.append(Ask(node: n, cls: 1, place: Int32(j))) }
+            for (j, n) in candidates[k].enumerated() where !preferred.contains(n) && held.contains(n) { list.append(Ask(node: n, cls: 2, place: Int32(j))) }
+            for (j, n) in candidates[k].enumerated() where !held.contains(n) { list.append(Ask(node: n, cls: 3, place: Int32(j))) }
+            return list
+        }
+
+        func cap(_ cls: Int8, _ n: Int) -> UInt64 { cls == 1 ? pull[n] : cls == 3 ? placeCap[n] : hard[n] }
+
+        /// One application: each snapshot's holders (in walk order) and each node's bytes.
+        mutating func pass(_ held: [[Int32]]) -> (holding: [[Int32]], loads: [UInt64]) {
+            let count = positioned.count
+            var asks = (0..<count).map { self.asks($0, held[$0]) }
+            var holding = [[Int32]](repeating: [], count: count)
+            // Per snapshot, the (node << 2 | class) asks turned away.
+            var rejected = [[Int32]](repeating: [], count: count)
+            // Per node, what it keeps, highest rank first.
+            var kept = [KeptList](repeating: KeptList(), count: nodes.count)
+            var loads = [UInt64](repeating: 0, count: nodes.count)
+            // Per node, how many copies it keeps of each class.
+            var classes = [[Int]](repeating: [0, 0, 0, 0], count: nodes.count)
+            var queue = Array((0..<count).reversed())
+            while let k = queue.popLast() {
+                let s = positioned[k].snapshot
+                let distinct = zones >= want[k]
+                var i = 0
+                while i < asks[k].count && holding[k].count < want[k] {
+                    let ask = asks[k][i]
+                    i += 1
+                    let n = Int(ask.node)
+                    if holding[k].contains(ask.node) || rejected[k].contains(ask.node << 2 | Int32(ask.cls)) { continue }
+                    if distinct && holding[k].contains(where: { zoneIndex[Int($0)] == zoneIndex[n] }) { continue }
+                    let isHeld: UInt64 = ask.cls == 0 || ask.cls == 2 ? 1 : 0
+                    let tier: UInt64 = nodes[n].gpus == 0 ? 0 : s.accelerator == .requiresGPU ? 2 : s.accelerator == .prefersGPU ? 1 : 0
+                    let entry = Kept(rank: isHeld << 63 | tier << 61 | ~distances[k][Int(ask.place)] >> 3, bytes: s.bytes,
+                                     snapshot: Int32(k), cls: ask.cls)
+                    let at = kept[n].insert(entry)
+                    classes[n][Int(ask.cls)] += 1
+                    holding[k].append(ask.node)
+                    loads[n] &+= s.bytes
+                    // Within the smallest cap of the classes it keeps, every prefix is within its cap.
+                    let smallest = classes[n][1] > 0 ? pull[n] : classes[n][3] > 0 ? placeCap[n] : hard[n]
+                    if loads[n] <= smallest { continue }
+                    // The longest prefix in which every copy is within its class's cap (the first always kept).
+                    guard let cut = kept[n].firstOverCap(from: at, caps: (hard: hard[n], pull: pull[n], place: placeCap[n])) else { continue }
+                    for e in kept[n].removeAll(from: cut) {
+                        let loser = Int(e.snapshot)
+                        loads[n] &-= e.bytes
+                        classes[n][Int(e.cls)] -= 1
+                        holding[loser].removeAll { $0 == ask.node }
+                        rejected[loser].append(ask.node << 2 | Int32(e.cls))
+                        // The asker itself starts over: an ask of an earlier class may have room again.
+                        if loser != k { queue.append(loser) } else { i = 0 }
+                    }
+                }
+                if holding[k].count < want[k] && !complete[k] {
+                    extend(k)
+                    asks[k] = self.asks(k, held[k])
+                    queue.append(k)
                 }
             }
-            if holding[k].count < want[k] && !complete[k] {
-                (candidates[k], distances[k]) = walk(k, limit: .max)
-                complete[k] = true
-                queue.append(k)
-            }
-        }
-        // A snapshot every eligible node turned away (all full, which the slack makes rare): the
-        // least loaded for their weight take it, past their caps, in zones it is not in yet first.
-        for k in positioned.indices where holding[k].count < want[k] {
-            let s = positioned[k].snapshot
-            var rest = candidates[k].filter { !holding[k].contains($0) }
-            rest.sort { a, b in
-                let la = (loads[Int(a)] &+ s.bytes).multipliedFullWidth(by: UInt64(nodes[Int(b)].weight))
-                let lb = (loads[Int(b)] &+ s.bytes).multipliedFullWidth(by: UInt64(nodes[Int(a)].weight))
-                return (la.high, la.low, a) < (lb.high, lb.low, b)
-            }
-            for zoned in zones >= want[k] ? [true, false] : [false] {
-                for n in rest where holding[k].count < want[k] && !holding[k].contains(n) {
-                    if zoned && holding[k].contains(where: { zoneIndex[Int($0)] == zoneIndex[Int(n)] }) { continue }
-                    holding[k].append(n)
-                    loads[Int(n)] &+= s.bytes
+            // Every eligible node turned it away (all full, which the slack makes rare): its holders
+            // now keep it, so that the rule's outcome stays its outcome, then the least loaded
+            // for their weight, past their caps, in zones it is not in yet first.
+            for k in positioned.indices where holding[k].count < want[k] {
+                let s = positioned[k].snapshot
+                var rest = candidates[k].filter { !holding[k].contains($0) }
+                rest.sort { a, b in
+                    let ha = held[k].contains(a) ? 0 : 1, hb = held[k].contains(b) ? 0 : 1
+                    if ha != hb { return ha < hb }
+                    let la = (loads[Int(a)] &+ s.bytes).multipliedFullWidth(by: UInt64(nodes[Int(b)].weight))
+                    let lb = (loads[Int(b)] &+ s.bytes).multipliedFullWidth(by: UInt64(nodes[Int(a)].weight))
+                    return (la.high, la.low, a) < (lb.high, lb.low, b)
+                }
+                for zoned in zones >= want[k] ? [true, false] : [false] {
+                    for n in rest where holding[k].count < want[k] && !holding[k].contains(n) {
+                        if zoned && holding[k].contains(where: { zoneIndex[Int($0)] == zoneIndex[Int(n)] }) { continue }
+                        holding[k].append(n)
+                        loads[Int(n)] &+= s.bytes
+                    }
                 }
             }
+            for k in positioned.indices { holding[k] = inWalkOrder(k, holding[k]) }
+            return (holding, loads)
         }
-        var holders: [String: [NodeID]] = [:]
-        holders.reserveCapacity(positioned.count)
-        var under = Set<String>(), unplaceable = Set<String>()
-        var hash = SHA256()
-        for (k, (_, s)) in positioned.enumerated() {
-            // In the snapshot's own order of preference: where each stands on its walk.
-            var ordered = holding[k]
-            if ordered.count > 1 {
-                let rank = { (n: Int32) in candidates[k].firstIndex(of: n) ?? .max }
-                ordered.sort { rank($0) < rank($1) }
+    }
+
+    /// Fair shares the zone rule lets the nodes reach. With copies in distinct zones a zone holds
+    /// at most one copy of each snapshot (`bound` bytes), so a zone whose weight would give it
+    /// more is held to `bound` and the rest is spread over the other zones by weight
+    /// (water-filling); within a zone, by weight. Integers only. Nodes not in `members` get 0.
+    static func zoneShares(total: UInt64, bound: UInt64, members: [Int], nodes: [Node], zoneIndex: [Int], distinct: Bool) -> [UInt64] {
+        var out = [UInt64](repeating: 0, count: nodes.count)
+        let zoneCount = (zoneIndex.max() ?? -1) + 1
+        var zoneWeight = [UInt64](repeating: 0, count: zoneCount)
+        for i in members { zoneWeight[zoneIndex[i]] += UInt64(nodes[i].weight) }
+        var zoneShare = [UInt64](repeating: 0, count: zoneCount)
+        var held = [Bool](repeating: false, count: zoneCount)
+        var remaining = total
+        while true {
+            let weight = zoneWeight.indices.filter { !held[$0] }.reduce(UInt64(0)) { $0 + zoneWeight[$1] }
+            guard weight > 0 else { break }
+            var changed = false
+            if distinct {
+                for z in zoneWeight.indices where !held[z] && remaining / weight * zoneWeight[z] > bound {
+                    held[z] = true
+                    zoneShare[z] = bound
+                    remaining = remaining > bound ? remaining - bound : 0
+                    changed = true
+                }
             }
-            let list = ordered.map { nodes[Int($0)].id }
-            let key = keys[k]
-            holders[key] = list
-            digestLine(&hash, key, list)
-            if list.count < settings.replication { under.insert(key) }
-            if s.accelerator == .requiresGPU && gpuCount == 0 { unplaceable.insert(key) }
+            if !changed {
+                for z in zoneWeight.indices where !held[z] { zoneShare[z] = remaining / weight * zoneWeight[z] }
+                break
+            }
         }
-        var load: [NodeID: UInt64] = [:]
-        for i in nodes.indices { load[nodes[i].id] = loads[i] }
-        return Table(holders: holders, underReplicated: under, unplaceable: unplaceable, digest: hex(hash), load: load)
+        for i in members where zoneWeight[zoneIndex[i]] > 0 {
+            out[i] = zoneShare[zoneIndex[i]] / zoneWeight[zoneIndex[i]] * UInt64(nodes[i].weight)
+        }
+        return out
     }
 
     /// The digest is SHA-256 of `key holder,holder\n` lines in ring order (the snapshot's

@@ -122,7 +122,8 @@ public struct PlacementChurn {
         }
         report.secondsToAgree = (sim.now - churnEnd).seconds
         let nodes = Array(final)
-        let table = planner.compute(nodes: nodes, snapshots: catalog, settings: settings)
+        // The copies on nodes still there stay where they are, as the nodes' books would say.
+        let table = planner.compute(nodes: nodes, snapshots: catalog, current: before.holders, settings: settings)
         report.digest = table.digest
         report.violations = violations(table, nodes: nodes, snapshots: catalog, settings: settings)
         report.bytesMoved = PlacementScenario.bytesMoved(from: before, to: table, sizes: sizes)

@@ -45,4 +45,50 @@ public struct PlacementScenario: Sendable {
         }
         return moved
     }
+
+    /// The moves as the nodes make them, from the copies `held` (by key) on `nodes`: each round
+    /// the table is computed from what is held (a copy being fetched counts), a quarter of the
+    /// copies it names that nobody has yet arrive (in a seeded order), and a key's copies the
+    /// table no longer names go once every holder it names has one (make before break); until
+    /// what is held is the table. Returns the bytes fetched, the rounds, the table changes
+    /// and the table reached. Copies on nodes not in `nodes` are gone.
+    public static func settle(nodes: [Placement.Node], snapshots: [Placement.Snapshot], held start: [String: [NodeID]],
+                              settings: Placement.Settings = .init(), seed: UInt64, maxRounds: Int = 200)
+        -> (fetched: UInt64, rounds: Int, tableChanges: Int, table: Placement.Table) {
+        let sizes = Dictionary(snapshots.map { ($0.key, $0.bytes) }, uniquingKeysWith: { a, _ in a })
+        let alive = Set(nodes.map(\.id))
+        var held = start.mapValues { $0.filter(alive.contains) }
+        var planner = Placement.Planner()
+        var rng = SeededRandom(seed: seed)
+        var fetched: UInt64 = 0, rounds = 0, changes = 0
+        var digest = ""
+        var table = planner.compute(nodes: nodes, snapshots: snapshots, current: held, settings: settings)
+        while rounds < maxRounds {
+            if table.digest != digest {
+                changes += 1
+                digest = table.digest
+            }
+            var missing: [(key: String, node: NodeID)] = []
+            var extra = false
+            for (key, holders) in table.holders {
+                let has = held[key] ?? []
+                for h in holders where !has.contains(h) { missing.append((key, h)) }
+                if has.contains(where: { !holders.contains($0) }) { extra = true }
+            }
+            if missing.isEmpty && !extra { break }
+            rounds += 1
+            missing.sort { ($0.key, $0.node) < ($1.key, $1.node) }
+            missing.shuffle(using: &rng)
+            for (key, node) in missing.prefix(max(1, (missing.count + 3) / 4)) {
+                held[key, default: []].append(node)
+                fetched += sizes[key] ?? 0
+            }
+            for (key, has) in held {
+                let holders = table.holders[key] ?? []
+                if !holders.isEmpty && holders.allSatisfy(has.contains) { held[key] = holders }
+            }
+            table = planner.compute(nodes: nodes, snapshots: snapshots, current: held, settings: settings)
+        }
+        return (fetched, rounds, changes, table)
+    }
 }

@@ -8,7 +8,8 @@ import Logging
 
 /// Keeps this node's copies where the placement table says they belong: it spreads what the
 /// node holds (anti-entropy of ``HoldingsBook`` over `holdings` frames), computes the table
-/// from the live members and the cluster's catalog, fetches what the node should hold from a
+/// from the live members, the cluster's catalog and where the copies are (placement keeps a
+/// copy where it is while its node has room), fetches what the node should hold from a
 /// ready holder, deletes what it should not once `replication` holders have theirs ready, and
 /// answers publishes once their write quorum is met. Loop-confined.
 final class Replicator {
@@ -66,9 +67,22 @@ final class Replicator {
     private var readyFrom: (changes: UInt64, live: Set<NodeID>)?
     /// The book's catalog change count the table was computed from.
     private var catalogSeen: UInt64?
+    /// The book's change count the copies were last read at, and the copies the table was
+    /// computed from (``copies(in:on:)``): placement keeps a copy where it is.
+    private var heldSeen: UInt64?
+    private var heldFrom: [String: [NodeID]] = [:]
+    /// The node set (``membersDigest``) the table was computed from.
+    private var tableNodes: String?
+    /// The book's catalog change count ``kept``, ``retired`` and ``catalogVersions`` were taken at.
+    private var catalogApplied: UInt64?
+    /// A table being computed off the loop, and whether the book or the members changed since it began.
+    private var computing = false
+    private var recomputeWhenDone = false
+    /// How long the last table computed off the loop took: the next plan waits eight times as long.
+    private var computeCost: Duration = .zero
     private var planner = Placement.Planner()
     private var catalogVersions: [String: [Int]] = [:]
-    /// The catalog the table was computed from, by key.
+    /// The cluster's catalog, by key.
     private var kept: [String: Holding] = [:]
     /// The digest of the node set the table was computed from, and when it last changed.
     private var membersDigest = ""
@@ -327,7 +341,7 @@ final class Replicator {
     private func schedulePlan() {
         guard !planPending else { return }
         planPending = true
-        let gap = max(.milliseconds(20), planCost * 8)
+        let gap = max(.milliseconds(20), planCost * 8, computeCost * 8)
         let wait = lastPlan.map { max(.zero, $0 + gap - Instant.now()) } ?? .zero
         loop.schedule(after: wait) { [weak self] in
             guard let self, !self.stopped else { return }
@@ -703,29 +717,84 @@ final class Replicator {
         }
     }
 
+    /// Where the copies are, by key, as placement takes them: the copies ready or being fetched
+    /// on the nodes placement sees (a copy being drained is on its way out), in node id order.
+    static func copies(in book: HoldingsBook, on nodes: [Placement.Node]) -> [String: [NodeID]] {
+        var out: [String: [NodeID]] = [:]
+        for node in nodes.map(\.id).sorted() {
+            for h in book.entries[node]?.holdings ?? [] where h.state != .draining { out[h.key, default: []].append(node) }
+        }
+        return out
+    }
+
     func recompute() {
         let now = Instant.now()
         refreshReady()
         let nodes = placementNodes(now: now)
         let ids = nodes.map(\.id.rawValue).sorted().joined(separator: ",")
-        let nodesChanged = ids != membersDigest
-        if nodesChanged {
+        if ids != membersDigest {
             membersDigest = ids
             membersChangedAt = now
         }
-        // The same nodes and the same catalog: the same table.
         let catalog = book.catalog(retainVersions: settings.retainVersions, retainDrafts: settings.retainDrafts, aliased: aliasTargets)
-        guard nodesChanged || catalogSeen != book.catalogChangeCount else { return }
+        if catalogApplied != book.catalogChangeCount {
+            catalogApplied = book.catalogChangeCount
+            kept = catalog.kept
+            retired = catalog.retired
+            var versions: [String: [Int]] = [:]
+            for h in kept.values { versions[h.name, default: []].append(h.version) }
+            catalogVersions = versions.mapValues { $0.sorted() }
+        }
+        // The same nodes, the same catalog and the copies where they were: the same table.
+        guard tableNodes != ids || catalogSeen != book.catalogChangeCount || heldSeen != book.changeCount else { return }
+        // One computation at a time; the next starts from what the book says when it ends.
+        guard !computing else {
+            recomputeWhenDone = true
+            return
+        }
+        heldSeen = book.changeCount
+        let current = Self.copies(in: book, on: nodes)
+        guard tableNodes != ids || catalogSeen != book.catalogChangeCount || current != heldFrom else { return }
         catalogSeen = book.catalogChangeCount
-        let snapshots = catalog.kept.values.map {
+        heldFrom = current
+        tableNodes = ids
+        let snapshots = kept.values.map {
             Placement.Snapshot(name: $0.name, version: $0.version, bytes: $0.size, accelerator: $0.accelerator)
         }
-        let next = planner.compute(nodes: nodes, snapshots: snapshots, settings: .init(replication: settings.replication))
-        kept = catalog.kept
-        retired = catalog.retired
-        var versions: [String: [Int]] = [:]
-        for h in kept.values { versions[h.name, default: []].append(h.version) }
-        catalogVersions = versions.mapValues { $0.sorted() }
+        let placement = Placement.Settings(replication: settings.replication)
+        guard snapshots.count >= Self.computeAsideFrom else {
+            return take(planner.compute(nodes: nodes, snapshots: snapshots, current: current, settings: placement))
+        }
+        // A large table is computed off the loop (tens of milliseconds with thousands of
+        // snapshots), so calls keep their latency while copies move; the table and the plan
+        // follow when it is done.
+        computing = true
+        let planner = self.planner
+        loop.offload({ () -> (Placement.Table, Placement.Planner, Duration) in
+            let started = ContinuousClock.now
+            var planner = planner
+            let table = planner.compute(nodes: nodes, snapshots: snapshots, current: current, settings: placement)
+            return (table, planner, ContinuousClock.now - started)
+        }) { [weak self] result in
+            guard let self, !self.stopped else { return }
+            self.computing = false
+            self.planner = result.1
+            self.computeCost = result.2
+            self.take(result.0)
+            self.act()
+            self.checkWaiters()
+            self.checkLeave()
+            if self.recomputeWhenDone {
+                self.recomputeWhenDone = false
+                self.schedulePlan()
+            }
+        }
+    }
+
+    /// Catalogs of at least this many snapshots have their table computed off the loop.
+    static let computeAsideFrom = 1_000
+
+    private func take(_ next: Placement.Table) {
         if next.digest != table.digest {
             tableChanges += 1
             table = next

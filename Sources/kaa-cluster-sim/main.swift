@@ -183,70 +183,113 @@ if which == "join" {
 }
 
 /// One seeded join and leave: `n` nodes, then one more (and back), with the snapshots that do
-/// not care about GPUs. The max/mean spread of the `n` nodes' table, the bytes the join moves
-/// over the newcomer's ideal share, and the bytes its leave moves over its own bytes.
-func placementMovement(nodes n: Int, seed: UInt64, settings: Placement.Settings) -> (imbalance: Double, join: Double, leave: Double) {
+/// not care about GPUs. The max/mean spread of the `n` nodes' table; the bytes the join moves
+/// over the newcomer's ideal share, as one table gives them (the table after the join against
+/// the one before) and as the nodes make them (``PlacementScenario/settle``: the table
+/// recomputed from what is held as the copies arrive); what the newcomer then holds over its
+/// share; and the bytes its leave moves over its own bytes, both ways.
+struct Movement {
+    var imbalance = 0.0, join = 0.0, joinSettled = 0.0, newcomer = 0.0, leave = 0.0, leaveSettled = 0.0, afterwards = 0.0
+    /// Whether one zone has more than half of the weight, before or after the join: it can hold
+    /// one copy of each snapshot at most, so the other zones hold more than their share.
+    var zoneOverHalf = false
+}
+
+/// Whether one zone of `nodes` has more than half of their weight.
+func zoneOverHalf(_ nodes: [Placement.Node]) -> Bool {
+    var weight: [String: Int] = [:]
+    for n in nodes { weight[n.zone, default: 0] += n.weight }
+    return 2 * (weight.values.max() ?? 0) > nodes.reduce(0) { $0 + $1.weight }
+}
+
+func placementMovement(nodes n: Int, seed: UInt64, settings: Placement.Settings) -> Movement {
     let s = PlacementScenario(nodes: n + 1, snapshots: 10_000, seed: seed)
     let general = s.snapshots.filter { $0.accelerator == .none }
     let sizes = Dictionary(uniqueKeysWithValues: general.map { ($0.key, $0.bytes) })
-    let before = Placement.compute(nodes: Array(s.nodes.prefix(n)), snapshots: general, settings: settings)
-    let after = Placement.compute(nodes: s.nodes, snapshots: general, settings: settings)
+    let small = Array(s.nodes.prefix(n))
     let total = Double(general.reduce(UInt64(0)) { $0 + $1.bytes } * 2)
-    let weight = Double(s.nodes.reduce(0) { $0 + $1.weight })
-    let ideal = total * Double(s.nodes[n].weight) / weight
-    let joined = Double(PlacementScenario.bytesMoved(from: before, to: after, sizes: sizes))
-    let left = Double(PlacementScenario.bytesMoved(from: after, to: before, sizes: sizes))
-    let own = Double(after.load[s.nodes[n].id] ?? 0)
-    return (PlacementScenario.imbalance(before, Array(s.nodes.prefix(n))), joined / ideal, left / own)
+    let ideal = total * Double(s.nodes[n].weight) / Double(s.nodes.reduce(0) { $0 + $1.weight })
+    var m = Movement()
+    m.zoneOverHalf = zoneOverHalf(small) || zoneOverHalf(s.nodes)
+    let before = Placement.compute(nodes: small, snapshots: general, settings: settings)
+    m.imbalance = PlacementScenario.imbalance(before, small)
+    let after = Placement.compute(nodes: s.nodes, snapshots: general, current: before.holders, settings: settings)
+    m.join = Double(PlacementScenario.bytesMoved(from: before, to: after, sizes: sizes)) / ideal
+    let joined = PlacementScenario.settle(nodes: s.nodes, snapshots: general, held: before.holders, settings: settings, seed: seed)
+    m.joinSettled = Double(joined.fetched) / ideal
+    m.newcomer = Double(joined.table.load[s.nodes[n].id] ?? 0) / ideal
+    // The newcomer leaves again, from a table reached through its join.
+    let own = Double(joined.table.load[s.nodes[n].id] ?? 0)
+    let left = Placement.compute(nodes: small, snapshots: general, current: joined.table.holders, settings: settings)
+    m.leave = Double(PlacementScenario.bytesMoved(from: joined.table, to: left, sizes: sizes)) / own
+    let leftSettled = PlacementScenario.settle(nodes: small, snapshots: general, held: joined.table.holders, settings: settings, seed: seed)
+    m.leaveSettled = Double(leftSettled.fetched) / own
+    m.afterwards = max(PlacementScenario.imbalance(joined.table, s.nodes), PlacementScenario.imbalance(leftSettled.table, small))
+    return m
 }
 
 /// Placement figures: the load spread, what a join and a leave move, and the time to compute a
 /// table of 10,000 snapshots on 500 nodes (median of 5; run a release build for this figure).
-/// KAA_SIM_SEEDS=k adds, for each size, the spread of the join and leave figures over k more
-/// seeded scenarios (seeds n·31 + 1000·i, i = 1...k).
+/// KAA_SIM_SEEDS=k adds, for each size, the spread of the figures over k more seeded scenarios
+/// (seeds n·31 + 1000·i, i = 1...k); KAA_SIM_SIZES picks the sizes (5,50,500).
 func placementFigures() {
     var settings = Placement.Settings()
     if let t = getenv("KAA_SIM_TOKENS").flatMap({ Int(String(cString: $0)) }) { settings.tokensPerWeight = t }
     if let e = getenv("KAA_SIM_SLACK").flatMap({ Int(String(cString: $0)) }) { settings.loadSlackPercent = e }
+    if let e = getenv("KAA_SIM_PLACE").flatMap({ Int(String(cString: $0)) }) { settings.placeSlackPercent = e }
     let seeds = getenv("KAA_SIM_SEEDS").flatMap { Int(String(cString: $0)) } ?? 0
+    let sizes = getenv("KAA_SIM_SIZES").map { String(cString: $0).split(separator: ",").compactMap { Int($0) } } ?? [5, 50, 500]
     print("placement, 10,000 snapshots of mixed sizes (10 KB-50 MB), replication 2, nodes of weight 1-8 in 3 zones, 10% with GPUs:")
-    for n in [5, 50, 500] {
+    for n in sizes {
         let m = placementMovement(nodes: n, seed: UInt64(n) &* 31, settings: settings)
-        print("  \(n) nodes: max/mean bytes per unit of capacity \(fmt(m.imbalance)); "
-              + "a join moves \(fmt(m.join))x the newcomer's ideal share; its leave moves \(fmt(m.leave))x its own bytes")
+        print("  \(n) nodes: max/mean bytes per unit of capacity \(fmt(m.imbalance)) (\(fmt(m.afterwards)) after the join and the leave); "
+              + "a join moves \(fmt(m.join))x the newcomer's ideal share (\(fmt(m.joinSettled))x as the nodes make the moves; "
+              + "the newcomer then holds \(fmt(m.newcomer))x its share); its leave moves \(fmt(m.leave))x its own bytes (\(fmt(m.leaveSettled))x)")
         guard seeds > 0 else { continue }
         let runs = (1...seeds).map { placementMovement(nodes: n, seed: UInt64(n) &* 31 &+ UInt64($0) &* 1000, settings: settings) }
         func spread(_ values: [Double]) -> String {
             "median \(fmt(percentile(values, 0.5)))x, p90 \(fmt(percentile(values, 0.9)))x, worst \(fmt(values.max() ?? 0))x"
         }
-        print("    over \(seeds) more seeds: a join \(spread(runs.map(\.join))); a leave \(spread(runs.map(\.leave))); "
-              + "max/mean at most \(fmt(runs.map(\.imbalance).max() ?? 0))")
+        print("    over \(seeds) more seeds: a join \(spread(runs.map(\.join))) (as made: \(spread(runs.map(\.joinSettled)))); "
+              + "a leave \(spread(runs.map(\.leave))) (as made: \(spread(runs.map(\.leaveSettled)))); "
+              + "the newcomer holds median \(fmt(percentile(runs.map(\.newcomer), 0.5)))x its share, least \(fmt(runs.map(\.newcomer).min() ?? 0))x; "
+              + "max/mean at most \(fmt(runs.map(\.imbalance).max() ?? 0)) (\(fmt(runs.map(\.afterwards).max() ?? 0)) after), "
+              + "\(fmt(runs.filter { !$0.zoneOverHalf }.map { max($0.imbalance, $0.afterwards) }.max() ?? 0)) where no zone has over half the weight "
+              + "(\(runs.filter(\.zoneOverHalf).count) of \(seeds) have one)")
     }
-    let s = PlacementScenario(nodes: 500, snapshots: 10_000, seed: 500)
-    var times: [Double] = []
+    let s = PlacementScenario(nodes: 501, snapshots: 10_000, seed: 500)
+    let base = Array(s.nodes.prefix(500))
+    let previous = Placement.compute(nodes: base, snapshots: s.snapshots)
+    var scratch: [Double] = [], joined: [Double] = []
     for _ in 0..<5 {
-        let t0 = ContinuousClock.now
-        _ = Placement.compute(nodes: s.nodes, snapshots: s.snapshots)
-        times.append((ContinuousClock.now - t0).seconds * 1000)
+        var t0 = ContinuousClock.now
+        _ = Placement.compute(nodes: base, snapshots: s.snapshots)
+        scratch.append((ContinuousClock.now - t0).seconds * 1000)
+        t0 = ContinuousClock.now
+        _ = Placement.compute(nodes: s.nodes, snapshots: s.snapshots, current: previous.holders)
+        joined.append((ContinuousClock.now - t0).seconds * 1000)
     }
-    print("  table of 10,000 snapshots on 500 nodes: \(fmt(percentile(times, 0.5))) ms (median of 5, one core)")
+    print("  table of 10,000 snapshots on 500 nodes: \(fmt(percentile(scratch, 0.5))) ms from scratch, "
+          + "\(fmt(percentile(joined, 0.5))) ms from the holders before a join (medians of 5, one core)")
 }
 if which == "placement" || which == "all" { placementFigures() }
 
 /// What a node pays to recompute its table while a publish adds snapshots one at a time: five
 /// nodes of equal capacity, KAA_SIM_SNAPSHOTS (10,000) snapshots of equal size, one planner kept
-/// across computations as a node keeps it.
+/// across computations as a node keeps it, each table computed from where the last one put
+/// the copies.
 if which == "placement-cost" {
     let count = getenv("KAA_SIM_SNAPSHOTS").flatMap { Int(String(cString: $0)) } ?? 10_000
     let nodes = (1...5).map { Placement.Node(id: NodeID("n\($0)")) }
     var snapshots = (0..<count).map { Placement.Snapshot(name: "r\($0)", version: 1, bytes: 917) }
     var planner = Placement.Planner()
-    _ = planner.compute(nodes: nodes, snapshots: snapshots)
+    var table = planner.compute(nodes: nodes, snapshots: snapshots)
     var times: [Double] = []
     for i in 0..<20 {
         snapshots.append(Placement.Snapshot(name: "added\(i)", version: 1, bytes: 917))
+        // The copies are where the last table put them, as a node's book says.
         let t0 = ContinuousClock.now
-        _ = planner.compute(nodes: nodes, snapshots: snapshots)
+        table = planner.compute(nodes: nodes, snapshots: snapshots, current: table.holders)
         times.append((ContinuousClock.now - t0).seconds * 1000)
     }
     print("placement recompute, 5 nodes, \(count) snapshots, one added each time: median \(fmt(percentile(times, 0.5))) ms, "

@@ -193,29 +193,90 @@ import Testing
     }
 
     /// A join moves at most 1.5 times the new node's ideal share of bytes; a leave moves the
-    /// leaving node's copies (and, from spills, little else). On 5 and 50 nodes. On 500 nodes
-    /// the bounds are not met: each node holds ~40 copies there and a 50 MB snapshot is
-    /// a fifth of a share, so about a third of the capacity sits at its cap, every cap moves
-    /// with the total weight, and what a cap gives up or takes back is moved too. Ranking by
-    /// ring distance brought this scenario from 2.19x / 2.61x (a hash rank) to 2.05x / 2.33x;
-    /// the bounds below keep it there (`kaa-cluster-sim placement`; docs/placement.md, "Figures").
+    /// leaving node's copies and, within a tenth, nothing else: on 5, 50 and 500 nodes, the
+    /// table after the change computed from where the copies are before it. On 5 and 50 nodes
+    /// also as the nodes make the moves (``PlacementScenario/settle``: the table recomputed
+    /// from what is held while the copies arrive), which a 500-node table in a debug build
+    /// makes too slow for a test (`kaa-cluster-sim placement` prints it).
     @Test(arguments: [5, 50, 500])
     func joinsAndLeavesMoveAboutTheirShare(nodes count: Int) {
-        let (joinBound, leaveBound) = count < 500 ? (1.5, 1.1) : (2.1, 2.4)
         let s = PlacementScenario(nodes: count + 1, snapshots: 10_000, seed: UInt64(count) &* 31)
         let snapshots = s.snapshots.filter { $0.accelerator == .none }
         let sizes = Dictionary(uniqueKeysWithValues: snapshots.map { ($0.key, $0.bytes) })
-        let before = Placement.compute(nodes: Array(s.nodes.prefix(count)), snapshots: snapshots)
-        let after = Placement.compute(nodes: s.nodes, snapshots: snapshots)
+        let small = Array(s.nodes.prefix(count))
+        let before = Placement.compute(nodes: small, snapshots: snapshots)
+        let after = Placement.compute(nodes: s.nodes, snapshots: snapshots, current: before.holders)
         let total = snapshots.reduce(UInt64(0)) { $0 + $1.bytes } * 2
         let newcomer = s.nodes[count]
         let weight = s.nodes.reduce(0) { $0 + $1.weight }
         let ideal = Double(total) * Double(newcomer.weight) / Double(weight)
         let joined = Double(PlacementScenario.bytesMoved(from: before, to: after, sizes: sizes))
-        #expect(joined <= joinBound * ideal, "a join moved \(joined / ideal)x its ideal share")
-        // The reverse: the newcomer leaves again.
-        let left = Double(PlacementScenario.bytesMoved(from: after, to: before, sizes: sizes))
+        #expect(joined <= 1.5 * ideal, "a join moved \(joined / ideal)x its ideal share")
+        #expect(after.load[newcomer.id] ?? 0 > 0, "the newcomer got nothing")
+        // The newcomer leaves again: only its copies move.
+        let left = Placement.compute(nodes: small, snapshots: snapshots, current: after.holders)
+        let moved = Double(PlacementScenario.bytesMoved(from: after, to: left, sizes: sizes))
         let itsCopies = Double(after.load[newcomer.id] ?? 0)
-        #expect(left <= leaveBound * itsCopies, "a leave moved \(left / itsCopies)x the leaving node's bytes")
+        #expect(moved <= 1.1 * itsCopies, "a leave moved \(moved / itsCopies)x the leaving node's bytes")
+        for (table, nodes) in [(after, s.nodes), (left, small)] {
+            #expect(PlacementScenario.imbalance(table, nodes) <= 1.25 + 1e-9)
+        }
+        guard count < 500 else { return }
+        let settled = PlacementScenario.settle(nodes: s.nodes, snapshots: snapshots, held: before.holders, seed: 1)
+        #expect(Double(settled.fetched) <= 1.5 * ideal, "as made, a join moved \(Double(settled.fetched) / ideal)x its ideal share")
+        let gone = PlacementScenario.settle(nodes: small, snapshots: snapshots, held: settled.table.holders, seed: 2)
+        let share = Double(settled.table.load[newcomer.id] ?? 0)
+        #expect(Double(gone.fetched) <= 1.1 * share, "as made, a leave moved \(Double(gone.fetched) / share)x the leaving node's bytes")
+    }
+
+    /// A table is what it names: computed again from its own holders, it is the same table (the
+    /// rule is applied to its own outcome until it is), from scratch and after a join.
+    @Test(arguments: [5, 50])
+    func aTableComputedFromItsOwnHoldersIsTheSame(nodes count: Int) {
+        let s = PlacementScenario(nodes: count + 1, snapshots: 3_000, seed: UInt64(count) &+ 3)
+        let first = Placement.compute(nodes: Array(s.nodes.prefix(count)), snapshots: s.snapshots)
+        #expect(Placement.compute(nodes: Array(s.nodes.prefix(count)), snapshots: s.snapshots, current: first.holders).digest == first.digest)
+        let joined = Placement.compute(nodes: s.nodes, snapshots: s.snapshots, current: first.holders)
+        #expect(Placement.compute(nodes: s.nodes, snapshots: s.snapshots, current: joined.holders).digest == joined.digest)
+        // Holders in another order, and ids of nodes that are not members, change nothing.
+        var rng = SeededRandom(seed: 4)
+        var shuffled = joined.holders.mapValues { $0.shuffled(using: &rng) }
+        shuffled["model-1@2", default: []].append(NodeID("gone"))
+        #expect(Placement.compute(nodes: s.nodes.shuffled(using: &rng), snapshots: s.snapshots.shuffled(using: &rng),
+                                  current: shuffled).digest == joined.digest)
+    }
+
+    /// A copy stays where it is while its node is within the hard cap, even where the ring would
+    /// put it elsewhere; a node over the hard cap gives up what it ranks lowest; a copy on a
+    /// node that cannot take it (no GPU for one that needs a GPU, or a second copy in a zone)
+    /// goes.
+    @Test func copiesStayWhereTheyAreWithinTheHardCap() {
+        let nodes = ["a", "b", "c", "d"].map { PlacementTests.node($0, zone: $0) }
+        let snapshots = (0..<40).map { Placement.Snapshot(name: "m\($0)", version: 1, bytes: 100) }
+        let fresh = Placement.compute(nodes: nodes, snapshots: snapshots)
+        // Move one snapshot's copies to two nodes the table did not choose.
+        let key = "m7@1"
+        let others = nodes.map(\.id).filter { !(fresh.holders[key] ?? []).contains($0) }
+        var current = fresh.holders
+        current[key] = others
+        let kept = Placement.compute(nodes: nodes, snapshots: snapshots, current: current)
+        #expect(Set(kept.holders[key] ?? []) == Set(others), "\(kept.holders[key] ?? [])")
+        #expect(kept.holders.filter { $0.key != key }.allSatisfy { fresh.holders[$0.key].map(Set.init) == Set($0.value) })
+        // Everything on one node, far past its hard cap: it keeps at most 1.25 times its share.
+        let piled = Dictionary(uniqueKeysWithValues: snapshots.map { ($0.key, [NodeID("a")]) })
+        let spread = Placement.compute(nodes: nodes, snapshots: snapshots, current: piled)
+        let hardCap: UInt64 = 40 * 100 * 2 / 4 * 125 / 100
+        #expect(spread.load[NodeID("a")] ?? 0 <= hardCap)
+        #expect(spread.holders.values.allSatisfy { $0.count == 2 && Set($0).count == 2 })
+        // A GPU requirement the holder cannot meet, and two holders in one zone: they go.
+        let zoned = [PlacementTests.node("a", zone: "z1"), PlacementTests.node("b", zone: "z1"), PlacementTests.node("c", zone: "z2", gpus: 1),
+                     PlacementTests.node("d", zone: "z2", gpus: 1)]
+        let needs = [Placement.Snapshot(name: "g", version: 1, bytes: 100, accelerator: .requiresGPU), Placement.Snapshot(name: "m", version: 1, bytes: 100)]
+        let moved = Placement.compute(nodes: zoned, snapshots: needs, current: ["g@1": [NodeID("a"), NodeID("c")], "m@1": [NodeID("a"), NodeID("b")]])
+        #expect(Set(moved.holders["g@1"] ?? []) == [NodeID("c"), NodeID("d")])
+        let zoneOf = Dictionary(uniqueKeysWithValues: zoned.map { ($0.id, $0.zone) })
+        let m = moved.holders["m@1"] ?? []
+        let zonesOfM = Set(m.compactMap { zoneOf[$0] })
+        #expect(m.count == 2 && zonesOfM.count == 2, "\(m)")
     }
 }

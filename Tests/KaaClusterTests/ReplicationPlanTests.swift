@@ -246,10 +246,11 @@ import Testing
     }
 
     /// Voluntary moves over 1,000 seeds: nodes join, and nodes that were away rejoin with the
-    /// copies they kept; copies take a random time to arrive; each node acts on its own turn
-    /// from the cluster's holdings. At no instant has any snapshot fewer ready copies than
-    /// the replication factor (or than the nodes there are), and every run ends with each
-    /// snapshot on exactly the holders of the table.
+    /// copies they kept; copies take a random time to arrive; the table is computed, as a node
+    /// computes it, from where the copies are (those on their way included); each node acts on
+    /// its own turn from the cluster's holdings. At no instant has any snapshot fewer ready
+    /// copies than the replication factor (or than the nodes there are), and every run ends
+    /// with each snapshot on exactly the holders of the table.
     @Test func noVoluntaryMoveEverLeavesASnapshotBelowTheReplicationFactor() {
         for seed in 0..<(ProcessInfo.processInfo.environment["KAA_SIM_SEEDS"].flatMap { Int($0) } ?? 1_000) {
             var rng = SeededRandom(seed: UInt64(seed))
@@ -279,13 +280,29 @@ import Testing
         var inFlight: [(node: NodeID, key: String, left: Int)] = []
         var joins = waiting
         let catalog = snapshots.map { Placement.Snapshot(name: $0.name, version: $0.version, bytes: $0.size) }
-        var table = Placement.compute(nodes: members, snapshots: catalog, settings: .init(replication: replication))
+        // Where the copies are, as the holdings say: ready ones and those on their way.
+        func current() -> [String: [NodeID]] {
+            var out: [String: [NodeID]] = [:]
+            for (node, keys) in ready { for k in keys { out[k, default: []].append(node) } }
+            for f in inFlight { out[f.key, default: []].append(f.node) }
+            return out.mapValues { Array(Set($0)).sorted() }
+        }
+        // A node plans again on every change of the holdings, with a planner it keeps.
+        var planner = Placement.Planner()
+        var planned: (members: [Placement.Node], current: [String: [NodeID]])?
+        func plan() -> Placement.Table? {
+            let now = current()
+            if let planned, planned.members == members, planned.current == now { return nil }
+            planned = (members, now)
+            return planner.compute(nodes: members, snapshots: catalog, current: now, settings: .init(replication: replication))
+        }
+        var table = plan()!
         for step in 0..<400 {
             // Now and then a node joins (a new one, or one back with the copies it kept).
             if !joins.isEmpty && Int.random(in: 0..<20, using: &rng) == 0 {
                 members.append(joins.removeFirst())
-                table = Placement.compute(nodes: members, snapshots: catalog, settings: .init(replication: replication))
             }
+            if let next = plan() { table = next }
             let live = Set(members.map(\.id))
             // Fetches make progress; one finishing makes a ready copy.
             for i in inFlight.indices { inFlight[i].left -= 1 }
@@ -315,6 +332,7 @@ import Testing
             for f in inFlight where f.left <= 0 { ready[f.node, default: []].insert(f.key) }
             inFlight.removeAll { $0.left <= 0 }
             for m in members {
+                if let next = plan() { table = next }
                 var readyByKey: [String: Set<NodeID>] = [:]
                 for (node, keys) in ready { for k in keys { readyByKey[k, default: []].insert(node) } }
                 let local = Dictionary(uniqueKeysWithValues: (ready[m.id] ?? []).map { key in (key, byKey[key]!) })
@@ -325,6 +343,7 @@ import Testing
                 for key in d.drop { ready[m.id]?.remove(key) }
             }
         }
+        if let next = plan() { table = next }
         for s in snapshots {
             let holders = Set(ready.filter { $0.value.contains(s.key) }.map(\.key))
             if holders != Set(table.holders[s.key] ?? []) {
