@@ -649,7 +649,11 @@ final class HTTPServerConnection: TCPConnectionDelegate, CycleEndFlushable {
 
     func beginDrain() {
         draining = true
-        if outstanding.isEmpty && phase == .idle { tcp.close() }
+        guard outstanding.isEmpty && phase == .idle else { return }
+        // An answer given in this turn of the loop may still wait in `out` for the cycle's end,
+        // or on its way to the socket: it goes out before the connection closes.
+        flushNow()
+        if tcp.pendingWriteBytes > 0 { tcp.closeAfterFlush() } else { tcp.close() }
     }
 
     // MARK: methods
