@@ -282,7 +282,7 @@ public enum Placement {
     /// only within the pull or the place cap, below it: so a table reached from the last one
     /// moves what the change of members or catalog asks for, and little else.
     struct Rule {
-        struct Ask: Equatable { var node: Int32; var cls: Int8; var place: Int32 }
+        struct Ask { var node: Int32; var cls: Int8; var place: Int32 }
         struct Kept {
             var rank: UInt64
             var bytes: UInt64

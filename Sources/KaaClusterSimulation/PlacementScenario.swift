@@ -50,24 +50,19 @@ public struct PlacementScenario: Sendable {
     /// the table is computed from what is held (a copy being fetched counts), a quarter of the
     /// copies it names that nobody has yet arrive (in a seeded order), and a key's copies the
     /// table no longer names go once every holder it names has one (make before break); until
-    /// what is held is the table. Returns the bytes fetched, the rounds, the table changes
-    /// and the table reached. Copies on nodes not in `nodes` are gone.
+    /// what is held is the table. Returns the bytes fetched and the table reached. Copies on
+    /// nodes not in `nodes` are gone.
     public static func settle(nodes: [Placement.Node], snapshots: [Placement.Snapshot], held start: [String: [NodeID]],
                               settings: Placement.Settings = .init(), seed: UInt64, maxRounds: Int = 200)
-        -> (fetched: UInt64, rounds: Int, tableChanges: Int, table: Placement.Table) {
+        -> (fetched: UInt64, table: Placement.Table) {
         let sizes = Dictionary(snapshots.map { ($0.key, $0.bytes) }, uniquingKeysWith: { a, _ in a })
         let alive = Set(nodes.map(\.id))
         var held = start.mapValues { $0.filter(alive.contains) }
         var planner = Placement.Planner()
         var rng = SeededRandom(seed: seed)
-        var fetched: UInt64 = 0, rounds = 0, changes = 0
-        var digest = ""
+        var fetched: UInt64 = 0, rounds = 0
         var table = planner.compute(nodes: nodes, snapshots: snapshots, current: held, settings: settings)
         while rounds < maxRounds {
-            if table.digest != digest {
-                changes += 1
-                digest = table.digest
-            }
             var missing: [(key: String, node: NodeID)] = []
             var extra = false
             for (key, holders) in table.holders {
@@ -89,6 +84,6 @@ public struct PlacementScenario: Sendable {
             }
             table = planner.compute(nodes: nodes, snapshots: snapshots, current: held, settings: settings)
         }
-        return (fetched, rounds, changes, table)
+        return (fetched, table)
     }
 }
